@@ -1,0 +1,155 @@
+"""Image classification data: TFDS by name, an image folder, or scikit-learn's digits (offline).
+
+config.input fields:
+  source          tfds | folder | digits
+  dataset         TFDS name (source=tfds), e.g. cifar10, imagenet2012
+  data_dir        TFDS data dir (tfds) or the folder root (folder: root/<split>/<class>/*.jpg)
+  train_split, eval_split
+  image_size      training and eval crop
+  eval_resize     eval: resize the short side to this, then center-crop image_size
+                  (default: image_size, i.e. a plain resize of square images)
+  augment         inception_crop (random area min_area..100%, flip) | flip | none |
+                  pad_crop (zero-pad by `pad` pixels, random crop back; no flip)
+  channels        3 (1 for grayscale sources)
+  batch_size, eval_batch_size, shuffle_buffer
+
+Pixels go to [-1, 1] as `(x - 127.5) / 127.5`, as in the original ViT.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from vit_jax import input_pipeline
+from vit_jax.errors import UserError
+
+AUGMENTATIONS = ('inception_crop', 'flip', 'pad_crop', 'none')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+
+
+def digits_arrays(split: str) -> dict[str, np.ndarray]:
+  """scikit-learn's 1797 handwritten digits (8x8, 16 grey levels) as uint8 images.
+
+  Fixed split: 360 test examples (36 per class) drawn once with a fixed seed, stratified; the
+  other 1437 are the training set.
+  """
+  from sklearn import datasets, model_selection  # Only this offline source needs scikit-learn.
+  if split not in ('train', 'test'):
+    raise UserError(f'digits has splits train and test, not {split!r}')
+  digits = datasets.load_digits()
+  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  labels = digits.target.astype(np.int64)
+  train, test = model_selection.train_test_split(
+      np.arange(len(labels)), test_size=360, stratify=labels, random_state=0)
+  part = np.sort(train if split == 'train' else test)
+  return {'image': images[part], 'label': labels[part]}
+
+
+def folder_arrays(root: str, split: str) -> tuple[dict[str, np.ndarray], list[str]]:
+  """Image paths and labels under root/<split>/<class>/; classes are the sorted folder names."""
+  split_dir = os.path.join(root or '', split)
+  if not root or not os.path.isdir(split_dir):
+    raise UserError(f'image folder {split_dir!r} does not exist: put images at '
+                    f'ROOT/{split}/<class>/*.jpg and pass --config.input.data_dir=ROOT')
+  classes = sorted(d for d in os.listdir(split_dir)
+                   if os.path.isdir(os.path.join(split_dir, d)))
+  paths, labels = [], []
+  for label, name in enumerate(classes):
+    for file in sorted(os.listdir(os.path.join(split_dir, name))):
+      if file.lower().endswith(IMAGE_EXTENSIONS):
+        paths.append(os.path.join(split_dir, name, file))
+        labels.append(label)
+  if not paths:
+    raise UserError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) under {split_dir}/<class>/')
+  return {'image': np.array(paths), 'label': np.array(labels, np.int64)}, classes
+
+
+def make_source(input_config, split: str) -> input_pipeline.Source:
+  kind = input_config.source
+  if kind == 'digits':
+    return input_pipeline.array_source(digits_arrays(split))
+  if kind == 'folder':
+    arrays, _ = folder_arrays(input_config.get('data_dir'), split)
+    paths = input_pipeline.array_source(arrays)
+    # Skipping (on resume) reads paths only; files are read just before decoding.
+    return dataclasses.replace(paths, read=lambda: paths.read().map(
+        lambda ex: dict(ex, image=tf.io.read_file(ex['image']))))
+  if kind == 'tfds':
+    return input_pipeline.tfds_source(
+        input_config.dataset, split, input_config.get('data_dir'),
+        decoders={'image': tfds.decode.SkipDecoding()},
+        shuffle_buffer=input_config.get('shuffle_buffer', 10_000),
+        hint='Or train on your own images: --config.input.source=folder '
+             '--config.input.data_dir=ROOT with ROOT/<split>/<class>/*.jpg.')
+  raise UserError(f'unknown config.input.source {kind!r}: use tfds, folder or digits')
+
+
+def _decode(image: tf.Tensor, channels: int) -> tf.Tensor:
+  """Encoded bytes -> uint8 HxWxC; arrays pass through."""
+  if image.dtype == tf.string:
+    image = tf.io.decode_image(image, channels=channels, expand_animations=False)
+  return image
+
+
+def _to_unit_range(image: tf.Tensor) -> tf.Tensor:
+  return (tf.cast(image, tf.float32) - 127.5) / 127.5
+
+
+def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
+  return tf.image.resize(image, (size, size), method='bilinear')
+
+
+def _resize_small_and_crop(image: tf.Tensor, resize: int, crop: int) -> tf.Tensor:
+  """Short side to `resize` (aspect kept), then the central crop x crop."""
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = resize / tf.reduce_min(shape)
+  new_shape = tf.cast(tf.round(shape * scale), tf.int32)
+  image = tf.image.resize(image, new_shape, method='bilinear')
+  top = (new_shape[0] - crop) // 2
+  left = (new_shape[1] - crop) // 2
+  return image[top:top + crop, left:left + crop]
+
+
+def train_preprocess(input_config):
+  size, augment = input_config.image_size, input_config.get('augment', 'inception_crop')
+  channels = input_config.get('channels', 3)
+  if augment not in AUGMENTATIONS:
+    raise UserError(f'unknown config.input.augment {augment!r}: choose one of {AUGMENTATIONS}')
+
+  def preprocess(example, seed):
+    image = _decode(example['image'], channels)
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    if augment == 'inception_crop':
+      begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+          tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=crop_seed,
+          area_range=(input_config.get('min_area', 0.05), 1.0), min_object_covered=0.0,
+          use_image_if_no_bounding_boxes=True)
+      image = tf.slice(image, begin, crop_size)
+    image = _resize(image, size)
+    if augment == 'pad_crop':
+      pad = input_config.get('pad', 4)
+      image = tf.pad(image, [(pad, pad), (pad, pad), (0, 0)])
+      image = tf.image.stateless_random_crop(image, (size, size, channels), crop_seed)
+    if augment in ('inception_crop', 'flip'):
+      image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    image.set_shape((size, size, channels))
+    return {'image': _to_unit_range(image), 'label': tf.cast(example['label'], tf.int32)}
+
+  return preprocess
+
+
+def eval_preprocess(input_config):
+  size = input_config.image_size
+  resize = input_config.get('eval_resize') or size
+  channels = input_config.get('channels', 3)
+
+  def preprocess(example):
+    image = _decode(example['image'], channels)
+    image = _resize_small_and_crop(image, resize, size)
+    image.set_shape((size, size, channels))
+    return {'image': _to_unit_range(image), 'label': tf.cast(example['label'], tf.int32)}
+
+  return preprocess

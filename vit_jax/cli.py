@@ -1,0 +1,70 @@
+"""The command line shared by `vit_jax.main`, `detr_jax.main` and `segmenter_jax.main`.
+
+  python -m vit_jax.main --config=configs/vit_digits.py --workdir=DIR [--config.key=value ...]
+
+Mistakes the user can fix (config, data, paths) end the run with one line on stderr and exit
+code 2, not a traceback.
+"""
+
+import logging as py_logging
+import sys
+from typing import Callable
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from vit_jax import train
+from vit_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, e.g. configs/vit_digits.py (configs/x.py:arg passes arg).',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and metrics.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Call jax.distributed.initialize() (multi-host: TPU pods, SLURM, or '
+    'the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _quiet_libraries() -> None:
+  """Orbax logs every checkpoint step at INFO through absl; keep its warnings only."""
+  logging.get_absl_logger().addFilter(
+      lambda record: record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname)
+
+
+def run(make_task: Callable[[object], train.Task]) -> None:
+  """Parses flags, builds the task from the config and trains it."""
+
+  def main(argv):
+    if len(argv) > 1:
+      _fail(f'unexpected arguments {argv[1:]}: use --config=... --workdir=...')
+    if _DISTRIBUTED.value:
+      jax.distributed.initialize()
+    _quiet_libraries()
+    config = _CONFIG.value
+    logging.info('Config:\n%s', config)
+    try:
+      train.train_and_evaluate(config, _WORKDIR.value, make_task(config))
+    except UserError as e:
+      _fail(str(e))
+
+  app.run(main, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+  """absl's parser, with a flag or config-override error turned into one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except (KeyError, AttributeError) as e:  # ml_collections: an override of a key that is not there.
+    override = next((a for a in argv[1:] if a.startswith('--config.')), '')
+    unknown = str(e).strip('"\'')
+    _fail(f'unknown config key {unknown!r} ({override.split("=")[0] or "--config"}): '
+          'only keys the config file defines can be overridden')

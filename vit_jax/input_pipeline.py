@@ -1,0 +1,148 @@
+"""Input shared by every task: where examples come from, the train stream, exact eval batches.
+
+A `Source` is one split as this host reads it: raw examples (images still encoded, so that
+skipping is cheap) in a fixed order. On top of it:
+
+- `train_batches`: an endless, deterministic stream. Epoch e is the source shuffled with seed
+  (seed, e); augmentation randomness is a function of (seed, host, example index). Resuming at
+  example N skips at most one epoch of raw records and yields exactly the batches an
+  uninterrupted run would have.
+- `eval_batches`: every example once, padded with zeros to whole batches, with `_mask` (1 real,
+  0 padding); every host yields the same number of batches so that multi-host evals line up.
+
+Each host reads its own part of a split (`tfds.even_splits` or a strided slice), so the same code
+feeds one machine or a pod.
+"""
+
+import dataclasses
+import math
+import os
+from typing import Callable, Iterator, Optional
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from vit_jax.errors import UserError
+
+Example = dict[str, tf.Tensor]
+
+# The TF runtime must leave accelerators to JAX.
+tf.config.set_visible_devices([], 'GPU')
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One split as this host sees it."""
+  read: Callable[[], tf.data.Dataset]  # Raw examples of this host, in a fixed order.
+  num_examples: int  # Examples on this host.
+  max_examples_per_host: int  # The largest host's count; sets how many eval batches all run.
+  shuffle_buffer: int  # Buffer for per-epoch shuffling (the whole split when it fits).
+
+
+def host_part(num_examples: int, index: Optional[int] = None,
+              count: Optional[int] = None) -> np.ndarray:
+  """Indices of this host's examples: a strided slice, so sorted lists stay balanced."""
+  index = jax.process_index() if index is None else index
+  count = jax.process_count() if count is None else count
+  return np.arange(index, num_examples, count)
+
+
+def array_source(arrays: dict[str, np.ndarray], shuffle_buffer: int = 0) -> Source:
+  """A source from in-memory arrays (or lists of file paths), split across hosts."""
+  total = len(next(iter(arrays.values())))
+  count = jax.process_count()
+  part = host_part(total)
+  local = {k: np.asarray(v)[part] for k, v in arrays.items()}
+  return Source(read=lambda: tf.data.Dataset.from_tensor_slices(local),
+                num_examples=len(part), max_examples_per_host=math.ceil(total / count),
+                shuffle_buffer=shuffle_buffer or max(len(part), 1))
+
+
+def tfds_source(name: str, split: str, data_dir: Optional[str] = None,
+                decoders: Optional[dict] = None, shuffle_buffer: int = 10_000,
+                hint: str = '') -> Source:
+  """A TFDS split, `tfds.even_splits` across hosts. Never downloads: a missing dataset is an
+  error that says how to provide it (`hint` adds task-specific advice)."""
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UserError(f'dataset {name!r} is not a TFDS dataset. {hint}'.strip()) from None
+  parts = tfds.even_splits(split, n=jax.process_count())
+
+  def read_part(part):
+    try:
+      return builder.as_dataset(split=part, shuffle_files=False, decoders=decoders,
+                                read_config=tfds.ReadConfig(add_tfds_id=False))
+    except AssertionError:  # TFDS' way of saying the data was never prepared.
+      where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
+      raise UserError(f'dataset {name!r} (split {split!r}) has no data in {where}: prepare it '
+                      f'with `tfds build {name} --data_dir=DIR` and pass '
+                      f'--config.input.data_dir=DIR. {hint}'.strip()) from None
+
+  counts = [_count(read_part(p)) for p in parts]
+  local_part = parts[jax.process_index()]
+  return Source(read=lambda: read_part(local_part), num_examples=counts[jax.process_index()],
+                max_examples_per_host=max(counts), shuffle_buffer=shuffle_buffer)
+
+
+def _count(ds: tf.data.Dataset) -> int:
+  n = int(ds.cardinality())
+  return n if n >= 0 else int(ds.reduce(0, lambda c, _: c + 1))
+
+
+def train_batches(source: Source, preprocess: Callable[[Example, tf.Tensor], Example],
+                  batch_size: int, start_example: int = 0, seed: int = 0,
+                  prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+  """This host's part of the global training stream, from global example `start_example`.
+
+  `preprocess(example, seed)` gets a stateless seed (shape [2], int64) unique to the example;
+  `batch_size` is the global batch size.
+  """
+  count = jax.process_count()
+  if batch_size % count:
+    raise UserError(f'batch size {batch_size} is not divisible by the {count} hosts')
+  if source.num_examples == 0:
+    raise UserError('the training split is empty on this host')
+  local_batch = batch_size // count
+  local_start = start_example // count
+  first_epoch, offset = divmod(local_start, source.num_examples)
+
+  def epoch(e):
+    return source.read().shuffle(source.shuffle_buffer, seed=seed * 1_000_003 + e,
+                                 reshuffle_each_iteration=False)
+
+  examples = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(offset)
+  indices = tf.data.Dataset.range(local_start, 2**62)
+  host = jax.process_index()
+
+  def augment(example, index):
+    return preprocess(example, tf.stack([tf.constant(seed, tf.int64), index * count + host]))
+
+  ds = tf.data.Dataset.zip(examples, indices).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(local_batch, drop_remainder=True).prefetch(prefetch)
+  return _deterministic(ds).as_numpy_iterator()
+
+
+def eval_batches(source: Source, preprocess: Callable[[Example], Example],
+                 batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """Every example of this host once, then zero padding up to whole batches; `_mask` marks real
+  examples. All hosts yield ceil(max_examples_per_host / local batch) batches."""
+  local_batch = batch_size // jax.process_count()
+  if local_batch == 0 or batch_size % jax.process_count():
+    raise UserError(f'eval batch size {batch_size} must be a positive multiple of the '
+                    f'{jax.process_count()} hosts')
+  num_batches = math.ceil(source.max_examples_per_host / local_batch)
+  real = source.read().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  real = real.map(lambda ex: dict(ex, _mask=tf.constant(1, tf.int32)))
+  padding = tf.data.Dataset.from_tensors(
+      tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), real.element_spec)).repeat()
+  ds = real.concatenate(padding).take(num_batches * local_batch).batch(local_batch)
+  return _deterministic(ds.prefetch(2)).as_numpy_iterator()
+
+
+def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options)

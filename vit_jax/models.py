@@ -1,0 +1,246 @@
+"""Vision Transformer (Dosovitskiy et al. 2021), laid out like the official checkpoints.
+
+Parameter names follow google-research/vision_transformer after the pre-Linen renaming
+(`Transformer/encoderblock_{i}/MultiHeadDotProductAttention_0/query/kernel`, ...), so loading an
+official `.npz` is a rename table. Every parameter carries logical axis names; the config's rules
+map them to mesh axes (see `sharding.py`).
+"""
+
+import functools
+import math
+from typing import Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vit_jax.errors import UserError
+
+# Width, MLP width, heads and depth of each size (ViT paper, Table 1; Ti from DeiT).
+SIZES = {
+    'Ti': dict(hidden_size=192, mlp_dim=768, num_heads=3, num_layers=12),
+    'S': dict(hidden_size=384, mlp_dim=1536, num_heads=6, num_layers=12),
+    'B': dict(hidden_size=768, mlp_dim=3072, num_heads=12, num_layers=12),
+    'L': dict(hidden_size=1024, mlp_dim=4096, num_heads=16, num_layers=24),
+    'H': dict(hidden_size=1280, mlp_dim=5120, num_heads=16, num_layers=32),
+}
+
+
+def decode_variant(variant: str) -> dict:
+  """'B/16' -> dict(hidden_size=768, mlp_dim=3072, num_heads=12, num_layers=12, patch_size=16)."""
+  size, _, patch = variant.partition('/')
+  if size not in SIZES or not patch.isdigit():
+    raise UserError(f'unknown ViT variant {variant!r}: use SIZE/PATCH with SIZE in '
+                    f'{sorted(SIZES)} and an integer patch, e.g. B/16')
+  return dict(SIZES[size], patch_size=int(patch))
+
+
+def _partitioned(init, names):
+  return nn.with_logical_partitioning(init, names)
+
+
+# The original initialisers (reference/vit.md §2.3).
+_xavier = nn.initializers.xavier_uniform()
+_zeros = nn.initializers.zeros
+_mlp_bias = nn.initializers.normal(stddev=1e-6)
+
+
+class AddPositionEmbs(nn.Module):
+  """Learned position embeddings, one row per token (class token included), BERT init."""
+
+  @nn.compact
+  def __call__(self, x):
+    pos_embedding = self.param(
+        'pos_embedding',
+        _partitioned(nn.initializers.normal(stddev=0.02), (None, None, 'embed')),
+        (1,) + x.shape[1:])
+    return x + pos_embedding.astype(x.dtype)
+
+
+def _flat_xavier(num_in_axes: int):
+  """xavier_uniform on the kernel's 2-D (fan_in, fan_out) view, as Flax's DenseGeneral does."""
+  def init(key, shape, dtype=jnp.float32):
+    flat = (math.prod(shape[:num_in_axes]), math.prod(shape[num_in_axes:]))
+    return _xavier(key, flat, dtype).reshape(shape)
+  return init
+
+
+class Projection(nn.Module):
+  """x @ kernel + bias, contracting the last `num_in_axes` axes of x with a multi-axis kernel."""
+  kernel_shape: tuple[int, ...]
+  kernel_names: tuple[Optional[str], ...]
+  num_in_axes: int = 1
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    n = self.num_in_axes
+    kernel = self.param('kernel', _partitioned(_flat_xavier(n), self.kernel_names),
+                        self.kernel_shape)
+    bias = self.param('bias', _partitioned(_zeros, self.kernel_names[n:]), self.kernel_shape[n:])
+    x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+    return jnp.tensordot(x, kernel, axes=(tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))) + bias
+
+
+class MultiHeadDotProductAttention(nn.Module):
+  """Self-attention with biased q/k/v/out projections, named like Flax's module of the same name."""
+  num_heads: int
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise UserError(f'hidden_size {width} is not divisible by num_heads {self.num_heads}')
+    heads = (self.num_heads, width // self.num_heads)
+    project_in = functools.partial(Projection, (width,) + heads, ('embed', 'heads', 'kv'),
+                                   dtype=self.dtype)
+    query, key, value = (project_in(name=name)(x) for name in ('query', 'key', 'value'))
+    dropout_rng = self.make_rng('dropout') if train and self.dropout_rate > 0 else None
+    y = nn.dot_product_attention(
+        query, key, value, dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
+        broadcast_dropout=False, deterministic=not train, dtype=self.dtype)
+    return Projection(heads + (width,), ('heads', 'kv', 'embed'), num_in_axes=2,
+                      dtype=self.dtype, name='out')(y)
+
+
+class MlpBlock(nn.Module):
+  """Dense -> GELU -> dropout -> Dense -> dropout."""
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  gelu_approximate: bool = True
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    width = x.shape[-1]
+    x = nn.Dense(self.mlp_dim, dtype=self.dtype,
+                 kernel_init=_partitioned(_xavier, ('embed', 'mlp')),
+                 bias_init=_partitioned(_mlp_bias, ('mlp',)))(x)
+    x = nn.gelu(x, approximate=self.gelu_approximate)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'mlp'))
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    x = nn.Dense(width, dtype=self.dtype,
+                 kernel_init=_partitioned(_xavier, ('mlp', 'embed')),
+                 bias_init=_partitioned(_mlp_bias, ('embed',)))(x)
+    return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-LN transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+  mlp_dim: int
+  num_heads: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  layer_norm_epsilon: float = 1e-6
+  gelu_approximate: bool = True
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs, *, train: bool):
+    norm = functools.partial(nn.LayerNorm, epsilon=self.layer_norm_epsilon, dtype=self.dtype)
+    x = norm()(inputs)
+    x = MultiHeadDotProductAttention(self.num_heads, self.attention_dropout_rate, self.dtype)(
+        x, train=train)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    x = x + inputs
+    y = norm()(x)
+    y = MlpBlock(self.mlp_dim, self.dropout_rate, self.gelu_approximate, self.dtype)(
+        y, train=train)
+    return nn.with_logical_constraint(x + y, ('batch', 'length', 'act_embed'))
+
+
+class Encoder(nn.Module):
+  """Position embeddings, dropout, a stack of blocks and the final LayerNorm."""
+  num_layers: int
+  mlp_dim: int
+  num_heads: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  layer_norm_epsilon: float = 1e-6
+  gelu_approximate: bool = True
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    x = AddPositionEmbs(name='posembed_input')(x)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    for i in range(self.num_layers):
+      x = Encoder1DBlock(
+          self.mlp_dim, self.num_heads, self.dropout_rate, self.attention_dropout_rate,
+          self.layer_norm_epsilon, self.gelu_approximate, self.dtype,
+          name=f'encoderblock_{i}')(x, train=train)
+    return nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm')(x)
+
+
+class VisionTransformer(nn.Module):
+  """ViT classifier. `num_classes=None` returns the pooled (or unpooled) representation.
+
+  classifier: 'token' (class token, prepended before the position embeddings are added),
+  'gap' (mean over patch tokens), 'unpooled' / 'token_unpooled' (every token, for dense heads).
+  """
+  num_classes: Optional[int]
+  patch_size: int
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  classifier: str = 'token'
+  representation_size: Optional[int] = None
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  head_bias_init: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    if self.classifier not in ('token', 'gap', 'unpooled', 'token_unpooled'):
+      raise UserError(f'unknown classifier {self.classifier!r}: use token, gap, unpooled '
+                      'or token_unpooled')
+    p = self.patch_size
+    x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
+                kernel_init=_partitioned(nn.initializers.lecun_normal(),
+                                         (None, None, None, 'embed')),
+                bias_init=_partitioned(_zeros, ('embed',)), name='embedding')(images)
+    n, h, w, c = x.shape
+    x = x.reshape(n, h * w, c)
+    if self.classifier in ('token', 'token_unpooled'):
+      cls = self.param('cls', _partitioned(_zeros, (None, None, 'embed')), (1, 1, c))
+      x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (n, 1, 1)), x], axis=1)
+    x = Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.dropout_rate,
+                self.attention_dropout_rate, dtype=self.dtype, name='Transformer')(x, train=train)
+
+    if self.classifier == 'token':
+      x = x[:, 0]
+    elif self.classifier == 'gap':
+      x = x.mean(axis=1)
+
+    if self.representation_size is not None:
+      x = nn.Dense(self.representation_size, dtype=self.dtype, name='pre_logits',
+                   kernel_init=_partitioned(nn.initializers.lecun_normal(), ('embed', 'mlp')),
+                   bias_init=_partitioned(_zeros, ('mlp',)))(x)
+      x = jnp.tanh(x)
+    if self.num_classes is None:
+      return x
+    return nn.Dense(self.num_classes, name='head', dtype=jnp.float32,
+                    kernel_init=_partitioned(_zeros, ('embed', 'classes')),
+                    bias_init=_partitioned(nn.initializers.constant(self.head_bias_init),
+                                           ('classes',)))(x)
+
+
+def build_vit(model_config) -> VisionTransformer:
+  """The model named by a config: `variant` ('B/16') gives the size, explicit fields override."""
+  fields = dict(model_config)
+  fields.pop('name', None)
+  variant = fields.pop('variant', None)
+  kwargs = decode_variant(variant) if variant else {}
+  kwargs.update({k: v for k, v in fields.items() if v is not None or k == 'num_classes'})
+  missing = {'patch_size', 'hidden_size', 'num_layers', 'num_heads', 'mlp_dim'} - set(kwargs)
+  if missing:
+    raise UserError(f'model config needs a variant (e.g. B/16) or {sorted(missing)}')
+  unknown = set(kwargs) - set(VisionTransformer.__dataclass_fields__)
+  if unknown:
+    raise UserError(f'unknown ViT model fields {sorted(unknown)}')
+  if 'num_classes' not in kwargs:
+    raise UserError('model config needs num_classes')
+  return VisionTransformer(**kwargs)

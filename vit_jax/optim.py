@@ -1,0 +1,123 @@
+"""The optax chain a config asks for: clipping, weight decay, optimizer, schedule, per-group lrs.
+
+config.optim fields (see configs/ for complete examples):
+  name            sgd | momentum | nesterov | adam | adamw
+  lr              peak learning rate
+  schedule        dict(name=constant|warmup_cosine|warmup_linear|warmup_poly|warmup_step,
+                       warmup_steps, end_value, power, boundaries, decay_factor)
+  momentum        for momentum / nesterov (default 0.9); accumulator_dtype, e.g. 'bfloat16'
+  b1, b2, eps     for adam / adamw; mu_dtype, e.g. 'bfloat16'
+  weight_decay    adamw: decoupled (multiplied by lr, as optax and torch do);
+                  others: L2 added to the gradient (torch SGD / Adam semantics)
+  wd_mask         regex over parameter paths ('a/b/kernel') that are decayed
+  grad_clip_norm  global-norm clipping before anything else (None: off)
+  lr_mults        ((regex, multiplier), ...): first match wins; 0 freezes; e.g. DETR's backbone
+  accum_steps     gradients averaged over this many micro-batches per update (optax.MultiSteps)
+"""
+
+import re
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vit_jax.errors import UserError
+
+OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw')
+SCHEDULES = ('constant', 'warmup_cosine', 'warmup_linear', 'warmup_poly', 'warmup_step')
+
+
+def param_path(path) -> str:
+  return jax.tree_util.keystr(path, simple=True, separator='/')
+
+
+def regex_mask(regex: str) -> Callable:
+  """A mask function for optax: True where the parameter's path fully matches `regex`."""
+  pattern = re.compile(regex)
+  return lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: bool(pattern.fullmatch(param_path(path))), params)
+
+
+def make_schedule(lr: float, schedule, total_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to `lr`, then the named decay over the remaining steps."""
+  name = schedule.get('name', 'constant')
+  warmup = int(schedule.get('warmup_steps', 0))
+  end = float(schedule.get('end_value', 0.0))
+  decay_steps = max(total_steps - warmup, 1)
+  if name == 'constant':
+    decay = optax.constant_schedule(lr)
+  elif name == 'warmup_cosine':
+    decay = optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr else 0.0)
+  elif name == 'warmup_linear':
+    decay = optax.linear_schedule(lr, end, decay_steps)
+  elif name == 'warmup_poly':
+    decay = optax.polynomial_schedule(lr, end, float(schedule.get('power', 1.0)), decay_steps)
+  elif name == 'warmup_step':
+    factor = float(schedule.get('decay_factor', 0.1))
+    decay = optax.piecewise_constant_schedule(
+        lr, {int(b) - warmup: factor for b in schedule.get('boundaries', ())})
+  else:
+    raise UserError(f'unknown config.optim.schedule.name {name!r}: choose one of {SCHEDULES}')
+  if warmup == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def _dtype(name):
+  return None if name is None else jnp.dtype(name)
+
+
+def make_optimizer(optim, total_steps: int) -> tuple[optax.GradientTransformation,
+                                                      optax.Schedule]:
+  """Returns (transformation, learning-rate schedule) for `config.optim`."""
+  name = optim.name
+  if name not in OPTIMIZERS:
+    raise UserError(f'unknown config.optim.name {name!r}: choose one of {OPTIMIZERS}')
+  schedule = make_schedule(float(optim.lr), optim.get('schedule', {}), total_steps)
+  wd = float(optim.get('weight_decay', 0.0) or 0.0)
+  wd_mask = regex_mask(optim.get('wd_mask', r'.*/kernel'))
+
+  chain = []
+  if optim.get('grad_clip_norm'):
+    chain.append(optax.clip_by_global_norm(float(optim.grad_clip_norm)))
+  if name == 'adamw':
+    chain.append(optax.adamw(schedule, b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999),
+                             eps=optim.get('eps', 1e-8), weight_decay=wd, mask=wd_mask,
+                             mu_dtype=_dtype(optim.get('mu_dtype'))))
+  else:
+    if wd:
+      chain.append(optax.add_decayed_weights(wd, mask=wd_mask))
+    if name == 'adam':
+      chain.append(optax.adam(schedule, b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999),
+                              eps=optim.get('eps', 1e-8), mu_dtype=_dtype(optim.get('mu_dtype'))))
+    else:
+      momentum = None if name == 'sgd' else float(optim.get('momentum', 0.9))
+      chain.append(optax.sgd(schedule, momentum=momentum, nesterov=name == 'nesterov',
+                             accumulator_dtype=_dtype(optim.get('accumulator_dtype'))))
+
+  lr_mults = tuple(optim.get('lr_mults', ()) or ())
+  if lr_mults:
+    chain.append(_scale_by_group(lr_mults))
+  tx = optax.chain(*chain)
+  accum_steps = int(optim.get('accum_steps', 1) or 1)
+  if accum_steps > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=accum_steps)
+  return tx, schedule
+
+
+def _scale_by_group(lr_mults) -> optax.GradientTransformation:
+  """Multiplies each parameter's update by the multiplier of the first regex its path matches."""
+  patterns = [(re.compile(regex), float(mult)) for regex, mult in lr_mults]
+
+  def label(path, _):
+    name = param_path(path)
+    for index, (pattern, _) in enumerate(patterns):
+      if pattern.fullmatch(name):
+        return f'group_{index}'
+    return 'default'
+
+  transforms = {f'group_{i}': optax.scale(mult) for i, (_, mult) in enumerate(patterns)}
+  transforms['default'] = optax.identity()
+  return optax.multi_transform(
+      transforms, lambda params: jax.tree_util.tree_map_with_path(label, params))

@@ -1,0 +1,308 @@
+"""THE train loop, shared by classification, detection and segmentation.
+
+It knows nothing about labels, boxes or masks: a `Task` supplies the model, the loss, the eval
+outputs, the host-side metric and the input. The loop does the rest: mesh and shardings, sharded
+init, the jitted train step (with gradient accumulation), periodic exact evaluation, orbax
+checkpoints with resume, clu logging and `WORKDIR/final_metrics.json`.
+"""
+
+import abc
+import json
+import math
+import os
+import time
+from typing import Any, Iterable, Iterator, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+from jax.experimental import multihost_utils
+
+from vit_jax import checkpoint as checkpoint_lib
+from vit_jax import optim, sharding
+from vit_jax.errors import UserError
+
+Batch = dict[str, Any]
+
+
+class Evaluator(abc.ABC):
+  """Host-side metric over a whole eval split, fed one gathered batch at a time."""
+
+  @abc.abstractmethod
+  def update(self, outputs: dict[str, np.ndarray]) -> None:
+    """`outputs`: the task's eval outputs for the global batch plus `_mask` (1 = real example)."""
+
+  @abc.abstractmethod
+  def result(self) -> dict[str, float]:
+    """The metrics over every example seen since construction."""
+
+
+class Task(abc.ABC):
+  """What a task hands the loop. Batches are dicts of arrays with the example axis first."""
+
+  @abc.abstractmethod
+  def init_variables(self, rng: jax.Array) -> dict:
+    """`model.init(...)` on a dummy batch; params may carry logical partitioning boxes."""
+
+  @abc.abstractmethod
+  def loss(self, variables: dict, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
+    """Training loss on a (global) batch and scalar metrics to log."""
+
+  @abc.abstractmethod
+  def eval_outputs(self, variables: dict, batch: Batch) -> dict[str, jax.Array]:
+    """Per-example arrays (example axis first) the evaluator needs."""
+
+  @abc.abstractmethod
+  def evaluator(self) -> Evaluator:
+    """A fresh host-side metric accumulator."""
+
+  @abc.abstractmethod
+  def num_train_examples(self) -> int:
+    """Size of the training split (all hosts), for epoch-based step counts."""
+
+  @abc.abstractmethod
+  def train_input(self, start_example: int) -> Iterator[Batch]:
+    """This host's endless stream of training batches, starting `start_example` examples into
+    the global stream (deterministic: resuming at the same position gives the same batches)."""
+
+  @abc.abstractmethod
+  def eval_input(self) -> Iterable[Batch]:
+    """This host's eval batches, padded, with `_mask`; every host yields the same count."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  model_state: Any  # Non-trainable variable collections, e.g. frozen batch-norm statistics.
+  opt_state: Any
+  rng: jax.Array
+
+
+def total_steps(config, task: Task) -> int:
+  if config.get('total_steps'):
+    return int(config.total_steps)
+  if config.get('total_epochs'):
+    return math.ceil(config.total_epochs * task.num_train_examples() / config.input.batch_size)
+  raise UserError('set config.total_steps or config.total_epochs')
+
+
+def prepare_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test_{jax.process_index()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f'workdir {workdir!r} is not writable ({e.strerror}): pass a --workdir you '
+                    'can write to') from None
+
+
+def _split_microbatches(batch: Batch, k: int) -> Batch:
+  """(B, ...) -> (k, B/k, ...), micro-batch j taking examples j, j+k, ... so that each device
+  keeps its own examples (no resharding)."""
+  def split(x):
+    x = x.reshape((x.shape[0] // k, k) + x.shape[1:])
+    return jnp.moveaxis(x, 1, 0)
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(task: Task, tx: optax.GradientTransformation, schedule, accum_steps: int):
+  """The jittable update: loss, gradients (over `accum_steps` micro-batches), optimizer."""
+
+  def grads_and_metrics(params, model_state, batch, rng):
+    def loss_fn(p):
+      return task.loss({'params': p, **model_state}, batch, rng)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, dict(metrics, loss=loss)
+
+  def train_step(state: TrainState, batch: Batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    params, opt_state = state.params, state.opt_state
+    if accum_steps == 1:
+      grads, metrics = grads_and_metrics(params, state.model_state, batch, rng)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+    else:
+      # optax.MultiSteps averages the micro-batch gradients and applies one update at the end.
+      def micro_step(carry, inputs):
+        params, opt_state = carry
+        micro_batch, index = inputs
+        grads, metrics = grads_and_metrics(params, state.model_state, micro_batch,
+                                           jax.random.fold_in(rng, index))
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), (metrics, grads)
+      (params, opt_state), (metrics, grads) = jax.lax.scan(
+          micro_step, (params, opt_state),
+          (_split_microbatches(batch, accum_steps), jnp.arange(accum_steps)))
+      metrics = jax.tree.map(jnp.mean, metrics)
+      grads = jax.tree.map(lambda g: g.mean(0), grads)
+    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['learning_rate'] = schedule(state.step)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def evaluate(task: Task, eval_step, state: TrainState, batch_sharding) -> dict[str, float]:
+  """Runs the eval split once; every example is scored exactly once (padding is masked out)."""
+  evaluator = task.evaluator()
+  for local_batch in task.eval_input():
+    outputs = eval_step(state, sharding.global_batch(local_batch, batch_sharding))
+    evaluator.update(multihost_utils.process_allgather(outputs, tiled=True))
+  return evaluator.result()
+
+
+def _init_state(task: Task, tx, rng) -> TrainState:
+  init_rng, train_rng = jax.random.split(rng)
+  variables = nn.meta.unbox(task.init_variables(init_rng))
+  params = variables.pop('params')
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                    opt_state=tx.init(params), rng=train_rng)
+
+
+def state_shardings(task: Task, tx, rng, mesh, rules) -> tuple[TrainState, TrainState]:
+  """(abstract state, NamedShardings) with params and optimizer state laid out by the rules."""
+  abstract_variables = jax.eval_shape(task.init_variables, rng)
+  variable_shardings = sharding.variable_shardings(abstract_variables, mesh, rules)
+  params_shardings = variable_shardings.pop('params')
+  abstract_state = jax.eval_shape(lambda r: _init_state(task, tx, r), rng)
+  shardings = TrainState(
+      step=sharding.replicated(mesh),
+      params=params_shardings,
+      model_state=variable_shardings,
+      opt_state=sharding.optimizer_shardings(tx, abstract_state.params, params_shardings, mesh),
+      rng=sharding.replicated(mesh))
+  return abstract_state, shardings
+
+
+def _write_json(path: str, data: dict) -> None:
+  if jax.process_index() == 0:
+    with open(path, 'w') as f:
+      json.dump(data, f, indent=2, sort_keys=True)
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+  return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+
+
+def train_and_evaluate(config, workdir: str, task: Task) -> dict[str, float]:
+  """Trains `task` as `config` says, resuming from `workdir` if it holds a checkpoint.
+
+  Returns the final eval metrics (also written to `workdir/final_metrics.json`).
+  """
+  prepare_workdir(workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.logical_rules(config.sharding_rules)
+  sharding.check_rules(rules, mesh)
+  num_steps = total_steps(config, task)
+  accum_steps = int(config.optim.get('accum_steps', 1) or 1)
+  shards = _batch_shards(mesh, rules)
+  if config.input.batch_size % (accum_steps * shards):
+    raise UserError(f'config.input.batch_size {config.input.batch_size} must be divisible by '
+                    f'accum_steps ({accum_steps}) x batch shards ({shards})')
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    tx, schedule = optim.make_optimizer(config.optim, num_steps)
+    rng = jax.random.PRNGKey(config.seed)
+    abstract_state, shardings = state_shardings(task, tx, rng, mesh, rules)
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+
+    checkpointer = checkpoint_lib.Checkpointer(
+        os.path.join(workdir, 'checkpoints'), config.checkpoint_every, config.keep_checkpoints)
+    latest = checkpointer.latest_step()
+    if latest is None:
+      state = jax.jit(lambda r: _init_state(task, tx, r), out_shardings=shardings)(rng)
+      examples_seen = 0
+    else:
+      target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract_state, shardings)
+      state, meta = checkpointer.restore(latest, target)
+      examples_seen = int(meta['examples_seen'])
+      logging.info('Resumed from %s at step %d (%d examples seen).', workdir, latest,
+                   examples_seen)
+
+    first_step = int(jax.device_get(state.step))
+    if first_step == 0:
+      parameter_overview.log_parameter_overview(
+          state.params, include_stats=jax.process_count() == 1)
+      writer.write_hparams(_flatten_config(config))
+
+    train_step = jax.jit(make_train_step(task, tx, schedule, accum_steps),
+                         in_shardings=(shardings, batch_sharding),
+                         out_shardings=(shardings, None), donate_argnums=0)
+    eval_step = jax.jit(
+        lambda s, b: dict(task.eval_outputs({'params': s.params, **s.model_state}, b),
+                          _mask=b['_mask']),
+        in_shardings=(shardings, batch_sharding))
+
+    report = periodic_actions.ReportProgress(
+        num_train_steps=num_steps, writer=writer, every_steps=config.log_every)
+    hooks = [report]
+    if config.get('profile') and jax.process_index() == 0:
+      hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
+
+    train_iter = task.train_input(start_example=examples_seen)
+    pending_metrics = []
+    eval_metrics: Optional[dict] = None
+    start_time = time.time()
+    logging.info('Training steps %d..%d on mesh %s.', first_step, num_steps, dict(mesh.shape))
+    for step in range(first_step + 1, num_steps + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        batch = sharding.global_batch(next(train_iter), batch_sharding)
+        state, metrics = train_step(state, batch)
+      examples_seen += config.input.batch_size
+      pending_metrics.append(metrics)
+      for hook in hooks:
+        hook(step)
+      if step % config.log_every == 0 or step == num_steps:
+        averaged = jax.tree.map(lambda *x: np.mean(x), *jax.device_get(pending_metrics))
+        if not np.isfinite(averaged['loss']):
+          raise UserError(f'training diverged: loss is {averaged["loss"]} at step {step}; the '
+                          'last checkpoint is kept, lower config.optim.lr and resume')
+        writer.write_scalars(step, {f'train_{k}' if k != 'learning_rate' else k: v
+                                    for k, v in _scalars(averaged).items()})
+        pending_metrics = []
+      if step % config.eval_every == 0 or step == num_steps:
+        with report.timed('eval'):
+          eval_metrics = evaluate(task, eval_step, state, batch_sharding)
+        writer.write_scalars(step, {f'eval_{k}': v for k, v in eval_metrics.items()})
+      checkpointer.save(step, state, {'examples_seen': examples_seen}, force=step == num_steps)
+
+    if eval_metrics is None:  # Resumed at the end: report the final state again.
+      eval_metrics = evaluate(task, eval_step, state, batch_sharding)
+    checkpointer.wait()
+    checkpointer.close()
+  writer.flush()
+
+  final = dict(eval_metrics, step=num_steps)
+  _write_json(os.path.join(workdir, 'final_metrics.json'), final)
+  logging.info('Finished %d steps in %.1f s. Final eval: %s', num_steps - first_step,
+               time.time() - start_time,
+               ', '.join(f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items())))
+  return final
+
+
+def _batch_shards(mesh, rules) -> int:
+  """How many pieces the batch is split into (the mesh axes the 'batch' rule names)."""
+  batch_axes = nn.logical_to_mesh_axes(('batch',), rules)[0]
+  batch_axes = batch_axes if isinstance(batch_axes, tuple) else (batch_axes,)
+  return math.prod(mesh.shape[a] for a in batch_axes if a is not None)
+
+
+def _flatten_config(config, prefix='') -> dict:
+  flat = {}
+  for key, value in config.items():
+    if hasattr(value, 'items'):
+      flat.update(_flatten_config(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value if isinstance(value, (int, float, str, bool)) else str(value)
+  return flat
