@@ -22,8 +22,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and metrics.')
 _DISTRIBUTED = flags.DEFINE_bool(
-    'distributed', False, 'Call jax.distributed.initialize() (multi-host: TPU pods, SLURM, or '
-    'the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables).')
+    'distributed', False, 'Multi-host: call jax.distributed.initialize(); TPU pods and SLURM are '
+    'detected, elsewhere pass the three flags below.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -45,7 +48,7 @@ def run(make_task: Callable[[object], train.Task]) -> None:
     if len(argv) > 1:
       _fail(f'unexpected arguments {argv[1:]}: use --config=... --workdir=...')
     if _DISTRIBUTED.value:
-      jax.distributed.initialize()
+      jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     _quiet_libraries()
     config = _CONFIG.value
     logging.info('Config:\n%s', config)

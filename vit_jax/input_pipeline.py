@@ -65,10 +65,12 @@ def tfds_source(name: str, split: str, data_dir: Optional[str] = None,
                 hint: str = '') -> Source:
   """A TFDS split, `tfds.even_splits` across hosts. Never downloads: a missing dataset is an
   error that says how to provide it (`hint` adds task-specific advice)."""
+  where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    raise UserError(f'dataset {name!r} is not a TFDS dataset. {hint}'.strip()) from None
+    raise UserError(f'dataset {name!r} is neither a TFDS dataset nor built in {where}: build it '
+                    f'there or pass --config.input.data_dir=DIR. {hint}'.strip()) from None
   parts = tfds.even_splits(split, n=jax.process_count())
 
   def read_part(part):
@@ -76,7 +78,6 @@ def tfds_source(name: str, split: str, data_dir: Optional[str] = None,
       return builder.as_dataset(split=part, shuffle_files=False, decoders=decoders,
                                 read_config=tfds.ReadConfig(add_tfds_id=False))
     except AssertionError:  # TFDS' way of saying the data was never prepared.
-      where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
       raise UserError(f'dataset {name!r} (split {split!r}) has no data in {where}: prepare it '
                       f'with `tfds build {name} --data_dir=DIR` and pass '
                       f'--config.input.data_dir=DIR. {hint}'.strip()) from None

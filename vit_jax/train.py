@@ -255,39 +255,43 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict[str, float]:
     eval_metrics: Optional[dict] = None
     start_time = time.time()
     logging.info('Training steps %d..%d on mesh %s.', first_step, num_steps, dict(mesh.shape))
-    for step in range(first_step + 1, num_steps + 1):
-      with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        batch = sharding.global_batch(next(train_iter), batch_sharding)
-        state, metrics = train_step(state, batch)
-      examples_seen += config.input.batch_size
-      pending_metrics.append(metrics)
-      for hook in hooks:
-        hook(step)
-      if step % config.log_every == 0 or step == num_steps:
-        averaged = jax.tree.map(lambda *x: np.mean(x), *jax.device_get(pending_metrics))
-        if not np.isfinite(averaged['loss']):
-          raise UserError(f'training diverged: loss is {averaged["loss"]} at step {step}; the '
-                          'last checkpoint is kept, lower config.optim.lr and resume')
-        writer.write_scalars(step, {f'train_{k}' if k != 'learning_rate' else k: v
-                                    for k, v in _scalars(averaged).items()})
-        pending_metrics = []
-      if step % config.eval_every == 0 or step == num_steps:
-        with report.timed('eval'):
-          eval_metrics = evaluate(task, eval_step, state, batch_sharding)
-        writer.write_scalars(step, {f'eval_{k}': v for k, v in eval_metrics.items()})
-      checkpointer.save(step, state, {'examples_seen': examples_seen}, force=step == num_steps)
+    try:  # Whatever stops the loop, in-flight checkpoints are finished, not lost.
+      for step in range(first_step + 1, num_steps + 1):
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          batch = sharding.global_batch(next(train_iter), batch_sharding)
+          state, metrics = train_step(state, batch)
+        examples_seen += config.input.batch_size
+        pending_metrics.append(metrics)
+        for hook in hooks:
+          hook(step)
+        if step % config.log_every == 0 or step == num_steps:
+          averaged = jax.tree.map(lambda *x: np.mean(x), *jax.device_get(pending_metrics))
+          if not np.isfinite(averaged['loss']):
+            raise UserError(f'training diverged: loss is {averaged["loss"]} at step {step}; the '
+                            'last checkpoint is kept, lower config.optim.lr and resume')
+          writer.write_scalars(step, {f'train_{k}' if k != 'learning_rate' else k: v
+                                      for k, v in _scalars(averaged).items()})
+          pending_metrics = []
+        if step % config.eval_every == 0 or step == num_steps:
+          with report.timed('eval'):
+            eval_metrics = evaluate(task, eval_step, state, batch_sharding)
+          writer.write_scalars(step, {f'eval_{k}': v for k, v in eval_metrics.items()})
+        checkpointer.save(step, state, {'examples_seen': examples_seen}, force=step == num_steps)
 
-    if eval_metrics is None:  # Resumed at the end: report the final state again.
-      eval_metrics = evaluate(task, eval_step, state, batch_sharding)
-    checkpointer.wait()
-    checkpointer.close()
-  writer.flush()
+      if eval_metrics is None:  # Resumed at the end: report the final state again.
+        eval_metrics = evaluate(task, eval_step, state, batch_sharding)
+    finally:
+      checkpointer.wait()
+      checkpointer.close()
+      writer.flush()
 
   final = dict(eval_metrics, step=num_steps)
   _write_json(os.path.join(workdir, 'final_metrics.json'), final)
-  logging.info('Finished %d steps in %.1f s. Final eval: %s', num_steps - first_step,
-               time.time() - start_time,
-               ', '.join(f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items())))
+  summary = (f'Finished {num_steps - first_step} steps in {time.time() - start_time:.1f} s. '
+             'Final eval: ' + ', '.join(f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items())))
+  logging.info(summary)
+  if jax.process_index() == 0:
+    print(summary, flush=True)
   return final
 
 

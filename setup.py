@@ -1,0 +1,41 @@
+"""vit_jax, detr_jax and segmenter_jax: vision transformers in JAX/Flax."""
+
+import setuptools
+
+# The versions that work together (reference/environment.md): newer jax breaks clu and flax
+# pairings, tensorflow-cpu does not pull in tensorboard, torch 2.13 breaks torchvision/timm.
+INSTALL_REQUIRES = [
+    'jax==0.10.2',
+    'jaxlib==0.10.2',
+    'flax==0.12.8',
+    'optax==0.2.8',
+    'orbax-checkpoint==0.12.8',
+    'ml-collections==1.1.0',
+    'clu==0.0.12',
+    'tensorflow-datasets==4.9.10',
+    'tensorflow-cpu==2.21.0',
+    'tensorboard==2.21.0',
+    'absl-py',
+    'numpy',
+    'scipy',
+    'scikit-learn',
+    'pillow',
+]
+
+EXTRAS_REQUIRE = {
+    # pytest plus the parity stack: the same weights in timm / HF / pycocotools.
+    'test': ['pytest', 'torch==2.14.1', 'torchvision==0.29.1', 'timm', 'transformers',
+             'pycocotools'],
+    'notebooks': ['nbclient', 'ipykernel', 'matplotlib'],
+}
+
+setuptools.setup(
+    name='vit_jax',
+    version='0.1.0',
+    description='ViT, DETR and Segmenter in JAX/Flax: exact to the originals, sharded on any mesh.',
+    packages=setuptools.find_packages(include=['vit_jax', 'vit_jax.*', 'detr_jax', 'detr_jax.*',
+                                               'segmenter_jax', 'segmenter_jax.*']),
+    python_requires='>=3.10',
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)

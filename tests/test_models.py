@@ -1,0 +1,89 @@
+"""ViT: exact parameter counts of the original code, official parameter names, original init."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax import models
+from vit_jax.errors import UserError
+
+
+def _count(model, size=224):
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
+  return sum(np.prod(x.shape) for x in jax.tree.leaves(nn.meta.unbox(variables)))
+
+
+# vision_transformer's models_test.py (1000 classes at 224 px; reference/vit.md §10).
+@pytest.mark.parametrize('variant, expected', [
+    ('Ti/16', 5_717_416), ('S/16', 22_050_664), ('S/32', 22_878_952), ('B/32', 88_224_232),
+    ('B/16', 86_567_656), ('B/8', 86_576_872), ('L/32', 306_535_400), ('L/16', 304_326_632),
+    ('H/14', 632_045_800)])
+def test_parameter_count_equals_original(variant, expected):
+  model = models.build_vit(dict(variant=variant, num_classes=1000))
+  assert _count(model) == expected
+
+
+def test_i21k_checkpoint_layout_count():
+  # ViT-B/16 as released for ImageNet-21k: 21843 classes and a 768-wide pre_logits layer.
+  model = models.build_vit(dict(variant='B/16', num_classes=21843, representation_size=768))
+  assert _count(model) == 103_186_515
+
+
+def test_parameter_names_follow_official_checkpoint():
+  model = models.build_vit(dict(variant='Ti/16', num_classes=10))
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  names = {jax.tree_util.keystr(p, simple=True, separator='/'): x.shape
+           for p, x in jax.tree_util.tree_flatten_with_path(nn.meta.unbox(params))[0]}
+  block = 'Transformer/encoderblock_0'
+  expected = {
+      'cls': (1, 1, 192),
+      'embedding/kernel': (16, 16, 3, 192),
+      'Transformer/posembed_input/pos_embedding': (1, 5, 192),
+      f'{block}/LayerNorm_0/scale': (192,),
+      f'{block}/MultiHeadDotProductAttention_0/query/kernel': (192, 3, 64),
+      f'{block}/MultiHeadDotProductAttention_0/query/bias': (3, 64),
+      f'{block}/MultiHeadDotProductAttention_0/out/kernel': (3, 64, 192),
+      f'{block}/MultiHeadDotProductAttention_0/out/bias': (192,),
+      f'{block}/LayerNorm_1/bias': (192,),
+      f'{block}/MlpBlock_0/Dense_0/kernel': (192, 768),
+      f'{block}/MlpBlock_0/Dense_1/bias': (192,),
+      'Transformer/encoder_norm/scale': (192,),
+      'head/kernel': (192, 10),
+  }
+  for name, shape in expected.items():
+    assert names.get(name) == shape, name
+  # cls, embedding (2), pos_embedding, 12 blocks of 16, encoder_norm (2), head (2); the
+  # official i21k files have 202 with pre_logits.
+  assert len(names) == 4 + 12 * 16 + 2 + 2
+
+
+def test_original_initialisation():
+  model = models.build_vit(dict(variant='S/16', num_classes=5, head_bias_init=-10.0))
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))['params']
+  assert not np.any(params['head']['kernel']) and np.all(params['head']['bias'] == -10.0)
+  assert not np.any(params['cls'])
+  assert np.std(params['Transformer']['posembed_input']['pos_embedding']) == pytest.approx(
+      0.02, rel=0.02)
+  mlp = params['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']
+  assert 0 < np.std(mlp['bias']) < 1e-5
+  # xavier_uniform on the flattened (384, 384) view: bound sqrt(6 / (384 + 384)).
+  query = params['Transformer']['encoderblock_0']['MultiHeadDotProductAttention_0']['query']
+  assert np.abs(query['kernel']).max() <= np.sqrt(6 / 768)
+  assert np.std(query['kernel']) == pytest.approx(np.sqrt(6 / 768) / np.sqrt(3), rel=0.02)
+
+
+@pytest.mark.parametrize('classifier, shape', [('token', (2, 7)), ('gap', (2, 7)),
+                                               ('unpooled', (2, 4, 7)),
+                                               ('token_unpooled', (2, 5, 7))])
+def test_pooling(classifier, shape):
+  model = models.VisionTransformer(num_classes=7, patch_size=4, hidden_size=8, num_layers=1,
+                                   num_heads=2, mlp_dim=16, classifier=classifier)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 3)))
+  assert model.apply(variables, jnp.ones((2, 8, 8, 3))).shape == shape
+
+
+def test_unknown_variant_is_a_clear_error():
+  with pytest.raises(UserError, match='unknown ViT variant'):
+    models.build_vit(dict(variant='X/16', num_classes=10))

@@ -1,0 +1,163 @@
+"""The optimizer builder against independent references: the original ViT schedule formulas and
+torch.optim on the same gradients."""
+
+import math
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+import pytest
+import torch
+
+from vit_jax import optim
+from vit_jax.errors import UserError
+
+LR, WARMUP, TOTAL = 0.03, 50, 500
+
+
+def _schedule(**kwargs):
+  return optim.make_schedule(LR, dict(warmup_steps=WARMUP, **kwargs), TOTAL)
+
+
+def _vit_reference(step, decay):
+  """vision_transformer's utils.create_learning_rate_schedule, written out."""
+  progress = min(max((step - WARMUP) / (TOTAL - WARMUP), 0.0), 1.0)
+  return LR * decay(progress) * min(1.0, step / WARMUP)
+
+
+@pytest.mark.parametrize('step', [0, 1, 25, 49, 50, 51, 100, 275, 499, 500])
+def test_warmup_cosine_matches_original_formula(step):
+  expected = _vit_reference(step, lambda p: 0.5 * (1 + math.cos(math.pi * p)))
+  assert float(_schedule(name='warmup_cosine')(step)) == pytest.approx(expected, rel=1e-5, abs=1e-9)  # float32
+
+
+@pytest.mark.parametrize('step', [0, 10, 50, 200, 500])
+def test_warmup_linear_to_end_value(step):
+  end = 1e-5
+  expected = _vit_reference(step, lambda p: (end + (LR - end) * (1 - p)) / LR)
+  assert float(_schedule(name='warmup_linear', end_value=end)(step)) == pytest.approx(
+      expected, rel=1e-5)
+
+
+@pytest.mark.parametrize('step', [50, 100, 300, 500])
+def test_warmup_poly_as_mmsegmentation(step):
+  end, power = 1e-5, 0.9
+  expected = (LR - end) * (1 - (step - WARMUP) / (TOTAL - WARMUP)) ** power + end
+  got = float(_schedule(name='warmup_poly', end_value=end, power=power)(step))
+  assert got == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize('step, drops', [(60, 0), (199, 0), (200, 1), (399, 1), (400, 2)])
+def test_warmup_step_decay(step, drops):
+  schedule = _schedule(name='warmup_step', boundaries=(200, 400), decay_factor=0.1)
+  assert float(schedule(step)) == pytest.approx(LR * 0.1**drops, rel=1e-6)
+
+
+def _run_both(optim_config, torch_groups, steps=3, seed=0):
+  """Applies the same gradients with our optimizer and with torch; returns both param trees."""
+  rng = np.random.default_rng(seed)
+  params = {'backbone': {'kernel': rng.normal(size=(4, 3)).astype(np.float32),
+                         'bias': rng.normal(size=(3,)).astype(np.float32)},
+            'head': {'kernel': rng.normal(size=(3, 2)).astype(np.float32),
+                     'bias': rng.normal(size=(2,)).astype(np.float32)}}
+  grads = [jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+           for _ in range(steps)]
+
+  tx, _ = optim.make_optimizer(ml_collections.ConfigDict(optim_config), total_steps=steps)
+  ours, state = params, tx.init(params)
+  for g in grads:
+    updates, state = tx.update(g, state, ours)
+    ours = optax.apply_updates(ours, updates)
+
+  tensors = {f'{m}/{n}': torch.tensor(v, requires_grad=True)
+             for m, layer in params.items() for n, v in layer.items()}
+  torch_opt = torch_groups(tensors)
+  for g in grads:
+    for name, tensor in tensors.items():
+      module, leaf = name.split('/')
+      tensor.grad = torch.tensor(g[module][leaf])
+    torch_opt.step()
+  theirs = {m: {n: tensors[f'{m}/{n}'].detach().numpy() for n in layer}
+            for m, layer in params.items()}
+  return ours, theirs
+
+
+def _assert_close(ours, theirs):
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ours, theirs)
+
+
+def test_nesterov_momentum_with_l2_matches_torch_sgd():
+  ours, theirs = _run_both(
+      dict(name='nesterov', lr=0.1, momentum=0.9, weight_decay=1e-2, wd_mask='.*'),
+      lambda t: torch.optim.SGD(t.values(), lr=0.1, momentum=0.9, nesterov=True,
+                                weight_decay=1e-2))
+  _assert_close(ours, theirs)
+
+
+def test_momentum_decays_only_masked_params_like_torch_param_groups():
+  ours, theirs = _run_both(
+      dict(name='momentum', lr=0.1, momentum=0.9, weight_decay=1e-2, wd_mask='.*/kernel'),
+      lambda t: torch.optim.SGD(
+          [{'params': [v for k, v in t.items() if k.endswith('kernel')], 'weight_decay': 1e-2},
+           {'params': [v for k, v in t.items() if k.endswith('bias')], 'weight_decay': 0.0}],
+          lr=0.1, momentum=0.9))
+  _assert_close(ours, theirs)
+
+
+def test_adamw_with_backbone_lr_group_matches_torch():
+  # DETR's recipe: AdamW lr 1e-4, backbone 1e-5, weight decay 1e-4 on every parameter.
+  ours, theirs = _run_both(
+      dict(name='adamw', lr=1e-4, weight_decay=1e-4, wd_mask='.*',
+           lr_mults=(('backbone/.*', 0.1),)),
+      lambda t: torch.optim.AdamW(
+          [{'params': [v for k, v in t.items() if k.startswith('backbone')], 'lr': 1e-5},
+           {'params': [v for k, v in t.items() if k.startswith('head')]}],
+          lr=1e-4, weight_decay=1e-4, eps=1e-8))
+  _assert_close(ours, theirs)
+
+
+def test_adam_matches_torch():
+  ours, theirs = _run_both(dict(name='adam', lr=1e-3, b1=0.9, b2=0.999),
+                           lambda t: torch.optim.Adam(t.values(), lr=1e-3))
+  _assert_close(ours, theirs)
+
+
+def test_clipping_matches_torch_clip_grad_norm():
+  clip = 0.5
+
+  class ClippedSGD(torch.optim.SGD):
+    def step(self):
+      torch.nn.utils.clip_grad_norm_(self.param_groups[0]['params'], clip)
+      super().step()
+
+  ours, theirs = _run_both(dict(name='sgd', lr=0.1, grad_clip_norm=clip),
+                           lambda t: ClippedSGD(t.values(), lr=0.1))
+  _assert_close(ours, theirs)
+
+
+def test_zero_multiplier_freezes_a_group():
+  ours, _ = _run_both(dict(name='adam', lr=1e-2, lr_mults=(('head/.*', 0.0),)),
+                      lambda t: torch.optim.Adam(t.values(), lr=1e-2))
+  start, _ = _run_both(dict(name='sgd', lr=0.0), lambda t: torch.optim.SGD(t.values(), lr=0.0))
+  _assert_close(ours['head'], start['head'])
+  assert not np.allclose(ours['backbone']['kernel'], start['backbone']['kernel'])
+
+
+def test_accumulation_averages_micro_batches():
+  grads = [{'w': np.full((2,), g, np.float32)} for g in (1.0, 3.0)]
+  tx, _ = optim.make_optimizer(ml_collections.ConfigDict(dict(name='sgd', lr=1.0,
+                                                               accum_steps=2)), 10)
+  params, state = {'w': np.zeros((2,), np.float32)}, None
+  state = tx.init(params)
+  for g in grads:
+    updates, state = tx.update(g, state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(params['w'], [-2.0, -2.0])  # One step with the mean gradient.
+
+
+def test_unknown_names_are_clear_errors():
+  with pytest.raises(UserError, match='unknown config.optim.name'):
+    optim.make_optimizer(ml_collections.ConfigDict(dict(name='lamb', lr=1.0)), 10)
+  with pytest.raises(UserError, match='unknown config.optim.schedule.name'):
+    optim.make_schedule(1.0, dict(name='exp'), 10)
