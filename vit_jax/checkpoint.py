@@ -16,9 +16,9 @@ class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` with the two items the train loop saves."""
 
   def __init__(self, directory: str, every_steps: int, keep: int):
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=max(int(every_steps), 1), create=True,
-        enable_async_checkpointing=True)
+    self.every_steps = max(int(every_steps), 1)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=True)
     self._manager = ocp.CheckpointManager(
         os.path.abspath(directory), options=options, item_names=('state', 'meta'))
 
@@ -29,10 +29,15 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
-    """Saves when `step` is on the interval (or `force`); returns whether it saved."""
+    """Saves when `step` is a multiple of `every_steps` (or `force`); returns whether it saved.
+
+    The interval is ours, not orbax's: orbax would also save the first step of every run.
+    """
+    if not force and step % self.every_steps:
+      return False
     return self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                      meta=ocp.args.JsonSave(meta)), force=force)
+                                      meta=ocp.args.JsonSave(meta)), force=True)
 
   def restore(self, step: int, target: Any) -> tuple[Any, dict]:
     """Restores into `target`: a tree of arrays or `jax.ShapeDtypeStruct`s with shardings."""

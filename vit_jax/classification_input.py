@@ -33,7 +33,7 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 def digits_arrays(split: str) -> dict[str, np.ndarray]:
   """scikit-learn's 1797 handwritten digits (8x8, 16 grey levels) as uint8 images.
 
-  Fixed split: 360 test examples (36 per class) drawn once with a fixed seed, stratified; the
+  Fixed split: 360 test examples (35-37 per class) drawn once with a fixed seed, stratified; the
   other 1437 are the training set.
   """
   from sklearn import datasets, model_selection  # Only this offline source needs scikit-learn.

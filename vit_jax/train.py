@@ -143,7 +143,7 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule, accu
           (_split_microbatches(batch, accum_steps), jnp.arange(accum_steps)))
       metrics = jax.tree.map(jnp.mean, metrics)
       grads = jax.tree.map(lambda g: g.mean(0), grads)
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['learning_rate'] = schedule(state.step)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

@@ -1,0 +1,99 @@
+"""The shared train loop: resume equals an uninterrupted run, exact eval, accumulation, the
+offline main job end to end."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow as tf
+
+from conftest import run_module, tiny_digits_config
+from vit_jax import classification_input, train
+from vit_jax.classification import ClassificationTask
+
+
+class Preempted(Exception):
+  pass
+
+
+class PreemptedTask(ClassificationTask):
+  """Its train stream dies after `stop_after` batches, as a preempted job would."""
+
+  def __init__(self, config, stop_after):
+    super().__init__(config)
+    self.stop_after = stop_after
+
+  def train_input(self, start_example):
+    stream = super().train_input(start_example)
+    for _ in range(self.stop_after):
+      yield next(stream)
+    raise Preempted()
+
+
+def _saved_state(workdir, step):
+  return ocp.StandardCheckpointer().restore(
+      os.path.join(workdir, 'checkpoints', str(step), 'state'))
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+  config = tiny_digits_config(**{'model.dropout_rate': 0.1, 'keep_checkpoints': 5})
+  uninterrupted = str(tmp_path / 'uninterrupted')
+  train.train_and_evaluate(config, uninterrupted, ClassificationTask(config))
+
+  interrupted = str(tmp_path / 'interrupted')
+  with pytest.raises(Preempted):
+    train.train_and_evaluate(config, interrupted, PreemptedTask(config, stop_after=4))
+  assert sorted(os.listdir(os.path.join(interrupted, 'checkpoints'))) == ['3']
+  train.train_and_evaluate(config, interrupted, ClassificationTask(config))
+
+  expected, got = _saved_state(uninterrupted, 6), _saved_state(interrupted, 6)
+  assert int(got['step']) == 6
+  # Same data position, RNG (dropout is on) and optimizer state: bitwise-equal params.
+  jax.tree.map(np.testing.assert_array_equal, got['params'], expected['params'])
+  jax.tree.map(np.testing.assert_array_equal, got['opt_state'], expected['opt_state'])
+
+
+def test_eval_accuracy_equals_independent_count(workdir):
+  config = tiny_digits_config(total_steps=20)  # Eval batch 64 does not divide the 360 images.
+  task = ClassificationTask(config)
+  metrics = train.train_and_evaluate(config, workdir, task)
+  assert metrics['num_examples'] == 360
+  assert json.load(open(os.path.join(workdir, 'final_metrics.json')))['accuracy'] == \
+      metrics['accuracy']
+
+  params = _saved_state(workdir, 20)['params']
+  test = classification_input.digits_arrays('test')
+  preprocess = classification_input.eval_preprocess(config.input)
+  images = np.stack([preprocess({'image': tf.constant(im), 'label': 0})['image'].numpy()
+                     for im in test['image']])
+  logits = task.model.apply({'params': params}, images)
+  assert metrics['accuracy'] == pytest.approx(np.mean(logits.argmax(-1) == test['label']))
+
+
+def test_gradient_accumulation_equals_full_batch():
+  params = {}
+  for accum in (1, 4):
+    config = tiny_digits_config(**{'optim.accum_steps': accum, 'model.dropout_rate': 0.0})
+    task = ClassificationTask(config)
+    from vit_jax import optim
+    tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+    state = train._init_state(task, tx, jax.random.PRNGKey(0))
+    step = jax.jit(train.make_train_step(task, tx, schedule, accum))
+    batch = next(task.train_input(0))
+    for _ in range(2):
+      state, metrics = step(state, batch)
+    params[accum] = state.params
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), params[1], params[4])
+
+
+def test_digits_main_job_reaches_95_percent(workdir):
+  result = run_module(['vit_jax.main', '--config=configs/vit_digits.py', f'--workdir={workdir}'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = json.load(open(os.path.join(workdir, 'final_metrics.json')))
+  assert metrics['num_examples'] == 360
+  assert metrics['accuracy'] >= 0.95
+  assert 'Final eval' in result.stdout and 'accuracy=' in result.stdout
+  assert 'train_loss=' in result.stderr and 'steps_per_sec' in result.stderr  # Progress.
