@@ -7,6 +7,7 @@ code 2, not a traceback.
 """
 
 import logging as py_logging
+import re
 import sys
 from typing import Callable
 
@@ -67,7 +68,12 @@ def _parse_flags(argv):
   except flags.Error as e:
     _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
   except (KeyError, AttributeError) as e:  # ml_collections: an override of a key that is not there.
-    override = next((a for a in argv[1:] if a.startswith('--config.')), '')
-    unknown = str(e).strip('"\'')
-    _fail(f'unknown config key {unknown!r} ({override.split("=")[0] or "--config"}): '
-          'only keys the config file defines can be overridden')
+    while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError(message))
+      e = e.args[0]
+    message = str(e.args[0]) if e.args else ''
+    bad = re.match(r"'(\w+)'", message)
+    overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+    key = next((o for o in overrides if bad and o.endswith('.' + bad.group(1))), '--config')
+    suggestion = re.search(r'Did you mean "(\w+)"', message)
+    hint = f' (did you mean {suggestion.group(1)!r}?)' if suggestion else ''
+    _fail(f'unknown config key in {key}{hint}: only keys the config file defines can be set')
