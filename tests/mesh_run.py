@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import tensorflow as tf
 
-from conftest import tiny_digits_config
+from helpers import tiny_digits_config
 from vit_jax import optim, sharding, train
 from vit_jax.classification import ClassificationTask
 

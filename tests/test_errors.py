@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import run_module
+from helpers import run_module
 from vit_jax import sharding
 from vit_jax.errors import UserError
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from conftest import tiny_digits_config
+from helpers import tiny_digits_config
 from vit_jax import classification_input, input_pipeline
 from vit_jax.errors import UserError
 

@@ -3,7 +3,7 @@
 import os
 import re
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def _readme_commands():

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 # float32 reductions run in a different order on different meshes; observed differences are
 # ~1e-7 relative, the tolerance leaves room for other CPUs.

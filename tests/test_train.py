@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
 
-from conftest import run_module, tiny_digits_config
+from helpers import run_module, tiny_digits_config
 from vit_jax import classification_input, train
 from vit_jax.classification import ClassificationTask
 

@@ -1,0 +1,39 @@
+"""Test helpers: configs loaded from configs/, shrunk to run in seconds on a CPU."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str):
+  """configs/<name>.py's get_config(), unlocked so tests can shrink it."""
+  path = os.path.join(ROOT, 'configs', f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'configs_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def tiny_digits_config(**changes):
+  """The digits job with a 1-layer ViT and a handful of steps."""
+  config = load_config('vit_digits')
+  config.model.update(hidden_size=32, num_layers=1, num_heads=4, mlp_dim=64)
+  config.input.update(batch_size=32, eval_batch_size=64)
+  config.update(total_steps=6, log_every=1, eval_every=1000, checkpoint_every=3)
+  for key, value in changes.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config
+
+
+def run_module(args, env=None, timeout=600):
+  """Runs `python -m ...` in a subprocess from the repository root."""
+  full_env = dict(os.environ, **(env or {}))
+  return subprocess.run([sys.executable, '-m'] + args, cwd=ROOT, env=full_env, timeout=timeout,
+                        capture_output=True, text=True)
