@@ -48,7 +48,7 @@ def main(strategy, workdir):
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     tx, _ = optim.make_optimizer(config.optim, config.total_steps)
     _, shardings = train.state_shardings(task, tx, jax.random.PRNGKey(0), mesh, rules)
-    state = jax.jit(lambda r: train._init_state(task, tx, r), out_shardings=shardings)(
+    state = jax.jit(lambda r: train.init_state(task, tx, r), out_shardings=shardings)(
         jax.random.PRNGKey(0))
   layouts = {name: spec for name, spec in sharding.describe(state.params).items()}
   shard_shapes = {

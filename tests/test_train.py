@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import run_module, tiny_digits_config
-from vit_jax import classification_input, train
+from vit_jax import classification_input, optim, train
 from vit_jax.classification import ClassificationTask
 
 
@@ -78,9 +78,8 @@ def test_gradient_accumulation_equals_full_batch():
   for accum in (1, 4):
     config = tiny_digits_config(**{'optim.accum_steps': accum, 'model.dropout_rate': 0.0})
     task = ClassificationTask(config)
-    from vit_jax import optim
     tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
-    state = train._init_state(task, tx, jax.random.PRNGKey(0))
+    state = train.init_state(task, tx, jax.random.PRNGKey(0))
     step = jax.jit(train.make_train_step(task, tx, schedule, accum))
     batch = next(task.train_input(0))
     for _ in range(2):

@@ -159,7 +159,8 @@ def evaluate(task: Task, eval_step, state: TrainState, batch_sharding) -> dict[s
   return evaluator.result()
 
 
-def _init_state(task: Task, tx, rng) -> TrainState:
+def init_state(task: Task, tx, rng) -> TrainState:
+  """A fresh train state: the task's variables, optimizer state, step 0, the training RNG."""
   init_rng, train_rng = jax.random.split(rng)
   variables = nn.meta.unbox(task.init_variables(init_rng))
   params = variables.pop('params')
@@ -172,7 +173,7 @@ def state_shardings(task: Task, tx, rng, mesh, rules) -> tuple[TrainState, Train
   abstract_variables = jax.eval_shape(task.init_variables, rng)
   variable_shardings = sharding.variable_shardings(abstract_variables, mesh, rules)
   params_shardings = variable_shardings.pop('params')
-  abstract_state = jax.eval_shape(lambda r: _init_state(task, tx, r), rng)
+  abstract_state = jax.eval_shape(lambda r: init_state(task, tx, r), rng)
   shardings = TrainState(
       step=sharding.replicated(mesh),
       params=params_shardings,
@@ -220,7 +221,7 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict[str, float]:
         os.path.join(workdir, 'checkpoints'), config.checkpoint_every, config.keep_checkpoints)
     latest = checkpointer.latest_step()
     if latest is None:
-      state = jax.jit(lambda r: _init_state(task, tx, r), out_shardings=shardings)(rng)
+      state = jax.jit(lambda r: init_state(task, tx, r), out_shardings=shardings)(rng)
       examples_seen = 0
     else:
       target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
