@@ -38,7 +38,9 @@ def train_losses(workdir):
 
 def main(strategy, workdir):
   mesh_axes, rules = STRATEGIES[strategy]
-  config = tiny_digits_config(**{'model.dropout_rate': 0.0, 'total_steps': 5})
+  # No warmup and a large lr, so that the loss really moves in a few steps.
+  config = tiny_digits_config(**{'model.dropout_rate': 0.0, 'total_steps': 10, 'optim.lr': 1e-2,
+                                 'optim.schedule.warmup_steps': 0})
   config.mesh, config.sharding_rules = mesh_axes, rules
   task = ClassificationTask(config)
   train.train_and_evaluate(config, workdir, task)
