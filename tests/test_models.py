@@ -19,7 +19,8 @@ def _count(model, size=224):
 @pytest.mark.parametrize('variant, expected', [
     ('Ti/16', 5_717_416), ('S/16', 22_050_664), ('S/32', 22_878_952), ('B/32', 88_224_232),
     ('B/16', 86_567_656), ('B/8', 86_576_872), ('L/32', 306_535_400), ('L/16', 304_326_632),
-    ('H/14', 632_045_800)])
+    ('H/14', 632_045_800), ('R+Ti/16', 6_337_704), ('R26+S/32', 36_431_912),
+    ('R26+B/32', 101_383_976), ('R50+B/16', 98_659_112), ('R50+L/32', 328_994_856)])
 def test_parameter_count_equals_original(variant, expected):
   model = models.build_vit(dict(variant=variant, num_classes=1000))
   assert _count(model) == expected

@@ -25,13 +25,32 @@ SIZES = {
 }
 
 
+# Hybrids: ResNet stages in front of the transformer, and the patch size the ViT then uses on
+# the ResNet's feature map (vision_transformer configs/models.py).
+HYBRIDS = {
+    'R50': (dict(num_layers=(3, 4, 9), width_factor=1), 1),  # /16, ends at 1024 channels.
+    'R50L': (dict(num_layers=(3, 4, 6, 3), width_factor=1), 1),  # /32, for R50+ViT-L/32.
+    'R26': (dict(num_layers=(2, 2, 2, 2), width_factor=1), 1),  # /32
+    'R': (dict(num_layers=(), width_factor=1), 8),  # Stem only (/4), then 8x8 patches.
+}
+
+
 def decode_variant(variant: str) -> dict:
-  """'B/16' -> dict(hidden_size=768, mlp_dim=3072, num_heads=12, num_layers=12, patch_size=16)."""
-  size, _, patch = variant.partition('/')
-  if size not in SIZES or not patch.isdigit():
+  """'B/16' -> dict(hidden_size=768, mlp_dim=3072, num_heads=12, num_layers=12, patch_size=16);
+  hybrids 'R50+B/16', 'R26+S/32', 'R+Ti/16' add the ResNet and patch over its feature map."""
+  resnet_name, _, vit = variant.rpartition('+')
+  size, _, patch = vit.partition('/')
+  if size not in SIZES or not patch.isdigit() or (resnet_name and resnet_name not in ('R50', 'R26', 'R')):
     raise UserError(f'unknown ViT variant {variant!r}: use SIZE/PATCH with SIZE in '
-                    f'{sorted(SIZES)} and an integer patch, e.g. B/16')
-  return dict(SIZES[size], patch_size=int(patch))
+                    f'{sorted(SIZES)} and an integer patch (e.g. B/16), optionally with a '
+                    'ResNet in front (R50+B/16, R50+L/32, R26+S/32, R26+B/32, R+Ti/16)')
+  fields = dict(SIZES[size], patch_size=int(patch))
+  if resnet_name:
+    if resnet_name == 'R50' and size == 'L':
+      resnet_name = 'R50L'
+    resnet, patch_size = HYBRIDS[resnet_name]
+    fields.update(resnet=resnet, patch_size=patch_size)
+  return fields
 
 
 def _partitioned(init, names):
@@ -173,6 +192,69 @@ class Encoder(nn.Module):
     return nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm')(x)
 
 
+class StdConv(nn.Conv):
+  """Convolution with weight standardisation (BiT): each output filter to zero mean, unit std."""
+
+  def param(self, name, *args, **kwargs):
+    value = super().param(name, *args, **kwargs)
+    if name == 'kernel':
+      value = value - jnp.mean(value, axis=(0, 1, 2))
+      value = value / (jnp.std(value, axis=(0, 1, 2)) + 1e-5)
+    return value
+
+
+class ResidualUnit(nn.Module):
+  """Bottleneck unit: 1x1, 3x3 (with the stride), 1x1 to 4x width, each followed by GroupNorm;
+  the last GroupNorm starts at zero so that the unit starts as its shortcut."""
+  features: int
+  strides: tuple[int, int] = (1, 1)
+
+  @nn.compact
+  def __call__(self, x):
+    out_features = self.features * 4
+    conv = functools.partial(StdConv, use_bias=False)
+    residual = x
+    if x.shape[-1] != out_features or self.strides != (1, 1):
+      residual = conv(out_features, (1, 1), self.strides, name='conv_proj')(residual)
+      residual = nn.GroupNorm(name='gn_proj')(residual)
+    y = nn.relu(nn.GroupNorm(name='gn1')(conv(self.features, (1, 1), name='conv1')(x)))
+    y = conv(self.features, (3, 3), self.strides, name='conv2')(y)
+    y = nn.relu(nn.GroupNorm(name='gn2')(y))
+    y = conv(out_features, (1, 1), name='conv3')(y)
+    y = nn.GroupNorm(name='gn3', scale_init=nn.initializers.zeros)(y)
+    return nn.relu(residual + y)
+
+
+class ResNetStage(nn.Module):
+  """`block_size` bottleneck units unit1..unitN; the first carries the stride."""
+  block_size: int
+  features: int
+  first_strides: tuple[int, int]
+
+  @nn.compact
+  def __call__(self, x):
+    for unit in range(self.block_size):
+      strides = self.first_strides if unit == 0 else (1, 1)
+      x = ResidualUnit(self.features, strides, name=f'unit{unit + 1}')(x)
+    return x
+
+
+def resnet_stem(x, num_layers: tuple[int, ...], width_factor: int = 1):
+  """The hybrid's ResNet: 7x7/2 root, 3x3/2 max-pool, bottleneck stages block1..blockN.
+
+  Called inside `VisionTransformer.__call__`, so its modules sit at the top of the parameter
+  tree (`conv_root`, `gn_root`, `block1/unit1/...`) as in the official checkpoints.
+  """
+  width = int(64 * width_factor)
+  x = StdConv(width, (7, 7), (2, 2), use_bias=False, name='conv_root')(x)
+  x = nn.relu(nn.GroupNorm(name='gn_root')(x))
+  x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+  for stage, block_size in enumerate(num_layers):
+    x = ResNetStage(block_size, width * 2**stage, (1, 1) if stage == 0 else (2, 2),
+                    name=f'block{stage + 1}')(x)
+  return x
+
+
 class VisionTransformer(nn.Module):
   """ViT classifier. `num_classes=None` returns the pooled (or unpooled) representation.
 
@@ -190,6 +272,9 @@ class VisionTransformer(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   head_bias_init: float = 0.0
+  resnet: Optional[dict] = None  # dict(num_layers=..., width_factor=...) for hybrids.
+  layer_norm_epsilon: float = 1e-6
+  gelu_approximate: bool = True  # The original's nn.gelu; False for erf GELU (timm, Segmenter).
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -197,18 +282,22 @@ class VisionTransformer(nn.Module):
     if self.classifier not in ('token', 'gap', 'unpooled', 'token_unpooled'):
       raise UserError(f'unknown classifier {self.classifier!r}: use token, gap, unpooled '
                       'or token_unpooled')
+    x = images
+    if self.resnet is not None:
+      x = resnet_stem(x, tuple(self.resnet['num_layers']), self.resnet.get('width_factor', 1))
     p = self.patch_size
     x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
                 kernel_init=_partitioned(nn.initializers.lecun_normal(),
                                          (None, None, None, 'embed')),
-                bias_init=_partitioned(_zeros, ('embed',)), name='embedding')(images)
+                bias_init=_partitioned(_zeros, ('embed',)), name='embedding')(x)
     n, h, w, c = x.shape
     x = x.reshape(n, h * w, c)
     if self.classifier in ('token', 'token_unpooled'):
       cls = self.param('cls', _partitioned(_zeros, (None, None, 'embed')), (1, 1, c))
       x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (n, 1, 1)), x], axis=1)
     x = Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.dropout_rate,
-                self.attention_dropout_rate, dtype=self.dtype, name='Transformer')(x, train=train)
+                self.attention_dropout_rate, self.layer_norm_epsilon, self.gelu_approximate,
+                self.dtype, name='Transformer')(x, train=train)
 
     if self.classifier == 'token':
       x = x[:, 0]
