@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vit_jax import classification_input, input_pipeline, models, train
+from vit_jax import classification_input, input_pipeline, models, pretrained, train
 from vit_jax.errors import UserError
 
 LOSSES = ('softmax_xent', 'sigmoid_xent')
@@ -54,6 +54,9 @@ class ClassificationTask(train.Task):
   def init_variables(self, rng):
     size, channels = self.config.input.image_size, self.config.input.get('channels', 3)
     return self.model.init({'params': rng}, jnp.zeros((1, size, size, channels)), train=False)
+
+  def pretrained_params(self, params, path):
+    return pretrained.load_pretrained(params, path, self.config.get('posemb_resize', 'zoom'))
 
   def loss(self, variables, batch, rng):
     logits = self.model.apply(variables, batch['image'], train=True, rngs={'dropout': rng})

@@ -49,6 +49,11 @@ class Task(abc.ABC):
   def init_variables(self, rng: jax.Array) -> dict:
     """`model.init(...)` on a dummy batch; params may carry logical partitioning boxes."""
 
+  def pretrained_params(self, params: dict, path: str) -> dict:
+    """Fresh params (host numpy) -> params loaded from the checkpoint at `path`
+    (`config.init_from`). Called only when a run starts, never on resume."""
+    raise UserError(f'{type(self).__name__} cannot start from a checkpoint (config.init_from)')
+
   @abc.abstractmethod
   def loss(self, variables: dict, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
     """Training loss on a (global) batch and scalar metrics to log."""
@@ -222,6 +227,10 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict[str, float]:
     latest = checkpointer.latest_step()
     if latest is None:
       state = jax.jit(lambda r: init_state(task, tx, r), out_shardings=shardings)(rng)
+      if config.get('init_from'):
+        params = multihost_utils.process_allgather(state.params, tiled=True)
+        params = task.pretrained_params(params, config.init_from)
+        state = state.replace(params=jax.device_put(params, shardings.params))
       examples_seen = 0
     else:
       target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

@@ -1,0 +1,141 @@
+"""Official .npz checkpoints both ways, parity with timm's loader, fine-tuning starts."""
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import timm
+import torch
+
+from helpers import tiny_digits_config
+from vit_jax import models, pretrained, train
+from vit_jax.classification import ClassificationTask
+from vit_jax.errors import UserError
+
+
+def random_params(model, image_size, seed=0, channels=3):
+  """Every parameter random (heads and class tokens included), so that nothing compares zeros."""
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                          jnp.zeros((1, image_size, image_size, channels)))['params']
+  rng = np.random.default_rng(seed)
+  def draw(path, x):
+    name = jax.tree_util.keystr(path)
+    if 'scale' in name:
+      return (1 + 0.1 * rng.standard_normal(x.shape)).astype(np.float32)
+    return (0.05 * rng.standard_normal(x.shape)).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(draw, nn.meta.unbox(shapes))
+
+
+def test_save_writes_official_names_and_load_reads_them_back(tmp_path):
+  model = models.build_vit(dict(variant='Ti/16', num_classes=10, representation_size=192))
+  params = random_params(model, 32)
+  path = str(tmp_path / 'vit.npz')
+  pretrained.save_npz(path, params)
+  keys = set(np.load(path).files)
+  block = 'Transformer/encoderblock_3'
+  assert {f'{block}/LayerNorm_0/scale', f'{block}/MultiHeadDotProductAttention_1/query/kernel',
+          f'{block}/LayerNorm_2/bias', f'{block}/MlpBlock_3/Dense_1/kernel',
+          'Transformer/posembed_input/pos_embedding', 'cls', 'pre_logits/kernel'} <= keys
+  loaded = pretrained.load_npz(path)
+  jax.tree.map(np.testing.assert_array_equal, loaded, params)
+
+
+def test_hybrid_group_norms_are_stored_as_in_official_files(tmp_path):
+  model = models.build_vit(dict(variant='R26+S/32', num_classes=10))
+  params = random_params(model, 64)
+  path = str(tmp_path / 'hybrid.npz')
+  pretrained.save_npz(path, params)
+  files = np.load(path)
+  assert files['gn_root/scale'].shape == (1, 1, 1, 64)
+  assert files['block2/unit1/gn_proj/bias'].shape == (1, 1, 1, 512)
+  jax.tree.map(np.testing.assert_array_equal, pretrained.load_npz(path), params)
+
+
+def test_logits_match_timm_on_the_same_weights(tmp_path):
+  # timm's ViT uses erf GELU; the same model here is ours with gelu_approximate=False.
+  model = models.build_vit(dict(variant='B/16', num_classes=1000, gelu_approximate=False))
+  params = random_params(model, 224)
+  path = str(tmp_path / 'b16.npz')
+  pretrained.save_npz(path, params)
+
+  reference = timm.create_model('vit_base_patch16_224', pretrained=False).eval()
+  timm.models.vision_transformer._load_weights(reference, path)
+  images = np.random.default_rng(1).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
+  with torch.no_grad():
+    expected = reference(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+  got = np.asarray(jax.jit(model.apply)({'params': params}, images))
+  # fp32 on CPU; logits are O(1): differences come from summation order only.
+  np.testing.assert_allclose(got, expected, atol=2e-4, rtol=1e-4)
+
+
+def test_zoom_resize_matches_corner_aligned_bilinear():
+  rng = np.random.default_rng(0)
+  posemb = rng.standard_normal((1, 1 + 14 * 14, 8)).astype(np.float32)
+  resized = pretrained.resize_posemb(posemb, 1 + 24 * 24)
+  # Independent computation: torch's bilinear with align_corners=True samples the same points
+  # (output i at input i * (14 - 1) / (24 - 1)) as scipy.ndimage.zoom(order=1).
+  grid = torch.from_numpy(posemb[0, 1:].reshape(14, 14, 8).transpose(2, 0, 1))[None]
+  expected = torch.nn.functional.interpolate(grid, size=(24, 24), mode='bilinear',
+                                             align_corners=True)[0].numpy()
+  np.testing.assert_array_equal(resized[0, 0], posemb[0, 0])  # The class token row is kept.
+  # float32 sample positions: observed max difference 2.5e-6 on O(1) values.
+  np.testing.assert_allclose(resized[0, 1:].reshape(24, 24, 8), expected.transpose(1, 2, 0),
+                             atol=1e-5)
+
+
+def test_bilinear_resize_matches_torch_half_pixel():
+  posemb = np.random.default_rng(0).standard_normal((1, 16, 4)).astype(np.float32)
+  resized = pretrained.resize_posemb(posemb, 64, num_prefix_tokens=0, method='bilinear')
+  grid = torch.from_numpy(posemb[0].reshape(4, 4, 4).transpose(2, 0, 1))[None]
+  expected = torch.nn.functional.interpolate(grid, size=(8, 8), mode='bilinear',
+                                             align_corners=False)[0].numpy()
+  np.testing.assert_allclose(resized[0].reshape(8, 8, 4), expected.transpose(1, 2, 0), atol=1e-6)
+
+
+def _tiny(num_classes, representation_size=None):
+  return models.VisionTransformer(num_classes=num_classes, patch_size=4, hidden_size=16,
+                                  num_layers=1, num_heads=2, mlp_dim=32,
+                                  representation_size=representation_size)
+
+
+def test_fine_tune_start_resets_head_drops_pre_logits_resizes_posemb(tmp_path):
+  upstream = random_params(_tiny(21843, representation_size=16), 16)  # 4x4 grid
+  path = str(tmp_path / 'upstream.npz')
+  pretrained.save_npz(path, upstream)
+  fresh = nn.meta.unbox(_tiny(10).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+  params = pretrained.load_pretrained(fresh['params'], path)
+  assert 'pre_logits' not in params
+  assert not np.any(params['head']['kernel']) and params['head']['kernel'].shape == (16, 10)
+  np.testing.assert_array_equal(
+      params['Transformer']['posembed_input']['pos_embedding'],
+      pretrained.resize_posemb(upstream['Transformer']['posembed_input']['pos_embedding'],
+                               1 + 8 * 8))
+  np.testing.assert_array_equal(params['embedding']['kernel'], upstream['embedding']['kernel'])
+
+
+def test_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path):
+  path = str(tmp_path / 'other.npz')
+  other = models.VisionTransformer(num_classes=10, patch_size=4, hidden_size=24, num_layers=1,
+                                   num_heads=2, mlp_dim=32)
+  pretrained.save_npz(path, random_params(other, 16))
+  fresh = nn.meta.unbox(_tiny(10).init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))
+  with pytest.raises(UserError, match='does not fit the model.*shape differs'):
+    pretrained.load_pretrained(fresh['params'], path)
+
+
+def test_training_starts_from_init_from(tmp_path):
+  config = tiny_digits_config(total_steps=1, checkpoint_every=1)
+  config.optim.update(lr=0.0, weight_decay=0.0)  # One step that changes nothing.
+  task = ClassificationTask(config)
+  source = random_params(task.model, 16, channels=1)
+  path = str(tmp_path / 'start.npz')
+  pretrained.save_npz(path, source)
+  config.init_from = path
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir, ClassificationTask(config))
+  state = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '1', 'state'))
+  jax.tree.map(np.testing.assert_array_equal, state['params'], source)
