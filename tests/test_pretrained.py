@@ -68,8 +68,8 @@ def test_logits_match_timm_on_the_same_weights(tmp_path):
   with torch.no_grad():
     expected = reference(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
   got = np.asarray(jax.jit(model.apply)({'params': params}, images))
-  # fp32 on CPU; logits are O(1): differences come from summation order only.
-  np.testing.assert_allclose(got, expected, atol=2e-4, rtol=1e-4)
+  # fp32 on CPU, logits up to ~5: observed max difference 9e-6 (summation order only).
+  np.testing.assert_allclose(got, expected, atol=5e-5, rtol=1e-5)
 
 
 def test_zoom_resize_matches_corner_aligned_bilinear():
@@ -139,3 +139,20 @@ def test_training_starts_from_init_from(tmp_path):
   train.train_and_evaluate(config, workdir, ClassificationTask(config))
   state = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '1', 'state'))
   jax.tree.map(np.testing.assert_array_equal, state['params'], source)
+
+
+def test_hybrid_logits_match_timm_on_the_same_weights(tmp_path):
+  model = models.build_vit(dict(variant='R26+S/32', num_classes=1000, gelu_approximate=False))
+  params = random_params(model, 224, seed=2)
+  path = str(tmp_path / 'r26_s32.npz')
+  pretrained.save_npz(path, params)
+  reference = timm.create_model('vit_small_r26_s32_224', pretrained=False).eval()
+  timm.models.vision_transformer._load_weights(reference, path)
+  images = np.random.default_rng(3).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
+  with torch.no_grad():
+    expected = reference(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+  got = np.asarray(jax.jit(model.apply)({'params': params}, images))
+  # timm's hybrid uses GroupNorm eps 1e-5 and weight standardisation w / sqrt(var + 1e-8); the
+  # original (and we) use GroupNorm eps 1e-6 and w / (std + 1e-5): a small, systematic gap,
+  # observed max 5e-4 on logits up to ~3.
+  np.testing.assert_allclose(got, expected, atol=2e-3, rtol=1e-3)
