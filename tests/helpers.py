@@ -8,13 +8,13 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(name: str):
-  """configs/<name>.py's get_config(), unlocked so tests can shrink it."""
+def load_config(name: str, *args):
+  """configs/<name>.py's get_config(*args), unlocked so tests can shrink it."""
   path = os.path.join(ROOT, 'configs', f'{name}.py')
   spec = importlib.util.spec_from_file_location(f'configs_{name}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(*args)
 
 
 def tiny_digits_config(**changes):

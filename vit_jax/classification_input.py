@@ -6,8 +6,8 @@ config.input fields:
   data_dir        TFDS data dir (tfds) or the folder root (folder: root/<split>/<class>/*.jpg)
   train_split, eval_split
   image_size      training and eval crop
-  eval_resize     eval: resize the short side to this, then center-crop image_size
-                  (default: image_size, i.e. a plain resize of square images)
+  eval_resize     eval: resize the short side to this, then center-crop image_size;
+                  0 / None: resize straight to image_size x image_size (the original ViT)
   augment         inception_crop (random area min_area..100%, flip) | flip | none |
                   pad_crop (zero-pad by `pad` pixels, random crop back; no flip)
   channels        3 (1 for grayscale sources)
@@ -143,12 +143,12 @@ def train_preprocess(input_config):
 
 def eval_preprocess(input_config):
   size = input_config.image_size
-  resize = input_config.get('eval_resize') or size
+  resize = input_config.get('eval_resize')
   channels = input_config.get('channels', 3)
 
   def preprocess(example):
     image = _decode(example['image'], channels)
-    image = _resize_small_and_crop(image, resize, size)
+    image = _resize_small_and_crop(image, resize, size) if resize else _resize(image, size)
     image.set_shape((size, size, channels))
     return {'image': _to_unit_range(image), 'label': tf.cast(example['label'], tf.int32)}
 

@@ -7,11 +7,13 @@ Hybrid checkpoints store GroupNorm scale and bias as (1, 1, 1, C). `load_npz` an
 translate between that format and our parameter tree.
 """
 
+import io
 import re
 from typing import Any
 
 import numpy as np
 import scipy.ndimage
+import tensorflow as tf
 from absl import logging
 
 from vit_jax.errors import UserError
@@ -77,9 +79,9 @@ def _squeeze_group_norms(tree: Params) -> Params:
 def load_npz(path: str) -> Params:
   """An official (or our) ViT `.npz` as a parameter tree with our (Linen) names."""
   try:
-    with open(path, 'rb') as f:
-      flat = dict(np.load(f, allow_pickle=False))
-  except (OSError, ValueError) as e:
+    with tf.io.gfile.GFile(path, 'rb') as f:  # Local paths and gs://vit_models/... alike.
+      flat = dict(np.load(io.BytesIO(f.read()), allow_pickle=False))
+  except (OSError, ValueError, tf.errors.OpError) as e:
     raise UserError(f'cannot read checkpoint {path!r}: {e}') from None
   for prefix in _PREFIXES:
     if any(k.startswith(prefix) for k in flat):
@@ -100,8 +102,10 @@ def save_npz(path: str, params: Params) -> None:
     if re.fullmatch(r'gn_\w+|gn\d', parts[-2] if len(parts) > 1 else '') and value.ndim == 1:
       value = value.reshape(1, 1, 1, -1)
     out['/'.join(parts)] = value
-  with open(path, 'wb') as f:
-    np.savez(f, **out)
+  buffer = io.BytesIO()  # zip needs seeking, which GFile writers do not offer.
+  np.savez(buffer, **out)
+  with tf.io.gfile.GFile(path, 'wb') as f:
+    f.write(buffer.getvalue())
 
 
 def resize_posemb(posemb: np.ndarray, num_tokens: int, num_prefix_tokens: int = 1,

@@ -1,0 +1,106 @@
+"""Fine-tuning a pre-trained ViT, the recipe behind the original README tables.
+
+  python -m vit_jax.main --config=configs/vit_finetune.py:b16,cifar10 --workdir=DIR
+  python -m vit_jax.main --config=configs/vit_finetune.py:r26_s32,oxford_iiit_pet,augreg ...
+
+The argument is MODEL,DATASET[,augreg]: the upstream checkpoint is the original ImageNet-21k one
+(gs://vit_models/imagenet21k) or, with `augreg`, the recommended AugReg i21k one
+(gs://vit_models/augreg). Point --config.init_from at a local copy when there is no GCS access.
+
+Recipe (vision_transformer configs/common.py; big_vision transfer.py for pets/flowers): SGD with
+momentum 0.9 (bfloat16 accumulator), no weight decay, global-norm clip 1, batch 512, linear
+warmup then cosine to 0, 384 px; inception crop + flip for training, a plain resize for eval;
+the head starts at zero and the position embeddings are zoomed to the 384 px grid.
+"""
+
+import ml_collections
+
+# name -> (variant, original i21k file, AugReg i21k file)
+MODELS = {
+    'ti16': ('Ti/16', None, 'Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0'),
+    's16': ('S/16', None, 'S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0'),
+    's32': ('S/32', None, 'S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0'),
+    'b8': ('B/8', None, 'B_8-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0'),
+    'b16': ('B/16', 'ViT-B_16', 'B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0'),
+    'b32': ('B/32', 'ViT-B_32', 'B_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.03-do_0.0-sd_0.0'),
+    'l16': ('L/16', 'ViT-L_16', 'L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1'),
+    'l32': ('L/32', 'ViT-L_32', None),
+    'h14': ('H/14', 'ViT-H_14', None),
+    'r_ti16': ('R+Ti/16', None, 'R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0'),
+    'r26_s32': ('R26+S/32', None, 'R26_S_32-i21k-300ep-lr_0.001-aug_medium2-wd_0.03-do_0.0-sd_0.0'),
+    'r50_b16': ('R50+B/16', 'R50+ViT-B_16', None),
+    'r50_l32': ('R50+L/32', None, 'R50_L_32-i21k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0'),
+}
+
+# name -> (classes, train split, eval split, steps, warmup, lr)
+DATASETS = {
+    'cifar10': (10, 'train[:98%]', 'test', 10_000, 500, 0.01),
+    'cifar100': (100, 'train[:98%]', 'test', 10_000, 500, 0.03),
+    'imagenet2012': (1000, 'train[:99%]', 'validation', 20_000, 500, 0.03),
+    'oxford_iiit_pet': (37, 'train[:90%]', 'test', 500, 100, 0.003),
+    'oxford_flowers102': (102, 'train', 'test', 500, 100, 0.003),
+}
+
+
+def get_config(arg='b16,cifar10'):
+  model_name, dataset, *upstream = arg.split(',')
+  augreg = upstream == ['augreg']
+  variant, original_file, augreg_file = MODELS[model_name]
+  classes, train_split, eval_split, steps, warmup, lr = DATASETS[dataset]
+
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  if augreg and augreg_file:
+    config.init_from = f'gs://vit_models/augreg/{augreg_file}.npz'
+  elif original_file:
+    config.init_from = f'gs://vit_models/imagenet21k/{original_file}.npz'
+  else:
+    config.init_from = ''  # No published upstream file for this pair: pass your own.
+  config.posemb_resize = 'zoom'  # The original's scipy.ndimage.zoom(order=1); or 'bilinear'.
+
+  config.input = ml_collections.ConfigDict()
+  config.input.source = 'tfds'
+  config.input.dataset = dataset
+  config.input.data_dir = None
+  config.input.train_split = train_split
+  config.input.eval_split = eval_split
+  config.input.image_size = 384
+  config.input.eval_resize = 0  # 0: resize straight to 384x384, as the original evaluates.
+  config.input.augment = 'inception_crop'
+  config.input.min_area = 0.05
+  config.input.pad = 0
+  config.input.channels = 3
+  config.input.batch_size = 512
+  config.input.eval_batch_size = 512
+  config.input.shuffle_buffer = 50_000
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'vit'
+  config.model.variant = variant
+  config.model.num_classes = classes
+  config.model.classifier = 'token'
+  config.model.representation_size = None  # pre_logits of i21k checkpoints is dropped.
+  config.model.dropout_rate = 0.0
+
+  config.loss = 'softmax_xent'
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = 'momentum'
+  config.optim.lr = lr
+  config.optim.momentum = 0.9
+  config.optim.accumulator_dtype = 'bfloat16'
+  config.optim.weight_decay = 0.0
+  config.optim.grad_clip_norm = 1.0
+  config.optim.accum_steps = 1  # The original used 8 to fit 8 V100s; raise it if memory is short.
+  config.optim.lr_mults = ()
+  config.optim.schedule = ml_collections.ConfigDict(
+      dict(name='warmup_cosine', warmup_steps=warmup, end_value=0.0))
+
+  config.total_steps = steps
+  config.log_every = 10
+  config.eval_every = 1000
+  config.checkpoint_every = 1000
+  config.keep_checkpoints = 2
+
+  config.mesh = (('data', -1), ('model', 1))
+  config.sharding_rules = (('batch', 'data'),)
+  return config
