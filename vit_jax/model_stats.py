@@ -1,0 +1,25 @@
+"""Parameter counts and GFLOPs of a Flax model, from shapes and XLA's cost analysis."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+
+def parameter_count(model: nn.Module, *inputs: jax.ShapeDtypeStruct) -> int:
+  """Number of parameters (collection 'params'), computed from shapes only."""
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), *inputs)
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.meta.unbox(variables['params']))))
+
+
+def gflops(model: nn.Module, *inputs: jax.ShapeDtypeStruct) -> float:
+  """Giga multiply-adds of one forward pass (XLA counts a multiply-add as 2 flops; papers and
+  fvcore, DeiT and DETR included, count it as 1)."""
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), *inputs)
+  cost = jax.jit(lambda v, *x: model.apply(v, *x)).lower(variables, *inputs).cost_analysis()
+  return float(cost['flops']) / 2e9
+
+
+# ViT paper, Table 1: parameters of each model family.
+VIT_PAPER_PARAMS = {'B': 86e6, 'L': 307e6, 'H': 632e6}
+VIT_VARIANTS = ('Ti/16', 'S/16', 'S/32', 'B/8', 'B/16', 'B/32', 'L/16', 'L/32', 'H/14',
+                'R+Ti/16', 'R26+S/32', 'R26+B/32', 'R50+B/16', 'R50+L/32')
