@@ -88,9 +88,11 @@ def make_source(input_config, split: str) -> input_pipeline.Source:
 
 
 def _decode(image: tf.Tensor, channels: int) -> tf.Tensor:
-  """Encoded bytes -> uint8 HxWxC; arrays pass through."""
+  """Encoded bytes -> uint8 HxWxC; arrays pass through (grey ones made RGB if asked)."""
   if image.dtype == tf.string:
     image = tf.io.decode_image(image, channels=channels, expand_animations=False)
+  elif channels == 3 and image.shape[-1] == 1:
+    image = tf.image.grayscale_to_rgb(image)
   return image
 
 

@@ -116,9 +116,12 @@ class MultiHeadDotProductAttention(nn.Module):
                                    dtype=self.dtype)
     query, key, value = (project_in(name=name)(x) for name in ('query', 'key', 'value'))
     dropout_rng = self.make_rng('dropout') if train and self.dropout_rate > 0 else None
-    y = nn.dot_product_attention(
-        query, key, value, dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
+    weights = nn.dot_product_attention_weights(
+        query, key, dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
         broadcast_dropout=False, deterministic=not train, dtype=self.dtype)
+    # (batch, heads, query, key); kept only when 'intermediates' is mutable (attention maps).
+    self.sow('intermediates', 'attention_weights', weights)
+    y = jnp.einsum('...hqk,...khd->...qhd', weights, value)
     return Projection(heads + (width,), ('heads', 'kv', 'embed'), num_in_axes=2,
                       dtype=self.dtype, name='out')(y)
 
