@@ -1,6 +1,6 @@
 """The offline main job: a small ViT on scikit-learn's handwritten digits (8x8 pixels).
 
-  python -m vit_jax.main --config=configs/vit_digits.py --workdir=/tmp/vit_digits
+  python -m vit_jax.main --config=configs/vit_digits.py --workdir=workdirs/vit_digits
 
 1437 training and 360 test images ship with scikit-learn, so this runs anywhere without a
 download; it reaches ~99% test accuracy in under 3 minutes on a 2-core CPU.

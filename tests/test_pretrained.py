@@ -55,19 +55,24 @@ def test_hybrid_group_norms_are_stored_as_in_official_files(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, pretrained.load_npz(path), params)
 
 
-def test_logits_match_timm_on_the_same_weights(tmp_path):
+def _logits_here_and_in_timm(variant, timm_name, directory, seed=0):
+  """Random weights saved with our saver, loaded by timm's official-format loader; the logits
+  of both models on the same images."""
   # timm's ViT uses erf GELU; the same model here is ours with gelu_approximate=False.
-  model = models.build_vit(dict(variant='B/16', num_classes=1000, gelu_approximate=False))
-  params = random_params(model, 224)
-  path = str(tmp_path / 'b16.npz')
+  model = models.build_vit(dict(variant=variant, num_classes=1000, gelu_approximate=False))
+  params = random_params(model, 224, seed=seed)
+  path = str(directory / 'weights.npz')
   pretrained.save_npz(path, params)
-
-  reference = timm.create_model('vit_base_patch16_224', pretrained=False).eval()
+  reference = timm.create_model(timm_name, pretrained=False).eval()
   timm.models.vision_transformer._load_weights(reference, path)
-  images = np.random.default_rng(1).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
+  images = np.random.default_rng(seed + 1).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
   with torch.no_grad():
     expected = reference(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
-  got = np.asarray(jax.jit(model.apply)({'params': params}, images))
+  return np.asarray(jax.jit(model.apply)({'params': params}, images)), expected
+
+
+def test_logits_match_timm_on_the_same_weights(tmp_path):
+  got, expected = _logits_here_and_in_timm('B/16', 'vit_base_patch16_224', tmp_path)
   # fp32 on CPU, logits up to ~5: observed max difference 9e-6 (summation order only).
   np.testing.assert_allclose(got, expected, atol=5e-5, rtol=1e-5)
 
@@ -142,16 +147,7 @@ def test_training_starts_from_init_from(tmp_path):
 
 
 def test_hybrid_logits_match_timm_on_the_same_weights(tmp_path):
-  model = models.build_vit(dict(variant='R26+S/32', num_classes=1000, gelu_approximate=False))
-  params = random_params(model, 224, seed=2)
-  path = str(tmp_path / 'r26_s32.npz')
-  pretrained.save_npz(path, params)
-  reference = timm.create_model('vit_small_r26_s32_224', pretrained=False).eval()
-  timm.models.vision_transformer._load_weights(reference, path)
-  images = np.random.default_rng(3).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
-  with torch.no_grad():
-    expected = reference(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
-  got = np.asarray(jax.jit(model.apply)({'params': params}, images))
+  got, expected = _logits_here_and_in_timm('R26+S/32', 'vit_small_r26_s32_224', tmp_path, seed=2)
   # timm's hybrid uses GroupNorm eps 1e-5 and weight standardisation w / sqrt(var + 1e-8); the
   # original (and we) use GroupNorm eps 1e-6 and w / (std + 1e-5): a small, systematic gap,
   # observed max 5e-4 on logits up to ~3.
