@@ -54,3 +54,20 @@ def test_strategy_matches_single_device(strategy, specs, shard_shapes, single_de
     assert result['shard_shapes'][name] == shape, name
   # Adam's first moment is laid out like its parameter.
   assert result['mu_shard_shape'] == shard_shapes[MLP_IN]
+
+
+def test_fsdp_divides_parameter_bytes_by_device_count():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, 'tests')]))
+  result = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'fsdp_memory_run.py')],
+                          env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  sizes = json.loads(result.stdout.strip().splitlines()[-1])
+  assert sizes['devices'] == 8
+  # What scripts/sharding_report.py computes from shapes is what device 0 really holds.
+  assert sizes['device0_param_bytes'] == sizes['predicted_param_bytes']
+  # 1/8 of ViT-S/16, plus the few small vectors FSDP leaves replicated (LayerNorms, q/k/v biases).
+  assert sizes['device0_param_bytes'] < sizes['total_param_bytes'] / 8 * 1.02
+  # The momentum (SGD, bfloat16 accumulator) is sharded the same way: half the bytes.
+  assert sizes['device0_momentum_bytes'] == pytest.approx(sizes['device0_param_bytes'] / 2,
+                                                          rel=0.01)

@@ -93,3 +93,16 @@ def describe(tree_of_arrays) -> dict[str, str]:
   flat = jax.tree_util.tree_flatten_with_path(tree_of_arrays)[0]
   return {jax.tree_util.keystr(path, simple=True, separator='/'): str(x.sharding.spec)
           for path, x in flat}
+
+
+def bytes_per_device(abstract_arrays, mesh_specs, axis_sizes: dict[str, int]) -> int:
+  """Bytes one device holds of a tree of arrays laid out by `mesh_specs` (PartitionSpecs over
+  mesh axes) on a mesh with `axis_sizes`; uneven dimensions count their padded shard. Needs no
+  devices, so it answers for meshes far larger than this machine."""
+  def shard_bytes(array, spec):
+    size = 1
+    for dim, axes in zip(array.shape, tuple(spec) + (None,) * (array.ndim - len(spec))):
+      axes = axes if isinstance(axes, tuple) else (axes,)
+      size *= -(-dim // math.prod(axis_sizes[a] for a in axes if a is not None))
+    return size * np.dtype(array.dtype).itemsize
+  return sum(jax.tree.leaves(jax.tree.map(shard_bytes, abstract_arrays, mesh_specs)))
