@@ -152,3 +152,22 @@ def test_hybrid_logits_match_timm_on_the_same_weights(tmp_path):
   # original (and we) use GroupNorm eps 1e-6 and w / (std + 1e-5): a small, systematic gap,
   # observed max 5e-4 on logits up to ~3.
   np.testing.assert_allclose(got, expected, atol=2e-3, rtol=1e-3)
+
+
+class _Payload:
+  """Unpickling this would create `path`: proof that code in the file ran."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def __reduce__(self):
+    return (open, (self.path, 'w'))
+
+
+def test_npz_carrying_a_pickle_is_refused_without_running_it(tmp_path):
+  marker = tmp_path / 'code_ran'
+  path = str(tmp_path / 'evil.npz')
+  np.savez(path, **{'embedding/kernel': np.array([_Payload(str(marker))], dtype=object)})
+  with pytest.raises(UserError, match='cannot read checkpoint'):
+    pretrained.load_npz(path)
+  assert not marker.exists()

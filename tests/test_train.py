@@ -13,6 +13,7 @@ import tensorflow as tf
 from helpers import run_module, tiny_digits_config
 from vit_jax import classification_input, optim, train
 from vit_jax.classification import ClassificationTask
+from vit_jax.errors import UserError
 
 
 class Preempted(Exception):
@@ -96,3 +97,21 @@ def test_digits_main_job_reaches_95_percent(workdir):
   assert metrics['accuracy'] >= 0.95
   assert 'Final eval' in result.stdout and 'accuracy=' in result.stdout
   assert 'train_loss=' in result.stderr and 'steps_per_sec' in result.stderr  # Progress.
+
+
+class PoisonedTask(ClassificationTask):
+  """Its 4th training batch is all NaN pixels."""
+
+  def train_input(self, start_example):
+    first = start_example // self.config.input.batch_size + 1
+    for step, batch in enumerate(super().train_input(start_example), start=first):
+      yield dict(batch, image=np.full_like(batch['image'], np.nan)) if step == 4 else batch
+
+
+def test_non_finite_loss_stops_naming_the_step_and_saves_nothing_after_it(workdir):
+  config = tiny_digits_config(checkpoint_every=2, log_every=5, total_steps=6)
+  with pytest.raises(UserError, match='diverged at step 4'):
+    train.train_and_evaluate(config, workdir, PoisonedTask(config))
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
+  saved = _saved_state(workdir, 2)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(saved['params']))

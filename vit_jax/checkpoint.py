@@ -28,13 +28,12 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
-    """Saves when `step` is a multiple of `every_steps` (or `force`); returns whether it saved.
+  def is_due(self, step: int) -> bool:
+    """Whether `step` is on the interval (ours, not orbax's: orbax also saves a run's first)."""
+    return step % self.every_steps == 0
 
-    The interval is ours, not orbax's: orbax would also save the first step of every run.
-    """
-    if not force and step % self.every_steps:
-      return False
+  def save(self, step: int, state: Any, meta: dict) -> bool:
+    """Saves now (asynchronously); the caller decides when."""
     return self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       meta=ocp.args.JsonSave(meta)), force=True)

@@ -188,6 +188,14 @@ def state_shardings(task: Task, tx, rng, mesh, rules) -> tuple[TrainState, Train
   return abstract_state, shardings
 
 
+def _stop_if_not_finite(checked: list) -> None:
+  for step, loss, grad_norm in checked:
+    if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+      raise UserError(f'training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; '
+                      'nothing from that step on was saved: lower config.optim.lr and restart '
+                      '(the run resumes from the last checkpoint)')
+
+
 def _write_json(path: str, data: dict) -> None:
   if jax.process_index() == 0:
     with open(path, 'w') as f:
@@ -261,7 +269,8 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict[str, float]:
       hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
 
     train_iter = task.train_input(start_example=examples_seen)
-    pending_metrics = []
+    pending_metrics = []  # Device scalars since the last log step, averaged when logged.
+    unchecked = []  # (step, loss, grad norm) not yet checked for finiteness.
     eval_metrics: Optional[dict] = None
     start_time = time.time()
     logging.info('Training steps %d..%d on mesh %s.', first_step, num_steps, dict(mesh.shape))
@@ -272,21 +281,26 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict[str, float]:
           state, metrics = train_step(state, batch)
         examples_seen += config.input.batch_size
         pending_metrics.append(metrics)
+        unchecked.append((step, metrics['loss'], metrics['grad_norm']))
         for hook in hooks:
           hook(step)
-        if step % config.log_every == 0 or step == num_steps:
+        last = step == num_steps
+        log_now = step % config.log_every == 0 or last
+        save_now = checkpointer.is_due(step) or last
+        if log_now or save_now:  # Never log or save a state that went non-finite.
+          _stop_if_not_finite(jax.device_get(unchecked))
+          unchecked = []
+        if log_now:
           averaged = jax.tree.map(lambda *x: np.mean(x), *jax.device_get(pending_metrics))
-          if not np.isfinite(averaged['loss']):
-            raise UserError(f'training diverged: loss is {averaged["loss"]} at step {step}; the '
-                            'last checkpoint is kept, lower config.optim.lr and resume')
           writer.write_scalars(step, {f'train_{k}' if k != 'learning_rate' else k: v
                                       for k, v in _scalars(averaged).items()})
           pending_metrics = []
-        if step % config.eval_every == 0 or step == num_steps:
+        if step % config.eval_every == 0 or last:
           with report.timed('eval'):
             eval_metrics = evaluate(task, eval_step, state, batch_sharding)
           writer.write_scalars(step, {f'eval_{k}': v for k, v in eval_metrics.items()})
-        checkpointer.save(step, state, {'examples_seen': examples_seen}, force=step == num_steps)
+        if save_now:
+          checkpointer.save(step, state, {'examples_seen': examples_seen})
 
       if eval_metrics is None:  # Resumed at the end: report the final state again.
         eval_metrics = evaluate(task, eval_step, state, batch_sharding)
