@@ -88,3 +88,31 @@ def test_pooling(classifier, shape):
 def test_unknown_variant_is_a_clear_error():
   with pytest.raises(UserError, match='unknown ViT variant'):
     models.build_vit(dict(variant='X/16', num_classes=10))
+
+
+def _loss_and_grads(**model_options):
+  """Loss and gradients of a small ViT on fixed weights (random head), with `model_options`."""
+  size = dict(num_classes=10, patch_size=4, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
+  images = jax.random.uniform(jax.random.PRNGKey(1), (4, 16, 16, 3), minval=-1, maxval=1)
+  params = nn.meta.unbox(models.VisionTransformer(**size).init(jax.random.PRNGKey(0), images))
+  params = params['params']
+  params['head']['kernel'] = jax.random.normal(jax.random.PRNGKey(2), (32, 10)) * 0.1
+  model = models.VisionTransformer(**size, **model_options)
+
+  def loss(p):
+    logits = model.apply({'params': p}, images, train=True)
+    return -jax.nn.log_softmax(logits)[:, 3].mean()
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def test_remat_leaves_loss_and_gradients_unchanged():
+  (loss, grads), (loss_remat, grads_remat) = _loss_and_grads(), _loss_and_grads(remat=True)
+  assert float(loss_remat) == pytest.approx(float(loss), abs=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, grads_remat)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_close_loss():
+  (loss, _), (loss_bf16, grads_bf16) = _loss_and_grads(), _loss_and_grads(dtype=jnp.bfloat16)
+  # bfloat16 has 8 bits of mantissa: 1% on the loss is the expected scale of its rounding.
+  assert float(loss_bf16) == pytest.approx(float(loss), rel=1e-2)
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads_bf16))

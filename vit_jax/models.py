@@ -159,7 +159,7 @@ class Encoder1DBlock(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs, *, train: bool):
+  def __call__(self, inputs, train: bool):
     norm = functools.partial(nn.LayerNorm, epsilon=self.layer_norm_epsilon, dtype=self.dtype)
     x = norm()(inputs)
     x = MultiHeadDotProductAttention(self.num_heads, self.attention_dropout_rate, self.dtype)(
@@ -182,16 +182,19 @@ class Encoder(nn.Module):
   layer_norm_epsilon: float = 1e-6
   gelu_approximate: bool = True
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False  # Recompute each block's activations in the backward pass (saves memory).
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     x = AddPositionEmbs(name='posembed_input')(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    # `train` (argument 2, counting the module) is a Python bool: static under remat.
+    block = nn.remat(Encoder1DBlock, static_argnums=(2,)) if self.remat else Encoder1DBlock
     for i in range(self.num_layers):
-      x = Encoder1DBlock(
+      x = block(
           self.mlp_dim, self.num_heads, self.dropout_rate, self.attention_dropout_rate,
           self.layer_norm_epsilon, self.gelu_approximate, self.dtype,
-          name=f'encoderblock_{i}')(x, train=train)
+          name=f'encoderblock_{i}')(x, train)
     return nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm')(x)
 
 
@@ -278,7 +281,8 @@ class VisionTransformer(nn.Module):
   resnet: Optional[dict] = None  # dict(num_layers=..., width_factor=...) for hybrids.
   layer_norm_epsilon: float = 1e-6
   gelu_approximate: bool = True  # The original's nn.gelu; False for erf GELU (timm, Segmenter).
-  dtype: jnp.dtype = jnp.float32
+  dtype: jnp.dtype = jnp.float32  # Compute dtype ('bfloat16' for mixed precision); params f32.
+  remat: bool = False
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
@@ -300,7 +304,7 @@ class VisionTransformer(nn.Module):
       x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (n, 1, 1)), x], axis=1)
     x = Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.dropout_rate,
                 self.attention_dropout_rate, self.layer_norm_epsilon, self.gelu_approximate,
-                self.dtype, name='Transformer')(x, train=train)
+                self.dtype, self.remat, name='Transformer')(x, train=train)
 
     if self.classifier == 'token':
       x = x[:, 0]
@@ -335,4 +339,6 @@ def build_vit(model_config) -> VisionTransformer:
     raise UserError(f'unknown ViT model fields {sorted(unknown)}')
   if 'num_classes' not in kwargs:
     raise UserError('model config needs num_classes')
+  if isinstance(kwargs.get('dtype'), str):
+    kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
   return VisionTransformer(**kwargs)
