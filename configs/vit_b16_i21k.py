@@ -40,6 +40,8 @@ def get_config():
   config.model.classifier = 'token'
   config.model.representation_size = 768
   config.model.dropout_rate = 0.1
+  config.model.dtype = 'float32'  # 'bfloat16': mixed precision (params stay float32).
+  config.model.remat = False  # True: recompute block activations in backward (less memory).
   config.model.attention_dropout_rate = 0.0
   config.model.head_bias_init = -10.0
 

@@ -34,6 +34,8 @@ def get_config():
   config.model.mlp_dim = 128
   config.model.classifier = 'token'
   config.model.dropout_rate = 0.1
+  config.model.dtype = 'float32'  # 'bfloat16': mixed precision (params stay float32).
+  config.model.remat = False  # True: recompute block activations in backward (less memory).
 
   config.loss = 'softmax_xent'
   config.optim = ml_collections.ConfigDict()

@@ -81,6 +81,8 @@ def get_config(arg='b16,cifar10'):
   config.model.classifier = 'token'
   config.model.representation_size = None  # pre_logits of i21k checkpoints is dropped.
   config.model.dropout_rate = 0.0
+  config.model.dtype = 'float32'  # 'bfloat16': mixed precision (params stay float32).
+  config.model.remat = False  # True: recompute block activations in backward (less memory).
 
   config.loss = 'softmax_xent'
   config.optim = ml_collections.ConfigDict()
