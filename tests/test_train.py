@@ -3,6 +3,10 @@ offline main job end to end."""
 
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -10,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
 
-from helpers import run_module, tiny_digits_config
+from helpers import ROOT, run_module, tiny_digits_config
 from vit_jax import classification_input, optim, train
 from vit_jax.classification import ClassificationTask
 from vit_jax.errors import UserError
@@ -115,3 +119,24 @@ def test_non_finite_loss_stops_naming_the_step_and_saves_nothing_after_it(workdi
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
   saved = _saved_state(workdir, 2)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(saved['params']))
+
+
+def test_sigterm_saves_a_checkpoint_and_the_same_command_continues(workdir):
+  args = [sys.executable, '-m', 'vit_jax.main', '--config=configs/vit_digits.py',
+          f'--workdir={workdir}', '--config.log_every=5', '--config.checkpoint_every=1000']
+  job = subprocess.Popen(args + ['--config.total_steps=100000'], cwd=ROOT,
+                         stderr=subprocess.PIPE, text=True)
+  for line in job.stderr:  # Wait for training to be under way.
+    if 'train_loss=' in line:
+      break
+  job.send_signal(signal.SIGTERM)
+  rest = job.stderr.read()
+  assert job.wait(timeout=120) == 143
+  step = int(re.search(r'preempted at step (\d+)', rest).group(1))
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(step)]
+
+  resumed = subprocess.run(args + [f'--config.total_steps={step + 2}'], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f'Resumed from {workdir} at step {step}' in resumed.stderr
+  assert 'Finished 2 steps' in resumed.stdout

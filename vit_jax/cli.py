@@ -3,11 +3,13 @@
   python -m vit_jax.main --config=configs/vit_digits.py --workdir=DIR [--config.key=value ...]
 
 Mistakes the user can fix (config, data, paths) end the run with one line on stderr and exit
-code 2, not a traceback.
+code 2, not a traceback. SIGTERM (a preemption notice) checkpoints the step in progress and exits
+with status 143; the same command then continues the run.
 """
 
 import logging as py_logging
 import re
+import signal
 import sys
 from typing import Callable
 
@@ -57,6 +59,9 @@ def run(make_task: Callable[[object], train.Task]) -> None:
       train.train_and_evaluate(config, _WORKDIR.value, make_task(config))
     except UserError as e:
       _fail(str(e))
+    except train.Preempted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(128 + signal.SIGTERM)  # The conventional status of a job ended by SIGTERM.
 
   app.run(main, flags_parser=_parse_flags)
 

@@ -10,6 +10,8 @@ import abc
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any, Iterable, Iterator, Optional
 
@@ -78,6 +80,38 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def eval_input(self) -> Iterable[Batch]:
     """This host's eval batches, padded, with `_mask`; every host yields the same count."""
+
+
+class Preempted(Exception):
+  """The job was asked to stop (SIGTERM); a checkpoint of the last step was written."""
+
+  def __init__(self, step: int):
+    super().__init__(f'preempted at step {step}: a checkpoint of step {step} was saved; run the '
+                     'same command again to continue')
+    self.step = step
+
+
+class _PreemptionNotice:
+  """Turns SIGTERM into a flag the loop checks between steps (one process); on several
+  processes, JAX's preemption sync point makes every host stop at the same step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame):
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 @flax.struct.dataclass
@@ -271,6 +305,7 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict[str, float]:
     train_iter = task.train_input(start_example=examples_seen)
     pending_metrics = []  # Device scalars since the last log step, averaged when logged.
     unchecked = []  # (step, loss, grad norm) not yet checked for finiteness.
+    preemption = _PreemptionNotice()
     eval_metrics: Optional[dict] = None
     start_time = time.time()
     logging.info('Training steps %d..%d on mesh %s.', first_step, num_steps, dict(mesh.shape))
@@ -285,8 +320,9 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict[str, float]:
         for hook in hooks:
           hook(step)
         last = step == num_steps
+        preempted = preemption.reached(step)
         log_now = step % config.log_every == 0 or last
-        save_now = checkpointer.is_due(step) or last
+        save_now = checkpointer.is_due(step) or last or preempted
         if log_now or save_now:  # Never log or save a state that went non-finite.
           _stop_if_not_finite(jax.device_get(unchecked))
           unchecked = []
@@ -295,16 +331,19 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict[str, float]:
           writer.write_scalars(step, {f'train_{k}' if k != 'learning_rate' else k: v
                                       for k, v in _scalars(averaged).items()})
           pending_metrics = []
-        if step % config.eval_every == 0 or last:
+        if (step % config.eval_every == 0 or last) and not preempted:
           with report.timed('eval'):
             eval_metrics = evaluate(task, eval_step, state, batch_sharding)
           writer.write_scalars(step, {f'eval_{k}': v for k, v in eval_metrics.items()})
         if save_now:
           checkpointer.save(step, state, {'examples_seen': examples_seen})
+        if preempted:
+          raise Preempted(step)
 
       if eval_metrics is None:  # Resumed at the end: report the final state again.
         eval_metrics = evaluate(task, eval_step, state, batch_sharding)
     finally:
+      preemption.close()
       checkpointer.wait()
       checkpointer.close()
       writer.flush()
