@@ -4,6 +4,7 @@ offline main job end to end."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,3 +141,21 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_continues(workdir):
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert f'Resumed from {workdir} at step {step}' in resumed.stderr
   assert 'Finished 2 steps' in resumed.stdout
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+  config = tiny_digits_config(**{'model.dropout_rate': 0.1, 'keep_checkpoints': 5})
+  uninterrupted = str(tmp_path / 'uninterrupted')
+  train.train_and_evaluate(config, uninterrupted, ClassificationTask(config))
+
+  damaged = str(tmp_path / 'damaged')
+  shutil.copytree(os.path.join(uninterrupted, 'checkpoints'), os.path.join(damaged, 'checkpoints'))
+  for root, _, files in os.walk(os.path.join(damaged, 'checkpoints', '6', 'state')):
+    for name in files:  # Truncate every array file of the latest checkpoint, as a kill would.
+      with open(os.path.join(root, name), 'r+b') as f:
+        f.truncate(7)
+  train.train_and_evaluate(config, damaged, ClassificationTask(config))  # Redoes steps 4..6.
+
+  assert '6.unreadable' in os.listdir(os.path.join(damaged, 'checkpoints'))
+  expected, got = _saved_state(uninterrupted, 6), _saved_state(damaged, 6)
+  jax.tree.map(np.testing.assert_array_equal, got['params'], expected['params'])

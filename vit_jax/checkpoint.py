@@ -10,6 +10,8 @@ from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 
 
 class Checkpointer:
@@ -19,11 +21,9 @@ class Checkpointer:
     self.every_steps = max(int(every_steps), 1)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=True)
-    self._manager = ocp.CheckpointManager(
-        os.path.abspath(directory), options=options, item_names=('state', 'meta'))
-
-  def latest_step(self) -> Optional[int]:
-    return self._manager.latest_step()
+    self._directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(self._directory, options=options,
+                                          item_names=('state', 'meta'))
 
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
@@ -45,6 +45,26 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                       meta=ocp.args.JsonRestore()))
     return restored.state, restored.meta
+
+  def restore_latest(self, target: Any) -> Optional[tuple[int, Any, dict]]:
+    """(step, state, meta) of the newest checkpoint that reads back; None if there is none.
+
+    An unreadable one (truncated by a kill, corrupted on disk) is renamed `<step>.unreadable`,
+    with a warning, and the one before it is tried: a bad file costs steps, never the run.
+    """
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        state, meta = self.restore(step, target)
+        return step, state, meta
+      except Exception as e:  # Orbax, tensorstore and JSON each raise their own types.
+        logging.warning('Checkpoint %d in %s is unreadable (%s: %s); trying the previous one.',
+                        step, self._directory, type(e).__name__, str(e).splitlines()[0][:200])
+        if jax.process_index() == 0:
+          os.rename(os.path.join(self._directory, str(step)),
+                    os.path.join(self._directory, f'{step}.unreadable'))
+        multihost_utils.sync_global_devices(f'checkpoint {step} set aside')
+        self._manager.reload()
+    return None
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -266,8 +266,10 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict[str, float]:
 
     checkpointer = checkpoint_lib.Checkpointer(
         os.path.join(workdir, 'checkpoints'), config.checkpoint_every, config.keep_checkpoints)
-    latest = checkpointer.latest_step()
-    if latest is None:
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract_state, shardings)
+    restored = checkpointer.restore_latest(target)
+    if restored is None:
       state = jax.jit(lambda r: init_state(task, tx, r), out_shardings=shardings)(rng)
       if config.get('init_from'):
         params = multihost_utils.process_allgather(state.params, tiled=True)
@@ -275,12 +277,9 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict[str, float]:
         state = state.replace(params=jax.device_put(params, shardings.params))
       examples_seen = 0
     else:
-      target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract_state, shardings)
-      state, meta = checkpointer.restore(latest, target)
+      step, state, meta = restored
       examples_seen = int(meta['examples_seen'])
-      logging.info('Resumed from %s at step %d (%d examples seen).', workdir, latest,
-                   examples_seen)
+      logging.info('Resumed from %s at step %d (%d examples seen).', workdir, step, examples_seen)
 
     first_step = int(jax.device_get(state.step))
     if first_step == 0:
