@@ -159,3 +159,29 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
   assert '6.unreadable' in os.listdir(os.path.join(damaged, 'checkpoints'))
   expected, got = _saved_state(uninterrupted, 6), _saved_state(damaged, 6)
   jax.tree.map(np.testing.assert_array_equal, got['params'], expected['params'])
+
+
+def test_sigkill_at_three_points_then_rerun_gives_bit_identical_params(tmp_path):
+  """A real kill -9 at three different steps; each time the same command is run again."""
+  def command(workdir):
+    return [sys.executable, '-m', 'vit_jax.main', '--config=configs/vit_digits.py',
+            f'--workdir={workdir}', '--config.total_steps=40', '--config.log_every=1',
+            '--config.eval_every=1000', '--config.checkpoint_every=5',
+            '--config.keep_checkpoints=20']
+
+  reference = str(tmp_path / 'reference')
+  assert subprocess.run(command(reference), cwd=ROOT, capture_output=True,
+                        timeout=600).returncode == 0
+  killed = str(tmp_path / 'killed')
+  for kill_at in (7, 18, 31):  # Steps between checkpoints: work since the last one is lost.
+    job = subprocess.Popen(command(killed), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    for line in job.stderr:
+      if f'] learning_rate=' in line and f'[{kill_at}]' in line:
+        break
+    job.kill()
+    job.wait(timeout=60)
+  assert subprocess.run(command(killed), cwd=ROOT, capture_output=True,
+                        timeout=600).returncode == 0
+  expected, got = _saved_state(reference, 40), _saved_state(killed, 40)
+  jax.tree.map(np.testing.assert_array_equal, got['params'], expected['params'])
+  jax.tree.map(np.testing.assert_array_equal, got['opt_state'], expected['opt_state'])
