@@ -1,17 +1,15 @@
 """Official .npz checkpoints both ways, parity with timm's loader, fine-tuning starts."""
 
-import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 import timm
 import torch
 
-from helpers import tiny_digits_config
+from helpers import saved_state, tiny_digits_config
 from vit_jax import models, pretrained, train
 from vit_jax.classification import ClassificationTask
 from vit_jax.errors import UserError
@@ -142,7 +140,7 @@ def test_training_starts_from_init_from(tmp_path):
   config.init_from = path
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(config, workdir, ClassificationTask(config))
-  state = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '1', 'state'))
+  state = saved_state(workdir, 1)
   jax.tree.map(np.testing.assert_array_equal, state['params'], source)
 
 

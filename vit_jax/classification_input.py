@@ -75,8 +75,9 @@ def make_source(input_config, split: str) -> input_pipeline.Source:
     arrays, _ = folder_arrays(input_config.get('data_dir'), split)
     paths = input_pipeline.array_source(arrays)
     # Skipping (on resume) reads paths only; files are read just before decoding.
-    return dataclasses.replace(paths, read=lambda: paths.read().map(
-        lambda ex: dict(ex, image=tf.io.read_file(ex['image']))))
+    read_files = lambda ds: ds.map(lambda ex: dict(ex, image=tf.io.read_file(ex['image'])))
+    return dataclasses.replace(paths, read=lambda: read_files(paths.read()),
+                               read_all=lambda: read_files(paths.read_all()))
   if kind == 'tfds':
     return input_pipeline.tfds_source(
         input_config.dataset, split, input_config.get('data_dir'),

@@ -4,7 +4,7 @@ A `Source` is one split as this host reads it: raw examples (images still encode
 skipping is cheap) in a fixed order. On top of it:
 
 - `train_batches`: an endless, deterministic stream. Epoch e is the source shuffled with seed
-  (seed, e); augmentation randomness is a function of (seed, host, example index). Resuming at
+  (seed, e); augmentation randomness is a function of (seed, example index). Resuming at
   example N skips at most one epoch of raw records and yields exactly the batches an
   uninterrupted run would have.
 - `eval_batches`: every example once, padded with zeros to whole batches, with `_mask` (1 real,
@@ -39,6 +39,10 @@ class Source:
   num_examples: int  # Examples on this host.
   max_examples_per_host: int  # The largest host's count; sets how many eval batches all run.
   shuffle_buffer: int  # Buffer for per-epoch shuffling (the whole split when it fits).
+  # In-memory sources can show every host the whole split; training then draws one global
+  # stream and each host keeps its slice of every batch: the batches do not depend on the
+  # number of processes. Sources too big for that (TFDS) read only their own part.
+  read_all: Optional[Callable[[], tf.data.Dataset]] = None
 
 
 def host_part(num_examples: int, index: Optional[int] = None,
@@ -57,7 +61,8 @@ def array_source(arrays: dict[str, np.ndarray], shuffle_buffer: int = 0) -> Sour
   local = {k: np.asarray(v)[part] for k, v in arrays.items()}
   return Source(read=lambda: tf.data.Dataset.from_tensor_slices(local),
                 num_examples=len(part), max_examples_per_host=math.ceil(total / count),
-                shuffle_buffer=shuffle_buffer or max(len(part), 1))
+                shuffle_buffer=shuffle_buffer or max(total, 1),
+                read_all=lambda: tf.data.Dataset.from_tensor_slices(arrays))
 
 
 def tfds_source(name: str, split: str, data_dir: Optional[str] = None,
@@ -107,21 +112,30 @@ def train_batches(source: Source, preprocess: Callable[[Example, tf.Tensor], Exa
   if source.num_examples == 0:
     raise UserError('the training split is empty on this host')
   local_batch = batch_size // count
-  local_start = start_example // count
-  first_epoch, offset = divmod(local_start, source.num_examples)
-
-  def epoch(e):
-    return source.read().shuffle(source.shuffle_buffer, seed=seed * 1_000_003 + e,
-                                 reshuffle_each_iteration=False)
-
-  examples = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(offset)
-  indices = tf.data.Dataset.range(local_start, 2**62)
   host = jax.process_index()
 
-  def augment(example, index):
-    return preprocess(example, tf.stack([tf.constant(seed, tf.int64), index * count + host]))
+  def shuffled(read):
+    return lambda e: read().shuffle(source.shuffle_buffer, seed=seed * 1_000_003 + e,
+                                    reshuffle_each_iteration=False)
 
-  ds = tf.data.Dataset.zip(examples, indices).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+  def augment(example, index):
+    return preprocess(example, tf.stack([tf.constant(seed, tf.int64), index]))
+
+  if source.read_all is not None:  # One global stream; this host keeps its slice of each batch.
+    total = _count(source.read_all())
+    first_epoch, offset = divmod(start_example, total)
+    examples = tf.data.Dataset.range(first_epoch, 2**62).flat_map(shuffled(source.read_all))
+    indices = tf.data.Dataset.range(start_example, 2**62)
+    ds = tf.data.Dataset.zip(examples.skip(offset), indices).batch(batch_size, drop_remainder=True)
+    ds = ds.map(lambda *batch: tf.nest.map_structure(
+        lambda t: t[host * local_batch:(host + 1) * local_batch], batch)).unbatch()
+  else:  # This host's own part, shuffled on its own; indices made unique across hosts.
+    local_start = start_example // count
+    first_epoch, offset = divmod(local_start, source.num_examples)
+    examples = tf.data.Dataset.range(first_epoch, 2**62).flat_map(shuffled(source.read))
+    indices = tf.data.Dataset.range(local_start, 2**62).map(lambda i: i * count + host)
+    ds = tf.data.Dataset.zip(examples.skip(offset), indices)
+  ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch, drop_remainder=True).prefetch(prefetch)
   return _deterministic(ds).as_numpy_iterator()
 
