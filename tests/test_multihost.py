@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -52,3 +53,16 @@ def test_two_processes_match_one(tmp_path):
   np.testing.assert_allclose(train_losses(multi), train_losses(single), rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                saved_state(multi, 6)['params'], saved_state(single, 6)['params'])
+
+
+def test_a_process_that_never_joins_is_a_clear_error_not_a_hang(tmp_path):
+  started = time.time()
+  result = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.main', '--config=configs/vit_digits.py',
+       f'--workdir={tmp_path}', '--distributed', f'--coordinator_address=127.0.0.1:{_free_port()}',
+       '--num_processes=2', '--process_id=0', '--distributed_timeout=5'],
+      cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: not every process joined jax.distributed within 5 s'), last
+  assert time.time() - started < 60

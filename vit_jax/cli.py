@@ -8,9 +8,11 @@ with status 143; the same command then continues the run.
 """
 
 import logging as py_logging
+import os
 import re
 import signal
 import sys
+import threading
 from typing import Callable
 
 import jax
@@ -30,6 +32,8 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+_DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
+    'distributed_timeout', 300, 'Seconds to wait for every process to join before giving up.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -44,6 +48,26 @@ def _quiet_libraries() -> None:
       lambda record: record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname)
 
 
+def _initialize_distributed() -> None:
+  """jax.distributed.initialize, with a watchdog: when a process never joins, JAX aborts the
+  process from C++ (no Python error); the watchdog ends it first with a line that says why."""
+  timeout = _DISTRIBUTED_TIMEOUT.value
+  joined = threading.Event()
+
+  def watchdog():
+    if not joined.wait(timeout):
+      print(f'error: not every process joined jax.distributed within {timeout} s (coordinator '
+            f'{_COORDINATOR.value or "auto-detected"}, {_NUM_PROCESSES.value or "?"} processes): '
+            'start all of them with the same --coordinator_address and --num_processes, or '
+            'raise --distributed_timeout', file=sys.stderr, flush=True)
+      os._exit(2)  # JAX is blocked in C++; nothing else would stop it cleanly.
+
+  threading.Thread(target=watchdog, daemon=True).start()
+  jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                             initialization_timeout=timeout + 60)
+  joined.set()
+
+
 def run(make_task: Callable[[object], train.Task]) -> None:
   """Parses flags, builds the task from the config and trains it."""
 
@@ -51,7 +75,7 @@ def run(make_task: Callable[[object], train.Task]) -> None:
     if len(argv) > 1:
       _fail(f'unexpected arguments {argv[1:]}: use --config=... --workdir=...')
     if _DISTRIBUTED.value:
-      jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+      _initialize_distributed()
     _quiet_libraries()
     config = _CONFIG.value
     logging.info('Config:\n%s', config)
