@@ -73,11 +73,10 @@ def make_source(input_config, split: str) -> input_pipeline.Source:
     return input_pipeline.array_source(digits_arrays(split))
   if kind == 'folder':
     arrays, _ = folder_arrays(input_config.get('data_dir'), split)
-    paths = input_pipeline.array_source(arrays)
-    # Skipping (on resume) reads paths only; files are read just before decoding.
-    read_files = lambda ds: ds.map(lambda ex: dict(ex, image=tf.io.read_file(ex['image'])))
-    return dataclasses.replace(paths, read=lambda: read_files(paths.read()),
-                               read_all=lambda: read_files(paths.read_all()))
+    # Paths travel through shuffling, skipping and host slicing; a file is read only when its
+    # example is about to be used on this host.
+    return dataclasses.replace(input_pipeline.array_source(arrays),
+                               load=lambda ex: dict(ex, image=tf.io.read_file(ex['image'])))
   if kind == 'tfds':
     return input_pipeline.tfds_source(
         input_config.dataset, split, input_config.get('data_dir'),

@@ -43,6 +43,9 @@ class Source:
   # stream and each host keeps its slice of every batch: the batches do not depend on the
   # number of processes. Sources too big for that (TFDS) read only their own part.
   read_all: Optional[Callable[[], tf.data.Dataset]] = None
+  # Per-example work deferred until the example is known to be this host's and not skipped,
+  # e.g. reading an image file from its path.
+  load: Callable[[Example], Example] = lambda example: example
 
 
 def host_part(num_examples: int, index: Optional[int] = None,
@@ -119,7 +122,7 @@ def train_batches(source: Source, preprocess: Callable[[Example, tf.Tensor], Exa
                                     reshuffle_each_iteration=False)
 
   def augment(example, index):
-    return preprocess(example, tf.stack([tf.constant(seed, tf.int64), index]))
+    return preprocess(source.load(example), tf.stack([tf.constant(seed, tf.int64), index]))
 
   if source.read_all is not None:  # One global stream; this host keeps its slice of each batch.
     total = _count(source.read_all())
@@ -149,7 +152,8 @@ def eval_batches(source: Source, preprocess: Callable[[Example], Example],
     raise UserError(f'eval batch size {batch_size} must be a positive multiple of the '
                     f'{jax.process_count()} hosts')
   num_batches = math.ceil(source.max_examples_per_host / local_batch)
-  real = source.read().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  real = source.read().map(lambda ex: preprocess(source.load(ex)),
+                           num_parallel_calls=tf.data.AUTOTUNE)
   real = real.map(lambda ex: dict(ex, _mask=tf.constant(1, tf.int32)))
   padding = tf.data.Dataset.from_tensors(
       tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), real.element_spec)).repeat()
