@@ -8,7 +8,7 @@ map them to mesh axes (see `sharding.py`).
 
 import functools
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -89,12 +89,13 @@ class Projection(nn.Module):
   kernel_names: tuple[Optional[str], ...]
   num_in_axes: int = 1
   dtype: jnp.dtype = jnp.float32
+  kernel_init: Optional[Callable] = None  # Default: xavier_uniform on the 2-D view.
 
   @nn.compact
   def __call__(self, x):
     n = self.num_in_axes
-    kernel = self.param('kernel', _partitioned(_flat_xavier(n), self.kernel_names),
-                        self.kernel_shape)
+    kernel = self.param('kernel', _partitioned(self.kernel_init or _flat_xavier(n),
+                                               self.kernel_names), self.kernel_shape)
     bias = self.param('bias', _partitioned(_zeros, self.kernel_names[n:]), self.kernel_shape[n:])
     x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
     return jnp.tensordot(x, kernel, axes=(tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))) + bias
