@@ -1,0 +1,192 @@
+"""DETR weights from the official `.pth` files (and HF transformers' and torchvision's), and
+starting a run from them.
+
+The official state dict (`torch.load(f)['model']`) maps onto our tree by a rename table:
+`transformer.encoder.layers.0.self_attn.in_proj_weight` [768, 256] splits into
+`params/transformer/encoder/layers_0/self_attn/{query,key,value}/kernel` [256, 8, 32]; convs go
+OIHW -> HWIO, linears [out, in] -> [in, out]; frozen batch-norm weight/bias/running_mean/
+running_var become `frozen/.../{scale,bias,mean,var}`. HF's `DetrForObjectDetection` keys (timm
+backbone) are first renamed to the official ones, and a bare torchvision ResNet state dict gives
+the backbone alone (the way a COCO run starts from ImageNet weights).
+
+`.pth` files are opened with `weights_only=True` only: a pickle that carries code is refused.
+"""
+
+import re
+from typing import Any
+
+import flax
+import numpy as np
+from absl import logging
+
+from vit_jax.errors import UserError
+
+Variables = dict[str, Any]
+
+# HF transformers' DETR names -> the official ones (HF's conversion table, reversed); both the
+# 4.x layout (`conv_encoder.model`, `fc1`, `out_proj`) and the 5.x one (`backbone.model`,
+# `mlp.fc1`, `o_proj`).
+_HF_TO_OFFICIAL = [
+    (r'^model\.backbone\.(conv_encoder\.)?model\.', 'backbone.0.body.'),
+    (r'^model\.input_projection\.', 'input_proj.'),
+    (r'^model\.query_position_embeddings\.', 'query_embed.'),
+    (r'^model\.(encoder|decoder)\.layers\.', r'transformer.\1.layers.'),
+    (r'^model\.decoder\.layernorm\.', 'transformer.decoder.norm.'),
+    (r'^class_labels_classifier\.', 'class_embed.'),
+    (r'^bbox_predictor\.', 'bbox_embed.'),
+    (r'\.encoder_attn_layer_norm\.', '.norm2.'),
+    (r'\.encoder_attn\.', '.multihead_attn.'),
+    (r'\.self_attn_layer_norm\.', '.norm1.'),
+    (r'(encoder\.layers\.\d+)\.final_layer_norm\.', r'\1.norm2.'),
+    (r'(decoder\.layers\.\d+)\.final_layer_norm\.', r'\1.norm3.'),
+    (r'\.(mlp\.)?fc(\d)\.', r'.linear\2.'),
+    (r'\.o_proj\.', '.out_proj.'),
+]
+_HF_QKV = re.compile(r'^(.*)\.(q|k|v)_proj\.(weight|bias)$')
+_BN_LEAVES = {'weight': 'scale', 'bias': 'bias', 'running_mean': 'mean', 'running_var': 'var'}
+
+
+def load_pth(path: str) -> dict[str, np.ndarray]:
+  """The state dict in a `.pth` file as numpy, refusing anything but plain tensors."""
+  import torch  # A test dependency; only needed for .pth files.
+  try:
+    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+  except FileNotFoundError:
+    raise UserError(f'checkpoint {path!r} does not exist') from None
+  except Exception as e:  # torch raises UnpicklingError (or others) for non-weights content.
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise UserError(f'refusing to load {path!r}: it is not a plain weights file '
+                    f'(torch.load with weights_only=True failed: {first_line})') from None
+  state = checkpoint.get('model', checkpoint) if isinstance(checkpoint, dict) else None
+  if not isinstance(state, dict):
+    raise UserError(f'{path!r} holds no state dict (expected a dict of tensors or {{"model": '
+                    '...}})')
+  return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, 'numpy')}
+
+
+def _official_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """HF or torchvision layouts -> the official DETR key layout (the official one is kept).
+  Batch-norm step counters go: frozen batch norm has none (the original drops them too)."""
+  state = {k: v for k, v in state.items() if not k.endswith('num_batches_tracked')}
+  if any(k.startswith('model.') for k in state):  # HF transformers.
+    renamed, fused = {}, {}
+    for key, value in state.items():
+      for pattern, replacement in _HF_TO_OFFICIAL:
+        key = re.sub(pattern, replacement, key)
+      qkv = _HF_QKV.match(key)
+      if qkv:
+        fused.setdefault(f'{qkv[1]}.in_proj_{qkv[3]}', {})[qkv[2]] = value
+      else:
+        renamed[key] = value
+    for key, parts in fused.items():
+      renamed[key] = np.concatenate([parts['q'], parts['k'], parts['v']])
+    return renamed
+  if 'conv1.weight' in state and 'layer1.0.conv1.weight' in state:  # torchvision ResNet.
+    return {f'backbone.0.body.{k}': v for k, v in state.items() if not k.startswith('fc.')}
+  return state
+
+
+def _path(key: str) -> list[str]:
+  """'a.layers.0.b' -> ['a', 'layers_0', 'b'] (numbered children get Flax names)."""
+  return re.sub(r'\.(\d+)(?=\.|$)', r'_\1', key).split('.')
+
+
+def convert_state_dict(state: dict[str, np.ndarray], num_heads: int = 8) -> Variables:
+  """An official (or HF / torchvision) DETR state dict -> {'params': ..., 'frozen': ...}."""
+  state = _official_names(state)
+  flat: dict[tuple[str, ...], np.ndarray] = {}
+  bn_modules = {k.rsplit('.', 1)[0] for k in state if k.endswith('.running_mean')}
+  unused = []
+  for key, value in state.items():
+    module, leaf = key.rsplit('.', 1)
+    if key.startswith('backbone.0.body.'):
+      path = _path(module[len('backbone.0.body.'):])
+      if module in bn_modules and leaf in _BN_LEAVES:
+        flat[('frozen', 'backbone', *path, _BN_LEAVES[leaf])] = value
+      elif leaf == 'weight' and value.ndim == 4:
+        flat[('params', 'backbone', *path, 'kernel')] = value.transpose(2, 3, 1, 0)
+      else:
+        unused.append(key)
+      continue
+    path = _path(module)
+    if leaf.startswith('in_proj_'):
+      width = value.shape[-1] if leaf == 'in_proj_weight' else value.shape[0] // 3
+      for name, part in zip(('query', 'key', 'value'), np.split(value, 3)):
+        if leaf == 'in_proj_weight':
+          flat[('params', *path, name, 'kernel')] = part.T.reshape(
+              width, num_heads, width // num_heads)
+        else:
+          flat[('params', *path, name, 'bias')] = part.reshape(num_heads, width // num_heads)
+    elif path[-1] == 'out_proj' and leaf == 'weight':
+      width = value.shape[0]
+      flat[('params', *path, 'kernel')] = value.T.reshape(num_heads, width // num_heads, width)
+    elif key == 'query_embed.weight':
+      flat[('params', 'query_embed')] = value
+    elif leaf == 'weight' and value.ndim == 4:
+      flat[('params', *path, 'kernel')] = value.transpose(2, 3, 1, 0)
+    elif leaf == 'weight' and value.ndim == 2:
+      flat[('params', *path, 'kernel')] = value.T
+    elif leaf == 'weight' and 'norm' in path[-1]:
+      flat[('params', *path, 'scale')] = value
+    elif leaf == 'bias':
+      flat[('params', *path, 'bias')] = value
+    else:
+      unused.append(key)
+  if unused:
+    raise UserError(f'{len(unused)} tensors of the checkpoint have no place in DETR, e.g. '
+                    f'{unused[:3]}: is it a DETR (or ResNet) checkpoint?')
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def load_variables(path: str, num_heads: int = 8) -> Variables:
+  """A `.pth` (official DETR, HF DETR or torchvision ResNet) or our converted `.npz`."""
+  if path.endswith('.npz'):
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        return flax.traverse_util.unflatten_dict(dict(data), sep='/')
+    except FileNotFoundError:
+      raise UserError(f'checkpoint {path!r} does not exist') from None
+  return convert_state_dict(load_pth(path), num_heads)
+
+
+def save_npz(path: str, variables: Variables) -> None:
+  flat = flax.traverse_util.flatten_dict(variables, sep='/')
+  with open(path, 'wb') as f:
+    np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
+
+
+def fit_variables(fresh: Variables, loaded: Variables) -> Variables:
+  """Fresh variables with every tensor the checkpoint has put in its place.
+
+  A class head of another size (fine-tuning on your own classes) stays freshly initialised; a
+  backbone-only checkpoint leaves the transformer and heads fresh. Each decision is logged;
+  any other mismatch is an error that names the tensors.
+  """
+  fresh_flat = flax.traverse_util.flatten_dict(fresh, sep='/')
+  loaded_flat = flax.traverse_util.flatten_dict(loaded, sep='/')
+  unexpected = sorted(set(loaded_flat) - set(fresh_flat))
+  if unexpected:
+    raise UserError(f'the checkpoint has {len(unexpected)} tensors the model lacks, e.g. '
+                    f'{unexpected[:3]}: check config.model (backbone_depth, layer counts)')
+  backbone_only = all(k.split('/')[1] == 'backbone' for k in loaded_flat)
+  out, mismatched = {}, []
+  for key, value in fresh_flat.items():
+    if key not in loaded_flat:
+      if not backbone_only:
+        raise UserError(f'the checkpoint lacks {key!r}: check config.model against it')
+      out[key] = value
+    elif loaded_flat[key].shape != np.shape(value):
+      if key.startswith('params/class_embed/'):
+        logging.info('init_from: %s has shape %s, the model %s: kept freshly initialised '
+                     '(new classes).', key, loaded_flat[key].shape, np.shape(value))
+        out[key] = value
+      else:
+        mismatched.append(f'{key} {loaded_flat[key].shape} vs {np.shape(value)}')
+    else:
+      out[key] = np.asarray(loaded_flat[key], dtype=np.asarray(value).dtype)
+  if mismatched:
+    raise UserError(f'checkpoint shapes do not fit the model: {"; ".join(mismatched[:3])}: '
+                    'check config.model (hidden_dim, num_queries, dilation, ...)')
+  if backbone_only:
+    logging.info('init_from: backbone only; transformer and heads freshly initialised.')
+  return flax.traverse_util.unflatten_dict(out, sep='/')

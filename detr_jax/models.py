@@ -1,0 +1,347 @@
+"""DETR (Carion et al. 2020), exact to facebookresearch/detr.
+
+ResNet-50/101 (torchvision v1.5, frozen batch norm, optional dilated last stage = DC5) -> 1x1
+input projection -> post-norm transformer (6 + 6 layers, sine positions added to the queries and
+keys of every attention) -> 100 learned queries -> class head (num_classes + 1, the last logit is
+"no object") and a 3-layer box MLP (sigmoid cx, cy, w, h relative to the unpadded image).
+
+Parameter names follow the official state dict (`backbone/layer1_0/conv1`,
+`transformer/encoder/layers_0/self_attn/query`, `class_embed`, `bbox_embed/layers_2`, ...), so the
+converter in `detr_jax/checkpoints.py` is a rename table. The frozen batch-norm statistics and
+affine terms live in the 'frozen' collection (the original keeps them as buffers); the stem and
+layer1 are parameters frozen by the optimizer (`lr_mults` in the configs), as in the original.
+"""
+
+import functools
+import math
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.errors import UserError
+from vit_jax.models import Projection
+
+# Blocks per stage of torchvision's ResNets.
+RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+
+def _partitioned(init, names):
+  return nn.with_logical_partitioning(init, names)
+
+
+def _torch_uniform(fan_in: int):
+  """PyTorch's default Linear/Conv init (kaiming_uniform with a=sqrt(5)) for weights and
+  biases alike: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _xavier_on(fan_in: int, fan_out: int):
+  """xavier_uniform with the fans of the original's (possibly fused) weight matrix."""
+  bound = math.sqrt(6 / (fan_in + fan_out))
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class FrozenBatchNorm(nn.Module):
+  """Batch norm with fixed statistics and affine terms (eps 1e-5), stored outside the params."""
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.variable('frozen', 'scale', jnp.ones, (c,)).value
+    bias = self.variable('frozen', 'bias', jnp.zeros, (c,)).value
+    mean = self.variable('frozen', 'mean', jnp.zeros, (c,)).value
+    var = self.variable('frozen', 'var', jnp.ones, (c,)).value
+    multiplier = scale * jax.lax.rsqrt(var + self.epsilon)
+    return x * multiplier.astype(x.dtype) + (bias - mean * multiplier).astype(x.dtype)
+
+
+def _conv(features, kernel, stride=1, dilation=1, name=None, dtype=jnp.float32):
+  """torchvision's bias-free conv with 'same'-style symmetric padding dilation*(k-1)/2 and
+  kaiming_normal(fan_out) init."""
+  pad = dilation * (kernel - 1) // 2
+  return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
+                 kernel_dilation=(dilation, dilation), use_bias=False, dtype=dtype,
+                 kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
+                 name=name)
+
+
+class Bottleneck(nn.Module):
+  """torchvision's v1.5 bottleneck: the stride sits on the 3x3 conv."""
+  width: int
+  stride: int = 1
+  dilation: int = 1
+  downsample: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(_conv, dtype=self.dtype)
+    y = nn.relu(FrozenBatchNorm(name='bn1')(conv(self.width, 1, name='conv1')(x)))
+    y = conv(self.width, 3, self.stride, self.dilation, name='conv2')(y)
+    y = nn.relu(FrozenBatchNorm(name='bn2')(y))
+    y = FrozenBatchNorm(name='bn3')(conv(self.width * 4, 1, name='conv3')(y))
+    if self.downsample:
+      x = conv(self.width * 4, 1, self.stride, name='downsample_0')(x)
+      x = FrozenBatchNorm(name='downsample_1')(x)
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """The backbone's body up to layer4 (stride 32, or 16 with `dilation` = DC5)."""
+  depth: int = 50
+  dilation: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if self.depth not in RESNET_DEPTHS:
+      raise UserError(f'unknown backbone depth {self.depth}: use 50 or 101')
+    x = _conv(64, 7, 2, name='conv1', dtype=self.dtype)(x)
+    x = nn.relu(FrozenBatchNorm(name='bn1')(x))
+    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    dilation = 1
+    for stage, blocks in enumerate(RESNET_DEPTHS[self.depth]):
+      stride, first_dilation = (1 if stage == 0 else 2), dilation
+      if stage == 3 and self.dilation:  # torchvision's replace_stride_with_dilation.
+        dilation, stride = dilation * 2, 1
+      for block in range(blocks):
+        x = Bottleneck(64 * 2**stage, stride if block == 0 else 1,
+                       first_dilation if block == 0 else dilation, downsample=block == 0,
+                       dtype=self.dtype, name=f'layer{stage + 1}_{block}')(x)
+    return x
+
+
+def downsample_mask(mask: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """[B, H, W] -> [B, h, w] by PyTorch's legacy nearest rule src = floor(dst * in / out), which
+  the original uses (jax.image.resize's nearest samples cell centres: a different cell)."""
+  def rows(n_in, n_out):
+    scale = np.float32(n_in) / np.float32(n_out)
+    return np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * scale), n_in - 1).astype(int)
+  return mask[:, rows(mask.shape[1], size[0])][:, :, rows(mask.shape[2], size[1])]
+
+
+def sine_position_embedding(mask: jax.Array, num_feats: int = 128,
+                            temperature: float = 10000.) -> jax.Array:
+  """[B, h, w] (1 = image) -> [B, h, w, 2 * num_feats]: cumulative positions normalised to
+  (0, 2 pi] over the image part, sin/cos interleaved, y channels then x channels."""
+  mask = mask.astype(jnp.float32)
+  y = jnp.cumsum(mask, axis=1)
+  x = jnp.cumsum(mask, axis=2)
+  eps, scale = 1e-6, 2 * math.pi
+  y = y / (y[:, -1:, :] + eps) * scale
+  x = x / (x[:, :, -1:] + eps) * scale
+  dim_t = temperature ** (2 * (jnp.arange(num_feats) // 2) / num_feats)
+
+  def embed(pos):
+    pos = pos[..., None] / dim_t
+    return jnp.stack([jnp.sin(pos[..., 0::2]), jnp.cos(pos[..., 1::2])], axis=-1).reshape(
+        pos.shape[:-1] + (num_feats,))
+  return jnp.concatenate([embed(y), embed(x)], axis=-1)
+
+
+class Attention(nn.Module):
+  """torch.nn.MultiheadAttention: biased q/k/v/out projections, softmax(q k / sqrt(d)), dropout
+  on the attention weights; padded keys (key_mask 0) get no weight."""
+  num_heads: int
+  dropout_rate: float = 0.1
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, query, key, value, key_mask, *, train: bool):
+    width = query.shape[-1]
+    heads = (self.num_heads, width // self.num_heads)
+    # The original initialises q, k, v as one fused [3 * width, width] matrix.
+    project_in = functools.partial(Projection, (width,) + heads, ('embed', 'heads', 'kv'),
+                                   kernel_init=_xavier_on(width, 3 * width), dtype=self.dtype)
+    q = project_in(name='query')(query) / math.sqrt(heads[1])
+    k = project_in(name='key')(key)
+    v = project_in(name='value')(value)
+    logits = jnp.einsum('...qhd,...khd->...hqk', q, k)
+    if key_mask is not None:
+      logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+    self.sow('intermediates', 'attention_weights', weights)
+    weights = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
+    y = jnp.einsum('...hqk,...khd->...qhd', weights, v)
+    return Projection(heads + (width,), ('heads', 'kv', 'embed'), num_in_axes=2,
+                      kernel_init=_xavier_on(width, width), dtype=self.dtype, name='out_proj')(y)
+
+
+def _layer_norm(name):
+  return nn.LayerNorm(epsilon=1e-5, name=name)  # PyTorch's eps (Flax's default is 1e-6).
+
+
+def _linear(features, fan_in, names, name, dtype):
+  """nn.Linear of the transformer: xavier weight, PyTorch-default bias."""
+  return nn.Dense(features, dtype=dtype, name=name,
+                  kernel_init=_partitioned(_xavier_on(fan_in, features), names),
+                  bias_init=_partitioned(_torch_uniform(fan_in), names[1:]))
+
+
+class _PostNormLayer(nn.Module):
+  """What encoder and decoder layers share: residual dropout + post-norm, and the FFN
+  linear1 -> ReLU -> dropout -> linear2."""
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.1
+  dtype: jnp.dtype = jnp.float32
+
+  def add_and_norm(self, x, y, norm_name, train):
+    return _layer_norm(norm_name)(x + nn.Dropout(self.dropout_rate)(y, deterministic=not train))
+
+  def attention(self, name):
+    return Attention(self.num_heads, self.dropout_rate, self.dtype, name=name)
+
+  def feed_forward(self, x, train):
+    width = x.shape[-1]
+    y = _linear(self.mlp_dim, width, ('embed', 'mlp'), 'linear1', self.dtype)(x)
+    y = nn.Dropout(self.dropout_rate)(nn.relu(y), deterministic=not train)
+    return _linear(width, self.mlp_dim, ('mlp', 'embed'), 'linear2', self.dtype)(y)
+
+
+class EncoderLayer(_PostNormLayer):
+  """x = norm1(x + attn(q=k=x+pos, v=x)); x = norm2(x + ffn(x))."""
+
+  @nn.compact
+  def __call__(self, x, pos, mask, *, train: bool):
+    y = self.attention('self_attn')(x + pos, x + pos, x, mask, train=train)
+    x = self.add_and_norm(x, y, 'norm1', train)
+    return self.add_and_norm(x, self.feed_forward(x, train), 'norm2', train)
+
+
+class DecoderLayer(_PostNormLayer):
+  """Self-attention over the queries, cross-attention to the image, FFN; each post-norm."""
+
+  @nn.compact
+  def __call__(self, tgt, query_pos, memory, pos, mask, *, train: bool):
+    q = tgt + query_pos
+    tgt = self.add_and_norm(tgt, self.attention('self_attn')(q, q, tgt, None, train=train),
+                            'norm1', train)
+    y = self.attention('multihead_attn')(tgt + query_pos, memory + pos, memory, mask, train=train)
+    tgt = self.add_and_norm(tgt, y, 'norm2', train)
+    return self.add_and_norm(tgt, self.feed_forward(tgt, train), 'norm3', train)
+
+
+class Encoder(nn.Module):
+  """A stack of post-norm layers, without a final norm (as the original in post-norm mode)."""
+  num_layers: int
+  layer: functools.partial
+
+  @nn.compact
+  def __call__(self, src, pos, mask, *, train: bool):
+    for i in range(self.num_layers):
+      src = self.layer(EncoderLayer, name=f'layers_{i}')(src, pos, mask, train=train)
+    return src
+
+
+class Decoder(nn.Module):
+  """Queries start at zero; the final norm is applied to every layer's output."""
+  num_layers: int
+  layer: functools.partial
+
+  @nn.compact
+  def __call__(self, query_pos, memory, pos, mask, *, train: bool):
+    tgt = jnp.zeros_like(query_pos)
+    norm = _layer_norm('norm')
+    outputs = []
+    for i in range(self.num_layers):
+      tgt = self.layer(DecoderLayer, name=f'layers_{i}')(tgt, query_pos, memory, pos, mask,
+                                                         train=train)
+      outputs.append(norm(tgt))
+    return jnp.stack(outputs)
+
+
+class Transformer(nn.Module):
+  """src, pos: [B, N, D]; mask: [B, N] (1 = image); query_pos: [Q, D] -> [L, B, Q, D]."""
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  num_heads: int = 8
+  mlp_dim: int = 2048
+  dropout_rate: float = 0.1
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, src, mask, query_pos, pos, *, train: bool):
+    def layer(kind, name):
+      return kind(self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype, name=name)
+    memory = Encoder(self.num_encoder_layers, layer, name='encoder')(src, pos, mask, train=train)
+    query_pos = jnp.broadcast_to(query_pos.astype(src.dtype), (src.shape[0],) + query_pos.shape)
+    return Decoder(self.num_decoder_layers, layer, name='decoder')(query_pos, memory, pos, mask,
+                                                                 train=train)
+
+
+class BoxHead(nn.Module):
+  """MLP(D, D, 4, 3 layers) with ReLU between, sigmoid at the end: normalised cx, cy, w, h."""
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    for i, (features, names) in enumerate([(d, ('embed', 'mlp')), (d, ('mlp', 'embed')),
+                                           (4, ('embed', None))]):
+      x = nn.Dense(features, dtype=self.dtype, name=f'layers_{i}',
+                   kernel_init=_partitioned(_torch_uniform(x.shape[-1]), names),
+                   bias_init=_partitioned(_torch_uniform(x.shape[-1]), names[1:]))(x)
+      x = nn.relu(x) if i < 2 else x
+    return jax.nn.sigmoid(x.astype(jnp.float32))
+
+
+class DETR(nn.Module):
+  """images [B, H, W, 3] (normalised, zero-padded), pixel_mask [B, H, W] (1 = image) ->
+  {'logits': [L, B, Q, num_classes + 1], 'boxes': [L, B, Q, 4]} for every decoder layer
+  (the last is the prediction; the others feed the auxiliary losses)."""
+  num_classes: int
+  backbone_depth: int = 50
+  dilation: bool = False  # DC5: the last stage dilated instead of strided (stride 16).
+  hidden_dim: int = 256
+  num_queries: int = 100
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  num_heads: int = 8
+  mlp_dim: int = 2048
+  dropout_rate: float = 0.1
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, pixel_mask, *, train: bool = False):
+    features = ResNet(self.backbone_depth, self.dilation, self.dtype, name='backbone')(
+        images.astype(self.dtype))
+    b, h, w, c = features.shape
+    mask = downsample_mask(pixel_mask.astype(bool), (h, w))
+    pos = sine_position_embedding(mask, self.hidden_dim // 2).astype(self.dtype)
+    src = nn.Conv(self.hidden_dim, (1, 1), dtype=self.dtype, name='input_proj',
+                  kernel_init=_partitioned(_torch_uniform(c), (None, None, None, 'embed')),
+                  bias_init=_partitioned(_torch_uniform(c), ('embed',)))(features)
+    query_pos = self.param('query_embed', _partitioned(nn.initializers.normal(1.0),
+                                                       ('queries', 'embed')),
+                           (self.num_queries, self.hidden_dim))
+    flat = lambda x: x.reshape(b, h * w, x.shape[-1])  # Row-major tokens, as the original.
+    hs = Transformer(self.num_encoder_layers, self.num_decoder_layers, self.num_heads,
+                     self.mlp_dim, self.dropout_rate, self.dtype, name='transformer')(
+                         flat(src), mask.reshape(b, h * w), query_pos, flat(pos), train=train)
+    d = self.hidden_dim
+    logits = nn.Dense(self.num_classes + 1, dtype=self.dtype, name='class_embed',
+                      kernel_init=_partitioned(_torch_uniform(d), ('embed', 'classes')),
+                      bias_init=_partitioned(_torch_uniform(d), ('classes',)))(hs)
+    return {'logits': logits.astype(jnp.float32),
+            'boxes': BoxHead(self.dtype, name='bbox_embed')(hs)}
+
+
+def build_detr(model_config) -> DETR:
+  """The model named by `config.model` (fields of `DETR`; 'name' ignored)."""
+  fields = {k: v for k, v in dict(model_config).items() if k != 'name'}
+  unknown = set(fields) - set(DETR.__dataclass_fields__)
+  if unknown:
+    raise UserError(f'unknown DETR model fields {sorted(unknown)}: valid fields are '
+                    f'{sorted(f for f in DETR.__dataclass_fields__ if f not in ("parent", "name"))}')
+  if 'num_classes' not in fields:
+    raise UserError('model config needs num_classes (the largest label + 1; DETR adds the '
+                    '"no object" class itself)')
+  if isinstance(fields.get('dtype'), str):
+    fields['dtype'] = jnp.dtype(fields['dtype'])
+  return DETR(**fields)

@@ -1,0 +1,182 @@
+"""DETR model: parameter counts from the paper, parity with HF transformers on the same weights,
+the official checkpoint layout, and the refusal of pickles that carry code."""
+
+import os
+import pickle
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torchvision
+from transformers import DetrConfig, DetrForObjectDetection
+
+from detr_jax import checkpoints, models
+from vit_jax.errors import UserError
+
+
+def _abstract_variables(**fields):
+  model = models.DETR(**fields)
+  return flax.linen.meta.unbox(jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)),
+                         jnp.ones((1, 64, 64)))))
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize('depth, trainable, buffers', [(50, 41_302_368, 106_240),
+                                                       (101, 60_242_272, 210_688)])
+def test_parameter_counts_match_the_original(depth, trainable, buffers):
+  variables = _abstract_variables(num_classes=91, backbone_depth=depth)
+  params = flax.traverse_util.flatten_dict(variables['params'], sep='/')
+  # The original freezes conv1 and layer1 (our configs: lr_mults 0) and keeps BN as buffers.
+  frozen = _count([v for k, v in params.items()
+                   if k.startswith(('backbone/conv1/', 'backbone/layer1_'))])
+  assert _count(variables['params']) - frozen == trainable
+  assert _count(variables['frozen']) == buffers
+
+
+def _randomised_hf_detr(dilation: bool, num_labels: int = 5):
+  """HF's DETR (timm ResNet-50 backbone, no download) with every tensor random, batch-norm
+  statistics included, so that each weight matters."""
+  torch.manual_seed(0)
+  config = DetrConfig(use_timm_backbone=True, backbone='resnet50', use_pretrained_backbone=False,
+                      num_labels=num_labels, dilation=dilation)
+  model = DetrForObjectDetection(config).eval()
+  generator = torch.Generator().manual_seed(1)
+  with torch.no_grad():
+    for key, tensor in model.state_dict().items():
+      noise = torch.randn(tensor.shape, generator=generator)
+      if key.endswith('running_var'):
+        tensor.copy_(noise.abs() + 0.5)
+      elif 'backbone' in key and tensor.ndim == 1:
+        tensor.copy_((1.0 if key.endswith('weight') else 0.0) + 0.1 * noise)
+      elif tensor.ndim <= 2:
+        tensor.add_(0.02 * noise)
+  return model
+
+
+@pytest.mark.parametrize('dilation', [False, True], ids=['R50', 'DC5-R50'])
+def test_same_outputs_as_hf_transformers_on_a_padded_batch(dilation):
+  hf = _randomised_hf_detr(dilation)
+  variables = checkpoints.convert_state_dict(
+      {k: v.numpy() for k, v in hf.state_dict().items()})
+  batch, height, width = 2, 160, 224
+  pixel_mask = np.zeros((batch, height, width), np.int64)
+  pixel_mask[0] = 1
+  pixel_mask[1, :130, :181] = 1  # Not a multiple of the stride: tests the mask rule.
+  images = np.random.default_rng(0).normal(size=(batch, 3, height, width))
+  images = (images * pixel_mask[:, None]).astype(np.float32)  # Zero padding, as the original.
+  with torch.no_grad():
+    expected = hf(pixel_values=torch.from_numpy(images), pixel_mask=torch.from_numpy(pixel_mask))
+  ours = models.DETR(num_classes=5, dilation=dilation).apply(
+      variables, jnp.asarray(images.transpose(0, 2, 3, 1)), jnp.asarray(pixel_mask))
+  # Float32 round-off through 50 conv layers and 12 transformer layers.
+  np.testing.assert_allclose(ours['logits'][-1], expected.logits.numpy(), atol=1e-4)
+  np.testing.assert_allclose(ours['boxes'][-1], expected.pred_boxes.numpy(), atol=1e-4)
+  assert np.abs(expected.logits.numpy()).max() > 0.3  # The comparison is not of near-zeros.
+
+
+@pytest.mark.parametrize('size_in, size_out', [(160, 5), (130, 5), (1333, 42), (800, 25), (37, 3)])
+def test_mask_downsampling_follows_pytorchs_nearest_rule(size_in, size_out):
+  mask = np.random.default_rng(size_in).random((1, size_in, size_in + 3)) > 0.5
+  expected = torch.nn.functional.interpolate(torch.from_numpy(mask)[None].float(),
+                                             size=(size_out, size_out + 1))[0].bool().numpy()
+  np.testing.assert_array_equal(models.downsample_mask(jnp.asarray(mask),
+                                                       (size_out, size_out + 1)), expected)
+
+
+def _official_state_dict():
+  """A random state dict in the layout of `detr-r50-e632da11.pth` (torch's own transformer
+  layers use the same names as DETR's; torchvision's ResNet is the backbone)."""
+  state = {}
+  for kind, count in (('encoder', 6), ('decoder', 6)):
+    layer_class = (torch.nn.TransformerEncoderLayer if kind == 'encoder'
+                   else torch.nn.TransformerDecoderLayer)
+    for i in range(count):
+      for key, value in layer_class(256, 8, 2048).state_dict().items():
+        state[f'transformer.{kind}.layers.{i}.{key}'] = value
+  state['transformer.decoder.norm.weight'] = torch.ones(256)
+  state['transformer.decoder.norm.bias'] = torch.zeros(256)
+  state['class_embed.weight'], state['class_embed.bias'] = torch.randn(92, 256), torch.randn(92)
+  for i, (out, inp) in enumerate([(256, 256), (256, 256), (4, 256)]):
+    state[f'bbox_embed.layers.{i}.weight'] = torch.randn(out, inp)
+    state[f'bbox_embed.layers.{i}.bias'] = torch.randn(out)
+  state['query_embed.weight'] = torch.randn(100, 256)
+  state['input_proj.weight'], state['input_proj.bias'] = torch.randn(256, 2048, 1, 1), torch.randn(256)
+  for key, value in torchvision.models.resnet50().state_dict().items():
+    if not key.startswith('fc.') and not key.endswith('num_batches_tracked'):
+      state[f'backbone.0.body.{key}'] = value
+  return state
+
+
+def test_official_layout_converts_completely(tmp_path):
+  state = _official_state_dict()
+  assert len(state) == 458  # reference/detr.md §5.
+  path = str(tmp_path / 'detr-r50.pth')
+  torch.save({'model': state}, path)
+  loaded = checkpoints.load_variables(path)
+  fresh = _abstract_variables(num_classes=91)
+  assert jax.tree.map(np.shape, loaded) == jax.tree.map(np.shape, fresh)
+  q = loaded['params']['transformer']['encoder']['layers_3']['self_attn']['query']['kernel']
+  np.testing.assert_array_equal(
+      q.reshape(256, 256), state['transformer.encoder.layers.3.self_attn.in_proj_weight'][:256].T)
+  np.testing.assert_array_equal(loaded['frozen']['backbone']['layer2_0']['downsample_1']['var'],
+                                state['backbone.0.body.layer2.0.downsample.1.running_var'])
+
+
+def test_fine_tuning_on_new_classes_keeps_a_fresh_head():
+  state = {k: v.numpy() for k, v in _official_state_dict().items()}
+  model = models.DETR(num_classes=3, num_encoder_layers=6)
+  fresh = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), jnp.ones((1, 64, 64)))
+  fresh = jax.device_get(flax.linen.meta.unbox(fresh))
+  fitted = checkpoints.fit_variables(fresh, checkpoints.convert_state_dict(state))
+  np.testing.assert_array_equal(fitted['params']['class_embed']['kernel'],
+                                fresh['params']['class_embed']['kernel'])
+  np.testing.assert_array_equal(fitted['params']['query_embed'], state['query_embed.weight'])
+
+
+def test_backbone_from_a_torchvision_resnet():
+  resnet = {k: v.numpy() for k, v in torchvision.models.resnet50().state_dict().items()}
+  model = models.DETR(num_classes=3, num_encoder_layers=1, num_decoder_layers=1)
+  fresh = jax.device_get(flax.linen.meta.unbox(
+      model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), jnp.ones((1, 64, 64)))))
+  fitted = checkpoints.fit_variables(fresh, checkpoints.convert_state_dict(resnet))
+  np.testing.assert_array_equal(fitted['params']['backbone']['conv1']['kernel'],
+                                resnet['conv1.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(fitted['frozen']['backbone']['layer4_2']['bn3']['mean'],
+                                resnet['layer4.2.bn3.running_mean'])
+  np.testing.assert_array_equal(fitted['params']['query_embed'], fresh['params']['query_embed'])
+
+
+class _RunsCode:
+  """A pickle payload that would create a file when unpickled."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (open, (self.marker, 'w'))
+
+
+def test_a_pickle_that_carries_code_is_refused(tmp_path):
+  marker = tmp_path / 'pwned'
+  path = tmp_path / 'evil.pth'
+  with open(path, 'wb') as f:
+    pickle.dump({'model': _RunsCode(str(marker))}, f)
+  with pytest.raises(UserError, match='refusing to load .*not a plain weights file'):
+    checkpoints.load_variables(str(path))
+  assert not os.path.exists(marker)
+
+
+def test_mismatched_checkpoint_names_the_tensors():
+  state = {k: v.numpy() for k, v in _official_state_dict().items()}
+  model = models.DETR(num_classes=91, hidden_dim=128, num_heads=8, mlp_dim=256)
+  fresh = jax.device_get(flax.linen.meta.unbox(
+      model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), jnp.ones((1, 64, 64)))))
+  with pytest.raises(UserError, match='checkpoint shapes do not fit the model: params/'):
+    checkpoints.fit_variables(fresh, checkpoints.convert_state_dict(state))
