@@ -54,6 +54,13 @@ def test_warmup_step_decay(step, drops):
   assert float(schedule(step)) == pytest.approx(LR * 0.1**drops, rel=1e-6)
 
 
+@pytest.mark.parametrize('step, drops', [(399, 0), (400, 1), (500, 1)])
+def test_step_decay_at_a_fraction_of_the_run_as_detr(step, drops):
+  # DETR: x0.1 at epoch 400 of 500; the run's step count is known only at run time.
+  schedule = optim.make_schedule(LR, dict(name='warmup_step', boundary_fractions=(0.8,)), TOTAL)
+  assert float(schedule(step)) == pytest.approx(LR * 0.1**drops, rel=1e-6)
+
+
 def _run_both(optim_config, torch_groups, steps=3, seed=0):
   """Applies the same gradients with our optimizer and with torch; returns both param trees."""
   rng = np.random.default_rng(seed)

@@ -4,7 +4,8 @@ config.optim fields (see configs/ for complete examples):
   name            sgd | momentum | nesterov | adam | adamw
   lr              peak learning rate
   schedule        dict(name=constant|warmup_cosine|warmup_linear|warmup_poly|warmup_step,
-                       warmup_steps, end_value, power, boundaries, decay_factor)
+                       warmup_steps, end_value, power, boundaries | boundary_fractions,
+                       decay_factor)
   momentum        for momentum / nesterov (default 0.9); accumulator_dtype, e.g. 'bfloat16'
   b1, b2, eps     for adam / adamw; mu_dtype, e.g. 'bfloat16'
   weight_decay    adamw: decoupled (multiplied by lr, as optax and torch do);
@@ -55,8 +56,10 @@ def make_schedule(lr: float, schedule, total_steps: int) -> optax.Schedule:
     decay = optax.polynomial_schedule(lr, end, float(schedule.get('power', 1.0)), decay_steps)
   elif name == 'warmup_step':
     factor = float(schedule.get('decay_factor', 0.1))
-    decay = optax.piecewise_constant_schedule(
-        lr, {int(b) - warmup: factor for b in schedule.get('boundaries', ())})
+    # Boundaries in steps, or as fractions of the run (DETR: epoch 400 of 500 = 0.8).
+    boundaries = [int(b) for b in schedule.get('boundaries', ())] + [
+        round(f * total_steps) for f in schedule.get('boundary_fractions', ())]
+    decay = optax.piecewise_constant_schedule(lr, {b - warmup: factor for b in boundaries})
   else:
     raise UserError(f'unknown config.optim.schedule.name {name!r}: choose one of {SCHEDULES}')
   if warmup == 0:

@@ -56,6 +56,11 @@ class Task(abc.ABC):
     (`config.init_from`). Called only when a run starts, never on resume."""
     raise UserError(f'{type(self).__name__} cannot start from a checkpoint (config.init_from)')
 
+  def pretrained_variables(self, variables: dict, path: str) -> dict:
+    """As `pretrained_params`, for tasks whose checkpoints also hold non-trainable collections
+    (DETR's frozen batch norm): all fresh variables in, all loaded variables out."""
+    return dict(variables, params=self.pretrained_params(variables['params'], path))
+
   @abc.abstractmethod
   def loss(self, variables: dict, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
     """Training loss on a (global) batch and scalar metrics to log."""
@@ -272,9 +277,12 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict[str, float]:
     if restored is None:
       state = jax.jit(lambda r: init_state(task, tx, r), out_shardings=shardings)(rng)
       if config.get('init_from'):
-        params = multihost_utils.process_allgather(state.params, tiled=True)
-        params = task.pretrained_params(params, config.init_from)
-        state = state.replace(params=jax.device_put(params, shardings.params))
+        variables = multihost_utils.process_allgather(
+            {'params': state.params, **state.model_state}, tiled=True)
+        variables = task.pretrained_variables(variables, config.init_from)
+        params = variables.pop('params')
+        state = state.replace(params=jax.device_put(params, shardings.params),
+                              model_state=jax.device_put(variables, shardings.model_state))
       examples_seen = 0
     else:
       step, state, meta = restored
