@@ -92,25 +92,35 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-  """The backbone's body up to layer4 (stride 32, or 16 with `dilation` = DC5)."""
+  """The backbone's body up to layer4 (stride 32, or 16 with `dilation` = DC5).
+
+  `blocks` and `width` (stage-1 bottleneck width, 64 in torchvision) make small backbones for
+  experiments; the released models use depth 50 or 101 at width 64.
+  """
   depth: int = 50
   dilation: bool = False
+  blocks: Optional[tuple[int, ...]] = None  # Bottlenecks per stage; overrides `depth`.
+  width: int = 64
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    if self.depth not in RESNET_DEPTHS:
-      raise UserError(f'unknown backbone depth {self.depth}: use 50 or 101')
-    x = _conv(64, 7, 2, name='conv1', dtype=self.dtype)(x)
+    if self.blocks is None and self.depth not in RESNET_DEPTHS:
+      raise UserError(f'unknown backbone depth {self.depth}: use 50 or 101 (or set '
+                      'backbone_blocks)')
+    blocks = tuple(self.blocks) if self.blocks is not None else RESNET_DEPTHS[self.depth]
+    if len(blocks) != 4:
+      raise UserError(f'backbone_blocks {blocks} must give 4 stages')
+    x = _conv(self.width, 7, 2, name='conv1', dtype=self.dtype)(x)
     x = nn.relu(FrozenBatchNorm(name='bn1')(x))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     dilation = 1
-    for stage, blocks in enumerate(RESNET_DEPTHS[self.depth]):
+    for stage, num_blocks in enumerate(blocks):
       stride, first_dilation = (1 if stage == 0 else 2), dilation
       if stage == 3 and self.dilation:  # torchvision's replace_stride_with_dilation.
         dilation, stride = dilation * 2, 1
-      for block in range(blocks):
-        x = Bottleneck(64 * 2**stage, stride if block == 0 else 1,
+      for block in range(num_blocks):
+        x = Bottleneck(self.width * 2**stage, stride if block == 0 else 1,
                        first_dilation if block == 0 else dilation, downsample=block == 0,
                        dtype=self.dtype, name=f'layer{stage + 1}_{block}')(x)
     return x
@@ -298,6 +308,8 @@ class DETR(nn.Module):
   num_classes: int
   backbone_depth: int = 50
   dilation: bool = False  # DC5: the last stage dilated instead of strided (stride 16).
+  backbone_blocks: Optional[tuple[int, ...]] = None  # Small backbones for experiments.
+  backbone_width: int = 64
   hidden_dim: int = 256
   num_queries: int = 100
   num_encoder_layers: int = 6
@@ -309,7 +321,8 @@ class DETR(nn.Module):
 
   @nn.compact
   def __call__(self, images, pixel_mask, *, train: bool = False):
-    features = ResNet(self.backbone_depth, self.dilation, self.dtype, name='backbone')(
+    features = ResNet(self.backbone_depth, self.dilation, self.backbone_blocks,
+                      self.backbone_width, self.dtype, name='backbone')(
         images.astype(self.dtype))
     b, h, w, c = features.shape
     mask = downsample_mask(pixel_mask.astype(bool), (h, w))
