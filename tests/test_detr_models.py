@@ -3,6 +3,8 @@ the official checkpoint layout, and the refusal of pickles that carry code."""
 
 import os
 import pickle
+import subprocess
+import sys
 
 import flax
 import jax
@@ -14,6 +16,7 @@ import torchvision
 from transformers import DetrConfig, DetrForObjectDetection
 
 from detr_jax import checkpoints, models
+from helpers import ROOT
 from vit_jax.errors import UserError
 
 
@@ -180,3 +183,17 @@ def test_mismatched_checkpoint_names_the_tensors():
       model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), jnp.ones((1, 64, 64)))))
   with pytest.raises(UserError, match='checkpoint shapes do not fit the model: params/'):
     checkpoints.fit_variables(fresh, checkpoints.convert_state_dict(state))
+
+
+def test_converter_script_writes_what_init_from_reads(tmp_path):
+  source, output = str(tmp_path / 'detr.pth'), str(tmp_path / 'detr.npz')
+  state = _official_state_dict()
+  torch.save({'model': state}, source)
+  script = os.path.join(ROOT, 'scripts', 'convert_detr_checkpoint.py')
+  result = subprocess.run([sys.executable, script, source, output], capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert '41,524,768 parameters, 106,240 frozen batch-norm values, 91 classes' in result.stdout
+  loaded = checkpoints.load_variables(output)
+  np.testing.assert_array_equal(loaded['params']['class_embed']['kernel'],
+                                state['class_embed.weight'].numpy().T)

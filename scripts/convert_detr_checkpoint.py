@@ -1,0 +1,42 @@
+"""Official DETR `.pth` (or HF transformers' DETR, or a torchvision ResNet) -> our `.npz`.
+
+  python scripts/convert_detr_checkpoint.py detr-r50-e632da11.pth detr-r50.npz
+
+The `.pth` is opened with torch.load(weights_only=True): a file that carries code is refused.
+Use the result (or the `.pth` itself) with --config.init_from=PATH.
+"""
+
+import argparse
+import sys
+
+# torch before TensorFlow (imported by the packages): see tests/conftest.py.
+import torch  # noqa: F401
+import torch._dynamo  # noqa: F401
+import jax
+import numpy as np
+
+from detr_jax import checkpoints
+from vit_jax.errors import UserError
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('checkpoint', help='.pth file (official DETR, HF DETR or torchvision ResNet)')
+  parser.add_argument('output', help='.npz file to write')
+  parser.add_argument('--num_heads', type=int, default=8, help='attention heads (8 in DETR)')
+  args = parser.parse_args()
+  try:
+    variables = checkpoints.load_variables(args.checkpoint, args.num_heads)
+  except UserError as e:
+    sys.exit(f'error: {e}')
+  checkpoints.save_npz(args.output, variables)
+  count = lambda tree: sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
+  classes = variables['params'].get('class_embed', {}).get('bias')
+  print(f'wrote {args.output}: {count(variables["params"]):,} parameters, '
+        f'{count(variables.get("frozen", {})):,} frozen batch-norm values'
+        + (f', {len(classes) - 1} classes + no-object' if classes is not None else
+           ' (backbone only)'))
+
+
+if __name__ == '__main__':
+  main()
