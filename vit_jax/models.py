@@ -11,6 +11,7 @@ import math
 from typing import Callable, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from vit_jax.errors import UserError
@@ -61,17 +62,57 @@ def _partitioned(init, names):
 _xavier = nn.initializers.xavier_uniform()
 _zeros = nn.initializers.zeros
 _mlp_bias = nn.initializers.normal(stddev=1e-6)
+# timm's and Segmenter's `init_weights` (reference/segmenter.md §1.8): every Linear kernel
+# trunc_normal_(std=0.02) with absolute bounds +-2, i.e. untruncated at that std; biases 0.
+_timm_kernel = nn.initializers.normal(stddev=0.02)
+WEIGHT_INITS = ('vit', 'timm')
+
+
+def _check_weight_init(weight_init: str) -> None:
+  if weight_init not in WEIGHT_INITS:
+    raise UserError(f'unknown weight_init {weight_init!r}: use one of {WEIGHT_INITS}')
+
+
+def _torch_default(fan_in: int):
+  """PyTorch's default Conv/Linear init, weights and biases alike: U(+-1/sqrt(fan_in))."""
+  bound = 1 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def resize_position_embeddings(posemb, old_grid: tuple[int, int], new_grid: tuple[int, int],
+                               num_prefix_tokens: int):
+  """(1, prefix + gh*gw, D) on `old_grid` -> the same on `new_grid`, as Segmenter and timm 0.4.12
+  do: bilinear at pixel centres (torch align_corners=False), no antialiasing; the prefix rows
+  (class / distillation tokens) are kept as they are."""
+  prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
+  grid = grid.reshape(old_grid + grid.shape[-1:])
+  grid = jax.image.resize(grid, tuple(new_grid) + grid.shape[-1:], 'bilinear', antialias=False)
+  return jnp.concatenate([prefix, grid.reshape((1, -1, grid.shape[-1])).astype(prefix.dtype)],
+                         axis=1)
 
 
 class AddPositionEmbs(nn.Module):
-  """Learned position embeddings, one row per token (class token included), BERT init."""
+  """Learned position embeddings, one row per token (class token included), BERT init.
+
+  grid: the patch grid the embeddings are stored for. None (the original): the shape follows
+  the input seen at init and is fixed. Set: inputs on another `grid` get them resized on the
+  fly with `resize_position_embeddings` (Segmenter's sliding windows and padded images).
+  """
+  grid: Optional[tuple[int, int]] = None
 
   @nn.compact
-  def __call__(self, x):
-    pos_embedding = self.param(
-        'pos_embedding',
-        _partitioned(nn.initializers.normal(stddev=0.02), (None, None, 'embed')),
-        (1,) + x.shape[1:])
+  def __call__(self, x, grid: Optional[tuple[int, int]] = None):
+    init = _partitioned(nn.initializers.normal(stddev=0.02), (None, None, 'embed'))
+    if self.grid is None:
+      return x + self.param('pos_embedding', init, (1,) + x.shape[1:]).astype(x.dtype)
+    stored, grid = tuple(self.grid), tuple(grid or self.grid)
+    prefix = x.shape[1] - grid[0] * grid[1]
+    if prefix < 0:
+      raise UserError(f'{x.shape[1]} tokens do not fit a {grid[0]}x{grid[1]} patch grid')
+    pos_embedding = self.param('pos_embedding', init,
+                               (1, prefix + stored[0] * stored[1], x.shape[-1]))
+    if grid != stored:
+      pos_embedding = resize_position_embeddings(pos_embedding, stored, grid, prefix)
     return x + pos_embedding.astype(x.dtype)
 
 
@@ -106,6 +147,7 @@ class MultiHeadDotProductAttention(nn.Module):
   num_heads: int
   dropout_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  weight_init: str = 'vit'  # See WEIGHT_INITS.
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -113,8 +155,9 @@ class MultiHeadDotProductAttention(nn.Module):
     if width % self.num_heads:
       raise UserError(f'hidden_size {width} is not divisible by num_heads {self.num_heads}')
     heads = (self.num_heads, width // self.num_heads)
+    kernel_init = _timm_kernel if self.weight_init == 'timm' else None
     project_in = functools.partial(Projection, (width,) + heads, ('embed', 'heads', 'kv'),
-                                   dtype=self.dtype)
+                                   dtype=self.dtype, kernel_init=kernel_init)
     query, key, value = (project_in(name=name)(x) for name in ('query', 'key', 'value'))
     dropout_rng = self.make_rng('dropout') if train and self.dropout_rate > 0 else None
     weights = nn.dot_product_attention_weights(
@@ -124,7 +167,7 @@ class MultiHeadDotProductAttention(nn.Module):
     self.sow('intermediates', 'attention_weights', weights)
     y = jnp.einsum('...hqk,...khd->...qhd', weights, value)
     return Projection(heads + (width,), ('heads', 'kv', 'embed'), num_in_axes=2,
-                      dtype=self.dtype, name='out')(y)
+                      dtype=self.dtype, kernel_init=kernel_init, name='out')(y)
 
 
 class MlpBlock(nn.Module):
@@ -133,24 +176,31 @@ class MlpBlock(nn.Module):
   dropout_rate: float = 0.0
   gelu_approximate: bool = True
   dtype: jnp.dtype = jnp.float32
+  weight_init: str = 'vit'  # See WEIGHT_INITS.
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     width = x.shape[-1]
+    kernel, bias = (_timm_kernel, _zeros) if self.weight_init == 'timm' else (_xavier, _mlp_bias)
     x = nn.Dense(self.mlp_dim, dtype=self.dtype,
-                 kernel_init=_partitioned(_xavier, ('embed', 'mlp')),
-                 bias_init=_partitioned(_mlp_bias, ('mlp',)))(x)
+                 kernel_init=_partitioned(kernel, ('embed', 'mlp')),
+                 bias_init=_partitioned(bias, ('mlp',)))(x)
     x = nn.gelu(x, approximate=self.gelu_approximate)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'mlp'))
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     x = nn.Dense(width, dtype=self.dtype,
-                 kernel_init=_partitioned(_xavier, ('mlp', 'embed')),
-                 bias_init=_partitioned(_mlp_bias, ('embed',)))(x)
+                 kernel_init=_partitioned(kernel, ('mlp', 'embed')),
+                 bias_init=_partitioned(bias, ('embed',)))(x)
     return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
 
 class Encoder1DBlock(nn.Module):
-  """Pre-LN transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+  """Pre-LN transformer block: x + attn(LN(x)), then x + mlp(LN(x)).
+
+  drop_path_rate: stochastic depth (timm's DropPath): each residual branch is dropped for a
+  whole example with this probability and the kept ones scaled by 1 / (1 - rate); the two
+  branches draw independently.
+  """
   mlp_dim: int
   num_heads: int
   dropout_rate: float = 0.0
@@ -158,18 +208,25 @@ class Encoder1DBlock(nn.Module):
   layer_norm_epsilon: float = 1e-6
   gelu_approximate: bool = True
   dtype: jnp.dtype = jnp.float32
+  drop_path_rate: float = 0.0
+  weight_init: str = 'vit'  # See WEIGHT_INITS.
+
+  def _drop_path(self, x, train: bool):
+    return nn.Dropout(self.drop_path_rate, broadcast_dims=tuple(range(1, x.ndim)))(
+        x, deterministic=not train)
 
   @nn.compact
   def __call__(self, inputs, train: bool):
     norm = functools.partial(nn.LayerNorm, epsilon=self.layer_norm_epsilon, dtype=self.dtype)
     x = norm()(inputs)
-    x = MultiHeadDotProductAttention(self.num_heads, self.attention_dropout_rate, self.dtype)(
-        x, train=train)
+    x = MultiHeadDotProductAttention(self.num_heads, self.attention_dropout_rate, self.dtype,
+                                     self.weight_init)(x, train=train)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    x = x + inputs
+    x = self._drop_path(x, train) + inputs
     y = norm()(x)
-    y = MlpBlock(self.mlp_dim, self.dropout_rate, self.gelu_approximate, self.dtype)(
-        y, train=train)
+    y = MlpBlock(self.mlp_dim, self.dropout_rate, self.gelu_approximate, self.dtype,
+                 self.weight_init)(y, train=train)
+    y = self._drop_path(y, train)
     return nn.with_logical_constraint(x + y, ('batch', 'length', 'act_embed'))
 
 
@@ -184,18 +241,25 @@ class Encoder(nn.Module):
   gelu_approximate: bool = True
   dtype: jnp.dtype = jnp.float32
   remat: bool = False  # Recompute each block's activations in the backward pass (saves memory).
+  # Stochastic depth rising linearly over the blocks, 0 for the first and this for the last
+  # (torch.linspace(0, rate, num_layers), as timm and Segmenter).
+  drop_path_rate: float = 0.0
+  weight_init: str = 'vit'  # See WEIGHT_INITS.
+  posemb_grid: Optional[tuple[int, int]] = None  # See AddPositionEmbs.grid.
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
-    x = AddPositionEmbs(name='posembed_input')(x)
+  def __call__(self, x, *, train: bool, grid: Optional[tuple[int, int]] = None):
+    """grid: the input's patch grid (needed only with `posemb_grid`)."""
+    x = AddPositionEmbs(self.posemb_grid, name='posembed_input')(x, grid)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     # `train` (argument 2, counting the module) is a Python bool: static under remat.
     block = nn.remat(Encoder1DBlock, static_argnums=(2,)) if self.remat else Encoder1DBlock
     for i in range(self.num_layers):
+      rate = self.drop_path_rate * i / (self.num_layers - 1) if self.num_layers > 1 else 0.0
       x = block(
           self.mlp_dim, self.num_heads, self.dropout_rate, self.attention_dropout_rate,
-          self.layer_norm_epsilon, self.gelu_approximate, self.dtype,
-          name=f'encoderblock_{i}')(x, train)
+          self.layer_norm_epsilon, self.gelu_approximate, self.dtype, drop_path_rate=rate,
+          weight_init=self.weight_init, name=f'encoderblock_{i}')(x, train)
     return nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm')(x)
 
 
@@ -266,7 +330,12 @@ class VisionTransformer(nn.Module):
   """ViT classifier. `num_classes=None` returns the pooled (or unpooled) representation.
 
   classifier: 'token' (class token, prepended before the position embeddings are added),
-  'gap' (mean over patch tokens), 'unpooled' / 'token_unpooled' (every token, for dense heads).
+  'gap' (mean over patch tokens), 'unpooled' / 'token_unpooled' (every token after the final
+  LayerNorm, for dense heads such as Segmenter's decoders).
+  distilled: DeiT's distillation token `dist` after the class token ([cls, dist, patches]);
+  only with 'token_unpooled'.
+  posemb_grid: the patch grid the position embeddings are stored for; other grids get them
+  resized on the fly (see AddPositionEmbs). None: fixed by the input seen at init.
   """
   num_classes: Optional[int]
   patch_size: int
@@ -284,28 +353,47 @@ class VisionTransformer(nn.Module):
   gelu_approximate: bool = True  # The original's nn.gelu; False for erf GELU (timm, Segmenter).
   dtype: jnp.dtype = jnp.float32  # Compute dtype ('bfloat16' for mixed precision); params f32.
   remat: bool = False
+  distilled: bool = False
+  drop_path_rate: float = 0.0  # Stochastic depth of the last block (see Encoder).
+  # 'vit': the original's initialisers; 'timm': timm's / Segmenter's (Linear kernels and class
+  # tokens N(0, 0.02), biases 0, patch embedding PyTorch's default).
+  weight_init: str = 'vit'
+  posemb_grid: Optional[tuple[int, int]] = None
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
     if self.classifier not in ('token', 'gap', 'unpooled', 'token_unpooled'):
       raise UserError(f'unknown classifier {self.classifier!r}: use token, gap, unpooled '
                       'or token_unpooled')
+    if self.distilled and self.classifier != 'token_unpooled':
+      raise UserError(f'a distillation token needs classifier token_unpooled, not '
+                      f'{self.classifier!r}')
+    _check_weight_init(self.weight_init)
+    timm_init = self.weight_init == 'timm'
     x = images
     if self.resnet is not None:
       x = resnet_stem(x, tuple(self.resnet['num_layers']), self.resnet.get('width_factor', 1))
     p = self.patch_size
+    fan_in = p * p * x.shape[-1]
     x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
-                kernel_init=_partitioned(nn.initializers.lecun_normal(),
+                kernel_init=_partitioned(_torch_default(fan_in) if timm_init
+                                         else nn.initializers.lecun_normal(),
                                          (None, None, None, 'embed')),
-                bias_init=_partitioned(_zeros, ('embed',)), name='embedding')(x)
+                bias_init=_partitioned(_torch_default(fan_in) if timm_init else _zeros,
+                                       ('embed',)), name='embedding')(x)
     n, h, w, c = x.shape
     x = x.reshape(n, h * w, c)
     if self.classifier in ('token', 'token_unpooled'):
-      cls = self.param('cls', _partitioned(_zeros, (None, None, 'embed')), (1, 1, c))
-      x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (n, 1, 1)), x], axis=1)
+      token_init = _partitioned(_timm_kernel if timm_init else _zeros, (None, None, 'embed'))
+      tokens = [self.param('cls', token_init, (1, 1, c))]
+      if self.distilled:
+        tokens.append(self.param('dist', token_init, (1, 1, c)))
+      x = jnp.concatenate([jnp.tile(t.astype(x.dtype), (n, 1, 1)) for t in tokens] + [x], axis=1)
     x = Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.dropout_rate,
                 self.attention_dropout_rate, self.layer_norm_epsilon, self.gelu_approximate,
-                self.dtype, self.remat, name='Transformer')(x, train=train)
+                self.dtype, self.remat, self.drop_path_rate, self.weight_init,
+                tuple(self.posemb_grid) if self.posemb_grid else None,
+                name='Transformer')(x, train=train, grid=(h, w))
 
     if self.classifier == 'token':
       x = x[:, 0]
@@ -320,7 +408,8 @@ class VisionTransformer(nn.Module):
     if self.num_classes is None:
       return x
     return nn.Dense(self.num_classes, name='head', dtype=jnp.float32,
-                    kernel_init=_partitioned(_zeros, ('embed', 'classes')),
+                    kernel_init=_partitioned(_timm_kernel if timm_init else _zeros,
+                                             ('embed', 'classes')),
                     bias_init=_partitioned(nn.initializers.constant(self.head_bias_init),
                                            ('classes',)))(x)
 
@@ -342,4 +431,6 @@ def build_vit(model_config) -> VisionTransformer:
     raise UserError('model config needs num_classes')
   if isinstance(kwargs.get('dtype'), str):
     kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
+  if kwargs.get('posemb_grid') is not None:
+    kwargs['posemb_grid'] = tuple(kwargs['posemb_grid'])
   return VisionTransformer(**kwargs)
