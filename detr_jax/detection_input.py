@@ -229,7 +229,7 @@ def _folder_source(input_config, split):
   mapping = label_to_category([c['id'] for c in cats], _get(input_config, 'category_layout'))
   _check_num_classes(input_config, mapping, path)
   known = {c['id'] for c in cats}
-  sizes, index = {}, {}
+  sizes, index = [], {}
   for i, image in enumerate(images):
     if not image.get('width') or not image.get('height'):
       raise UserError(f'image {image.get("id")} in {path} has no width/height: COCO instances '
@@ -237,39 +237,36 @@ def _folder_source(input_config, split):
     if image['id'] in index or not 0 <= image['id'] < 2**31:
       raise UserError(f'image id {image["id"]} in {path} is repeated or not in [0, 2**31): '
                       f'eval needs unique int32 image ids')
-    sizes[image['id']] = (float(image['width']), float(image['height']))
+    sizes.append((image['width'], image['height']))
     index[image['id']] = i
-  per_image = [[] for _ in images]
-  per_category = [[] for _ in images]
-  crowd = degenerate = 0
-  for ann in annotations:
-    if ann.get('iscrowd', 0):
-      crowd += 1
-      continue
+  targets = [ann for ann in annotations if not ann.get('iscrowd', 0)]
+  for ann in targets:
     if ann['image_id'] not in index:
       raise UserError(f'annotation {ann.get("id")} in {path} refers to image {ann["image_id"]}, '
                       f'which is not in its "images"')
     if ann['category_id'] not in known:
       raise UserError(f'annotation {ann.get("id")} in {path} has category_id '
                       f'{ann["category_id"]}, which is not in its "categories"')
-    width, height = sizes[ann['image_id']]
-    x, y, w, h = (float(v) for v in ann['bbox'])
-    box = (np.clip([x, y, x + w, y + h], 0, [width, height, width, height]) /
-           [width, height, width, height])
-    if not (box[2] > box[0] and box[3] > box[1]):
-      degenerate += 1
-      continue
-    per_image[index[ann['image_id']]].append(box)
-    per_category[index[ann['image_id']]].append(ann['category_id'])
-  if degenerate:
-    logging.warning('%s: dropped %d boxes without area inside their image', path, degenerate)
+  owner = np.array([index[ann['image_id']] for ann in targets], np.int64)
+  xywh = np.array([ann['bbox'] for ann in targets], np.float64).reshape(-1, 4)
+  size = np.tile(np.array(sizes, np.float64).reshape(-1, 2)[owner], 2)
+  # Clipped to the image, as ConvertCocoPolysToMask; boxes left without area are dropped.
+  boxes = np.clip(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1), 0, size) / size
+  valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+  category = np.array([ann['category_id'] for ann in targets], np.int64)
+  owner, boxes, category = owner[valid], boxes[valid], category[valid]
+  if (~valid).sum():
+    logging.warning('%s: dropped %d boxes without area inside their image', path,
+                    (~valid).sum())
+  order = np.argsort(owner, kind='stable')  # Each image's boxes in file order.
+  starts = np.searchsorted(owner[order], np.arange(len(images) + 1))
+  spans = list(zip(starts[:-1], starts[1:]))
+  per_image = [boxes[order[lo:hi]] for lo, hi in spans]
+  per_label = [_to_labels(category[order[lo:hi]], mapping) for lo, hi in spans]
   logging.info('%s: %d images (%d without boxes), %d boxes; %d crowd annotations are not '
-               'training targets', path, len(images), sum(not b for b in per_image),
-               sum(map(len, per_image)), crowd)
-  boxes, labels, mask = _pack(
-      [np.asarray(b, np.float32).reshape(-1, 4) for b in per_image],
-      [_to_labels(np.asarray(c, np.int64), mapping) for c in per_category],
-      _get(input_config, 'max_boxes'), path)
+               'training targets', path, len(images), sum(not len(b) for b in per_image),
+               len(boxes), len(annotations) - len(targets))
+  boxes, labels, mask = _pack(per_image, per_label, _get(input_config, 'max_boxes'), path)
   files = [os.path.join(folder, image['file_name']) for image in images]
   if '://' not in folder:  # Cheap to check locally; remote stores fail when read.
     missing = [f for f in files if not os.path.exists(f)]
