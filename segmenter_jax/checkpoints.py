@@ -294,11 +294,13 @@ def _fill(params: Params, loaded: dict[str, np.ndarray], source: str,
   want = {k: np.shape(v) for k, v in fresh.items() if k.startswith(scope)}
   key = 'encoder/Transformer/posembed_input/pos_embedding'
   old, new_shape = loaded.get(key), want.get(key)
-  if old is not None and new_shape is not None and old.shape != new_shape:
+  # Only the grid may differ; other mismatches are reported with the rest by _check_fit.
+  if (old is not None and new_shape is not None and old.shape != new_shape
+      and old.shape[-1] == new_shape[-1]):
     prefix = sum(k in want for k in ('encoder/cls', 'encoder/dist'))
     old_grid = _square_grid(old.shape[1] - prefix, source)
     new_grid = tuple(grid) if grid else _square_grid(new_shape[1] - prefix, 'the model')
-    if old.shape[-1] != new_shape[-1] or new_grid[0] * new_grid[1] + prefix != new_shape[1]:
+    if new_grid[0] * new_grid[1] + prefix != new_shape[1]:
       raise UserError(f'{source}: position embeddings {old.shape} cannot become {new_shape} '
                       f'(grid {new_grid}): check config.model (variant, image_size)')
     logging.info('Resizing position embeddings %s -> %s: grid %s -> %s, bilinear '
