@@ -1,9 +1,12 @@
 """Parameters and GFLOPs of every model, beside the papers' figures.
 
-  python scripts/model_table.py [--json] [--models B/16,L/16]
+  python scripts/model_table.py [--json] [--models B/16,L/16] [--segmenter Seg-B-Mask/16]
 
 GFLOPs are XLA's cost analysis of one forward pass, as multiply-adds (the papers' convention),
-for one image at 224 and 384 px; parameters with a 1000-class head.
+for one image at 224 and 384 px; parameters with a 1000-class head. Segmenter rows (ADE20K, 150
+classes, mask transformer): multiply-adds at 512 x 512 with and without the final bilinear
+upsampling, parameters without and with the official checkpoints' unused ImageNet head, beside
+the authors' and 3rd-party figures (those GFLOPs count 2 per multiply-add).
 """
 
 import argparse
@@ -12,6 +15,7 @@ import json
 import jax
 import jax.numpy as jnp
 
+from segmenter_jax import model_stats as segmenter_stats
 from vit_jax import model_stats, models
 
 
@@ -27,6 +31,29 @@ def vit_rows(variants):
                      gflops_384=model_stats.gflops(model, image(384)),
                      paper_params=paper, paper_gflops=None, source='ViT paper Table 1'))
   return rows
+
+
+def segmenter_rows(names):
+  by_name = {entry['model']: entry for entry in segmenter_stats.TABLE}
+  unknown = [n for n in names if n not in by_name]
+  if unknown:
+    raise SystemExit(f'error: unknown Segmenter rows {unknown}: use {sorted(by_name)}')
+  return [segmenter_stats.table_row(by_name[name]) for name in names]
+
+
+def _format_segmenter(rows):
+  header = (f'{"model":<16}{"params":>14}{"+ head":>14}{"paper":>8}{"diff":>8}'
+            f'{"GMACs@512":>11}{"w/o upsample":>14}{"as FLOPs":>10}{"3rd-party":>11}')
+  lines = [header, '-' * len(header)]
+  for r in rows:
+    diff = 100 * (r['params_with_unused_head'] / r['paper_params'] - 1)
+    published = r['published_gflops_512']
+    lines.append(f'{r["model"]:<16}{r["params"]:>14,}{r["params_with_unused_head"]:>14,}'
+                 f'{r["paper_params"] / 1e6:>7.0f}M{diff:>+7.1f}%{r["gmacs_512"]:>11.1f}'
+                 f'{r["gmacs_512_before_upsampling"]:>14.1f}'
+                 f'{2 * r["gmacs_512_before_upsampling"]:>10.1f}'
+                 f'{published if published else "-":>11}')
+  return '\n'.join(lines + [f'({rows[0]["source"]})'] if rows else [])
 
 
 def _format(rows):
@@ -46,10 +73,17 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--json', action='store_true', help='print a JSON list instead of a table')
   parser.add_argument('--models', default=','.join(model_stats.VIT_VARIANTS),
-                      help='comma-separated ViT variants (default: all)')
+                      help='comma-separated ViT variants (default: all; empty: none)')
+  parser.add_argument('--segmenter', default=','.join(e['model'] for e in segmenter_stats.TABLE),
+                      help='comma-separated Segmenter rows (default: all; empty: none)')
   args = parser.parse_args()
-  rows = vit_rows(args.models.split(','))
-  print(json.dumps(rows, indent=1) if args.json else _format(rows))
+  rows = vit_rows([m for m in args.models.split(',') if m])
+  seg_rows = segmenter_rows([m for m in args.segmenter.split(',') if m])
+  if args.json:
+    print(json.dumps(rows + seg_rows, indent=1))
+  else:
+    print('\n\n'.join(table for table in (_format(rows) if rows else '',
+                                           _format_segmenter(seg_rows)) if table))
 
 
 if __name__ == '__main__':

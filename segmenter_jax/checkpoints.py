@@ -16,7 +16,8 @@ refused.
 Official names -> ours (reference/segmenter.md §5.3; H heads, hd = d / H):
   encoder.cls_token / dist_token / pos_embed -> encoder/cls / dist /
       Transformer/posembed_input/pos_embedding
-  encoder.patch_embed.proj.{weight (O,I,kh,kw), bias} -> encoder/embedding/{kernel (kh,kw,I,O), bias}
+  encoder.patch_embed.proj.{weight (O,I,kh,kw), bias} -> encoder/embedding/{kernel (kh,kw,I,O),
+      bias}
   {encoder,decoder}.blocks.i.norm1 / norm2 -> .../LayerNorm_0 / LayerNorm_1 {scale, bias}
   ....attn.qkv.weight (3d, d) -> .../MultiHeadDotProductAttention_0/{query,key,value}/kernel
       (d, H, hd), rows split q, k, v; qkv.bias -> .../bias (H, hd)
@@ -55,7 +56,8 @@ NORMALIZATION = {'vit': dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
                  'deit': dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))}
 
 _BLOCK_LEAVES = {
-    'norm1': 'LayerNorm_0', 'norm2': 'LayerNorm_1', 'attn.proj': 'MultiHeadDotProductAttention_0/out',
+    'norm1': 'LayerNorm_0', 'norm2': 'LayerNorm_1',
+    'attn.proj': 'MultiHeadDotProductAttention_0/out',
     'mlp.fc1': 'MlpBlock_0/Dense_0', 'mlp.fc2': 'MlpBlock_0/Dense_1'}
 _PARAM_LEAF = {'weight': 'kernel', 'bias': 'bias'}
 
@@ -228,7 +230,8 @@ def _expected_shapes(fields: dict) -> dict[str, tuple]:
 
 def _names(names, limit=3) -> str:
   names = sorted(names)
-  return ', '.join(names[:limit]) + (f' and {len(names) - limit} more' if len(names) > limit else '')
+  more = f' and {len(names) - limit} more' if len(names) > limit else ''
+  return ', '.join(names[:limit]) + more
 
 
 def _check_fit(have: dict[str, np.ndarray], want: dict[str, tuple], what: str, fix: str) -> None:

@@ -134,16 +134,21 @@ class Segmenter(nn.Module):
     tokens = self.encoder(padded, train=train)[:, self.num_prefix_tokens:]
     return tokens.reshape((images.shape[0], padded.shape[1] // p, padded.shape[2] // p, -1))
 
-  def __call__(self, images, *, train: bool):
-    """[B, H, W, 3] float32 (normalised) -> logits [B, H, W, num_classes] (float32)."""
-    height, width = images.shape[1:3]
+  def patch_logits(self, images, *, train: bool = False):
+    """[B, H, W, 3] -> mask logits on the padded patch grid [B, H', W', K] (before upsampling)."""
     tokens = self.encode(images, train=train)
     batch, grid_h, grid_w, channels = tokens.shape
     masks = self.decoder(tokens.reshape(batch, grid_h * grid_w, channels), train=train)
-    masks = masks.reshape(batch, grid_h, grid_w, -1).astype(jnp.float32)
+    return masks.reshape(batch, grid_h, grid_w, -1).astype(jnp.float32)
+
+  def __call__(self, images, *, train: bool):
+    """[B, H, W, 3] float32 (normalised) -> logits [B, H, W, num_classes] (float32)."""
+    height, width = images.shape[1:3]
+    masks = self.patch_logits(images, train=train)
+    batch, grid_h, grid_w, classes = masks.shape
     p = self.encoder.patch_size
-    masks = jax.image.resize(masks, (batch, grid_h * p, grid_w * p, masks.shape[-1]),
-                             'bilinear', antialias=False)
+    masks = jax.image.resize(masks, (batch, grid_h * p, grid_w * p, classes), 'bilinear',
+                             antialias=False)
     return masks[:, :height, :width]
 
 

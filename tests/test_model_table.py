@@ -20,6 +20,19 @@ def _vit_b16_multiply_adds(image=224, patch=16, width=768, mlp=3072, depth=12, c
   return embed + depth * block + width * classes
 
 
+def _segmenter_multiply_adds(width, depth, image=512, patch=16, classes=150, decoder_layers=2):
+  """Matmul multiply-adds of Seg-*-Mask up to the patch-level masks, counted by hand: encoder
+  (patch embedding, blocks over patches + class token), mask transformer (proj_dec, blocks over
+  patches + class embeddings, proj_patch, proj_classes, scores)."""
+  def blocks(tokens, count):
+    return count * (4 * tokens * width**2 + 2 * tokens**2 * width + 8 * tokens * width**2)
+  patches = (image // patch) ** 2
+  encoder = patches * patch * patch * 3 * width + blocks(patches + 1, depth)
+  decoder = (2 * patches * width**2 + blocks(patches + classes, decoder_layers)
+             + classes * width**2 + patches * classes * width)
+  return encoder + decoder
+
+
 @pytest.fixture(scope='module')
 def table():
   result = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'model_table.py'),
@@ -36,9 +49,10 @@ def test_every_variant_with_exact_params(table):
               'ViT-R+Ti/16': 6_337_704, 'ViT-R26+S/32': 36_431_912,
               'ViT-R26+B/32': 101_383_976, 'ViT-R50+B/16': 98_659_112,
               'ViT-R50+L/32': 328_994_856}
-  assert {name: row['params'] for name, row in table.items()} == expected
+  vit = {name: row for name, row in table.items() if name.startswith('ViT-')}
+  assert {name: row['params'] for name, row in vit.items()} == expected
   assert table['ViT-L/16']['paper_params'] == 307e6  # Shown beside ours (304.3M).
-  assert all(row['gflops'] > 0 and row['gflops_384'] > row['gflops'] for row in table.values())
+  assert all(row['gflops'] > 0 and row['gflops_384'] > row['gflops'] for row in vit.values())
 
 
 def test_gflops_match_analytic_count(table):
@@ -46,3 +60,39 @@ def test_gflops_match_analytic_count(table):
   assert table['ViT-B/16']['gflops'] == pytest.approx(_vit_b16_multiply_adds() / 1e9, rel=0.02)
   assert table['ViT-B/16']['gflops_384'] == pytest.approx(
       _vit_b16_multiply_adds(image=384) / 1e9, rel=0.02)
+
+
+def test_segmenter_rows_with_exact_params(table):
+  seg = {name: row for name, row in table.items() if name.startswith('Seg-')}
+  assert {name: row['params'] for name, row in seg.items()} == {
+      'Seg-Ti-Mask/16': 6_713_388, 'Seg-S-Mask/16': 26_033_964,
+      'Seg-B-Mask/16': 102_497_580, 'Seg-L-Mask/16': 332_644_652}
+  # With the unused ImageNet head: the released state dicts (reference/segmenter.md §4.1:
+  # 6.91M, 26.42M, 103.27M at 512; Seg-L's 334.26M is at 640, i.e. 40^2 - 32^2 more position
+  # embeddings of width 1024).
+  millions = {name: round(row['params_with_unused_head'] / 1e6, 2) for name, row in seg.items()}
+  assert millions == {'Seg-Ti-Mask/16': 6.91, 'Seg-S-Mask/16': 26.42, 'Seg-B-Mask/16': 103.27,
+                      'Seg-L-Mask/16': 333.67}
+  assert seg['Seg-L-Mask/16']['params_with_unused_head'] + (40**2 - 32**2) * 1024 == 334_259_476
+  assert [row['paper_params'] for row in seg.values()] == [7e6, 27e6, 106e6, 334e6]
+
+
+def test_segmenter_gflops_match_analytic_count(table):
+  sizes = {'Seg-Ti-Mask/16': (192, 12), 'Seg-S-Mask/16': (384, 12), 'Seg-B-Mask/16': (768, 12),
+           'Seg-L-Mask/16': (1024, 24)}
+  analytic = {name: _segmenter_multiply_adds(*size) / 1e9 for name, size in sizes.items()}
+  # The hand count, as FLOPs, is the reference's (reference/segmenter.md §4.2: given to 0.1,
+  # L's as 799).
+  assert {name: round(2 * v, 1 if 'L' not in name else None) for name, v in analytic.items()} == {
+      'Seg-Ti-Mask/16': 25.3, 'Seg-S-Mask/16': 76.8, 'Seg-B-Mask/16': 258.6,
+      'Seg-L-Mask/16': 799}
+  for name, expected in analytic.items():
+    ours = table[name]['gmacs_512_before_upsampling']
+    # XLA also counts element-wise work (softmax, erf GELU, LayerNorm, L2 norms): 1-4% here,
+    # the most for the narrowest model.
+    assert expected < ours < (1.02 if name in ('Seg-B-Mask/16', 'Seg-L-Mask/16') else 1.05) * (
+        expected)
+    # Bilinear upsampling of 150 maps from 32 x 32 to 512 x 512 (jax.image.resize as two
+    # dense interpolation matmuls): 150 * (512 * 32 * 32 + 512 * 512 * 32) multiply-adds.
+    assert table[name]['gmacs_512'] - ours == pytest.approx(150 * 512 * 32 * (32 + 512) / 1e9,
+                                                             rel=0.02)

@@ -302,7 +302,8 @@ def test_encoder_from_vit_npz_matches_timms_loader(tmp_path, caplog):
   assert 'Dropping head' in log and 'Dropping pre_logits' in log
   assert 'Resizing position embeddings (1, 37, 64) -> (1, 17, 64)' in log
   jax.tree.map(np.testing.assert_array_equal, params['decoder'], fresh['decoder'])
-  np.testing.assert_array_equal(params['encoder']['embedding']['kernel'], vit['embedding']['kernel'])
+  np.testing.assert_array_equal(params['encoder']['embedding']['kernel'],
+                                vit['embedding']['kernel'])
   # The same file through timm's loader (v1.0: bilinear, no antialias) into a timm ViT at the
   # crop size, with Segmenter's LayerNorm eps: the same patch tokens.
   reference = timm.models.vision_transformer.VisionTransformer(
