@@ -1,0 +1,92 @@
+"""DETR's set loss (detr models/detr.py: SetCriterion) on matched queries, for all decoder layers.
+
+Per decoder layer: cross-entropy over every query (target: the matched label, otherwise
+no-object, which weighs `eos_coef`), plus L1 and 1 - GIoU over matched pairs, both divided by the
+number of real targets. Everything is over the GLOBAL batch, which the loop jits as one program:
+
+- Box terms: the original divides each GPU's sum by the all-reduced count / world size, then DDP
+  averages gradients over GPUs, so it optimises sum over the global batch / global count: ours.
+- Cross-entropy: the original takes the weighted mean sum(w * nll) / sum(w) over each GPU's own
+  queries and DDP averages those means; we take one weighted mean over the global batch. Per
+  image sum(w) = (queries - matched) * eos_coef + matched, so the two are equal when every GPU
+  holds as many targets; otherwise each GPU's queries weigh here in proportion to its sum(w)
+  rather than equally (a GPU with more targets counts a little more).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from detr_jax import box_ops
+
+
+def _final(x):
+  return x[-1]
+
+
+def set_loss(logits, pred_boxes, labels, target_boxes, target_mask, target_query, *,
+             eos_coef=0.1, class_weight=1., bbox_weight=5., giou_weight=2.):
+  """The original SetCriterion's weighted total over decoder layers, and its logged metrics.
+
+  Args:
+    logits: [L, B, Q, C] class logits per decoder layer; the last class is no-object.
+    pred_boxes: [L, B, Q, 4] normalised (cx, cy, w, h).
+    labels: [B, T] int class of each target slot.
+    target_boxes: [B, T, 4] normalised (cx, cy, w, h).
+    target_mask: [B, T], nonzero on real targets (padding may sit in any slot).
+    target_query: [L, B, T] the query matched to each slot (`hungarian_match`), -1 if none.
+    eos_coef: the no-object class's weight in the cross-entropy.
+    class_weight, bbox_weight, giou_weight: weights of the three terms (1, 5, 2).
+
+  Returns:
+    (total, metrics): total = sum over layers of class_weight * CE + bbox_weight * L1 +
+    giou_weight * (1 - GIoU); metrics (scalars): loss_ce, loss_bbox, loss_giou of the final
+    layer, unweighted; class_error (100 - top-1 accuracy in % over its matched queries, 100 when
+    there are none, as the original); cardinality_error (mean over images of |#queries not
+    predicting no-object - #targets|).
+  """
+  logits = logits.astype(jnp.float32)
+  pred_boxes = pred_boxes.astype(jnp.float32)
+  num_queries, no_object = logits.shape[-2], logits.shape[-1] - 1
+  target_mask = target_mask.astype(bool)
+  matched_slot = target_mask & (target_query >= 0)  # [L, B, T]
+
+  # The class each query is trained towards: its target's label, or no-object.
+  pairs = (target_query[..., None, :] == jnp.arange(num_queries)[:, None]) & \
+      matched_slot[..., None, :]  # [L, B, Q, T]
+  is_matched = pairs.any(-1)
+  target_classes = jnp.where(is_matched, jnp.sum(jnp.where(pairs, labels[:, None, :], 0), -1),
+                             no_object)
+  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), target_classes[..., None], axis=-1,
+                             mode='clip')[..., 0]
+  class_weights = jnp.where(target_classes == no_object, eos_coef, 1.)
+  loss_ce = (class_weights * nll).sum((1, 2)) / class_weights.sum((1, 2))
+
+  # Box terms on matched pairs. Padded slots get a harmless box so that nothing in them (zeros,
+  # NaN) reaches the gradient through the masked-out branch.
+  num_boxes = jnp.maximum(target_mask.sum(), 1).astype(jnp.float32)
+  placeholder = jnp.array([0.5, 0.5, 1., 1.], jnp.float32)
+  target_boxes = jnp.where(target_mask[..., None], target_boxes.astype(jnp.float32), placeholder)
+  matched_boxes = jnp.take_along_axis(pred_boxes, jnp.maximum(target_query, 0)[..., None], axis=-2)
+  l1 = jnp.abs(matched_boxes - target_boxes).sum(-1)
+  giou = box_ops.generalized_box_iou(box_ops.cxcywh_to_xyxy(matched_boxes),
+                                     box_ops.cxcywh_to_xyxy(target_boxes))
+  loss_bbox = jnp.where(matched_slot, l1, 0.).sum((1, 2)) / num_boxes
+  loss_giou = jnp.where(matched_slot, 1 - giou, 0.).sum((1, 2)) / num_boxes
+
+  total = jnp.sum(class_weight * loss_ce + bbox_weight * loss_bbox + giou_weight * loss_giou)
+
+  # Logged only (the original computes them without gradient, on the final layer).
+  predicted = jax.lax.stop_gradient(_final(logits)).argmax(-1)  # [B, Q]
+  final_matched = _final(is_matched)
+  correct = jnp.sum((predicted == _final(target_classes)) & final_matched)
+  num_matched = final_matched.sum()
+  accuracy = jnp.where(num_matched > 0, 100. * correct / jnp.maximum(num_matched, 1), 0.)
+  cardinality = jnp.sum(predicted != no_object, -1) - target_mask.sum(-1)
+  metrics = {
+      'loss_ce': _final(loss_ce),
+      'loss_bbox': _final(loss_bbox),
+      'loss_giou': _final(loss_giou),
+      'class_error': 100. - accuracy,
+      'cardinality_error': jnp.mean(jnp.abs(cardinality).astype(jnp.float32)),
+  }
+  return total, metrics
