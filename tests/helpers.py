@@ -38,14 +38,3 @@ def run_module(args, env=None, timeout=600):
   return subprocess.run([sys.executable, '-m'] + args, cwd=ROOT, env=full_env, timeout=timeout,
                         capture_output=True, text=True)
 
-
-def saved_state(workdir: str, step: int):
-  """A checkpointed train state as numpy, whatever devices or processes wrote it."""
-  import jax
-  import orbax.checkpoint as ocp
-  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
-  checkpointer = ocp.StandardCheckpointer()
-  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
-                        checkpointer.metadata(path).item_metadata)
-  return jax.device_get(checkpointer.restore(path, target))

@@ -10,7 +10,8 @@ import time
 import jax
 import numpy as np
 
-from helpers import ROOT, saved_state
+from vit_jax import checkpoint
+from helpers import ROOT
 from mesh_run import train_losses
 
 SCRIPT = os.path.join(ROOT, 'tests', 'multihost_run.py')
@@ -52,7 +53,7 @@ def test_two_processes_match_one(tmp_path):
   # Cross-process all-reduces sum in another order: float32 round-off only.
   np.testing.assert_allclose(train_losses(multi), train_losses(single), rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-               saved_state(multi, 6)['params'], saved_state(single, 6)['params'])
+               checkpoint.load_state(multi, 6)['params'](single, 6)['params'])
 
 
 def test_a_process_that_never_joins_is_a_clear_error_not_a_hang(tmp_path):

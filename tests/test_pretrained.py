@@ -9,8 +9,8 @@ import pytest
 import timm
 import torch
 
-from helpers import saved_state, tiny_digits_config
-from vit_jax import models, pretrained, train
+from helpers import tiny_digits_config
+from vit_jax import checkpoint, models, pretrained, train
 from vit_jax.classification import ClassificationTask
 from vit_jax.errors import UserError
 
@@ -140,7 +140,7 @@ def test_training_starts_from_init_from(tmp_path):
   config.init_from = path
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(config, workdir, ClassificationTask(config))
-  state = saved_state(workdir, 1)
+  state = checkpoint.load_state(workdir, 1)
   jax.tree.map(np.testing.assert_array_equal, state['params'], source)
 
 

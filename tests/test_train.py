@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import ROOT, run_module, saved_state, tiny_digits_config
-from vit_jax import classification_input, optim, train
+from helpers import ROOT, run_module, tiny_digits_config
+from vit_jax import checkpoint, classification_input, optim, train
 from vit_jax.classification import ClassificationTask
 from vit_jax.errors import UserError
 
@@ -49,7 +49,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   assert sorted(os.listdir(os.path.join(interrupted, 'checkpoints'))) == ['3']
   train.train_and_evaluate(config, interrupted, ClassificationTask(config))
 
-  expected, got = saved_state(uninterrupted, 6), saved_state(interrupted, 6)
+  expected, got = checkpoint.load_state(uninterrupted, 6)(interrupted, 6)
   assert int(got['step']) == 6
   # Same data position, RNG (dropout is on) and optimizer state: bitwise-equal params.
   jax.tree.map(np.testing.assert_array_equal, got['params'], expected['params'])
@@ -64,7 +64,7 @@ def test_eval_accuracy_equals_independent_count(workdir):
   assert json.load(open(os.path.join(workdir, 'final_metrics.json')))['accuracy'] == \
       metrics['accuracy']
 
-  params = saved_state(workdir, 20)['params']
+  params = checkpoint.load_state(workdir, 20)['params']
   test = classification_input.digits_arrays('test')
   preprocess = classification_input.eval_preprocess(config.input)
   images = np.stack([preprocess({'image': tf.constant(im), 'label': 0})['image'].numpy()
@@ -112,7 +112,7 @@ def test_non_finite_loss_stops_naming_the_step_and_saves_nothing_after_it(workdi
   with pytest.raises(UserError, match='diverged at step 4'):
     train.train_and_evaluate(config, workdir, PoisonedTask(config))
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
-  saved = saved_state(workdir, 2)
+  saved = checkpoint.load_state(workdir, 2)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(saved['params']))
 
 
@@ -151,7 +151,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
   train.train_and_evaluate(config, damaged, ClassificationTask(config))  # Redoes steps 4..6.
 
   assert '6.unreadable' in os.listdir(os.path.join(damaged, 'checkpoints'))
-  expected, got = saved_state(uninterrupted, 6), saved_state(damaged, 6)
+  expected, got = checkpoint.load_state(uninterrupted, 6)(damaged, 6)
   jax.tree.map(np.testing.assert_array_equal, got['params'], expected['params'])
 
 
@@ -176,6 +176,6 @@ def test_sigkill_at_three_points_then_rerun_gives_bit_identical_params(tmp_path)
     job.wait(timeout=60)
   assert subprocess.run(command(killed), cwd=ROOT, capture_output=True,
                         timeout=600).returncode == 0
-  expected, got = saved_state(reference, 40), saved_state(killed, 40)
+  expected, got = checkpoint.load_state(reference, 40)(killed, 40)
   jax.tree.map(np.testing.assert_array_equal, got['params'], expected['params'])
   jax.tree.map(np.testing.assert_array_equal, got['opt_state'], expected['opt_state'])

@@ -13,6 +13,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from vit_jax.errors import UserError
+
 
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` with the two items the train loop saves."""
@@ -71,3 +73,20 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def load_state(workdir: str, step: Optional[int] = None) -> dict:
+  """A run's saved train state (newest step by default) as numpy on this host, whatever devices
+  or processes wrote it: for inference, analysis and notebooks."""
+  directory = os.path.join(workdir, 'checkpoints')
+  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
+      directory) else []
+  if not steps or (step is not None and step not in steps):
+    raise UserError(f'no checkpoint {"" if step is None else step} in {directory} (found '
+                    f'{steps}): train first, or pass the --workdir of a run')
+  path = os.path.join(directory, str(steps[-1] if step is None else step), 'state')
+  checkpointer = ocp.StandardCheckpointer()
+  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+                        checkpointer.metadata(path).item_metadata)
+  return jax.device_get(checkpointer.restore(path, target))
