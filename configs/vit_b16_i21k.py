@@ -20,7 +20,7 @@ def get_config():
   config.input = ml_collections.ConfigDict()
   config.input.source = 'tfds'
   config.input.dataset = 'imagenet21k'
-  config.input.data_dir = None
+  config.input.data_dir = ml_collections.config_dict.placeholder(str)
   config.input.train_split = 'full[51200:]'  # big_vision's split; the first 51,200 are held out.
   config.input.eval_split = 'full[:25600]'
   config.input.image_size = 224

@@ -70,24 +70,36 @@ def _conv(features, kernel, stride=1, dilation=1, name=None, dtype=jnp.float32):
                  name=name)
 
 
+def _norm(kind: str, name: str):
+  """'frozen': the original's frozen batch norm (needs pretrained statistics); 'group': a
+  trainable GroupNorm for backbones trained from scratch (no ImageNet weights offline)."""
+  if kind == 'frozen':
+    return FrozenBatchNorm(name=name)
+  if kind == 'group':
+    return nn.GroupNorm(num_groups=None, group_size=8, epsilon=1e-5, name=name)
+  raise UserError(f"unknown backbone_norm {kind!r}: use 'frozen' or 'group'")
+
+
 class Bottleneck(nn.Module):
   """torchvision's v1.5 bottleneck: the stride sits on the 3x3 conv."""
   width: int
   stride: int = 1
   dilation: int = 1
   downsample: bool = False
+  norm: str = 'frozen'
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     conv = functools.partial(_conv, dtype=self.dtype)
-    y = nn.relu(FrozenBatchNorm(name='bn1')(conv(self.width, 1, name='conv1')(x)))
+    norm = functools.partial(_norm, self.norm)
+    y = nn.relu(norm('bn1')(conv(self.width, 1, name='conv1')(x)))
     y = conv(self.width, 3, self.stride, self.dilation, name='conv2')(y)
-    y = nn.relu(FrozenBatchNorm(name='bn2')(y))
-    y = FrozenBatchNorm(name='bn3')(conv(self.width * 4, 1, name='conv3')(y))
+    y = nn.relu(norm('bn2')(y))
+    y = norm('bn3')(conv(self.width * 4, 1, name='conv3')(y))
     if self.downsample:
       x = conv(self.width * 4, 1, self.stride, name='downsample_0')(x)
-      x = FrozenBatchNorm(name='downsample_1')(x)
+      x = norm('downsample_1')(x)
     return nn.relu(x + y)
 
 
@@ -101,6 +113,7 @@ class ResNet(nn.Module):
   dilation: bool = False
   blocks: Optional[tuple[int, ...]] = None  # Bottlenecks per stage; overrides `depth`.
   width: int = 64
+  norm: str = 'frozen'
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -112,7 +125,7 @@ class ResNet(nn.Module):
     if len(blocks) != 4:
       raise UserError(f'backbone_blocks {blocks} must give 4 stages')
     x = _conv(self.width, 7, 2, name='conv1', dtype=self.dtype)(x)
-    x = nn.relu(FrozenBatchNorm(name='bn1')(x))
+    x = nn.relu(_norm(self.norm, 'bn1')(x))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     dilation = 1
     for stage, num_blocks in enumerate(blocks):
@@ -122,7 +135,7 @@ class ResNet(nn.Module):
       for block in range(num_blocks):
         x = Bottleneck(self.width * 2**stage, stride if block == 0 else 1,
                        first_dilation if block == 0 else dilation, downsample=block == 0,
-                       dtype=self.dtype, name=f'layer{stage + 1}_{block}')(x)
+                       norm=self.norm, dtype=self.dtype, name=f'layer{stage + 1}_{block}')(x)
     return x
 
 
@@ -310,6 +323,7 @@ class DETR(nn.Module):
   dilation: bool = False  # DC5: the last stage dilated instead of strided (stride 16).
   backbone_blocks: Optional[tuple[int, ...]] = None  # Small backbones for experiments.
   backbone_width: int = 64
+  backbone_norm: str = 'frozen'  # 'group' to train a backbone from scratch.
   hidden_dim: int = 256
   num_queries: int = 100
   num_encoder_layers: int = 6
@@ -322,7 +336,7 @@ class DETR(nn.Module):
   @nn.compact
   def __call__(self, images, pixel_mask, *, train: bool = False):
     features = ResNet(self.backbone_depth, self.dilation, self.backbone_blocks,
-                      self.backbone_width, self.dtype, name='backbone')(
+                      self.backbone_width, self.backbone_norm, self.dtype, name='backbone')(
         images.astype(self.dtype))
     b, h, w, c = features.shape
     mask = downsample_mask(pixel_mask.astype(bool), (h, w))

@@ -34,9 +34,11 @@ def test_wrong_type(workdir):
   _assert_one_line_error(result, '--config.total_steps=many')
 
 
-def test_missing_dataset_names_it_and_how_to_provide_it(workdir):
-  result = _main('--config=configs/vit_b16_i21k.py', f'--workdir={workdir}')
-  _assert_one_line_error(result, "'imagenet21k'", '--config.input.data_dir',
+def test_missing_dataset_names_it_and_how_to_provide_it(workdir, tmp_path):
+  # data_dir as the error suggests it (a config field that starts as None must accept a path).
+  result = _main('--config=configs/vit_b16_i21k.py', f'--workdir={workdir}',
+                 f'--config.input.data_dir={tmp_path}')
+  _assert_one_line_error(result, "'imagenet21k'", str(tmp_path), '--config.input.data_dir',
                          '--config.input.source=folder')
 
 

@@ -1,0 +1,97 @@
+"""DETR on COCO 2017, the paper's recipe (Carion et al. 2020; facebookresearch/detr).
+
+  python -m detr_jax.main --config=configs/detr_coco.py:r50 --workdir=DIR       # 500 epochs
+  python -m detr_jax.main --config=configs/detr_coco.py:dc5_r101,300 --workdir=DIR
+
+The argument is BACKBONE[,EPOCHS]: r50, dc5_r50, r101 or dc5_r101 (the four released models;
+DC5 dilates the last stage, stride 16), and 500 epochs (lr drop at 400) or 300 (drop at 200).
+The recipe is the same for all four.
+
+Expects COCO in TFDS (`tfds build coco/2017`; --config.input.data_dir=DIR) or as a COCO-format
+folder (--config.input.source=coco_folder --config.input.data_dir=DIR). Start the backbone from
+ImageNet: --config.init_from=resnet50.pth (torchvision's state dict), or fine-tune a released
+model: --config.init_from=detr-r50-e632da11.pth.
+"""
+
+import ml_collections
+
+# Backbone name -> (ResNet depth, dilated last stage).
+BACKBONES = {'r50': (50, False), 'dc5_r50': (50, True), 'r101': (101, False),
+             'dc5_r101': (101, True)}
+# Epochs -> the epoch of the x0.1 learning-rate drop (README: 500 drops at 400; 300 at 200).
+LR_DROP = {500: 400, 300: 200, 150: 100}
+
+
+def get_config(arg='r50'):
+  backbone, _, epochs = arg.partition(',')
+  if backbone not in BACKBONES:
+    raise ValueError(f'unknown backbone {backbone!r} in configs/detr_coco.py:{arg}: use one of '
+                     f'{sorted(BACKBONES)}, optionally followed by ,EPOCHS')
+  depth, dilation = BACKBONES[backbone]
+  epochs = int(epochs or 500)
+  config = ml_collections.ConfigDict()
+  config.seed = 42
+
+  config.input = ml_collections.ConfigDict()
+  config.input.source = 'tfds'
+  config.input.tfds_name = 'coco/2017'
+  config.input.data_dir = ml_collections.config_dict.placeholder(str)
+  config.input.train_split = 'train'
+  config.input.eval_split = 'validation'
+  config.input.category_layout = 'coco_ids'  # Labels are COCO ids: 91 = max id + 1 classes.
+  config.input.augment = 'detr'  # Flip; multi-scale resize, or resize + random crop + resize.
+  config.input.train_scales = tuple(range(480, 801, 32))
+  config.input.max_size = 1333
+  config.input.crop_resize_scales = (400, 500, 600)
+  config.input.crop_min, config.input.crop_max = 384, 600
+  config.input.eval_scale = 800
+  config.input.pad_size = (1333, 1333)  # Fixed shapes: every image padded here, with a mask.
+  config.input.max_boxes = 100  # COCO's most crowded train image has 93 non-crowd boxes.
+  config.input.batch_size = 64  # 4 per GPU on 16 V100 (DC5: 1 per GPU on 64).
+  config.input.eval_batch_size = 64
+  config.input.shuffle_buffer = 10_000
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'detr'
+  config.model.num_classes = 91
+  config.model.backbone_depth = depth
+  config.model.dilation = dilation
+  config.model.hidden_dim = 256
+  config.model.num_queries = 100
+  config.model.num_encoder_layers = 6
+  config.model.num_decoder_layers = 6
+  config.model.num_heads = 8
+  config.model.mlp_dim = 2048
+  config.model.dropout_rate = 0.1
+  config.model.dtype = 'float32'
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.aux_loss = True
+  config.loss.class_weight = 1.0  # Also the matching cost weights.
+  config.loss.bbox_weight = 5.0
+  config.loss.giou_weight = 2.0
+  config.loss.eos_coef = 0.1
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = 'adamw'
+  config.optim.lr = 1e-4
+  config.optim.weight_decay = 1e-4
+  config.optim.wd_mask = '.*'  # torch AdamW decays every parameter.
+  config.optim.grad_clip_norm = 0.1
+  # Backbone at 1e-5; the stem and layer1 frozen, as the original.
+  config.optim.lr_mults = ((r'backbone/(conv1|layer1_\d+)/.*', 0.0), (r'backbone/.*', 0.1))
+  config.optim.accum_steps = 1
+  config.optim.schedule = ml_collections.ConfigDict(dict(
+      name='warmup_step', warmup_steps=0, decay_factor=0.1,
+      boundary_fractions=(LR_DROP.get(epochs, epochs * 2 // 3) / epochs,)))
+
+  config.total_epochs = epochs
+  config.log_every = 100
+  config.eval_every = 1849 * 10  # ~10 epochs of 118,287 images.
+  config.checkpoint_every = 1849  # ~1 epoch.
+  config.keep_checkpoints = 3
+  config.init_from = ml_collections.config_dict.placeholder(str)
+
+  config.mesh = (('data', -1), ('model', 1))
+  config.sharding_rules = (('batch', 'data'),)
+  return config
