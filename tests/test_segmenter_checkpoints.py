@@ -146,8 +146,9 @@ def test_official_state_dict_round_trips_to_the_same_logits(decoder, distilled):
     expected = torch_segmenter(state, torch.from_numpy(images.transpose(0, 3, 1, 2)), decoder,
                                distilled).numpy().transpose(0, 2, 3, 1)
   assert ours.shape == expected.shape == (2, 30, 45, CLASSES)
-  # Logits are O(1) (mask_norm) to O(10) (linear); fp32 summation order only.
-  np.testing.assert_allclose(np.asarray(ours), expected, atol=5e-5, rtol=1e-5)
+  # Logits are O(1); fp32 summation order only. Observed max difference 9e-7 (linear) and
+  # 1.3e-5 (mask: mask_norm divides by the spread of only 5 class scores).
+  np.testing.assert_allclose(np.asarray(ours), expected, atol=5e-5, rtol=0)
 
 
 def test_converted_fields_describe_the_official_model():
@@ -322,7 +323,7 @@ def test_encoder_from_vit_npz_matches_timms_loader(tmp_path, caplog):
   with torch.no_grad():
     expected = reference.forward_features(torch.from_numpy(images.transpose(0, 3, 1, 2)))
   np.testing.assert_allclose(np.asarray(ours).reshape(2, 16, D), expected[:, 1:].numpy(),
-                             atol=2e-5)
+                             atol=1e-5)
 
 
 def test_encoder_from_a_vit_of_another_size_is_a_one_line_error(tmp_path):
