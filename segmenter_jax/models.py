@@ -13,6 +13,8 @@ official names (`head`; or `proj_dec`, `cls_emb`, `blocks_i`, `decoder_norm`, `p
 `proj_classes`, `mask_norm`). The position embeddings are stored for the crop's patch grid
 (`image_size // patch_size`) and resized on the fly (bilinear, align_corners off) for any other
 grid, so the same params run at the crop size, at other window sizes and on padded images.
+(The original resizes only when the token count differs, so e.g. 16x64 after 32x32 is not
+resized there; here any other grid is. Equal for every square window.)
 
 Model config fields (`build_segmenter`):
   variant         ViT size/patch: 'Ti/16', 'S/16', 'B/16', 'L/16', 'B/8', 'S/32', 'B/32', 'L/32',
@@ -30,6 +32,10 @@ Model config fields (`build_segmenter`):
                   released size).
   dtype, remat    as for vit_jax's ViT (compute dtype, per-block rematerialisation).
 
+Methods (for `model.apply(..., method=...)`): `__call__` (logits at the input resolution),
+`patch_logits` (mask logits on the padded patch grid, before upsampling), `encode` (patch
+tokens after the encoder's final norm, [B, H', W', D]).
+
 Class-embedding features for the notebook: the mask transformer sows, in 'intermediates',
 `class_features` [B, K, D] (the L2-normalised class embeddings after `proj_classes`),
 `patch_features` [B, N, D] and `scores` [B, N, K] (cosine similarities, before mask_norm):
@@ -37,6 +43,8 @@ Class-embedding features for the notebook: the mask transformer sows, in 'interm
   logits, state = model.apply(variables, images, train=False, mutable=['intermediates'])
   classes = state['intermediates']['decoder']['class_features'][0]  # [B, K, D]
   similarity = classes @ classes.transpose(0, 2, 1)
+
+(The learned embeddings themselves, before the blocks, are `params['decoder']['cls_emb']`.)
 """
 
 from typing import Optional, Union

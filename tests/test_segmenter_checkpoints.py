@@ -338,3 +338,21 @@ def test_encoder_from_a_vit_of_another_size_is_a_one_line_error(tmp_path):
   assert '\n' not in str(error.value)
   with pytest.raises(UserError, match='cannot read checkpoint'):
     checkpoints.init_encoder_from_vit(fresh, str(tmp_path / 'missing.npz'))
+
+
+def test_deit_encoder_from_a_timm_pth_keeps_both_tokens_apart_when_resizing(tmp_path):
+  deit = timm.models.deit.VisionTransformerDistilled(
+      img_size=48, patch_size=PATCH, embed_dim=D, depth=LAYERS, num_heads=HEADS)
+  state = {k: torch.randn(v.shape) for k, v in deit.state_dict().items()}
+  torch.save({'model': state}, str(tmp_path / 'deit.pth'))  # As FB's DeiT releases.
+  model = models.build_segmenter(dict(hidden_size=D, num_layers=LAYERS, num_heads=HEADS,
+                                      mlp_dim=4 * D, patch_size=PATCH, image_size=CROP,
+                                      distilled=True, num_classes=CLASSES, decoder='linear'))
+  params = checkpoints.load_pretrained(_fresh(model), str(tmp_path / 'deit.pth'), model)
+  expected = torch_resize_pos_embed(state['pos_embed'], (6, 6), (4, 4), 2).numpy()
+  np.testing.assert_allclose(params['encoder']['Transformer']['posembed_input']['pos_embedding'],
+                             expected, atol=1e-6)
+  np.testing.assert_array_equal(params['encoder']['dist'], state['dist_token'].numpy())
+  np.testing.assert_array_equal(
+      params['encoder']['Transformer']['encoderblock_1']['MlpBlock_0']['Dense_0']['kernel'],
+      state['blocks.1.mlp.fc1.weight'].numpy().T)
