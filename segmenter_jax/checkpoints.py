@@ -364,13 +364,15 @@ def load_pretrained(params: Params, path: str, model: models.Segmenter) -> Param
     state = load_pth(path)
     if not any(k.startswith('encoder.') for k in state):
       return init_encoder_from_timm(params, state, num_heads, grid, f'ViT checkpoint {path}')
-    loaded, _ = load_official(path)
+    variant = read_variant_yml(os.path.join(os.path.dirname(path), 'variant.yml'))
+    loaded, _ = convert_official(state, variant)
   else:
+    ours = False
     try:
       with np.load(path, allow_pickle=False) as files:
         ours = any(k.startswith('encoder/') for k in files.files)
-    except (OSError, ValueError) as e:
-      raise UserError(f'cannot read checkpoint {path!r}: {e}') from None
+    except (OSError, ValueError):
+      pass  # A remote (gs://) or unreadable file: the ViT loader reads it or says why.
     if not ours:
       return init_encoder_from_vit(params, path, grid)
     loaded = load_params(path)
