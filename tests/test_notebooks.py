@@ -9,7 +9,15 @@ from nbclient import NotebookClient
 from helpers import ROOT
 
 
-@pytest.mark.parametrize('name', ['vit.ipynb'])
+# What each notebook must print: proof that its cells did their work, not just ran.
+EXPECTED_OUTPUT = {
+    'vit.ipynb': ['top-5 classes', "'num_examples': 360.0"],  # Fine-tuning scored all digits.
+    'detr.ipynb': ['41,524,768 parameters, 106,240 frozen batch-norm values',
+                   'top-5 detections', "'AP50':", 'detections above 0.5 in the first image'],
+}
+
+
+@pytest.mark.parametrize('name', sorted(EXPECTED_OUTPUT))
 def test_notebook_runs(name, tmp_path):
   path = os.path.join(ROOT, 'notebooks', name)
   notebook = nbformat.read(path, as_version=4)
@@ -19,5 +27,5 @@ def test_notebook_runs(name, tmp_path):
   client.execute()  # Raises CellExecutionError, with the cell and traceback, on any failure.
   printed = '\n'.join(output.get('text', '') for cell in notebook.cells if cell.cell_type == 'code'
                       for output in cell.get('outputs', []))
-  assert 'top-5 classes' in printed
-  assert "'num_examples': 360.0" in printed  # The fine-tuning eval scored all test digits.
+  for expected in EXPECTED_OUTPUT[name]:
+    assert expected in printed
