@@ -1,12 +1,15 @@
 """Parameters and GFLOPs of every model, beside the papers' figures.
 
   python scripts/model_table.py [--json] [--models B/16,L/16] [--segmenter Seg-B-Mask/16]
+                                [--detr DETR-R50]
 
 GFLOPs are XLA's cost analysis of one forward pass, as multiply-adds (the papers' convention),
 for one image at 224 and 384 px; parameters with a 1000-class head. Segmenter rows (ADE20K, 150
 classes, mask transformer): multiply-adds at 512 x 512 with and without the final bilinear
 upsampling, parameters without and with the official checkpoints' unused ImageNet head, beside
-the authors' and 3rd-party figures (those GFLOPs count 2 per multiply-add).
+the authors' and 3rd-party figures (those GFLOPs count 2 per multiply-add). DETR rows (COCO,
+91 classes): trainable parameters as the paper counts them, multiply-adds at 800 x 1333 and at a
+4:3 image of 800 px, beside the paper's Table 1.
 """
 
 import argparse
@@ -15,6 +18,7 @@ import json
 import jax
 import jax.numpy as jnp
 
+from detr_jax import model_stats as detr_stats
 from segmenter_jax import model_stats as segmenter_stats
 from vit_jax import model_stats, models
 
@@ -39,6 +43,26 @@ def segmenter_rows(names):
   if unknown:
     raise SystemExit(f'error: unknown Segmenter rows {unknown}: use {sorted(by_name)}')
   return [segmenter_stats.table_row(by_name[name]) for name in names]
+
+
+def detr_rows(names):
+  by_name = {entry['model']: entry for entry in detr_stats.TABLE}
+  unknown = [n for n in names if n not in by_name]
+  if unknown:
+    raise SystemExit(f'error: unknown DETR rows {unknown}: use {sorted(by_name)}')
+  return [detr_stats.table_row(by_name[name]) for name in names]
+
+
+def _format_detr(rows):
+  header = (f'{"model":<16}{"params":>14}{"paper":>8}{"diff":>8}{"GFLOPs@800x1333":>17}'
+            f'{"@800x1067":>11}{"paper":>8}{"AP":>7}')
+  lines = [header, '-' * len(header)]
+  for r in rows:
+    diff = 100 * (r['params'] / r['paper_params'] - 1)
+    lines.append(f'{r["model"]:<16}{r["params"]:>14,}{r["paper_params"] / 1e6:>7.0f}M'
+                 f'{diff:>+7.1f}%{r["gflops_800x1333"]:>17.1f}{r["gflops_800x1067"]:>11.1f}'
+                 f'{r["paper_gflops"]:>8}{r["paper_ap"]:>7.1f}')
+  return '\n'.join(lines + [f'({rows[0]["source"]})'] if rows else [])
 
 
 def _format_segmenter(rows):
@@ -76,14 +100,18 @@ def main():
                       help='comma-separated ViT variants (default: all; empty: none)')
   parser.add_argument('--segmenter', default=','.join(e['model'] for e in segmenter_stats.TABLE),
                       help='comma-separated Segmenter rows (default: all; empty: none)')
+  parser.add_argument('--detr', default=','.join(e['model'] for e in detr_stats.TABLE),
+                      help='comma-separated DETR rows (default: all; empty: none)')
   args = parser.parse_args()
   rows = vit_rows([m for m in args.models.split(',') if m])
   seg_rows = segmenter_rows([m for m in args.segmenter.split(',') if m])
+  detr_table = detr_rows([m for m in args.detr.split(',') if m])
   if args.json:
-    print(json.dumps(rows + seg_rows, indent=1))
+    print(json.dumps(rows + seg_rows + detr_table, indent=1))
   else:
     print('\n\n'.join(table for table in (_format(rows) if rows else '',
-                                           _format_segmenter(seg_rows)) if table))
+                                           _format_segmenter(seg_rows),
+                                           _format_detr(detr_table)) if table))
 
 
 if __name__ == '__main__':

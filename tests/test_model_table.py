@@ -96,3 +96,48 @@ def test_segmenter_gflops_match_analytic_count(table):
     # dense interpolation matmuls): 150 * (512 * 32 * 32 + 512 * 512 * 32) multiply-adds.
     assert table[name]['gmacs_512'] - ours == pytest.approx(150 * 512 * 32 * (32 + 512) / 1e9,
                                                              rel=0.02)
+
+
+def _detr_multiply_adds(height=800, width=1333, blocks=(3, 4, 6, 3), d=256, ffn=2048,
+                        queries=100, classes=92, layers=6):
+  """Matmul and conv multiply-adds of DETR, counted by hand (torchvision ResNet v1.5)."""
+  ceil2 = lambda n: -(-n // 2)
+  h, w = ceil2(height), ceil2(width)
+  total = h * w * 7 * 7 * 3 * 64                      # conv1
+  h, w = ceil2(h), ceil2(w)                           # max-pool
+  cin = 64
+  for stage, count in enumerate(blocks):
+    width_ = 64 * 2**stage
+    for block in range(count):
+      stride = 2 if stage > 0 and block == 0 else 1
+      ho, wo = (ceil2(h), ceil2(w)) if stride == 2 else (h, w)
+      total += h * w * cin * width_ + ho * wo * (9 * width_**2 + width_ * 4 * width_)
+      if block == 0:
+        total += ho * wo * cin * 4 * width_          # downsample
+      h, w, cin = ho, wo, 4 * width_
+  n = h * w
+  total += n * cin * d                                # input_proj
+  encoder = 4 * n * d * d + 2 * n * n * d + 2 * n * d * ffn
+  decoder = (4 * queries * d * d + 2 * queries**2 * d + 2 * queries * d * d + 2 * n * d * d
+             + 2 * queries * n * d + 2 * queries * d * ffn)
+  heads = layers * queries * (d * classes + 2 * d * d + d * 4)
+  return total + layers * (encoder + decoder) + heads
+
+
+def test_detr_rows_with_exact_params(table):
+  detr = {name: row for name, row in table.items() if name.startswith('DETR')}
+  assert {name: row['params'] for name, row in detr.items()} == {
+      'DETR-R50': 41_302_368, 'DETR-DC5-R50': 41_302_368, 'DETR-R101': 60_242_272,
+      'DETR-DC5-R101': 60_242_272}  # The paper's 41M / 60M, exact to the original's count.
+  assert [row['paper_gflops'] for row in detr.values()] == [86, 187, 152, 253]
+
+
+def test_detr_gflops_match_analytic_count(table):
+  for name, blocks in (('DETR-R50', (3, 4, 6, 3)), ('DETR-R101', (3, 4, 23, 3))):
+    for height, width in ((800, 1333), (800, 1067)):
+      expected = _detr_multiply_adds(height, width, blocks) / 1e9
+      assert table[name][f'gflops_{height}x{width}'] == pytest.approx(expected, rel=0.01)
+  # The paper's figures (an average over COCO val images) lie between our two sizes.
+  for row in table.values():
+    if row['model'].startswith('DETR'):
+      assert row['gflops_800x1067'] < row['paper_gflops'] < row['gflops_800x1333']
