@@ -1,0 +1,131 @@
+"""mIoU: per-class areas on the device, dataset-level sums on the host, against a numpy
+transcription of mmseg 0.14.1's mean_iou (what Segmenter reports)."""
+
+import logging
+
+import jax
+import numpy as np
+import pytest
+
+from segmenter_jax import metrics
+
+K = 5  # Class 4 appears nowhere; class 3 is predicted but never labelled.
+
+
+def mmseg_mean_iou(predictions, labels, num_classes, ignore_index=255):
+  """mmseg.core.mean_iou: per image intersect_and_union with torch.histc-like histograms,
+  areas summed over the dataset, IoU = I / U, nanmean."""
+  total = {k: np.zeros(num_classes) for k in ('intersect', 'union', 'pred', 'label')}
+  for pred, label in zip(predictions, labels):
+    keep = label != ignore_index
+    pred, label = pred[keep], label[keep]
+    intersect = pred[pred == label]
+    hist = lambda x: np.histogram(x, bins=num_classes, range=(0, num_classes - 1))[0]
+    area_intersect, area_pred, area_label = hist(intersect), hist(pred), hist(label)
+    total['intersect'] += area_intersect
+    total['union'] += area_pred + area_label - area_intersect
+    total['pred'] += area_pred
+    total['label'] += area_label
+  with np.errstate(divide='ignore', invalid='ignore'):
+    iou = total['intersect'] / total['union']
+    acc = total['intersect'] / total['label']
+  return {'iou': iou, 'miou': np.nanmean(iou), 'mean_accuracy': np.nanmean(acc),
+          'pixel_accuracy': total['intersect'].sum() / total['label'].sum()}
+
+
+def hand_made_maps():
+  """Three images of different content; 255 marks ignored pixels."""
+  labels = [np.array([[0, 0, 1, 1],
+                      [0, 0, 1, 1],
+                      [2, 2, 255, 255]]),
+            np.array([[1, 1, 1, 1],
+                      [1, 2, 2, 255],
+                      [0, 0, 0, 0]]),
+            np.array([[2, 2, 2, 2],
+                      [2, 2, 2, 2],
+                      [255, 255, 0, 0]])]
+  predictions = [np.array([[0, 1, 1, 1],
+                           [0, 0, 1, 3],
+                           [2, 0, 4, 4]]),  # 4 only under ignore: must not count.
+                 np.array([[1, 1, 1, 1],
+                           [1, 2, 1, 0],
+                           [0, 0, 3, 3]]),
+                 np.array([[2, 2, 2, 2],
+                           [2, 2, 0, 2],
+                           [3, 3, 0, 0]])]
+  return predictions, labels
+
+
+def accumulate(predictions, labels, batch_size):
+  """Runs `areas` under jit in batches, the last one padded with a garbage example whose mask
+  is 0, and feeds the evaluator as the train loop does."""
+  evaluator = metrics.MeanIoU(K, ['bg', 'a', 'b', 'c', 'never'])
+  areas = jax.jit(lambda p, l: metrics.areas(p, l, K))
+  for start in range(0, len(labels), batch_size):
+    pred = np.stack(predictions[start:start + batch_size])
+    label = np.stack(labels[start:start + batch_size])
+    mask = np.ones(len(label), np.int32)
+    pad = batch_size - len(label)
+    if pad:
+      pred = np.concatenate([pred, np.full((pad,) + pred.shape[1:], 1)])
+      label = np.concatenate([label, np.full((pad,) + label.shape[1:], 2)])
+      mask = np.concatenate([mask, np.zeros(pad, np.int32)])
+    outputs = jax.device_get(areas(pred, label))
+    evaluator.update(dict(outputs, _mask=mask))
+  return evaluator
+
+
+def test_miou_equals_mmseg_formula_over_batches_with_padding():
+  predictions, labels = hand_made_maps()
+  expected = mmseg_mean_iou(predictions, labels, K)
+  result = accumulate(predictions, labels, batch_size=2).result()  # Batches of 2 + 1 padded.
+  assert result['num_examples'] == 3
+  for key in ('miou', 'mean_accuracy', 'pixel_accuracy'):
+    assert result[key] == pytest.approx(expected[key], abs=1e-12), key
+  # By hand: class 0 I=7 U=12, class 1 I=8 U=11, class 2 I=9 U=12, class 3 I=0 U=3
+  # (predicted, never labelled), class 4 U=0 (left out).
+  assert result['miou'] == pytest.approx((7 / 12 + 8 / 11 + 9 / 12 + 0) / 4)
+  assert result['pixel_accuracy'] == pytest.approx(24 / 31)
+  np.testing.assert_array_equal(accumulate(predictions, labels, 2).totals['labelled'],
+                                [10, 9, 12, 0, 0])
+
+
+def test_areas_are_summed_over_the_dataset_not_averaged_per_image():
+  # Image 1: class 1 is one pixel, missed; image 2: class 1 is large and found.
+  labels = [np.array([[0, 0, 0, 1]]), np.array([[1, 1, 1, 0]])]
+  predictions = [np.array([[0, 0, 0, 0]]), np.array([[1, 1, 1, 0]])]
+  result = accumulate(predictions, labels, batch_size=2).result()
+  per_image = np.mean([mmseg_mean_iou([p], [l], K)['miou'] for p, l in zip(predictions, labels)])
+  assert result['miou'] == pytest.approx(mmseg_mean_iou(predictions, labels, K)['miou'])
+  assert result['miou'] == pytest.approx((4 / 5 + 3 / 4) / 2)
+  assert abs(result['miou'] - per_image) > 0.05
+
+
+def test_random_maps_with_every_batch_size(caplog):
+  rng = np.random.default_rng(0)
+  labels = [rng.integers(0, 4, (7, 9)) for _ in range(5)]
+  for label in labels:
+    label[rng.random(label.shape) < 0.2] = 255
+  # Predictions never say 4: that class stays out of the mean.
+  predictions = [np.where(rng.random(l.shape) < 0.7, l % 255, rng.integers(0, 4, l.shape))
+                 for l in labels]
+  expected = mmseg_mean_iou(predictions, labels, K)
+  for batch_size in (1, 2, 3, 5, 8):
+    evaluator = accumulate(predictions, labels, batch_size)
+    with caplog.at_level(logging.INFO):
+      result = evaluator.result()
+    assert result['miou'] == pytest.approx(expected['miou'], abs=1e-12)
+    assert result['pixel_accuracy'] == pytest.approx(expected['pixel_accuracy'], abs=1e-12)
+  # Per-class IoU in the log, by class name, in percent; the absent class as nan.
+  log = caplog.text
+  assert f'{"a":>24} {100 * expected["iou"][1]:6.2f}' in log
+  assert f'{"never":>24}    nan' in log
+
+
+def test_no_labelled_pixel_gives_nan_not_an_error():
+  evaluator = metrics.MeanIoU(3)
+  zeros = np.zeros((1, 3), np.int32)
+  evaluator.update({'intersection': zeros, 'predicted': zeros, 'labelled': zeros,
+                    '_mask': np.ones(1, np.int32)})
+  result = evaluator.result()
+  assert np.isnan(result['miou']) and result['pixel_accuracy'] == 0.0
