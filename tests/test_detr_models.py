@@ -197,3 +197,14 @@ def test_converter_script_writes_what_init_from_reads(tmp_path):
   loaded = checkpoints.load_variables(output)
   np.testing.assert_array_equal(loaded['params']['class_embed']['kernel'],
                                 state['class_embed.weight'].numpy().T)
+
+
+def test_backbone_norm_choices():
+  images, mask = jnp.zeros((1, 64, 64, 3)), jnp.ones((1, 64, 64))
+  small = dict(num_classes=3, backbone_blocks=(1, 1, 1, 1), backbone_width=16, hidden_dim=32,
+               num_encoder_layers=1, num_decoder_layers=1, num_heads=2, mlp_dim=32)
+  grouped = models.DETR(backbone_norm='group', **small).init(jax.random.PRNGKey(0), images, mask)
+  assert 'frozen' not in grouped  # Trainable GroupNorm for backbones trained from scratch.
+  assert grouped['params']['backbone']['layer4_0']['bn3']['scale'].shape == (512,)
+  with pytest.raises(UserError, match="unknown backbone_norm 'batch'"):
+    models.DETR(backbone_norm='batch', **small).init(jax.random.PRNGKey(0), images, mask)
