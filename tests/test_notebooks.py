@@ -14,6 +14,8 @@ EXPECTED_OUTPUT = {
     'vit.ipynb': ['top-5 classes', "'num_examples': 360.0"],  # Fine-tuning scored all digits.
     'detr.ipynb': ['41,524,768 parameters, 106,240 frozen batch-norm values',
                    'top-5 detections', "'AP50':", 'detections above 0.5 in the first image'],
+    'segmenter.ipynb': ['parameters loaded from segmenter_shapes.npz', "'num_examples': 64.0",
+                        'multi-scale + flip: pixel accuracy', 'class-embedding cosine similarity'],
 }
 
 
