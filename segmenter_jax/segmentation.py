@@ -11,6 +11,7 @@ or a Segmenter checkpoint: checkpoints.load_pretrained).
 """
 
 import functools
+import re
 from typing import Iterator
 
 import jax
@@ -32,6 +33,19 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   losses = optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(jnp.float32), jnp.where(valid, labels, 0))
   return jnp.sum(losses * valid) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def _data_error(message: str) -> str:
+  """The user-facing part of an error raised inside tf.data: a UserError's own text, or a
+  failed assertion's message with the values it compared."""
+  if 'UserError: ' in message:
+    return message.rsplit('UserError: ', 1)[1].splitlines()[0]
+  if 'assertion failed: ' in message:
+    parts = re.findall(r'\[([^\]]*)\]', message.split('assertion failed: ', 1)[1])
+    values = f' ({parts[3]} vs {parts[5]})' if len(parts) >= 6 else ''
+    return (parts[0] if parts else 'assertion failed') + values
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  return lines[-1] if lines else 'unknown error'
 
 
 class SegmentationTask(train.Task):
@@ -119,9 +133,6 @@ class SegmentationTask(train.Task):
       except StopIteration:
         return
       except tf.errors.OpError as e:
-        lines = [line.strip() for line in e.message.splitlines() if line.strip()]
-        message = next((l for l in lines if 'UserError' in l or 'assert' in l.lower()),
-                       lines[0] if lines else type(e).__name__)
-        raise UserError(f'reading split {split!r} failed: {message}') from None
+        raise UserError(f'reading split {split!r} failed: {_data_error(e.message)}') from None
       segmentation_input.check_labels(batch, self.num_classes)
       yield batch

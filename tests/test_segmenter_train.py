@@ -4,16 +4,18 @@ one-line errors, and the paper-recipe configs."""
 import json
 import os
 
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
 import pytest
 import torch
+from PIL import Image
 
 from helpers import load_config, run_module
 from segmenter_jax import segmentation
 from test_segmenter_metrics import mmseg_mean_iou
-from vit_jax import optim, sharding, train
+from vit_jax import optim, pretrained, sharding, train
 from vit_jax.errors import UserError
 
 TINY = {'input.shapes.num_train': 64, 'input.shapes.num_eval': 20, 'input.batch_size': 8,
@@ -162,3 +164,38 @@ def test_paper_recipes(name, arg, variant, decoder, crop, classes, batch, lr, st
 def test_unknown_variant_argument():
   with pytest.raises(ValueError, match="unknown Segmenter variant 'x16_mask'"):
     load_config('segmenter_ade20k', 'x16_mask')
+
+
+def test_data_errors_inside_tf_data_become_one_line(tmp_path):
+  for split in ('training', 'validation'):
+    os.makedirs(tmp_path / 'images' / split)
+    os.makedirs(tmp_path / 'annotations' / split)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / 'images' / split / 'a.png')
+  Image.fromarray(np.full((40, 40), 3, np.uint16)).save(
+      tmp_path / 'annotations' / 'training' / 'a.png')
+  Image.fromarray(np.zeros((30, 40), np.uint8)).save(
+      tmp_path / 'annotations' / 'validation' / 'a.png')
+  config = tiny_config(**{'input.source': 'folder', 'input.train_split': 'training',
+                          'input.eval_split': 'validation'})
+  config.unlock()
+  config.input.data_dir = str(tmp_path)
+  task = segmentation.SegmentationTask(config)
+  with pytest.raises(UserError, match=r"^reading split 'training' failed: label maps must be "
+                                      r'8-bit \(got uint16\)'):
+    next(task.train_input(0))
+  with pytest.raises(UserError, match=r"^reading split 'validation' failed: label map and image "
+                                      r'differ in size \(30 40 vs 40 40\)$'):
+    next(iter(task.eval_input()))
+
+
+def test_init_from_a_vit_npz_fills_the_encoder(tmp_path):
+  config = tiny_config()
+  task = segmentation.SegmentationTask(config)
+  fresh = jax.device_get(nn.meta.unbox(task.init_variables(jax.random.PRNGKey(0)))['params'])
+  rng = np.random.default_rng(0)
+  vit = jax.tree.map(lambda x: x + rng.normal(size=x.shape).astype(x.dtype), fresh['encoder'])
+  path = str(tmp_path / 'vit.npz')
+  pretrained.save_npz(path, vit)
+  loaded = task.pretrained_params(fresh, path)
+  jax.tree.map(np.testing.assert_array_equal, loaded['encoder'], vit)
+  jax.tree.map(np.testing.assert_array_equal, loaded['decoder'], fresh['decoder'])
