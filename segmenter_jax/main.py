@@ -1,4 +1,7 @@
-"""Train Segmenter: python -m segmenter_jax.main --config=configs/segmenter_shapes.py --workdir=DIR"""
+"""Train Segmenter:
+
+  python -m segmenter_jax.main --config=configs/segmenter_shapes.py --workdir=DIR
+"""
 
 from segmenter_jax.segmentation import SegmentationTask
 from vit_jax import cli
