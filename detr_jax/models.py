@@ -199,10 +199,12 @@ def _layer_norm(name):
   return nn.LayerNorm(epsilon=1e-5, name=name)  # PyTorch's eps (Flax's default is 1e-6).
 
 
-def _linear(features, fan_in, names, name, dtype):
-  """nn.Linear of the transformer: xavier weight, PyTorch-default bias."""
+def _linear(features, fan_in, names, name, dtype, xavier=True):
+  """nn.Linear: xavier weight (the transformer's) or PyTorch's default (the heads'), and
+  PyTorch's default bias."""
+  kernel_init = _xavier_on(fan_in, features) if xavier else _torch_uniform(fan_in)
   return nn.Dense(features, dtype=dtype, name=name,
-                  kernel_init=_partitioned(_xavier_on(fan_in, features), names),
+                  kernel_init=_partitioned(kernel_init, names),
                   bias_init=_partitioned(_torch_uniform(fan_in), names[1:]))
 
 
@@ -307,9 +309,7 @@ class BoxHead(nn.Module):
     d = x.shape[-1]
     for i, (features, names) in enumerate([(d, ('embed', 'mlp')), (d, ('mlp', 'embed')),
                                            (4, ('embed', None))]):
-      x = nn.Dense(features, dtype=self.dtype, name=f'layers_{i}',
-                   kernel_init=_partitioned(_torch_uniform(x.shape[-1]), names),
-                   bias_init=_partitioned(_torch_uniform(x.shape[-1]), names[1:]))(x)
+      x = _linear(features, d, names, f'layers_{i}', self.dtype, xavier=False)(x)
       x = nn.relu(x) if i < 2 else x
     return jax.nn.sigmoid(x.astype(jnp.float32))
 
@@ -352,9 +352,8 @@ class DETR(nn.Module):
                      self.mlp_dim, self.dropout_rate, self.dtype, name='transformer')(
                          flat(src), mask.reshape(b, h * w), query_pos, flat(pos), train=train)
     d = self.hidden_dim
-    logits = nn.Dense(self.num_classes + 1, dtype=self.dtype, name='class_embed',
-                      kernel_init=_partitioned(_torch_uniform(d), ('embed', 'classes')),
-                      bias_init=_partitioned(_torch_uniform(d), ('classes',)))(hs)
+    logits = _linear(self.num_classes + 1, d, ('embed', 'classes'), 'class_embed', self.dtype,
+                     xavier=False)(hs)
     return {'logits': logits.astype(jnp.float32),
             'boxes': BoxHead(self.dtype, name='bbox_embed')(hs)}
 

@@ -9,8 +9,6 @@ Prints images/s for inference and for a training step (forward, backward, Adam u
 
 import argparse
 import os
-import statistics
-import time
 
 import torch  # Before TensorFlow-linked imports: see tests/conftest.py.
 import timm
@@ -21,19 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vit_jax import models
+from vit_jax import model_stats, models
 
 TIMM_SIZES = {'Ti': 'tiny', 'S': 'small', 'B': 'base', 'L': 'large', 'H': 'huge'}
-
-
-def _median_seconds(fn, repeats):
-  fn()  # Warm-up (and compilation).
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def jax_throughput(variant, batch, repeats, image_size=224):
@@ -55,13 +43,13 @@ def jax_throughput(variant, batch, repeats, image_size=224):
     updates, s = tx.update(grads, s, p)
     return optax.apply_updates(p, updates), s
 
-  inference = _median_seconds(lambda: infer(params, images).block_until_ready(), repeats)
+  inference = model_stats.median_seconds(lambda: infer(params, images).block_until_ready(), repeats)
   state = [params, opt_state]
 
   def step():
     state[0], state[1] = train_step(state[0], state[1], images, labels)
     jax.block_until_ready(state[0])
-  return batch / inference, batch / _median_seconds(step, repeats)
+  return batch / inference, batch / model_stats.median_seconds(step, repeats)
 
 
 def timm_throughput(variant, batch, repeats, image_size=224):
@@ -83,7 +71,7 @@ def timm_throughput(variant, batch, repeats, image_size=224):
     optimizer.zero_grad()
     torch.nn.functional.cross_entropy(model(images), labels).backward()
     optimizer.step()
-  return batch / _median_seconds(infer, repeats), batch / _median_seconds(step, repeats)
+  return batch / model_stats.median_seconds(infer, repeats), batch / model_stats.median_seconds(step, repeats)
 
 
 def main():

@@ -14,8 +14,6 @@ the original's way of matching, measured in the same run.
 import argparse
 import importlib.util
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,17 +22,7 @@ import scipy.optimize
 
 from detr_jax import matcher
 from detr_jax.detection import DetectionTask
-from vit_jax import optim, train
-
-
-def _median_seconds(fn, repeats):
-  fn()  # Warm-up (and compilation).
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+from vit_jax import model_stats, optim, train
 
 
 def _load_config(path):
@@ -50,7 +38,7 @@ def train_step_share(config, repeats):
   state = train.init_state(task, tx, jax.random.PRNGKey(0))
   batch = jax.tree.map(jnp.asarray, next(task.train_input(0)))
   step = jax.jit(train.make_train_step(task, tx, schedule, 1))
-  step_seconds = _median_seconds(lambda: jax.block_until_ready(step(state, batch)), repeats)
+  step_seconds = model_stats.median_seconds(lambda: jax.block_until_ready(step(state, batch)), repeats)
 
   layers = config.model.num_decoder_layers if config.loss.aux_loss else 1
   mask = batch['box_mask']
@@ -58,7 +46,7 @@ def train_step_share(config, repeats):
                             (layers,) + mask.shape[:1] + (config.model.num_queries,) +
                             mask.shape[1:])
   match = jax.jit(matcher.hungarian_match)
-  match_seconds = _median_seconds(lambda: jax.block_until_ready(match(cost, mask)), repeats)
+  match_seconds = model_stats.median_seconds(lambda: jax.block_until_ready(match(cost, mask)), repeats)
   return step_seconds, match_seconds
 
 
@@ -103,10 +91,10 @@ def main():
   cost, mask, counts = coco_like_problem()
   ours = jax.jit(matcher.hungarian_match)
   device_cost, device_mask = jnp.asarray(cost), jnp.asarray(mask)
-  ours_seconds = _median_seconds(
+  ours_seconds = model_stats.median_seconds(
       lambda: jax.block_until_ready(ours(device_cost, device_mask)), args.repeats)
-  original_seconds = _median_seconds(lambda: original_matching(cost, counts), args.repeats)
-  padded_seconds = _median_seconds(lambda: padded_matching(cost), max(args.repeats // 5, 1))
+  original_seconds = model_stats.median_seconds(lambda: original_matching(cost, counts), args.repeats)
+  padded_seconds = model_stats.median_seconds(lambda: padded_matching(cost), max(args.repeats // 5, 1))
   print(f'COCO-sized matching (6 x 64 x 100 queries, {counts.mean():.1f} targets per image): '
         f'ours {1e3 * ours_seconds:.1f} ms, original {1e3 * original_seconds:.1f} ms '
         f'({original_seconds / ours_seconds:.1f}x ours), padded 100 x 100 '

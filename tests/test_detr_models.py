@@ -2,7 +2,6 @@
 the official checkpoint layout, and the refusal of pickles that carry code."""
 
 import os
-import pickle
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ import torchvision
 from transformers import DetrConfig, DetrForObjectDetection
 
 from detr_jax import checkpoints, models
-from helpers import ROOT
+from helpers import ROOT, write_code_carrying_pickle
 from vit_jax.errors import UserError
 
 
@@ -156,21 +155,10 @@ def test_backbone_from_a_torchvision_resnet():
   np.testing.assert_array_equal(fitted['params']['query_embed'], fresh['params']['query_embed'])
 
 
-class _RunsCode:
-  """A pickle payload that would create a file when unpickled."""
-
-  def __init__(self, marker):
-    self.marker = marker
-
-  def __reduce__(self):
-    return (open, (self.marker, 'w'))
-
-
 def test_a_pickle_that_carries_code_is_refused(tmp_path):
   marker = tmp_path / 'pwned'
   path = tmp_path / 'evil.pth'
-  with open(path, 'wb') as f:
-    pickle.dump({'model': _RunsCode(str(marker))}, f)
+  write_code_carrying_pickle(str(path), str(marker))
   with pytest.raises(UserError, match='refusing to load .*not a plain weights file'):
     checkpoints.load_variables(str(path))
   assert not os.path.exists(marker)

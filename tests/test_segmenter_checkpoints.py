@@ -5,7 +5,6 @@ import functools
 import json
 import logging
 import os
-import pickle
 import runpy
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from helpers import ROOT
+from helpers import ROOT, write_code_carrying_pickle
 from segmenter_jax import checkpoints, models
 from test_segmenter_models import official_shapes, torch_resize_pos_embed
 from vit_jax import models as vit_models
@@ -185,21 +184,10 @@ def test_anything_but_the_unused_heads_must_be_mapped():
 # ------------------------------------------------------------------------------- files
 
 
-class _RunsCode:
-  """Unpickling this calls `open(marker, 'w')`: a checkpoint that carries code."""
-
-  def __init__(self, marker):
-    self.marker = marker
-
-  def __reduce__(self):
-    return (open, (self.marker, 'w'))
-
-
 def test_a_pickle_that_carries_code_is_refused(tmp_path):
   marker = tmp_path / 'code_ran'
   path = str(tmp_path / 'checkpoint.pth')
-  with open(path, 'wb') as f:
-    pickle.dump({'model': _RunsCode(str(marker))}, f, protocol=2)
+  write_code_carrying_pickle(path, str(marker))
   with pytest.raises(UserError, match='refusing to load .* not a plain weights file') as error:
     checkpoints.load_pth(path)
   assert '\n' not in str(error.value) and not marker.exists()

@@ -1,4 +1,8 @@
-"""Parameter counts and GFLOPs of a Flax model, from shapes and XLA's cost analysis."""
+"""Parameter counts and GFLOPs of a Flax model, from shapes and XLA's cost analysis; timing."""
+
+import statistics
+import time
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -17,6 +21,18 @@ def gflops(model: nn.Module, *inputs: jax.ShapeDtypeStruct) -> float:
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), *inputs)
   cost = jax.jit(lambda v, *x: model.apply(v, *x)).lower(variables, *inputs).cost_analysis()
   return float(cost['flops']) / 2e9
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+  """Median wall time of `fn()` over `repeats` runs after one warm-up run (which also
+  compiles). `fn` must block until its result is ready."""
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
 
 
 # ViT paper, Table 1: parameters of each model family.
