@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from helpers import ROOT
 
 
@@ -20,4 +22,5 @@ def test_benchmark_prints_throughput_and_ratio():
     assert match, result.stdout
     jax_rate, timm_rate, ratio = map(float, match.groups())
     assert jax_rate > 0 and timm_rate > 0
-    assert abs(ratio - jax_rate / timm_rate) < 0.01
+    # The printed rates are rounded to 0.01 img/s: a few % on a slow (loaded) machine.
+    assert ratio == pytest.approx(jax_rate / timm_rate, rel=0.05, abs=0.01)
