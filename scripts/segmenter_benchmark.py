@@ -8,8 +8,6 @@ image is one sliding window: this is the per-window cost of the eval protocol.
 """
 
 import argparse
-import statistics
-import time
 
 import flax.linen as nn
 import jax
@@ -17,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from segmenter_jax import models
+from vit_jax import model_stats
 
 
 def throughput(variant: str, decoder: str, size: int, batch: int, repeats: int,
@@ -29,13 +28,8 @@ def throughput(variant: str, decoder: str, size: int, batch: int, repeats: int,
   params = nn.meta.unbox(jax.jit(lambda r: model.init(r, images, train=False))(
       jax.random.PRNGKey(0)))['params']
   forward = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
-  forward(params, images).block_until_ready()  # Warm-up and compilation.
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    forward(params, images).block_until_ready()
-    times.append(time.perf_counter() - start)
-  return batch / statistics.median(times)
+  return batch / model_stats.median_seconds(
+      lambda: forward(params, images).block_until_ready(), repeats)
 
 
 def main():
