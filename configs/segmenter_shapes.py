@@ -2,8 +2,9 @@
 
   python -m segmenter_jax.main --config=configs/segmenter_shapes.py --workdir=workdirs/seg_shapes
 
-Rectangles, ellipses and triangles in random colours on a noisy background, exact label maps:
-nothing to download. The recipe is Segmenter's (Nesterov SGD, poly decay to 1e-5, random
+Rectangles, ellipses and triangles, each class in its own hue (class_colours=False: random
+colours, shape alone tells the class), on a noisy background, exact label maps: nothing to
+download. The recipe is Segmenter's (Nesterov SGD, poly decay to 1e-5, random
 resize + crop + flip + photometric distortion, sliding-window eval) at a size a 2-core CPU
 trains in minutes; the eval split is 256 images never seen in training.
 """
