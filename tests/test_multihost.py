@@ -53,7 +53,8 @@ def test_two_processes_match_one(tmp_path):
   # Cross-process all-reduces sum in another order: float32 round-off only.
   np.testing.assert_allclose(train_losses(multi), train_losses(single), rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-               checkpoint.load_state(multi, 6)['params'](single, 6)['params'])
+               checkpoint.load_state(multi, 6)['params'],
+               checkpoint.load_state(single, 6)['params'])
 
 
 def test_a_process_that_never_joins_is_a_clear_error_not_a_hang(tmp_path):

@@ -49,7 +49,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   assert sorted(os.listdir(os.path.join(interrupted, 'checkpoints'))) == ['3']
   train.train_and_evaluate(config, interrupted, ClassificationTask(config))
 
-  expected, got = checkpoint.load_state(uninterrupted, 6)(interrupted, 6)
+  expected = checkpoint.load_state(uninterrupted, 6)
+  got = checkpoint.load_state(interrupted, 6)
   assert int(got['step']) == 6
   # Same data position, RNG (dropout is on) and optimizer state: bitwise-equal params.
   jax.tree.map(np.testing.assert_array_equal, got['params'], expected['params'])
@@ -151,7 +152,8 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
   train.train_and_evaluate(config, damaged, ClassificationTask(config))  # Redoes steps 4..6.
 
   assert '6.unreadable' in os.listdir(os.path.join(damaged, 'checkpoints'))
-  expected, got = checkpoint.load_state(uninterrupted, 6)(damaged, 6)
+  expected = checkpoint.load_state(uninterrupted, 6)
+  got = checkpoint.load_state(damaged, 6)
   jax.tree.map(np.testing.assert_array_equal, got['params'], expected['params'])
 
 
@@ -176,6 +178,7 @@ def test_sigkill_at_three_points_then_rerun_gives_bit_identical_params(tmp_path)
     job.wait(timeout=60)
   assert subprocess.run(command(killed), cwd=ROOT, capture_output=True,
                         timeout=600).returncode == 0
-  expected, got = checkpoint.load_state(reference, 40)(killed, 40)
+  expected = checkpoint.load_state(reference, 40)
+  got = checkpoint.load_state(killed, 40)
   jax.tree.map(np.testing.assert_array_equal, got['params'], expected['params'])
   jax.tree.map(np.testing.assert_array_equal, got['opt_state'], expected['opt_state'])
