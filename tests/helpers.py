@@ -55,3 +55,14 @@ def write_code_carrying_pickle(path: str, marker: str) -> None:
   import pickle
   with open(path, 'wb') as f:
     pickle.dump({'model': _RunsCode(marker)}, f, protocol=2)
+
+
+def assert_one_line_error(result, *fragments):
+  """The run ended as a user mistake: exit code 2, no traceback, a last line `error: ...`
+  containing every fragment."""
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ')
+  for fragment in fragments:
+    assert fragment in last, last

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from helpers import run_module
+from helpers import assert_one_line_error, run_module
 from vit_jax import sharding
 from vit_jax.errors import UserError
 
@@ -13,32 +13,23 @@ def _main(*args):
   return run_module(['vit_jax.main'] + list(args), timeout=300)
 
 
-def _assert_one_line_error(result, *fragments):
-  assert result.returncode == 2, result.stderr[-2000:]
-  assert 'Traceback' not in result.stderr
-  last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: ')
-  for fragment in fragments:
-    assert fragment in last, last
-
-
 def test_unknown_config_key(workdir):
   result = _main('--config=configs/vit_digits.py', f'--workdir={workdir}',
                  '--config.seed=1', '--config.input.padd=2')
-  _assert_one_line_error(result, 'unknown config key', '--config.input.padd', "'pad'")
+  assert_one_line_error(result, 'unknown config key', '--config.input.padd', "'pad'")
 
 
 def test_wrong_type(workdir):
   result = _main('--config=configs/vit_digits.py', f'--workdir={workdir}',
                  '--config.total_steps=many')
-  _assert_one_line_error(result, '--config.total_steps=many')
+  assert_one_line_error(result, '--config.total_steps=many')
 
 
 def test_missing_dataset_names_it_and_how_to_provide_it(workdir, tmp_path):
   # data_dir as the error suggests it (a config field that starts as None must accept a path).
   result = _main('--config=configs/vit_b16_i21k.py', f'--workdir={workdir}',
                  f'--config.input.data_dir={tmp_path}')
-  _assert_one_line_error(result, "'imagenet21k'", str(tmp_path), '--config.input.data_dir',
+  assert_one_line_error(result, "'imagenet21k'", str(tmp_path), '--config.input.data_dir',
                          '--config.input.source=folder')
 
 
@@ -46,14 +37,14 @@ def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')
   result = _main('--config=configs/vit_digits.py', f'--workdir={blocker}/run')
-  _assert_one_line_error(result, 'is not writable', '--workdir')
+  assert_one_line_error(result, 'is not writable', '--workdir')
   assert blocker.read_text() == 'not a directory'
 
 
 def test_bad_value_in_config(workdir):
   result = _main('--config=configs/vit_digits.py', f'--workdir={workdir}',
                  '--config.optim.name=adamm')
-  _assert_one_line_error(result, "unknown config.optim.name 'adamm'")
+  assert_one_line_error(result, "unknown config.optim.name 'adamm'")
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
 
 

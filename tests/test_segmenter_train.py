@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import load_config, run_module
+from helpers import assert_one_line_error, load_config, run_module
 from segmenter_jax import segmentation
 from test_segmenter_metrics import mmseg_mean_iou
 from vit_jax import optim, pretrained, sharding, train
@@ -82,19 +82,10 @@ def test_main_job_writes_miou(workdir):
   assert 'Per-class IoU' in result.stderr and 'rectangle' in result.stderr
 
 
-def _assert_one_line_error(result, *fragments):
-  assert result.returncode == 2, result.stderr[-2000:]
-  assert 'Traceback' not in result.stderr
-  last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: ')
-  for fragment in fragments:
-    assert fragment in last, last
-
-
 def test_cli_error_is_one_line(workdir):
   result = run_module(['segmenter_jax.main', '--config=configs/segmenter_shapes.py',
                        f'--workdir={workdir}', '--config.model.decoder=conv'], timeout=300)
-  _assert_one_line_error(result, "unknown decoder 'conv'")
+  assert_one_line_error(result, "unknown decoder 'conv'")
 
 
 @pytest.mark.parametrize('change, message', [
