@@ -1,38 +1,17 @@
 """Parameters and multiply-adds of Segmenter models, and the published figures beside them.
 
-Counted from shapes (jax.eval_shape) and XLA's cost analysis of the lowered forward pass, so no
-weights are materialised. XLA counts a multiply-add as 2 flops; `gmacs` returns multiply-adds.
+Counted from shapes with vit_jax.model_stats (no weights are materialised), as multiply-adds.
 """
 
-import functools
-
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from segmenter_jax import models
+from vit_jax import model_stats
 
 
 def _images(size: int) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-
-
-def parameter_count(model: models.Segmenter, size: int) -> int:
-  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
-                          _images(size))
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.meta.unbox(shapes['params']))))
-
-
-def gmacs(model: models.Segmenter, size: int, upsampling: bool = True) -> float:
-  """Giga multiply-adds of one forward pass on a size x size image (batch 1); without
-  `upsampling`, up to the patch-level mask logits (what analytic counts usually cover)."""
-  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
-                             _images(size))
-  method = None if upsampling else models.Segmenter.patch_logits
-  forward = lambda v, x: model.apply(v, x, train=False, method=method)
-  cost = jax.jit(forward).lower(variables, _images(size)).cost_analysis()
-  return float(cost['flops']) / 2e9
 
 
 def unused_head_count(model: models.Segmenter) -> int:
@@ -60,10 +39,13 @@ SOURCE = ('params: README model zoo (L at 640 px); GFLOPs: 3rd-party, 2 FLOPs pe
 def table_row(entry: dict) -> dict:
   model = models.build_segmenter(dict(variant=entry['variant'], image_size=TABLE_SIZE,
                                       num_classes=TABLE_CLASSES, decoder='mask_transformer'))
-  params = parameter_count(model, TABLE_SIZE)
+  image = _images(TABLE_SIZE)
+  params = model_stats.parameter_count(model, image, train=False)
   return dict(model=entry['model'], params=params,
               params_with_unused_head=params + unused_head_count(model),
               paper_params=entry['paper_params'],
-              gmacs_512=gmacs(model, TABLE_SIZE),
-              gmacs_512_before_upsampling=gmacs(model, TABLE_SIZE, upsampling=False),
+              gmacs_512=model_stats.gflops(model, image, train=False),
+              # Up to the patch-level mask logits (what analytic counts usually cover).
+              gmacs_512_before_upsampling=model_stats.gflops(
+                  model, image, method=models.Segmenter.patch_logits, train=False),
               published_gflops_512=entry['published_gflops'], source=SOURCE)

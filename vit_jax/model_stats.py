@@ -1,5 +1,6 @@
 """Parameter counts and GFLOPs of a Flax model, from shapes and XLA's cost analysis; timing."""
 
+import functools
 import statistics
 import time
 from typing import Callable
@@ -9,17 +10,22 @@ import jax
 import numpy as np
 
 
-def parameter_count(model: nn.Module, *inputs: jax.ShapeDtypeStruct) -> int:
-  """Number of parameters (collection 'params'), computed from shapes only."""
-  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), *inputs)
+def parameter_count(model: nn.Module, *inputs: jax.ShapeDtypeStruct, **kwargs) -> int:
+  """Number of parameters (collection 'params'), computed from shapes only; `kwargs` go to
+  `model.init` (e.g. train=False)."""
+  variables = jax.eval_shape(functools.partial(model.init, **kwargs), jax.random.PRNGKey(0),
+                             *inputs)
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.meta.unbox(variables['params']))))
 
 
-def gflops(model: nn.Module, *inputs: jax.ShapeDtypeStruct) -> float:
+def gflops(model: nn.Module, *inputs: jax.ShapeDtypeStruct, method=None, **kwargs) -> float:
   """Giga multiply-adds of one forward pass (XLA counts a multiply-add as 2 flops; papers and
-  fvcore, DeiT and DETR included, count it as 1)."""
-  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), *inputs)
-  cost = jax.jit(lambda v, *x: model.apply(v, *x)).lower(variables, *inputs).cost_analysis()
+  fvcore, DeiT and DETR included, count it as 1). `method` (default `__call__`) is the pass
+  counted; `kwargs` go to init and apply."""
+  variables = jax.eval_shape(functools.partial(model.init, **kwargs), jax.random.PRNGKey(0),
+                             *inputs)
+  forward = lambda v, *x: model.apply(v, *x, method=method, **kwargs)
+  cost = jax.jit(forward).lower(variables, *inputs).cost_analysis()
   return float(cost['flops']) / 2e9
 
 
