@@ -34,12 +34,14 @@ class DetectionTask(train.Task):
   @functools.cached_property
   def train_source(self) -> input_pipeline.Source:
     split = self.config.input.train_split
+    source = detection_input.make_source(self.config.input, split)
+    # After the source: a folder's annotation file is read once, its categories then cached.
     needed, have = detection_input.num_classes(self.config.input, split), self.model.num_classes
     if needed > have:  # detr issues #23, #108: the most common fine-tuning mistake.
       raise UserError(f'the {split!r} data has labels 0..{needed - 1} but config.model.'
                       f'num_classes is {have}: set --config.model.num_classes={needed} (the '
                       'largest label + 1; DETR adds the no-object class itself)')
-    return detection_input.make_source(self.config.input, split)
+    return source
 
   @functools.cached_property
   def eval_source(self) -> input_pipeline.Source:
