@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from detr_jax import detection_input, shapes
-from vit_jax import train
+from vit_jax import task
 from vit_jax.errors import UserError
 
 METRICS = ('AP', 'AP50', 'AP75', 'AP_small', 'AP_medium', 'AP_large')
@@ -42,7 +42,7 @@ def postprocess(logits, boxes, orig_size):
   return scores, labels, xyxy
 
 
-class CocoEvaluator(train.Evaluator):
+class CocoEvaluator(task.Evaluator):
   """COCO box AP over every real example given to `update` (`_mask` 0 = padding, skipped)."""
 
   def __init__(self, ground_truth: dict, label_to_category: Sequence[int]):

@@ -6,46 +6,29 @@ scipy (one callback per batch shard) and the set loss is taken over the matched 
 gathers the final layer's predictions and scores them with pycocotools over the whole split.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
 from detr_jax import checkpoints, coco_eval, detection_input, losses, matcher, models
-from vit_jax import input_pipeline, train
+from vit_jax import task
 from vit_jax.errors import UserError
 
 # Pixel-space shape used to create the parameters (they do not depend on the image size).
 _INIT_SHAPE = (1, 64, 64)
 
 
-class DetectionTask(train.Task):
+class DetectionTask(task.Task):
   """DETR trained with the Hungarian set loss and scored by COCO AP."""
 
   def __init__(self, config):
-    self.config = config
+    super().__init__(config)
     self.model = models.build_detr(config.model)
     max_boxes, queries = config.input.max_boxes, self.model.num_queries
     if max_boxes > queries:
       raise UserError(f'config.input.max_boxes ({max_boxes}) exceeds config.model.num_queries '
                       f'({queries}): DETR predicts at most one box per query')
     self.loss_config = dict(config.loss)
-
-  @functools.cached_property
-  def train_source(self) -> input_pipeline.Source:
-    split = self.config.input.train_split
-    source = detection_input.make_source(self.config.input, split)
-    # After the source: a folder's annotation file is read once, its categories then cached.
-    needed, have = detection_input.num_classes(self.config.input, split), self.model.num_classes
-    if needed > have:  # detr issues #23, #108: the most common fine-tuning mistake.
-      raise UserError(f'the {split!r} data has labels 0..{needed - 1} but config.model.'
-                      f'num_classes is {have}: set --config.model.num_classes={needed} (the '
-                      'largest label + 1; DETR adds the no-object class itself)')
-    return source
-
-  @functools.cached_property
-  def eval_source(self) -> input_pipeline.Source:
-    return detection_input.make_source(self.config.input, self.config.input.eval_split)
+    self._ground_truth = {}  # split -> (COCO ground truth, label -> category id)
 
   def init_variables(self, rng):
     return self.model.init({'params': rng}, jnp.zeros(_INIT_SHAPE + (3,)), jnp.ones(_INIT_SHAPE),
@@ -55,7 +38,7 @@ class DetectionTask(train.Task):
     return checkpoints.fit_variables(
         variables, checkpoints.load_variables(path, num_heads=self.model.num_heads))
 
-  def loss(self, variables, batch, rng):
+  def loss(self, variables, batch, rng, normalizers):
     outputs = self.model.apply(variables, batch['image'], batch['pixel_mask'], train=True,
                                rngs={'dropout': rng})
     logits, boxes = outputs['logits'], outputs['boxes']
@@ -69,30 +52,37 @@ class DetectionTask(train.Task):
                                  **weights)
     target_query = matcher.hungarian_match(cost, batch['box_mask'])
     return losses.set_loss(logits, boxes, batch['labels'], batch['boxes'], batch['box_mask'],
-                           target_query, eos_coef=self.loss_config['eos_coef'], **weights)
+                           target_query, eos_coef=self.loss_config['eos_coef'],
+                           normalizers=normalizers, **weights)
+
+  def loss_normalizers(self, batch):
+    return losses.loss_normalizers(batch['box_mask'], self.model.num_queries,
+                                   self.loss_config['eos_coef'])
 
   def eval_outputs(self, variables, batch):
     outputs = self.model.apply(variables, batch['image'], batch['pixel_mask'], train=False)
     return {'logits': outputs['logits'][-1], 'boxes': outputs['boxes'][-1],
             'image_id': batch['image_id'], 'orig_size': batch['orig_size']}
 
-  @functools.cached_property
-  def _ground_truth(self):
-    return coco_eval.ground_truth(self.config.input, self.config.input.eval_split)
-
-  def evaluator(self):
-    ground_truth, label_to_category = self._ground_truth
+  def evaluator(self, split):
+    if split not in self._ground_truth:  # Read once per split, on the first eval.
+      self._ground_truth[split] = coco_eval.ground_truth(self.config.input, split)
+    ground_truth, label_to_category = self._ground_truth[split]
     return coco_eval.CocoEvaluator(ground_truth, label_to_category)
 
-  def num_train_examples(self):
-    return self.train_source.num_examples * jax.process_count()
+  def make_source(self, split):
+    source = detection_input.make_source(self.config.input, split)
+    if split == self.config.input.train_split:
+      # After the source: a folder's annotation file is read once, its categories then cached.
+      needed, have = detection_input.num_classes(self.config.input, split), self.model.num_classes
+      if needed > have:  # detr issues #23, #108: the most common fine-tuning mistake.
+        raise UserError(f'the {split!r} data has labels 0..{needed - 1} but config.model.'
+                        f'num_classes is {have}: set --config.model.num_classes={needed} (the '
+                        'largest label + 1; DETR adds the no-object class itself)')
+    return source
 
-  def train_input(self, start_example):
-    return input_pipeline.train_batches(
-        self.train_source, detection_input.train_preprocess(self.config.input),
-        self.config.input.batch_size, start_example=start_example, seed=self.config.seed)
+  def train_preprocess(self):
+    return detection_input.train_preprocess(self.config.input)
 
-  def eval_input(self):
-    return input_pipeline.eval_batches(
-        self.eval_source, detection_input.eval_preprocess(self.config.input),
-        self.config.input.eval_batch_size)
+  def eval_preprocess(self, split):
+    return detection_input.eval_preprocess(self.config.input)

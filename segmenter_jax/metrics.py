@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from vit_jax import train
+from vit_jax import task
 
 IGNORE_INDEX = 255
 
@@ -51,7 +51,7 @@ def iou_from_totals(intersection: np.ndarray, predicted: np.ndarray,
           'pixel_accuracy': float(intersection.sum() / max(labelled.sum(), 1))}
 
 
-class MeanIoU(train.Evaluator):
+class MeanIoU(task.Evaluator):
   """Accumulates `areas` outputs of the real (masked) examples; logs per-class IoU."""
 
   def __init__(self, num_classes: int, class_names: Optional[Sequence[str]] = None):

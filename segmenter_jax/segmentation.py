@@ -11,48 +11,37 @@ or a Segmenter checkpoint: checkpoints.load_pretrained).
 """
 
 import functools
-import re
-from typing import Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-import tensorflow as tf
 
 from segmenter_jax import checkpoints, inference, metrics, models, segmentation_input
-from vit_jax import input_pipeline, train
+from vit_jax import task
 from vit_jax.errors import UserError
 
 IGNORE_INDEX = segmentation_input.IGNORE_INDEX
 
 
-def pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Softmax cross-entropy per pixel, averaged over the pixels not labelled 255 (torch's
-  CrossEntropyLoss(ignore_index=255)); 0 when every pixel is ignored."""
+def pixel_cross_entropy(logits: jax.Array, labels: jax.Array,
+                        num_valid: jax.Array | None = None) -> jax.Array:
+  """Softmax cross-entropy per pixel, summed over the pixels not labelled 255 and divided by
+  `num_valid`: by default their count here (torch's CrossEntropyLoss(ignore_index=255)), the
+  global batch's count when `labels` are a micro-batch of it. 0 when every pixel is ignored."""
   valid = labels != IGNORE_INDEX
+  if num_valid is None:
+    num_valid = jnp.sum(valid)
   losses = optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(jnp.float32), jnp.where(valid, labels, 0))
-  return jnp.sum(losses * valid) / jnp.maximum(jnp.sum(valid), 1)
+  return jnp.sum(losses * valid) / jnp.maximum(num_valid, 1)
 
 
-def _data_error(message: str) -> str:
-  """The user-facing part of an error raised inside tf.data: a UserError's own text, or a
-  failed assertion's message with the values it compared."""
-  if 'UserError: ' in message:
-    return message.rsplit('UserError: ', 1)[1].splitlines()[0]
-  if 'assertion failed: ' in message:
-    parts = re.findall(r'\[([^\]]*)\]', message.split('assertion failed: ', 1)[1])
-    values = f' ({parts[3]} vs {parts[5]})' if len(parts) >= 6 else ''
-    return (parts[0] if parts else 'assertion failed') + values
-  lines = [line.strip() for line in message.splitlines() if line.strip()]
-  return lines[-1] if lines else 'unknown error'
-
-
-class SegmentationTask(train.Task):
+class SegmentationTask(task.Task):
   """Segmenter trained with pixel cross-entropy and scored by mIoU."""
 
   def __init__(self, config):
-    self.config = config
+    super().__init__(config)
     inputs = config.input
     self.crop_size = int(inputs.crop_size)
     self.stride = int(inputs.get('eval_stride', self.crop_size))
@@ -69,17 +58,11 @@ class SegmentationTask(train.Task):
     self.mean, self.std = segmentation_input.normalization(inputs)
 
   @functools.cached_property
-  def train_source(self) -> input_pipeline.Source:
-    return segmentation_input.make_source(self.config.input, self.config.input.train_split)
-
-  @functools.cached_property
-  def eval_source(self) -> input_pipeline.Source:
-    return segmentation_input.make_source(self.config.input, self.config.input.eval_split)
-
-  @functools.cached_property
   def eval_geometry(self) -> segmentation_input.EvalGeometry:
-    """The eval canvases, from the eval split's image sizes (read once, from headers)."""
-    sizes = segmentation_input.image_sizes(self.config.input, self.config.input.eval_split)
+    """The eval canvases, from the image sizes of every eval split (read once, from headers):
+    one jitted eval step serves them all."""
+    sizes = np.concatenate([segmentation_input.image_sizes(self.config.input, split)
+                            for split in self.eval_splits.values()])
     return segmentation_input.eval_geometry(
         sizes, self.scales, tuple(self.config.input.img_scale), self.crop_size)
 
@@ -90,12 +73,17 @@ class SegmentationTask(train.Task):
   def pretrained_params(self, params, path):
     return checkpoints.load_pretrained(params, path, self.model)
 
-  def loss(self, variables, batch, rng):
+  def loss(self, variables, batch, rng, normalizers):
     logits = self.model.apply(variables, batch['image'], train=True, rngs={'dropout': rng})
     labels = batch['label']
-    valid = labels != IGNORE_INDEX
-    accuracy = jnp.sum((logits.argmax(-1) == labels) & valid) / jnp.maximum(jnp.sum(valid), 1)
-    return pixel_cross_entropy(logits, labels), {'pixel_accuracy': accuracy}
+    num_valid = normalizers['valid_pixels']
+    correct = jnp.sum((logits.argmax(-1) == labels) & (labels != IGNORE_INDEX))
+    return (pixel_cross_entropy(logits, labels, num_valid),
+            {'pixel_accuracy': correct / jnp.maximum(num_valid, 1)})
+
+  def loss_normalizers(self, batch):
+    return dict(super().loss_normalizers(batch),
+                valid_pixels=jnp.sum(batch['label'] != IGNORE_INDEX).astype(jnp.float32))
 
   def eval_outputs(self, variables, batch):
     geometry = self.eval_geometry
@@ -107,32 +95,17 @@ class SegmentationTask(train.Task):
         flip=self.flip, transposed=batch['transposed'])
     return metrics.areas(probabilities.argmax(-1), batch['label'], self.num_classes)
 
-  def evaluator(self):
+  def evaluator(self, split):
     return metrics.MeanIoU(self.num_classes, self.class_names)
 
-  def num_train_examples(self):
-    return self.train_source.num_examples * jax.process_count()
+  def make_source(self, split):
+    return segmentation_input.make_source(self.config.input, split)
 
-  def train_input(self, start_example):
-    return self._checked(input_pipeline.train_batches(
-        self.train_source, segmentation_input.train_preprocess(self.config.input),
-        self.config.input.batch_size, start_example=start_example, seed=self.config.seed),
-        self.config.input.train_split)
+  def train_preprocess(self):
+    return segmentation_input.train_preprocess(self.config.input)
 
-  def eval_input(self):
-    return self._checked(input_pipeline.eval_batches(
-        self.eval_source, segmentation_input.eval_preprocess(self.config.input,
-                                                             self.eval_geometry),
-        self.config.input.eval_batch_size), self.config.input.eval_split)
+  def eval_preprocess(self, split):
+    return segmentation_input.eval_preprocess(self.config.input, self.eval_geometry)
 
-  def _checked(self, batches: Iterator[dict], split: str) -> Iterator[dict]:
-    """Label values checked on the host; data errors raised inside tf.data as one line."""
-    while True:
-      try:
-        batch = next(batches)
-      except StopIteration:
-        return
-      except tf.errors.OpError as e:
-        raise UserError(f'reading split {split!r} failed: {_data_error(e.message)}') from None
-      segmentation_input.check_labels(batch, self.num_classes)
-      yield batch
+  def check_batch(self, batch, split):
+    segmentation_input.check_labels(batch, self.num_classes)

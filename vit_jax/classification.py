@@ -1,13 +1,11 @@
 """Image classification as a task of the shared train loop."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vit_jax import classification_input, input_pipeline, models, pretrained, train
+from vit_jax import classification_input, models, task, weights
 from vit_jax.errors import UserError
 
 LOSSES = ('softmax_xent', 'sigmoid_xent')
@@ -21,7 +19,7 @@ def per_example_loss(logits: jax.Array, labels: jax.Array, kind: str) -> jax.Arr
   return optax.sigmoid_binary_cross_entropy(logits, one_hot).sum(-1)
 
 
-class Accuracy(train.Evaluator):
+class Accuracy(task.Evaluator):
   """Top-1 accuracy and mean loss over the masked (real) examples."""
 
   def __init__(self):
@@ -38,31 +36,28 @@ class Accuracy(train.Evaluator):
             'num_examples': self.count}
 
 
-class ClassificationTask(train.Task):
+class ClassificationTask(task.Task):
   """ViT (or any image -> logits model) trained with cross-entropy and scored by accuracy."""
 
   def __init__(self, config):
-    self.config = config
+    super().__init__(config)
     if config.get('loss', 'softmax_xent') not in LOSSES:
       raise UserError(f'unknown config.loss {config.loss!r}: choose one of {LOSSES}')
     self.model = models.build_vit(config.model)
-
-  @functools.cached_property
-  def train_source(self) -> input_pipeline.Source:
-    return classification_input.make_source(self.config.input, self.config.input.train_split)
 
   def init_variables(self, rng):
     size, channels = self.config.input.image_size, self.config.input.get('channels', 3)
     return self.model.init({'params': rng}, jnp.zeros((1, size, size, channels)), train=False)
 
   def pretrained_params(self, params, path):
-    return pretrained.load_pretrained(params, path, self.config.get('posemb_resize', 'zoom'))
+    return weights.load_vit(params, path, self.config.get('posemb_resize', 'zoom'))
 
-  def loss(self, variables, batch, rng):
+  def loss(self, variables, batch, rng, normalizers):
     logits = self.model.apply(variables, batch['image'], train=True, rngs={'dropout': rng})
     loss = per_example_loss(logits, batch['label'], self.config.get('loss', 'softmax_xent'))
-    accuracy = (logits.argmax(-1) == batch['label']).mean()
-    return loss.mean(), {'accuracy': accuracy}
+    correct = logits.argmax(-1) == batch['label']
+    examples = normalizers['examples']
+    return loss.sum() / examples, {'accuracy': correct.sum() / examples}
 
   def eval_outputs(self, variables, batch):
     logits = self.model.apply(variables, batch['image'], train=False)
@@ -70,22 +65,14 @@ class ClassificationTask(train.Task):
             'loss': per_example_loss(logits, batch['label'],
                                      self.config.get('loss', 'softmax_xent'))}
 
-  def evaluator(self):
+  def evaluator(self, split):
     return Accuracy()
 
-  def num_train_examples(self):
-    return self.train_source.num_examples * jax.process_count()
+  def make_source(self, split):
+    return classification_input.make_source(self.config.input, split)
 
-  def train_input(self, start_example):
-    return input_pipeline.train_batches(
-        self.train_source, classification_input.train_preprocess(self.config.input),
-        self.config.input.batch_size, start_example=start_example, seed=self.config.seed)
+  def train_preprocess(self):
+    return classification_input.train_preprocess(self.config.input)
 
-  @functools.cached_property
-  def eval_source(self) -> input_pipeline.Source:
-    return classification_input.make_source(self.config.input, self.config.input.eval_split)
-
-  def eval_input(self):
-    return input_pipeline.eval_batches(
-        self.eval_source, classification_input.eval_preprocess(self.config.input),
-        self.config.input.eval_batch_size)
+  def eval_preprocess(self, split):
+    return classification_input.eval_preprocess(self.config.input)

@@ -19,7 +19,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vit_jax import train
+from vit_jax import task, train
 from vit_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -68,7 +68,7 @@ def _initialize_distributed() -> None:
   joined.set()
 
 
-def run(make_task: Callable[[object], train.Task]) -> None:
+def run(make_task: Callable[[object], task.Task]) -> None:
   """Parses flags, builds the task from the config and trains it."""
 
   def main(argv):

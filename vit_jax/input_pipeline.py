@@ -37,6 +37,7 @@ class Source:
   """One split as this host sees it."""
   read: Callable[[], tf.data.Dataset]  # Raw examples of this host, in a fixed order.
   num_examples: int  # Examples on this host.
+  global_num_examples: int  # Examples on all hosts: the split's size, the same on every host.
   max_examples_per_host: int  # The largest host's count; sets how many eval batches all run.
   shuffle_buffer: int  # Buffer for per-epoch shuffling (the whole split when it fits).
   # In-memory sources can show every host the whole split; training then draws one global
@@ -63,7 +64,8 @@ def array_source(arrays: dict[str, np.ndarray], shuffle_buffer: int = 0) -> Sour
   part = host_part(total)
   local = {k: np.asarray(v)[part] for k, v in arrays.items()}
   return Source(read=lambda: tf.data.Dataset.from_tensor_slices(local),
-                num_examples=len(part), max_examples_per_host=math.ceil(total / count),
+                num_examples=len(part), global_num_examples=total,
+                max_examples_per_host=math.ceil(total / count),
                 shuffle_buffer=shuffle_buffer or max(total, 1),
                 read_all=lambda: tf.data.Dataset.from_tensor_slices(arrays))
 
@@ -93,7 +95,8 @@ def tfds_source(name: str, split: str, data_dir: Optional[str] = None,
   counts = [_count(read_part(p)) for p in parts]
   local_part = parts[jax.process_index()]
   return Source(read=lambda: read_part(local_part), num_examples=counts[jax.process_index()],
-                max_examples_per_host=max(counts), shuffle_buffer=shuffle_buffer)
+                global_num_examples=sum(counts), max_examples_per_host=max(counts),
+                shuffle_buffer=shuffle_buffer)
 
 
 def _count(ds: tf.data.Dataset) -> int:

@@ -6,7 +6,6 @@ init, the jitted train step (with gradient accumulation), periodic exact evaluat
 checkpoints with resume, clu logging and `WORKDIR/final_metrics.json`.
 """
 
-import abc
 import json
 import math
 import os
@@ -27,64 +26,10 @@ from jax.experimental import multihost_utils
 
 from vit_jax import checkpoint as checkpoint_lib
 from vit_jax import optim, sharding
+from vit_jax import task as task_lib
 from vit_jax.errors import UserError
 
-Batch = dict[str, Any]
-
-
-class Evaluator(abc.ABC):
-  """Host-side metric over a whole eval split, fed one gathered batch at a time."""
-
-  @abc.abstractmethod
-  def update(self, outputs: dict[str, np.ndarray]) -> None:
-    """`outputs`: the task's eval outputs for the global batch plus `_mask` (1 = real example)."""
-
-  @abc.abstractmethod
-  def result(self) -> dict[str, float]:
-    """The metrics over every example seen since construction."""
-
-
-class Task(abc.ABC):
-  """What a task hands the loop. Batches are dicts of arrays with the example axis first."""
-
-  @abc.abstractmethod
-  def init_variables(self, rng: jax.Array) -> dict:
-    """`model.init(...)` on a dummy batch; params may carry logical partitioning boxes."""
-
-  def pretrained_params(self, params: dict, path: str) -> dict:
-    """Fresh params (host numpy) -> params loaded from the checkpoint at `path`
-    (`config.init_from`). Called only when a run starts, never on resume."""
-    raise UserError(f'{type(self).__name__} cannot start from a checkpoint (config.init_from)')
-
-  def pretrained_variables(self, variables: dict, path: str) -> dict:
-    """As `pretrained_params`, for tasks whose checkpoints also hold non-trainable collections
-    (DETR's frozen batch norm): all fresh variables in, all loaded variables out."""
-    return dict(variables, params=self.pretrained_params(variables['params'], path))
-
-  @abc.abstractmethod
-  def loss(self, variables: dict, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
-    """Training loss on a (global) batch and scalar metrics to log."""
-
-  @abc.abstractmethod
-  def eval_outputs(self, variables: dict, batch: Batch) -> dict[str, jax.Array]:
-    """Per-example arrays (example axis first) the evaluator needs."""
-
-  @abc.abstractmethod
-  def evaluator(self) -> Evaluator:
-    """A fresh host-side metric accumulator."""
-
-  @abc.abstractmethod
-  def num_train_examples(self) -> int:
-    """Size of the training split (all hosts), for epoch-based step counts."""
-
-  @abc.abstractmethod
-  def train_input(self, start_example: int) -> Iterator[Batch]:
-    """This host's endless stream of training batches, starting `start_example` examples into
-    the global stream (deterministic: resuming at the same position gives the same batches)."""
-
-  @abc.abstractmethod
-  def eval_input(self) -> Iterable[Batch]:
-    """This host's eval batches, padded, with `_mask`; every host yields the same count."""
+Batch = task_lib.Batch
 
 
 class Preempted(Exception):
@@ -128,7 +73,7 @@ class TrainState:
   rng: jax.Array
 
 
-def total_steps(config, task: Task) -> int:
+def total_steps(config, task: task_lib.Task) -> int:
   if config.get('total_steps'):
     return int(config.total_steps)
   if config.get('total_epochs'):
@@ -157,36 +102,39 @@ def _split_microbatches(batch: Batch, k: int) -> Batch:
   return jax.tree.map(split, batch)
 
 
-def make_train_step(task: Task, tx: optax.GradientTransformation, schedule, accum_steps: int):
-  """The jittable update: loss, gradients (over `accum_steps` micro-batches), optimizer."""
+def make_train_step(task: task_lib.Task, tx: optax.GradientTransformation, schedule,
+                    accum_steps: int):
+  """The jittable update: gradients summed over `accum_steps` micro-batches, one optimizer update.
 
-  def grads_and_metrics(params, model_state, batch, rng):
-    def loss_fn(p):
-      return task.loss({'params': p, **model_state}, batch, rng)
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return grads, dict(metrics, loss=loss)
+  As big_vision: the scan carries one gradient tree (not one per micro-batch) and the optimizer
+  state holds no accumulated-gradient copy. Each micro-batch's loss and metrics are its share of
+  the global batch's (the task divides by `loss_normalizers` of the whole batch), so their sums
+  equal one step on the whole batch.
+  """
 
   def train_step(state: TrainState, batch: Batch):
     rng = jax.random.fold_in(state.rng, state.step)
-    params, opt_state = state.params, state.opt_state
+    normalizers = task.loss_normalizers(batch)
+
+    def grads_and_metrics(batch, rng):
+      def loss_fn(params):
+        return task.loss({'params': params, **state.model_state}, batch, rng, normalizers)
+      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      return grads, dict(metrics, loss=loss)
+
     if accum_steps == 1:
-      grads, metrics = grads_and_metrics(params, state.model_state, batch, rng)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
+      grads, metrics = grads_and_metrics(batch, rng)
     else:
-      # optax.MultiSteps averages the micro-batch gradients and applies one update at the end.
-      def micro_step(carry, inputs):
-        params, opt_state = carry
+      def add_micro_batch(grad_sum, inputs):
         micro_batch, index = inputs
-        grads, metrics = grads_and_metrics(params, state.model_state, micro_batch,
-                                           jax.random.fold_in(rng, index))
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), (metrics, grads)
-      (params, opt_state), (metrics, grads) = jax.lax.scan(
-          micro_step, (params, opt_state),
+        grads, metrics = grads_and_metrics(micro_batch, jax.random.fold_in(rng, index))
+        return jax.tree.map(jnp.add, grad_sum, grads), metrics
+      grads, metrics = jax.lax.scan(
+          add_micro_batch, jax.tree.map(jnp.zeros_like, state.params),
           (_split_microbatches(batch, accum_steps), jnp.arange(accum_steps)))
-      metrics = jax.tree.map(jnp.mean, metrics)
-      grads = jax.tree.map(lambda g: g.mean(0), grads)
+      metrics = jax.tree.map(lambda shares: shares.sum(0), metrics)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
     metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['learning_rate'] = schedule(state.step)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -194,7 +142,7 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule, accu
   return train_step
 
 
-def evaluate(task: Task, eval_step, state: TrainState, batch_sharding) -> dict[str, float]:
+def evaluate(task: task_lib.Task, eval_step, state: TrainState, batch_sharding) -> dict[str, float]:
   """Runs the eval split once; every example is scored exactly once (padding is masked out)."""
   evaluator = task.evaluator()
   for local_batch in task.eval_input():
@@ -203,7 +151,7 @@ def evaluate(task: Task, eval_step, state: TrainState, batch_sharding) -> dict[s
   return evaluator.result()
 
 
-def init_state(task: Task, tx, rng) -> TrainState:
+def init_state(task: task_lib.Task, tx, rng) -> TrainState:
   """A fresh train state: the task's variables, optimizer state, step 0, the training RNG."""
   init_rng, train_rng = jax.random.split(rng)
   variables = nn.meta.unbox(task.init_variables(init_rng))
@@ -212,7 +160,7 @@ def init_state(task: Task, tx, rng) -> TrainState:
                     opt_state=tx.init(params), rng=train_rng)
 
 
-def state_shardings(task: Task, tx, rng, mesh, rules) -> tuple[TrainState, TrainState]:
+def state_shardings(task: task_lib.Task, tx, rng, mesh, rules) -> tuple[TrainState, TrainState]:
   """(abstract state, NamedShardings) with params and optimizer state laid out by the rules."""
   abstract_variables = jax.eval_shape(task.init_variables, rng)
   variable_shardings = sharding.variable_shardings(abstract_variables, mesh, rules)
@@ -245,7 +193,7 @@ def _scalars(metrics: dict) -> dict[str, float]:
   return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
 
 
-def train_and_evaluate(config, workdir: str, task: Task) -> dict[str, float]:
+def train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, float]:
   """Trains `task` as `config` says, resuming from `workdir` if it holds a checkpoint.
 
   Returns the final eval metrics (also written to `workdir/final_metrics.json`).
