@@ -1,11 +1,12 @@
 """DETR on COCO 2017, the paper's recipe (Carion et al. 2020; facebookresearch/detr).
 
   python -m detr_jax.main --config=configs/detr_coco.py:r50 --workdir=DIR       # 500 epochs
-  python -m detr_jax.main --config=configs/detr_coco.py:dc5_r101,300 --workdir=DIR
+  python -m detr_jax.main --config=configs/detr_coco.py:dc5_r101,epochs=300 --workdir=DIR
 
-The argument is BACKBONE[,EPOCHS]: r50, dc5_r50, r101 or dc5_r101 (the four released models;
+The argument is BACKBONE[,epochs=N]: r50, dc5_r50, r101 or dc5_r101 (the four released models;
 DC5 dilates the last stage, stride 16), and 500 epochs (lr drop at 400) or 300 (drop at 200).
-The recipe is the same for all four.
+The recipe is the same for all four; its durations are in epochs, so they stay right when
+--config.input.batch_size changes.
 
 Expects COCO in TFDS (`tfds build coco/2017`; --config.input.data_dir=DIR) or as a COCO-format
 folder (--config.input.source=coco_folder --config.input.data_dir=DIR). Start the backbone from
@@ -15,26 +16,26 @@ model: --config.init_from=detr-r50-e632da11.pth.
 
 import ml_collections
 
+from vit_jax import config_args
+
 # Backbone name -> (ResNet depth, dilated last stage).
 BACKBONES = {'r50': (50, False), 'dc5_r50': (50, True), 'r101': (101, False),
              'dc5_r101': (101, True)}
-# Epochs -> the epoch of the x0.1 learning-rate drop (README: 500 drops at 400; 300 at 200).
+# Epochs -> the epoch of the x0.1 learning-rate drop (README: 500 drops at 400; 300 at 200;
+# other lengths at 2/3, as scenic's DETR).
 LR_DROP = {500: 400, 300: 200, 150: 100}
 
 
 def get_config(arg='r50'):
-  backbone, _, epochs = arg.partition(',')
-  if backbone not in BACKBONES:
-    raise ValueError(f'unknown backbone {backbone!r} in configs/detr_coco.py:{arg}: use one of '
-                     f'{sorted(BACKBONES)}, optionally followed by ,EPOCHS')
-  depth, dilation = BACKBONES[backbone]
-  epochs = int(epochs or 500)
+  args = config_args.parse(arg, 'configs/detr_coco.py', names={'backbone': BACKBONES},
+                           options={'epochs': 500})
+  depth, dilation = BACKBONES[args.backbone]
   config = ml_collections.ConfigDict()
   config.seed = 42
 
   config.input = ml_collections.ConfigDict()
   config.input.source = 'tfds'
-  config.input.tfds_name = 'coco/2017'
+  config.input.dataset = 'coco/2017'
   config.input.data_dir = ml_collections.config_dict.placeholder(str)
   config.input.train_split = 'train'
   config.input.eval_split = 'validation'
@@ -83,14 +84,15 @@ def get_config(arg='r50'):
   config.optim.accum_steps = 1
   config.optim.schedule = ml_collections.ConfigDict(dict(
       name='warmup_step', warmup_steps=0, decay_factor=0.1,
-      boundary_fractions=(LR_DROP.get(epochs, epochs * 2 // 3) / epochs,)))
+      boundary_epochs=(LR_DROP.get(args.epochs, args.epochs * 2 // 3),)))
 
-  config.total_epochs = epochs
+  config.total_epochs = args.epochs
   config.log_every = 100
-  config.eval_every = 1849 * 10  # ~10 epochs of 118,287 images.
-  config.checkpoint_every = 1849  # ~1 epoch.
+  config.eval_every_epochs = 10
+  config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 3
   config.init_from = ml_collections.config_dict.placeholder(str)
+  config.profile = False
 
   config.mesh = (('data', -1), ('model', 1))
   config.sharding_rules = (('batch', 'data'),)

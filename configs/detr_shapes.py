@@ -18,6 +18,7 @@ def get_config():
 
   config.input = ml_collections.ConfigDict()
   config.input.source = 'shapes'
+  config.input.data_dir = ml_collections.config_dict.placeholder(str)  # Another source's.
   config.input.shapes = ml_collections.ConfigDict(dict(
       seed=0, num_train=2048, num_eval=256, image_size=64, min_objects=1, max_objects=3,
       min_object_size=16, max_object_size=32))
@@ -73,6 +74,7 @@ def get_config():
   config.checkpoint_every = 2000
   config.keep_checkpoints = 2
   config.init_from = ml_collections.config_dict.placeholder(str)
+  config.profile = False
 
   config.mesh = (('data', -1), ('model', 1))
   config.sharding_rules = (('batch', 'data'),)

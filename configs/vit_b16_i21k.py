@@ -45,7 +45,9 @@ def get_config():
   config.model.attention_dropout_rate = 0.0
   config.model.head_bias_init = -10.0
 
-  config.loss = 'sigmoid_xent'  # Multi-label ImageNet-21k; goes with the -10 head bias.
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = 'sigmoid_xent'  # Multi-label ImageNet-21k; goes with the -10 head bias.
+
   config.optim = ml_collections.ConfigDict()
   config.optim.name = 'adamw'
   config.optim.lr = 1e-3
@@ -60,11 +62,12 @@ def get_config():
       dict(name='warmup_linear', warmup_steps=10_000, end_value=1e-5))
 
   config.total_epochs = 90
-  config.total_steps = 0  # 0: from total_epochs and the split size.
   config.log_every = 50
   config.eval_every = 10_000
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3
+  config.init_from = ml_collections.config_dict.placeholder(str)
+  config.profile = False
 
   config.mesh = (('data', -1), ('model', 1))
   config.sharding_rules = (('batch', 'data'),)

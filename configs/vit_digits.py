@@ -15,6 +15,7 @@ def get_config():
 
   config.input = ml_collections.ConfigDict()
   config.input.source = 'digits'
+  config.input.data_dir = ml_collections.config_dict.placeholder(str)  # Another source's.
   config.input.train_split = 'train'
   config.input.eval_split = 'test'
   config.input.image_size = 16  # Upsampled from 8x8, so that a 1-pixel shift is a half-pixel one.
@@ -37,7 +38,9 @@ def get_config():
   config.model.dtype = 'float32'  # 'bfloat16': mixed precision (params stay float32).
   config.model.remat = False  # True: recompute block activations in backward (less memory).
 
-  config.loss = 'softmax_xent'
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = 'softmax_xent'
+
   config.optim = ml_collections.ConfigDict()
   config.optim.name = 'adamw'
   config.optim.lr = 1e-3
@@ -54,6 +57,8 @@ def get_config():
   config.eval_every = 500
   config.checkpoint_every = 500
   config.keep_checkpoints = 2
+  config.init_from = ml_collections.config_dict.placeholder(str)
+  config.profile = False
 
   config.mesh = (('data', -1), ('model', 1))
   config.sharding_rules = (('batch', 'data'),)

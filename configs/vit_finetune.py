@@ -1,11 +1,12 @@
 """Fine-tuning a pre-trained ViT, the recipe behind the original README tables.
 
   python -m vit_jax.main --config=configs/vit_finetune.py:b16,cifar10 --workdir=DIR
-  python -m vit_jax.main --config=configs/vit_finetune.py:r26_s32,oxford_iiit_pet,augreg ...
+  python -m vit_jax.main --config=configs/vit_finetune.py:r26_s32,oxford_iiit_pet,upstream=augreg
 
-The argument is MODEL,DATASET[,augreg]: the upstream checkpoint is the original ImageNet-21k one
-(gs://vit_models/imagenet21k) or, with `augreg`, the recommended AugReg i21k one
-(gs://vit_models/augreg). Point --config.init_from at a local copy when there is no GCS access.
+The argument is MODEL,DATASET[,upstream=i21k|augreg]: the upstream checkpoint is the original
+ImageNet-21k one (gs://vit_models/imagenet21k) or the recommended AugReg i21k one
+(gs://vit_models/augreg); a model without a published file of that kind starts from
+--config.init_from, which also takes a local copy when there is no GCS access.
 
 Recipe (vision_transformer configs/common.py; big_vision transfer.py for pets/flowers): SGD with
 momentum 0.9 (bfloat16 accumulator), no weight decay, global-norm clip 1, batch 512, linear
@@ -14,6 +15,8 @@ the head starts at zero and the position embeddings are zoomed to the 384 px gri
 """
 
 import ml_collections
+
+from vit_jax import config_args
 
 # name -> (variant, original i21k file, AugReg i21k file)
 MODELS = {
@@ -43,24 +46,25 @@ DATASETS = {
 
 
 def get_config(arg='b16,cifar10'):
-  model_name, dataset, *upstream = arg.split(',')
-  augreg = upstream == ['augreg']
-  variant, original_file, augreg_file = MODELS[model_name]
-  classes, train_split, eval_split, steps, warmup, lr = DATASETS[dataset]
+  args = config_args.parse(arg, 'configs/vit_finetune.py',
+                           names={'model': MODELS, 'dataset': DATASETS},
+                           options={'upstream': ('i21k', 'augreg')})
+  variant, original_file, augreg_file = MODELS[args.model]
+  classes, train_split, eval_split, steps, warmup, lr = DATASETS[args.dataset]
 
   config = ml_collections.ConfigDict()
   config.seed = 0
-  if augreg and augreg_file:
-    config.init_from = f'gs://vit_models/augreg/{augreg_file}.npz'
-  elif original_file:
-    config.init_from = f'gs://vit_models/imagenet21k/{original_file}.npz'
-  else:
-    config.init_from = ''  # No published upstream file for this pair: pass your own.
+  folder, upstream_file = {'i21k': ('imagenet21k', original_file),
+                           'augreg': ('augreg', augreg_file)}[args.upstream]
+  if upstream_file:
+    config.init_from = f'gs://vit_models/{folder}/{upstream_file}.npz'
+  else:  # No published upstream file of this kind for the model: pass your own.
+    config.init_from = ml_collections.config_dict.placeholder(str)
   config.posemb_resize = 'zoom'  # The original's scipy.ndimage.zoom(order=1); or 'bilinear'.
 
   config.input = ml_collections.ConfigDict()
   config.input.source = 'tfds'
-  config.input.dataset = dataset
+  config.input.dataset = args.dataset
   config.input.data_dir = ml_collections.config_dict.placeholder(str)
   config.input.train_split = train_split
   config.input.eval_split = eval_split
@@ -84,7 +88,9 @@ def get_config(arg='b16,cifar10'):
   config.model.dtype = 'float32'  # 'bfloat16': mixed precision (params stay float32).
   config.model.remat = False  # True: recompute block activations in backward (less memory).
 
-  config.loss = 'softmax_xent'
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = 'softmax_xent'
+
   config.optim = ml_collections.ConfigDict()
   config.optim.name = 'momentum'
   config.optim.lr = lr
@@ -102,6 +108,7 @@ def get_config(arg='b16,cifar10'):
   config.eval_every = 1000
   config.checkpoint_every = 1000
   config.keep_checkpoints = 2
+  config.profile = False
 
   config.mesh = (('data', -1), ('model', 1))
   config.sharding_rules = (('batch', 'data'),)

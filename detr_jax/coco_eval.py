@@ -144,7 +144,7 @@ def _image_size(encoded):
 
 
 def _tfds_ground_truth(input_config, split, cats):
-  name = input_config.get('tfds_name')
+  name = input_config.get('dataset')
   # For its clear errors when the data is missing; the evaluator needs every host's images.
   detection_input.make_source(input_config, split)
   builder = tfds.builder(name, data_dir=input_config.get('data_dir'))

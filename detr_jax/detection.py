@@ -11,10 +11,11 @@ import jax.numpy as jnp
 
 from detr_jax import checkpoints, coco_eval, detection_input, losses, matcher, models
 from vit_jax import task
-from vit_jax.errors import UserError
+from vit_jax.errors import UserError, choose
 
 # Pixel-space shape used to create the parameters (they do not depend on the image size).
 _INIT_SHAPE = (1, 64, 64)
+MODELS = {'detr': models.build_detr}  # config.model.name -> builder.
 
 
 class DetectionTask(task.Task):
@@ -22,7 +23,7 @@ class DetectionTask(task.Task):
 
   def __init__(self, config):
     super().__init__(config)
-    self.model = models.build_detr(config.model)
+    self.model = choose('config.model.name', config.model.name, MODELS)(config.model)
     max_boxes, queries = config.input.max_boxes, self.model.num_queries
     if max_boxes > queries:
       raise UserError(f'config.input.max_boxes ({max_boxes}) exceeds config.model.num_queries '

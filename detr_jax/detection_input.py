@@ -10,7 +10,7 @@ config.input fields:
                     <data_dir>/images/<split>/ (relative paths are under data_dir)
   annotation_files  coco_folder, optional {split: json}; default
                     <data_dir>/annotations/instances_<split>.json
-  tfds_name         source=tfds, e.g. coco/2017 (objects/bbox, label, is_crowd)
+  dataset           source=tfds, e.g. coco/2017 (objects/bbox, label, is_crowd)
   category_layout   coco_ids: label = category id, num_classes = max id + 1 (COCO: 91, so the
                     official checkpoints load; TFDS COCO's 80 labels are mapped back to the ids);
                     contiguous: the sorted category ids -> 0..K-1
@@ -282,7 +282,7 @@ def _folder_source(input_config, split):
 
 
 def _tfds_categories(input_config) -> list[dict]:
-  name = input_config.get('tfds_name') or ''
+  name = input_config.get('dataset') or ''
   is_coco = name.startswith('coco/')
   if not is_coco and _get(input_config, 'category_layout') == 'coco_ids':
     raise UserError(f"category_layout 'coco_ids' maps TFDS labels to COCO category ids, but "
@@ -291,15 +291,15 @@ def _tfds_categories(input_config) -> list[dict]:
     names = tfds.builder(name, data_dir=input_config.get('data_dir')).info.features[
         'objects']['label'].names
   except tfds.core.registered.DatasetNotFoundError:
-    raise UserError(f'{name!r} is not a TFDS dataset: check config.input.tfds_name') from None
+    raise UserError(f'{name!r} is not a TFDS dataset: check config.input.dataset') from None
   ids = COCO_CATEGORY_IDS if is_coco else range(len(names))
   return [{'id': i, 'name': n} for i, n in zip(ids, names)]
 
 
 def _tfds_source(input_config, split):
-  name = input_config.get('tfds_name')
+  name = input_config.get('dataset')
   if not name:
-    raise UserError('config.input.tfds_name is not set: e.g. coco/2017')
+    raise UserError('config.input.dataset is not set: e.g. coco/2017')
   source = input_pipeline.tfds_source(
       name, split, input_config.get('data_dir'), decoders={'image': tfds.decode.SkipDecoding()},
       shuffle_buffer=_get(input_config, 'shuffle_buffer'),

@@ -19,9 +19,10 @@ import optax
 
 from segmenter_jax import checkpoints, inference, metrics, models, segmentation_input
 from vit_jax import task
-from vit_jax.errors import UserError
+from vit_jax.errors import UserError, choose
 
 IGNORE_INDEX = segmentation_input.IGNORE_INDEX
+MODELS = {'segmenter': models.build_segmenter}  # config.model.name -> builder.
 
 
 def pixel_cross_entropy(logits: jax.Array, labels: jax.Array,
@@ -52,7 +53,7 @@ class SegmentationTask(task.Task):
                       f'{self.stride} and {self.scales}')
     model_config = dict(config.model)
     model_config['image_size'] = model_config.get('image_size') or self.crop_size
-    self.model = models.build_segmenter(model_config)
+    self.model = choose('config.model.name', config.model.name, MODELS)(model_config)
     self.num_classes = int(model_config['num_classes'])
     self.class_names = segmentation_input.class_names(inputs, self.num_classes)
     self.mean, self.std = segmentation_input.normalization(inputs)

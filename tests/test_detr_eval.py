@@ -187,7 +187,7 @@ def test_no_detections_and_no_ground_truth_do_not_crash(tmp_path):
 
 def test_tfds_ground_truth_keeps_crowd_and_scores_perfect_predictions():
   config = ml_collections.ConfigDict(dict(
-      source='tfds', tfds_name='coco/2017', category_layout='contiguous', max_boxes=3,
+      source='tfds', dataset='coco/2017', category_layout='contiguous', max_boxes=3,
       augment='none', eval_scale=32, max_size=48, pad_size=(48, 48)))
   examples = mock_coco_examples()
   objects = examples[0]['objects']

@@ -188,7 +188,7 @@ def mock_coco(examples):
 
 def test_tfds_coco_gives_coco_category_ids(caplog):
   config = ml_collections.ConfigDict(dict(
-      source='tfds', tfds_name='coco/2017', category_layout='coco_ids', max_boxes=3,
+      source='tfds', dataset='coco/2017', category_layout='coco_ids', max_boxes=3,
       augment='detr', train_scales=(24, 32), max_size=48, crop_resize_scales=(24,),
       crop_min=12, crop_max=20, eval_scale=32, pad_size=(48, 48)))
   with mock_coco(mock_coco_examples()), caplog.at_level('WARNING'):

@@ -38,19 +38,19 @@ def test_too_few_classes_is_a_one_line_error(workdir):
 
 
 def test_coco_recipe_without_coco_says_how_to_get_it(workdir, tmp_path):
-  result = run_module(['detr_jax.main', '--config=configs/detr_coco.py:r50,300',
+  result = run_module(['detr_jax.main', '--config=configs/detr_coco.py:r50,epochs=300',
                        f'--workdir={workdir}', f'--config.input.data_dir={tmp_path}'])
   assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: dataset 'coco/2017'") and 'tfds build coco/2017' in last
 
 
-@pytest.mark.parametrize('arg, depth, dilation, drop', [('r50', 50, False, 0.8),
-                                                        ('dc5_r101,300', 101, True, 2 / 3)])
-def test_coco_configs_are_the_paper_recipe(arg, depth, dilation, drop):
+@pytest.mark.parametrize('arg, depth, dilation, epochs, drop', [
+    ('r50', 50, False, 500, 400), ('dc5_r101,epochs=300', 101, True, 300, 200)])
+def test_coco_configs_are_the_paper_recipe(arg, depth, dilation, epochs, drop):
   config = load_config('detr_coco', arg)
   assert (config.model.backbone_depth, config.model.dilation) == (depth, dilation)
-  assert config.optim.schedule.boundary_fractions == (pytest.approx(drop),)
+  assert (config.total_epochs, config.optim.schedule.boundary_epochs) == (epochs, (drop,))
   assert (config.optim.lr, config.optim.weight_decay, config.optim.grad_clip_norm) == (
       1e-4, 1e-4, 0.1)
   assert config.input.batch_size == 64 and config.model.num_classes == 91

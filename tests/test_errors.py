@@ -1,11 +1,13 @@
 """Bad input ends the run with one line that says what is wrong, exit code 2, no traceback."""
 
 import os
+import re
 
 import pytest
 
-from helpers import assert_one_line_error, run_module
+from helpers import assert_one_line_error, run_module, tiny_digits_config
 from vit_jax import sharding
+from vit_jax.classification import ClassificationTask
 from vit_jax.errors import UserError
 
 
@@ -55,3 +57,19 @@ def test_bad_value_in_config(workdir):
 def test_mesh_that_does_not_fit(axes, message):
   with pytest.raises(UserError, match=message):
     sharding.make_mesh(axes)
+
+
+def test_bad_config_argument_is_one_line(workdir):
+  result = run_module(['detr_jax.main', '--config=configs/detr_coco.py:r51',
+                       f'--workdir={workdir}'], timeout=300)
+  assert_one_line_error(result, "unknown backbone 'r51' in configs/detr_coco.py:r51",
+                        'configs/detr_coco.py:BACKBONE[,epochs=<int>]', "'dc5_r50'")
+
+
+@pytest.mark.parametrize('field, value, choices', [
+    ('model.name', 'vit-b', "['vit']"), ('loss.name', 'xent', "['sigmoid_xent', 'softmax_xent']")])
+def test_unknown_model_or_loss_name_lists_the_known_ones(field, value, choices):
+  config = tiny_digits_config(**{field: value})
+  with pytest.raises(UserError, match=re.escape(f'unknown config.{field} {value!r}: choose one '
+                                                f'of {choices}')):
+    ClassificationTask(config)

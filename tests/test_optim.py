@@ -10,7 +10,7 @@ import optax
 import pytest
 import torch
 
-from vit_jax import optim
+from vit_jax import durations, optim
 from vit_jax.errors import UserError
 
 LR, WARMUP, TOTAL = 0.03, 50, 500
@@ -59,6 +59,29 @@ def test_step_decay_at_a_fraction_of_the_run_as_detr(step, drops):
   # DETR: x0.1 at epoch 400 of 500; the run's step count is known only at run time.
   schedule = optim.make_schedule(LR, dict(name='warmup_step', boundary_fractions=(0.8,)), TOTAL)
   assert float(schedule(step)) == pytest.approx(LR * 0.1**drops, rel=1e-6)
+
+
+@pytest.mark.parametrize('batch_size, drop_step', [(64, 739_294), (32, 1_478_588)])
+def test_step_decay_in_epochs_follows_the_batch_size(batch_size, drop_step):
+  # DETR: x0.1 at epoch 400 of COCO's 118,287 images, whatever the batch size.
+  epochs = durations.Epochs(lambda: 118_287, batch_size)
+  schedule = optim.make_schedule(
+      LR, dict(name='warmup_step', warmup_epochs=1, boundary_epochs=(400,)), 10**7, epochs)
+  assert drop_step == math.ceil(400 * 118_287 / batch_size)
+  assert float(schedule(drop_step - 1)) == pytest.approx(LR, rel=1e-6)
+  assert float(schedule(drop_step)) == pytest.approx(LR * 0.1, rel=1e-6)
+  assert float(schedule(epochs.to_steps(1) // 2)) == pytest.approx(LR / 2, rel=1e-3)
+
+
+@pytest.mark.parametrize('schedule, message', [
+    (dict(warmup_steps=5, warmup_epochs=1), 'warmup_steps and config.optim.schedule.warmup_epochs'),
+    (dict(name='warmup_step', boundaries=(5,), boundary_epochs=(1,)),
+     'boundaries and boundary_epochs'),
+    (dict(name='warmup_step', boundary_epochs=(1,)), 'boundary_epochs needs the training set size'),
+])
+def test_schedule_duration_mistakes(schedule, message):
+  with pytest.raises(UserError, match=message):
+    optim.make_schedule(LR, schedule, TOTAL)
 
 
 def _run_both(optim_config, torch_groups, steps=3, seed=0):

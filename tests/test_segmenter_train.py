@@ -15,7 +15,7 @@ from PIL import Image
 from helpers import assert_one_line_error, load_config, run_module
 from segmenter_jax import segmentation
 from test_segmenter_metrics import mmseg_mean_iou
-from vit_jax import optim, pretrained, sharding, train
+from vit_jax import evaluation, optim, sharding, train, weights
 from vit_jax.errors import UserError
 
 TINY = {'input.shapes.num_train': 64, 'input.shapes.num_eval': 20, 'input.batch_size': 8,
@@ -55,7 +55,7 @@ def test_eval_scores_every_image_once_against_an_independent_count():
   batch_sharding = sharding.batch_sharding(mesh, sharding.logical_rules(config.sharding_rules))
   eval_step = jax.jit(lambda s, b: dict(task.eval_outputs({'params': s.params}, b),
                                         _mask=b['_mask']))
-  result = train.evaluate(task, eval_step, state, batch_sharding)
+  result = evaluation.evaluate(task, eval_step, state, batch_sharding)
   assert result['num_examples'] == 20
 
   # Independently: 32 x 32 images are one window at scale 1; argmax of the model's logits.
@@ -122,7 +122,7 @@ def test_shapes_recipe_is_segmenters():
     ('segmenter_ade20k', 's16_mask', 'S/16', 'mask_transformer', 512, 150, 8, 1e-3, 161_728),
     ('segmenter_ade20k', 'b16_linear', 'B/16', 'linear', 512, 150, 8, 1e-3, 161_728),
     ('segmenter_ade20k', 'l16_mask', 'L/16', 'mask_transformer', 640, 150, 8, 1e-3, 161_728),
-    ('segmenter_ade20k', 'b8_linear,480', 'B/8', 'linear', 480, 150, 8, 1e-3, 161_728),
+    ('segmenter_ade20k', 'b8_linear,crop=480', 'B/8', 'linear', 480, 150, 8, 1e-3, 161_728),
     ('segmenter_ade20k', 'deit_b16_mask', 'DeiT-B/16', 'mask_transformer', 512, 150, 8, 1e-3,
      161_728),
     ('segmenter_pascal_context', 'l16_mask', 'L/16', 'mask_transformer', 480, 60, 16, 1e-3,
@@ -153,7 +153,7 @@ def test_paper_recipes(name, arg, variant, decoder, crop, classes, batch, lr, st
 
 
 def test_unknown_variant_argument():
-  with pytest.raises(ValueError, match="unknown Segmenter variant 'x16_mask'"):
+  with pytest.raises(ValueError, match="unknown variant 'x16_mask' in configs/segmenter_ade20k"):
     load_config('segmenter_ade20k', 'x16_mask')
 
 
@@ -186,7 +186,7 @@ def test_init_from_a_vit_npz_fills_the_encoder(tmp_path):
   rng = np.random.default_rng(0)
   vit = jax.tree.map(lambda x: x + rng.normal(size=x.shape).astype(x.dtype), fresh['encoder'])
   path = str(tmp_path / 'vit.npz')
-  pretrained.save_npz(path, vit)
+  weights.write_vit_npz(path, vit)
   loaded = task.pretrained_params(fresh, path)
   jax.tree.map(np.testing.assert_array_equal, loaded['encoder'], vit)
   jax.tree.map(np.testing.assert_array_equal, loaded['decoder'], fresh['decoder'])

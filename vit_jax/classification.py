@@ -6,17 +6,17 @@ import numpy as np
 import optax
 
 from vit_jax import classification_input, models, task, weights
-from vit_jax.errors import UserError
-
-LOSSES = ('softmax_xent', 'sigmoid_xent')
+from vit_jax.errors import choose
 
 
-def per_example_loss(logits: jax.Array, labels: jax.Array, kind: str) -> jax.Array:
-  """Softmax cross-entropy, or sigmoid cross-entropy summed over classes (BiT / big_vision)."""
-  one_hot = jax.nn.one_hot(labels, logits.shape[-1])
-  if kind == 'softmax_xent':
-    return optax.softmax_cross_entropy(logits, one_hot)
+def sigmoid_xent(logits: jax.Array, one_hot: jax.Array) -> jax.Array:
+  """Sigmoid cross-entropy summed over classes (BiT / big_vision: multi-label i21k)."""
   return optax.sigmoid_binary_cross_entropy(logits, one_hot).sum(-1)
+
+
+# config.loss.name -> per-example loss of (logits, one-hot labels).
+LOSSES = {'softmax_xent': optax.softmax_cross_entropy, 'sigmoid_xent': sigmoid_xent}
+MODELS = {'vit': models.build_vit}  # config.model.name -> builder.
 
 
 class Accuracy(task.Evaluator):
@@ -41,9 +41,11 @@ class ClassificationTask(task.Task):
 
   def __init__(self, config):
     super().__init__(config)
-    if config.get('loss', 'softmax_xent') not in LOSSES:
-      raise UserError(f'unknown config.loss {config.loss!r}: choose one of {LOSSES}')
-    self.model = models.build_vit(config.model)
+    self.xent = choose('config.loss.name', config.loss.name, LOSSES)
+    self.model = choose('config.model.name', config.model.name, MODELS)(config.model)
+
+  def per_example_loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return self.xent(logits, jax.nn.one_hot(labels, logits.shape[-1]))
 
   def init_variables(self, rng):
     size, channels = self.config.input.image_size, self.config.input.get('channels', 3)
@@ -54,7 +56,7 @@ class ClassificationTask(task.Task):
 
   def loss(self, variables, batch, rng, normalizers):
     logits = self.model.apply(variables, batch['image'], train=True, rngs={'dropout': rng})
-    loss = per_example_loss(logits, batch['label'], self.config.get('loss', 'softmax_xent'))
+    loss = self.per_example_loss(logits, batch['label'])
     correct = logits.argmax(-1) == batch['label']
     examples = normalizers['examples']
     return loss.sum() / examples, {'accuracy': correct.sum() / examples}
@@ -62,8 +64,7 @@ class ClassificationTask(task.Task):
   def eval_outputs(self, variables, batch):
     logits = self.model.apply(variables, batch['image'], train=False)
     return {'correct': logits.argmax(-1) == batch['label'],
-            'loss': per_example_loss(logits, batch['label'],
-                                     self.config.get('loss', 'softmax_xent'))}
+            'loss': self.per_example_loss(logits, batch['label'])}
 
   def evaluator(self, split):
     return Accuracy()

@@ -95,7 +95,7 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    _fail(_flag_error(str(e)) if str(e) else type(e).__name__)
   except (KeyError, AttributeError) as e:  # ml_collections: an override of a key that is not there.
     while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError(message))
       e = e.args[0]
@@ -106,3 +106,12 @@ def _parse_flags(argv):
     suggestion = re.search(r'Did you mean "(\w+)"', message)
     hint = f' (did you mean {suggestion.group(1)!r}?)' if suggestion else ''
     _fail(f'unknown config key in {key}{hint}: only keys the config file defines can be set')
+
+
+def _flag_error(message: str) -> str:
+  """The line that says what is wrong: for an error raised by a config file's get_config (e.g.
+  a bad ARG in --config=configs/x.py:ARG), its own message, not config_flags' traceback."""
+  lines = message.strip().splitlines()
+  if 'Error whilst parsing config file' in lines[0]:
+    return re.sub(r'^[\w.]+: ', '', lines[-1])
+  return lines[0]

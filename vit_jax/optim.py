@@ -4,8 +4,9 @@ config.optim fields (see configs/ for complete examples):
   name            sgd | momentum | nesterov | adam | adamw
   lr              peak learning rate
   schedule        dict(name=constant|warmup_cosine|warmup_linear|warmup_poly|warmup_step,
-                       warmup_steps, end_value, power, boundaries | boundary_fractions,
-                       decay_factor)
+                       warmup_steps | warmup_epochs, end_value, power, decay_factor,
+                       boundaries | boundary_epochs | boundary_fractions); durations.py
+                       turns epochs into steps
   momentum        for momentum / nesterov (default 0.9); accumulator_dtype, e.g. 'bfloat16'
   b1, b2, eps     for adam / adamw; mu_dtype, e.g. 'bfloat16'
   weight_decay    adamw: decoupled (multiplied by lr, as optax and torch do);
@@ -13,16 +14,18 @@ config.optim fields (see configs/ for complete examples):
   wd_mask         regex over parameter paths ('a/b/kernel') that are decayed
   grad_clip_norm  global-norm clipping before anything else (None: off)
   lr_mults        ((regex, multiplier), ...): first match wins; 0 freezes; e.g. DETR's backbone
-  accum_steps     gradients averaged over this many micro-batches per update (optax.MultiSteps)
+  accum_steps     read by the train loop: micro-batches per step, their gradients summed in one
+                  buffer before the single update (no accumulator in the optimizer state)
 """
 
 import re
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from vit_jax import durations
 from vit_jax.errors import UserError
 
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw')
@@ -40,10 +43,13 @@ def regex_mask(regex: str) -> Callable:
       lambda path, _: bool(pattern.fullmatch(param_path(path))), params)
 
 
-def make_schedule(lr: float, schedule, total_steps: int) -> optax.Schedule:
-  """Linear warmup from 0 to `lr`, then the named decay over the remaining steps."""
+def make_schedule(lr: float, schedule, total_steps: int,
+                  epochs: Optional[durations.Epochs] = None) -> optax.Schedule:
+  """Linear warmup from 0 to `lr`, then the named decay over the remaining steps. `epochs`
+  converts durations given in epochs (the train loop passes it; without it, steps only)."""
   name = schedule.get('name', 'constant')
-  warmup = int(schedule.get('warmup_steps', 0))
+  where = 'config.optim.schedule.'
+  warmup = durations.in_steps(schedule, 'warmup_steps', 'warmup_epochs', epochs, where) or 0
   end = float(schedule.get('end_value', 0.0))
   decay_steps = max(total_steps - warmup, 1)
   if name == 'constant':
@@ -56,28 +62,47 @@ def make_schedule(lr: float, schedule, total_steps: int) -> optax.Schedule:
     decay = optax.polynomial_schedule(lr, end, float(schedule.get('power', 1.0)), decay_steps)
   elif name == 'warmup_step':
     factor = float(schedule.get('decay_factor', 0.1))
-    # Boundaries in steps, or as fractions of the run (DETR: epoch 400 of 500 = 0.8).
-    boundaries = [int(b) for b in schedule.get('boundaries', ())] + [
-        round(f * total_steps) for f in schedule.get('boundary_fractions', ())]
+    boundaries = _decay_boundaries(schedule, total_steps, epochs, where)
     decay = optax.piecewise_constant_schedule(lr, {b - warmup: factor for b in boundaries})
   else:
-    raise UserError(f'unknown config.optim.schedule.name {name!r}: choose one of {SCHEDULES}')
+    raise UserError(f'unknown {where}name {name!r}: choose one of {SCHEDULES}')
   if warmup == 0:
     return decay
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def _decay_boundaries(schedule, total_steps, epochs, where) -> list[int]:
+  """The steps of the x decay_factor drops: `boundaries` in steps, `boundary_epochs`, or
+  `boundary_fractions` of the run; one of them."""
+  given = [key for key in ('boundaries', 'boundary_epochs', 'boundary_fractions')
+           if schedule.get(key) is not None]
+  if len(given) > 1:
+    raise UserError(f'{where}{" and ".join(given)} are all set: keep one')
+  if not given:
+    return []
+  values = schedule.get(given[0])
+  if given[0] == 'boundaries':
+    return [int(b) for b in values]
+  if given[0] == 'boundary_fractions':
+    return [round(f * total_steps) for f in values]
+  if epochs is None:
+    raise UserError(f'{where}boundary_epochs needs the training set size: give boundaries')
+  return [epochs.to_steps(e) for e in values]
 
 
 def _dtype(name):
   return None if name is None else jnp.dtype(name)
 
 
-def make_optimizer(optim, total_steps: int) -> tuple[optax.GradientTransformation,
-                                                      optax.Schedule]:
-  """Returns (transformation, learning-rate schedule) for `config.optim`."""
+def make_optimizer(optim, total_steps: int, epochs: Optional[durations.Epochs] = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Returns (transformation, learning-rate schedule) for `config.optim`; `epochs` converts
+  schedule durations given in epochs (durations.resolve(...).epochs)."""
   name = optim.name
   if name not in OPTIMIZERS:
     raise UserError(f'unknown config.optim.name {name!r}: choose one of {OPTIMIZERS}')
-  schedule = make_schedule(float(optim.lr), optim.get('schedule', {}), total_steps)
+  schedule = make_schedule(float(optim.lr), optim.get('schedule', {}), total_steps,
+                           epochs)
   wd = float(optim.get('weight_decay', 0.0) or 0.0)
   wd_mask = regex_mask(optim.get('wd_mask', r'.*/kernel'))
 
@@ -102,11 +127,7 @@ def make_optimizer(optim, total_steps: int) -> tuple[optax.GradientTransformatio
   lr_mults = tuple(optim.get('lr_mults', ()) or ())
   if lr_mults:
     chain.append(_scale_by_group(lr_mults))
-  tx = optax.chain(*chain)
-  accum_steps = int(optim.get('accum_steps', 1) or 1)
-  if accum_steps > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=accum_steps)
-  return tx, schedule
+  return optax.chain(*chain), schedule
 
 
 def _scale_by_group(lr_mults) -> optax.GradientTransformation:

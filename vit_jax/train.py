@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -25,7 +25,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
 from vit_jax import checkpoint as checkpoint_lib
-from vit_jax import optim, sharding
+from vit_jax import durations, evaluation, optim, sharding
 from vit_jax import task as task_lib
 from vit_jax.errors import UserError
 
@@ -71,14 +71,6 @@ class TrainState:
   model_state: Any  # Non-trainable variable collections, e.g. frozen batch-norm statistics.
   opt_state: Any
   rng: jax.Array
-
-
-def total_steps(config, task: task_lib.Task) -> int:
-  if config.get('total_steps'):
-    return int(config.total_steps)
-  if config.get('total_epochs'):
-    return math.ceil(config.total_epochs * task.num_train_examples() / config.input.batch_size)
-  raise UserError('set config.total_steps or config.total_epochs')
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -142,15 +134,6 @@ def make_train_step(task: task_lib.Task, tx: optax.GradientTransformation, sched
   return train_step
 
 
-def evaluate(task: task_lib.Task, eval_step, state: TrainState, batch_sharding) -> dict[str, float]:
-  """Runs the eval split once; every example is scored exactly once (padding is masked out)."""
-  evaluator = task.evaluator()
-  for local_batch in task.eval_input():
-    outputs = eval_step(state, sharding.global_batch(local_batch, batch_sharding))
-    evaluator.update(multihost_utils.process_allgather(outputs, tiled=True))
-  return evaluator.result()
-
-
 def init_state(task: task_lib.Task, tx, rng) -> TrainState:
   """A fresh train state: the task's variables, optimizer state, step 0, the training RNG."""
   init_rng, train_rng = jax.random.split(rng)
@@ -196,13 +179,15 @@ def _scalars(metrics: dict) -> dict[str, float]:
 def train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, float]:
   """Trains `task` as `config` says, resuming from `workdir` if it holds a checkpoint.
 
-  Returns the final eval metrics (also written to `workdir/final_metrics.json`).
+  Returns the final eval metrics (also written to `workdir/final_metrics.json`); host-side
+  metrics are computed on process 0, the other processes get only the step.
   """
   prepare_workdir(workdir)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.sharding_rules)
   sharding.check_rules(rules, mesh)
-  num_steps = total_steps(config, task)
+  steps = durations.resolve(config, task.num_train_examples)  # Epochs in the config -> steps.
+  num_steps = steps.total
   accum_steps = int(config.optim.get('accum_steps', 1) or 1)
   shards = _batch_shards(mesh, rules)
   if config.input.batch_size % (accum_steps * shards):
@@ -212,13 +197,13 @@ def train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, f
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=True)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    tx, schedule = optim.make_optimizer(config.optim, num_steps)
+    tx, schedule = optim.make_optimizer(config.optim, num_steps, steps.epochs)
     rng = jax.random.PRNGKey(config.seed)
     abstract_state, shardings = state_shardings(task, tx, rng, mesh, rules)
     batch_sharding = sharding.batch_sharding(mesh, rules)
 
     checkpointer = checkpoint_lib.Checkpointer(
-        os.path.join(workdir, 'checkpoints'), config.checkpoint_every, config.keep_checkpoints)
+        os.path.join(workdir, 'checkpoints'), steps.checkpoint_every, config.keep_checkpoints)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract_state, shardings)
     restored = checkpointer.restore_latest(target)
@@ -249,7 +234,8 @@ def train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, f
     eval_step = jax.jit(
         lambda s, b: dict(task.eval_outputs({'params': s.params, **s.model_state}, b),
                           _mask=b['_mask']),
-        in_shardings=(shardings, batch_sharding))
+        in_shardings=(shardings, batch_sharding), out_shardings=sharding.replicated(mesh))
+    evals = evaluation.BackgroundEvaluation(task, eval_step, batch_sharding, writer)
 
     report = periodic_actions.ReportProgress(
         num_train_steps=num_steps, writer=writer, every_steps=config.log_every)
@@ -261,7 +247,6 @@ def train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, f
     pending_metrics = []  # Device scalars since the last log step, averaged when logged.
     unchecked = []  # (step, loss, grad norm) not yet checked for finiteness.
     preemption = _PreemptionNotice()
-    eval_metrics: Optional[dict] = None
     start_time = time.time()
     logging.info('Training steps %d..%d on mesh %s.', first_step, num_steps, dict(mesh.shape))
     try:  # Whatever stops the loop, in-flight checkpoints are finished, not lost.
@@ -286,29 +271,32 @@ def train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, f
           writer.write_scalars(step, {f'train_{k}' if k != 'learning_rate' else k: v
                                       for k, v in _scalars(averaged).items()})
           pending_metrics = []
-        if (step % config.eval_every == 0 or last) and not preempted:
+        if (step % steps.eval_every == 0 or last) and not preempted:
           with report.timed('eval'):
-            eval_metrics = evaluate(task, eval_step, state, batch_sharding)
-          writer.write_scalars(step, {f'eval_{k}': v for k, v in eval_metrics.items()})
+            evals.start(step, state)
+        evals.write_finished()
         if save_now:
           checkpointer.save(step, state, {'examples_seen': examples_seen})
         if preempted:
           raise Preempted(step)
 
-      if eval_metrics is None:  # Resumed at the end: report the final state again.
-        eval_metrics = evaluate(task, eval_step, state, batch_sharding)
+      if first_step == num_steps:  # Resumed at the end: report the final state again.
+        evals.start(num_steps, state)
+      evals.write_finished(wait=True)
     finally:
       preemption.close()
+      evals.close()
       checkpointer.wait()
       checkpointer.close()
       writer.flush()
 
+  eval_metrics = evals.final_metrics()
   final = dict(eval_metrics, step=num_steps)
   _write_json(os.path.join(workdir, 'final_metrics.json'), final)
-  summary = (f'Finished {num_steps - first_step} steps in {time.time() - start_time:.1f} s. '
-             'Final eval: ' + ', '.join(f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items())))
-  logging.info(summary)
   if jax.process_index() == 0:
+    summary = (f'Finished {num_steps - first_step} steps in {time.time() - start_time:.1f} s. '
+               'Final eval: ' + ', '.join(f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items())))
+    logging.info(summary)
     print(summary, flush=True)
   return final
 
