@@ -7,9 +7,8 @@ The official state dict (`torch.load(f)['model']`) maps onto our tree by a renam
 OIHW -> HWIO, linears [out, in] -> [in, out]; frozen batch-norm weight/bias/running_mean/
 running_var become `frozen/.../{scale,bias,mean,var}`. HF's `DetrForObjectDetection` keys (timm
 backbone) are first renamed to the official ones, and a bare torchvision ResNet state dict gives
-the backbone alone (the way a COCO run starts from ImageNet weights).
-
-`.pth` files are opened with `weights_only=True` only: a pickle that carries code is refused.
+the backbone alone (the way a COCO run starts from ImageNet weights). Files are read, and the
+converted variables fitted into a model, by `vit_jax.weights`.
 """
 
 import re
@@ -17,8 +16,8 @@ from typing import Any
 
 import flax
 import numpy as np
-from absl import logging
 
+from vit_jax import weights
 from vit_jax.errors import UserError
 
 Variables = dict[str, Any]
@@ -44,24 +43,6 @@ _HF_TO_OFFICIAL = [
 ]
 _HF_QKV = re.compile(r'^(.*)\.(q|k|v)_proj\.(weight|bias)$')
 _BN_LEAVES = {'weight': 'scale', 'bias': 'bias', 'running_mean': 'mean', 'running_var': 'var'}
-
-
-def load_pth(path: str) -> dict[str, np.ndarray]:
-  """The state dict in a `.pth` file as numpy, refusing anything but plain tensors."""
-  import torch  # A test dependency; only needed for .pth files.
-  try:
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-  except FileNotFoundError:
-    raise UserError(f'checkpoint {path!r} does not exist') from None
-  except Exception as e:  # torch raises UnpicklingError (or others) for non-weights content.
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise UserError(f'refusing to load {path!r}: it is not a plain weights file '
-                    f'(torch.load with weights_only=True failed: {first_line})') from None
-  state = checkpoint.get('model', checkpoint) if isinstance(checkpoint, dict) else None
-  if not isinstance(state, dict):
-    raise UserError(f'{path!r} holds no state dict (expected a dict of tensors or {{"model": '
-                    '...}})')
-  return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, 'numpy')}
 
 
 def _official_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -141,52 +122,19 @@ def convert_state_dict(state: dict[str, np.ndarray], num_heads: int = 8) -> Vari
 def load_variables(path: str, num_heads: int = 8) -> Variables:
   """A `.pth` (official DETR, HF DETR or torchvision ResNet) or our converted `.npz`."""
   if path.endswith('.npz'):
-    try:
-      with np.load(path, allow_pickle=False) as data:
-        return flax.traverse_util.unflatten_dict(dict(data), sep='/')
-    except FileNotFoundError:
-      raise UserError(f'checkpoint {path!r} does not exist') from None
-  return convert_state_dict(load_pth(path), num_heads)
-
-
-def save_npz(path: str, variables: Variables) -> None:
-  flat = flax.traverse_util.flatten_dict(variables, sep='/')
-  with open(path, 'wb') as f:
-    np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
+    return weights.unflatten(weights.read_npz(path))
+  return convert_state_dict(weights.read_pth(path), num_heads)
 
 
 def fit_variables(fresh: Variables, loaded: Variables) -> Variables:
   """Fresh variables with every tensor the checkpoint has put in its place.
 
   A class head of another size (fine-tuning on your own classes) stays freshly initialised; a
-  backbone-only checkpoint leaves the transformer and heads fresh. Each decision is logged;
-  any other mismatch is an error that names the tensors.
+  backbone-only checkpoint leaves the transformer and heads fresh.
   """
-  fresh_flat = flax.traverse_util.flatten_dict(fresh, sep='/')
-  loaded_flat = flax.traverse_util.flatten_dict(loaded, sep='/')
-  unexpected = sorted(set(loaded_flat) - set(fresh_flat))
-  if unexpected:
-    raise UserError(f'the checkpoint has {len(unexpected)} tensors the model lacks, e.g. '
-                    f'{unexpected[:3]}: check config.model (backbone_depth, layer counts)')
-  backbone_only = all(k.split('/')[1] == 'backbone' for k in loaded_flat)
-  out, mismatched = {}, []
-  for key, value in fresh_flat.items():
-    if key not in loaded_flat:
-      if not backbone_only:
-        raise UserError(f'the checkpoint lacks {key!r}: check config.model against it')
-      out[key] = value
-    elif loaded_flat[key].shape != np.shape(value):
-      if key.startswith('params/class_embed/'):
-        logging.info('init_from: %s has shape %s, the model %s: kept freshly initialised '
-                     '(new classes).', key, loaded_flat[key].shape, np.shape(value))
-        out[key] = value
-      else:
-        mismatched.append(f'{key} {loaded_flat[key].shape} vs {np.shape(value)}')
-    else:
-      out[key] = np.asarray(loaded_flat[key], dtype=np.asarray(value).dtype)
-  if mismatched:
-    raise UserError(f'checkpoint shapes do not fit the model: {"; ".join(mismatched[:3])}: '
-                    'check config.model (hidden_dim, num_queries, dilation, ...)')
-  if backbone_only:
-    logging.info('init_from: backbone only; transformer and heads freshly initialised.')
-  return flax.traverse_util.unflatten_dict(out, sep='/')
+  optional = [r'params/class_embed/.*']
+  if all(k.split('/')[1] == 'backbone' for k in weights.flatten(loaded)):
+    optional.append(r'params/(?!backbone/).*')  # Transformer and heads: no ImageNet weights.
+  return weights.fill(fresh, loaded, optional=optional, source='the DETR checkpoint',
+                      fix='check config.model (backbone_depth, hidden_dim, num_queries, '
+                      'dilation, layer counts)')

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from detr_jax import checkpoints
+from vit_jax import weights
 from vit_jax.errors import UserError
 
 
@@ -29,7 +30,7 @@ def main():
     variables = checkpoints.load_variables(args.checkpoint, args.num_heads)
   except UserError as e:
     sys.exit(f'error: {e}')
-  checkpoints.save_npz(args.output, variables)
+  weights.write_npz(args.output, variables)
   count = lambda tree: sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
   classes = variables['params'].get('class_embed', {}).get('bias')
   print(f'wrote {args.output}: {count(variables["params"]):,} parameters, '

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from segmenter_jax import checkpoints
+from vit_jax import weights
 from vit_jax.errors import UserError
 
 
@@ -30,14 +31,14 @@ def main():
   parser.add_argument('--variant', help='variant.yml (default: beside the checkpoint)')
   args = parser.parse_args()
   try:
-    state = checkpoints.load_pth(args.checkpoint)
+    state = weights.read_pth(args.checkpoint)
     variant = checkpoints.read_variant_yml(
         args.variant or os.path.join(os.path.dirname(args.checkpoint), 'variant.yml'))
     params, fields = checkpoints.convert_official(state, variant)
     normalization = checkpoints.input_normalization(variant)
   except UserError as e:
     sys.exit(f'error: {e}')
-  checkpoints.save_params(args.output, params)
+  weights.write_npz(args.output, params)
   config_path = os.path.splitext(args.output)[0] + '.json'
   with open(config_path, 'w') as f:
     json.dump(dict(model=fields, normalization=normalization,

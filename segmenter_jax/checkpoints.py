@@ -1,8 +1,8 @@
 """Segmenter weights: the encoder from ViT checkpoints, and the official Segmenter releases.
 
-- `init_encoder_from_vit`: an official ViT `.npz` (AugReg, i21k, ...; read by vit_jax's
-  `load_npz`) fills `params['encoder']`; `head` and `pre_logits` are dropped and the position
-  embeddings resized to the crop's grid as the original does (bilinear, align_corners off).
+- `init_encoder_from_vit`: an official ViT `.npz` (AugReg, i21k, ...) fills `params['encoder']`;
+  `head` and `pre_logits` are dropped and the position embeddings resized to the crop's grid as
+  the original does (bilinear, align_corners off).
 - `init_encoder_from_timm`: the same from a timm/DeiT `.pth` state dict (Segmenter's DeiT
   backbones), class and distillation tokens kept apart when resizing.
 - `convert_official`: an official `checkpoint.pth` state dict plus its `variant.yml` -> our
@@ -10,8 +10,7 @@
   1000-class `head` and DeiT's `head_dist`), anything else is an error.
 - `load_pretrained`: any of the above (or a converted `.npz`) by file, for `config.init_from`.
 
-`.pth` files are opened with torch.load(weights_only=True) only: a pickle that carries code is
-refused.
+Files are read, and the converted params fitted into a model, by `vit_jax.weights`.
 
 Official names -> ours (reference/segmenter.md §5.3; H heads, hd = d / H):
   encoder.cls_token / dist_token / pos_embed -> encoder/cls / dist /
@@ -33,18 +32,15 @@ import os
 import re
 from typing import Any, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import yaml
 from absl import logging
-from flax import traverse_util
 
 from segmenter_jax import models
-from vit_jax import pretrained
+from vit_jax import weights
 from vit_jax.errors import UserError
-from vit_jax.models import resize_position_embeddings
 
 Params = dict[str, Any]
 
@@ -60,35 +56,8 @@ _BLOCK_LEAVES = {
     'attn.proj': 'MultiHeadDotProductAttention_0/out',
     'mlp.fc1': 'MlpBlock_0/Dense_0', 'mlp.fc2': 'MlpBlock_0/Dense_1'}
 _PARAM_LEAF = {'weight': 'kernel', 'bias': 'bias'}
-
-
-def _flat(tree: Params) -> dict[str, np.ndarray]:
-  return traverse_util.flatten_dict(nn.meta.unbox(tree), sep='/')
-
-
-def _tree(flat: dict[str, np.ndarray]) -> Params:
-  return traverse_util.unflatten_dict(flat, sep='/')
-
-
-# -------------------------------------------------------------------------------- reading files
-
-
-def load_pth(path: str) -> dict[str, np.ndarray]:
-  """The state dict in a `.pth` (`{'model': state_dict, ...}` or a bare state dict) as numpy,
-  read with torch.load(weights_only=True): anything but plain tensors is refused."""
-  import torch  # Only needed for .pth files.
-  try:
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-  except FileNotFoundError:
-    raise UserError(f'checkpoint {path!r} does not exist') from None
-  except Exception as e:  # UnpicklingError and friends: the file carries more than tensors.
-    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise UserError(f'refusing to load {path!r}: it is not a plain weights file '
-                    f'(torch.load with weights_only=True failed: {first_line[:200]})') from None
-  state = checkpoint.get('model', checkpoint) if isinstance(checkpoint, dict) else None
-  if not isinstance(state, dict) or not state:
-    raise UserError(f'{path!r} holds no state dict (expected tensors or {{"model": ...}})')
-  return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, 'detach')}
+_POSEMB = f'encoder/{weights.VIT_POSEMB}'
+_DECODER = (r'decoder/.*',)  # Stays fresh when only the encoder comes from a checkpoint.
 
 
 class _VariantLoader(yaml.SafeLoader):
@@ -109,19 +78,6 @@ def read_variant_yml(path: str) -> dict:
                     'variant.yml in the same folder; pass its path') from None
   except yaml.YAMLError as e:
     raise UserError(f'cannot read {path!r} as YAML: {str(e).splitlines()[0]}') from None
-
-
-def save_params(path: str, params: Params) -> None:
-  """Our params as an `.npz` of '/'-joined names (`encoder/embedding/kernel`, ...)."""
-  np.savez(path, **{k: np.asarray(v) for k, v in _flat(params).items()})
-
-
-def load_params(path: str) -> Params:
-  try:
-    with np.load(path, allow_pickle=False) as files:
-      return _tree(dict(files))
-  except (OSError, ValueError) as e:
-    raise UserError(f'cannot read checkpoint {path!r}: {e}') from None
 
 
 # ------------------------------------------------------------------------ official -> ours
@@ -220,29 +176,12 @@ def _decoder_leaves(key: str, value: np.ndarray, num_heads: int) -> dict[str, np
   raise KeyError(key)
 
 
-def _expected_shapes(fields: dict) -> dict[str, tuple]:
+def _expected_shapes(fields: dict) -> dict[str, jax.ShapeDtypeStruct]:
   model = models.build_segmenter(fields)
   size = fields['image_size']
   images = jax.ShapeDtypeStruct((1,) + tuple(size) + (3,), jnp.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)
-  return {k: tuple(v.shape) for k, v in _flat(shapes['params']).items()}
-
-
-def _names(names, limit=3) -> str:
-  names = sorted(names)
-  more = f' and {len(names) - limit} more' if len(names) > limit else ''
-  return ', '.join(names[:limit]) + more
-
-
-def _check_fit(have: dict[str, np.ndarray], want: dict[str, tuple], what: str, fix: str) -> None:
-  missing, extra = set(want) - set(have), set(have) - set(want)
-  mismatched = {f'{k} {have[k].shape} vs {want[k]}' for k in set(want) & set(have)
-                if tuple(have[k].shape) != tuple(want[k])}
-  if missing or extra or mismatched:
-    details = '; '.join(f'{label}: {_names(names)}' for label, names in
-                        (('missing', missing), ('unexpected', extra),
-                         ('shape differs', mismatched)) if names)
-    raise UserError(f'{what} does not fit the model ({details}): {fix}')
+  return weights.flatten(shapes['params'])
 
 
 def convert_official(state_dict: dict, variant_yml: dict) -> tuple[Params, dict]:
@@ -267,54 +206,30 @@ def convert_official(state_dict: dict, variant_yml: dict) -> tuple[Params, dict]
       unknown.append(key)
   if unknown:
     raise UserError(f'official state dict has tensors with no place in Segmenter: '
-                    f'{_names(unknown)} (is it a Segmenter checkpoint.pth?)')
-  _check_fit(flat, _expected_shapes(fields), 'official state dict',
+                    f'{weights.first_names(unknown)} (is it a Segmenter checkpoint.pth?)')
+  weights.check_fit(flat, _expected_shapes(fields), 'official state dict',
              'check that variant.yml belongs to this checkpoint.pth')
-  return _tree(flat), fields
+  return weights.unflatten(flat), fields
 
 
 def load_official(pth_path: str, variant_yml_path: Optional[str] = None) -> tuple[Params, dict]:
   """convert_official on files; variant.yml defaults to the one beside checkpoint.pth."""
   variant_yml_path = variant_yml_path or os.path.join(os.path.dirname(pth_path), 'variant.yml')
-  return convert_official(load_pth(pth_path), read_variant_yml(variant_yml_path))
+  return convert_official(weights.read_pth(pth_path), read_variant_yml(variant_yml_path))
 
 
 # ------------------------------------------------------------------------- encoder from ViT
 
 
-def _square_grid(tokens: int, what: str) -> tuple[int, int]:
-  side = int(round(np.sqrt(tokens)))
-  if side * side != tokens:
-    raise UserError(f'{what}: {tokens} position embeddings are not a square grid; pass grid=')
-  return side, side
-
-
 def _fill(params: Params, loaded: dict[str, np.ndarray], source: str,
-          grid: Optional[tuple[int, int]], scope: str = 'encoder/') -> Params:
-  """params with everything under `scope` replaced by `loaded` (flat), the position
-  embeddings resized to `grid` if they were made for another."""
-  fresh = _flat(params)
-  want = {k: np.shape(v) for k, v in fresh.items() if k.startswith(scope)}
-  key = 'encoder/Transformer/posembed_input/pos_embedding'
-  old, new_shape = loaded.get(key), want.get(key)
-  # Only the grid may differ; other mismatches are reported with the rest by _check_fit.
-  if (old is not None and new_shape is not None and old.shape != new_shape
-      and old.shape[-1] == new_shape[-1]):
-    prefix = sum(k in want for k in ('encoder/cls', 'encoder/dist'))
-    old_grid = _square_grid(old.shape[1] - prefix, source)
-    new_grid = tuple(grid) if grid else _square_grid(new_shape[1] - prefix, 'the model')
-    if new_grid[0] * new_grid[1] + prefix != new_shape[1]:
-      raise UserError(f'{source}: position embeddings {old.shape} cannot become {new_shape} '
-                      f'(grid {new_grid}): check config.model (variant, image_size)')
-    logging.info('Resizing position embeddings %s -> %s: grid %s -> %s, bilinear '
-                 '(align_corners off) as Segmenter does.', old.shape, new_shape, old_grid,
-                 new_grid)
-    loaded = dict(loaded, **{key: np.asarray(resize_position_embeddings(
-        jnp.asarray(old), old_grid, new_grid, prefix))})
-  _check_fit(loaded, want, source,
-             'check config.model (variant, decoder, num_classes, image_size)')
-  fresh.update({k: np.asarray(v, dtype=np.asarray(fresh[k]).dtype) for k, v in loaded.items()})
-  return _tree(fresh)
+          grid: Optional[tuple[int, int]], optional: tuple[str, ...] = ()) -> Params:
+  """params filled from `loaded` (flat), the position embeddings resized to `grid` (default:
+  the model's square grid) bilinearly, align_corners off, as Segmenter does."""
+  prefix_tokens = sum(name in params['encoder'] for name in ('cls', 'dist'))
+  return weights.fill(
+      params, loaded, optional=optional, source=source,
+      resize=weights.PosembResize(_POSEMB, prefix_tokens, 'bilinear', grid),
+      fix='check config.model (variant, decoder, num_classes, image_size)')
 
 
 def init_encoder_from_vit(params: Params, npz_path: str,
@@ -322,18 +237,22 @@ def init_encoder_from_vit(params: Params, npz_path: str,
   """Fresh Segmenter params with the encoder from an official ViT `.npz`.
 
   `head` and `pre_logits` are dropped; position embeddings are resized to `grid` (default: the
-  square grid of the model's own position embeddings, i.e. the crop's); every decision is
-  logged. Anything that does not fit raises a one-line UserError.
+  square grid of the model's own position embeddings, i.e. the crop's); the decoder stays
+  fresh. Every decision is logged; anything that does not fit raises a one-line UserError.
   """
-  restored = pretrained.load_npz(npz_path)
+  return _encoder_from_vit(params, weights.read_npz(npz_path), f'ViT checkpoint {npz_path}',
+                           grid)
+
+
+def _encoder_from_vit(params: Params, official: dict[str, np.ndarray], source: str,
+                      grid: Optional[tuple[int, int]]) -> Params:
+  restored = weights.from_official_vit(official)
   for name in ('head', 'pre_logits'):
     if name in restored:
-      logging.info('Dropping %s from %s: Segmenter has its own decoder.', name, npz_path)
+      logging.info('Dropping %s from %s: Segmenter has its own decoder.', name, source)
       del restored[name]
-  encoder = {f'encoder/{k}': v for k, v in _flat(restored).items()}
-  logging.info('Encoder from %s (%d tensors); the decoder keeps its fresh init.', npz_path,
-               len(encoder))
-  return _fill(params, encoder, f'ViT checkpoint {npz_path}', grid)
+  encoder = {f'encoder/{k}': v for k, v in weights.flatten(restored).items()}
+  return _fill(params, encoder, source, grid, optional=_DECODER)
 
 
 def init_encoder_from_timm(params: Params, state_dict: dict, num_heads: int,
@@ -351,8 +270,9 @@ def init_encoder_from_timm(params: Params, state_dict: dict, num_heads: int,
     except KeyError:
       unknown.append(key)
   if unknown:
-    raise UserError(f'{source} has tensors that are not a plain ViT: {_names(unknown)}')
-  return _fill(params, encoder, source, grid)
+    raise UserError(f'{source} has tensors that are not a plain ViT: '
+                    f'{weights.first_names(unknown)}')
+  return _fill(params, encoder, source, grid, optional=_DECODER)
 
 
 def load_pretrained(params: Params, path: str, model: models.Segmenter) -> Params:
@@ -361,20 +281,13 @@ def load_pretrained(params: Params, path: str, model: models.Segmenter) -> Param
   our converted `.npz` (whole model); position embeddings resized to `model`'s crop grid."""
   num_heads, grid = model.encoder.num_heads, model.encoder.posemb_grid
   if path.endswith('.pth'):
-    state = load_pth(path)
+    state = weights.read_pth(path)
     if not any(k.startswith('encoder.') for k in state):
       return init_encoder_from_timm(params, state, num_heads, grid, f'ViT checkpoint {path}')
     variant = read_variant_yml(os.path.join(os.path.dirname(path), 'variant.yml'))
     loaded, _ = convert_official(state, variant)
-  else:
-    ours = False
-    try:
-      with np.load(path, allow_pickle=False) as files:
-        ours = any(k.startswith('encoder/') for k in files.files)
-    except (OSError, ValueError):
-      pass  # A remote (gs://) or unreadable file: the ViT loader reads it or says why.
-    if not ours:
-      return init_encoder_from_vit(params, path, grid)
-    loaded = load_params(path)
-  logging.info('Whole model (encoder and decoder) from %s.', path)
-  return _fill(params, _flat(loaded), f'checkpoint {path}', grid, scope='')
+    return _fill(params, loaded, f'checkpoint {path}', grid)
+  arrays = weights.read_npz(path)
+  if not any(k.startswith('encoder/') for k in arrays):  # An official ViT file, not ours.
+    return _encoder_from_vit(params, arrays, f'ViT checkpoint {path}', grid)
+  return _fill(params, arrays, f'checkpoint {path}', grid)

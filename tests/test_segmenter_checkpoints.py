@@ -22,7 +22,7 @@ from helpers import ROOT, write_code_carrying_pickle
 from segmenter_jax import checkpoints, models
 from test_segmenter_models import official_shapes, torch_resize_pos_embed
 from vit_jax import models as vit_models
-from vit_jax import pretrained
+from vit_jax import weights
 from vit_jax.errors import UserError
 
 # Tiny official-layout models: width 64 (so the decoder has 64 // 64 = 1 head), 2 encoder heads.
@@ -189,7 +189,7 @@ def test_a_pickle_that_carries_code_is_refused(tmp_path):
   path = str(tmp_path / 'checkpoint.pth')
   write_code_carrying_pickle(path, str(marker))
   with pytest.raises(UserError, match='refusing to load .* not a plain weights file') as error:
-    checkpoints.load_pth(path)
+    weights.read_pth(path)
   assert '\n' not in str(error.value) and not marker.exists()
 
 
@@ -222,7 +222,7 @@ def test_load_pretrained_reads_official_files_and_converted_npz(tmp_path):
   model = models.build_segmenter(fields)
   fresh = _fresh(model)
   from_pth = checkpoints.load_pretrained(fresh, str(tmp_path / 'checkpoint.pth'), model)
-  checkpoints.save_params(str(tmp_path / 'converted.npz'), params)
+  weights.write_npz(str(tmp_path / 'converted.npz'), params)
   from_npz = checkpoints.load_pretrained(fresh, str(tmp_path / 'converted.npz'), model)
   jax.tree.map(np.testing.assert_array_equal, from_pth, params)
   jax.tree.map(np.testing.assert_array_equal, from_npz, params)
@@ -250,7 +250,7 @@ def test_convert_script_writes_params_and_config(tmp_path):
   assert config['model']['decoder'] == 'linear' and config['model']['image_size'] == [CROP, CROP]
   assert config['normalization'] == {'mean': [0.5] * 3, 'std': [0.5] * 3}
   assert config['inference'] == {'im_size': CROP, 'window_size': CROP, 'window_stride': CROP - 8}
-  assert set(checkpoints.load_params(out)) == {'encoder', 'decoder'}
+  assert set(weights.unflatten(weights.read_npz(out))) == {'encoder', 'decoder'}
 
 
 
@@ -273,7 +273,7 @@ def _vit_npz(path, seed=0):
   rng = np.random.default_rng(seed)
   params = jax.tree.map(lambda x: (0.1 * rng.standard_normal(x.shape)).astype(np.float32),
                         nn.meta.unbox(shapes))
-  pretrained.save_npz(path, params)
+  weights.write_vit_npz(path, params)
   return params
 
 
