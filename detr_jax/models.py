@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.errors import UserError
-from vit_jax.models import Projection
+from vit_jax.attention import MultiHeadAttention
 
 # Blocks per stage of torchvision's ResNets.
 RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -45,6 +45,12 @@ def _xavier_on(fan_in: int, fan_out: int):
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+def _fused_in_proj_init(key, shape, dtype=jnp.float32):
+  """A (width, heads, head_dim) q, k or v kernel: torch.nn.MultiheadAttention initialises the
+  three as one fused [3 * width, width] matrix, so xavier takes that matrix's fans."""
+  return _xavier_on(shape[0], 3 * shape[0])(key, shape, dtype)
+
+
 class FrozenBatchNorm(nn.Module):
   """Batch norm with fixed statistics and affine terms (eps 1e-5), stored outside the params."""
   epsilon: float = 1e-5
@@ -62,11 +68,13 @@ class FrozenBatchNorm(nn.Module):
 
 def _conv(features, kernel, stride=1, dilation=1, name=None, dtype=jnp.float32):
   """torchvision's bias-free conv with 'same'-style symmetric padding dilation*(k-1)/2 and
-  kaiming_normal(fan_out) init."""
+  kaiming_normal(fan_out) init; the channel axes are named so that FSDP can shard them."""
   pad = dilation * (kernel - 1) // 2
   return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
                  kernel_dilation=(dilation, dilation), use_bias=False, dtype=dtype,
-                 kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
+                 kernel_init=_partitioned(nn.initializers.variance_scaling(2.0, 'fan_out',
+                                                                           'normal'),
+                                          (None, None, 'conv_in', 'conv_out')),
                  name=name)
 
 
@@ -167,34 +175,6 @@ def sine_position_embedding(mask: jax.Array, num_feats: int = 128,
   return jnp.concatenate([embed(y), embed(x)], axis=-1)
 
 
-class Attention(nn.Module):
-  """torch.nn.MultiheadAttention: biased q/k/v/out projections, softmax(q k / sqrt(d)), dropout
-  on the attention weights; padded keys (key_mask 0) get no weight."""
-  num_heads: int
-  dropout_rate: float = 0.1
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, query, key, value, key_mask, *, train: bool):
-    width = query.shape[-1]
-    heads = (self.num_heads, width // self.num_heads)
-    # The original initialises q, k, v as one fused [3 * width, width] matrix.
-    project_in = functools.partial(Projection, (width,) + heads, ('embed', 'heads', 'kv'),
-                                   kernel_init=_xavier_on(width, 3 * width), dtype=self.dtype)
-    q = project_in(name='query')(query) / math.sqrt(heads[1])
-    k = project_in(name='key')(key)
-    v = project_in(name='value')(value)
-    logits = jnp.einsum('...qhd,...khd->...hqk', q, k)
-    if key_mask is not None:
-      logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-    self.sow('intermediates', 'attention_weights', weights)
-    weights = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
-    y = jnp.einsum('...hqk,...khd->...qhd', weights, v)
-    return Projection(heads + (width,), ('heads', 'kv', 'embed'), num_in_axes=2,
-                      kernel_init=_xavier_on(width, width), dtype=self.dtype, name='out_proj')(y)
-
-
 def _layer_norm(name):
   return nn.LayerNorm(epsilon=1e-5, name=name)  # PyTorch's eps (Flax's default is 1e-6).
 
@@ -220,7 +200,10 @@ class _PostNormLayer(nn.Module):
     return _layer_norm(norm_name)(x + nn.Dropout(self.dropout_rate)(y, deterministic=not train))
 
   def attention(self, name):
-    return Attention(self.num_heads, self.dropout_rate, self.dtype, name=name)
+    """torch.nn.MultiheadAttention: dropout on the attention weights, xavier kernels (q, k, v
+    with the fused matrix's fans; out_proj its own), zero biases."""
+    return MultiHeadAttention(self.num_heads, self.dropout_rate, self.dtype,
+                              qkv_kernel_init=_fused_in_proj_init, out_name='out_proj', name=name)
 
   def feed_forward(self, x, train):
     width = x.shape[-1]
@@ -234,7 +217,7 @@ class EncoderLayer(_PostNormLayer):
 
   @nn.compact
   def __call__(self, x, pos, mask, *, train: bool):
-    y = self.attention('self_attn')(x + pos, x + pos, x, mask, train=train)
+    y = self.attention('self_attn')(x, query_pos=pos, key_mask=mask, train=train)
     x = self.add_and_norm(x, y, 'norm1', train)
     return self.add_and_norm(x, self.feed_forward(x, train), 'norm2', train)
 
@@ -244,10 +227,10 @@ class DecoderLayer(_PostNormLayer):
 
   @nn.compact
   def __call__(self, tgt, query_pos, memory, pos, mask, *, train: bool):
-    q = tgt + query_pos
-    tgt = self.add_and_norm(tgt, self.attention('self_attn')(q, q, tgt, None, train=train),
-                            'norm1', train)
-    y = self.attention('multihead_attn')(tgt + query_pos, memory + pos, memory, mask, train=train)
+    y = self.attention('self_attn')(tgt, query_pos=query_pos, train=train)
+    tgt = self.add_and_norm(tgt, y, 'norm1', train)
+    y = self.attention('multihead_attn')(tgt, memory, query_pos=query_pos, key_pos=pos,
+                                         key_mask=mask, train=train)
     tgt = self.add_and_norm(tgt, y, 'norm2', train)
     return self.add_and_norm(tgt, self.feed_forward(tgt, train), 'norm3', train)
 

@@ -95,9 +95,10 @@ class MaskTransformer(nn.Module):
   def __call__(self, x, *, train: bool):
     """x: [B, N, D] patch tokens -> [B, N, K] mask logits (before upsampling)."""
     k, width = self.num_classes, x.shape[-1]
-    dense_init = dict(kernel_init=_partitioned(_trunc_normal, ('embed', 'mlp')),
-                      bias_init=_partitioned(_zeros, ('mlp',)))
-    x = nn.Dense(width, dtype=self.dtype, name='proj_dec', **dense_init)(x)
+    # From the encoder's width to the decoder's (equal here, as in every released model).
+    x = nn.Dense(width, dtype=self.dtype, name='proj_dec',
+                 kernel_init=_partitioned(_trunc_normal, ('encoder_embed', 'embed')),
+                 bias_init=_partitioned(_zeros, ('embed',)))(x)
     cls_emb = self.param('cls_emb', _partitioned(_trunc_normal, (None, 'classes', 'embed')),
                          (1, k, width))
     x = jnp.concatenate([x, jnp.tile(cls_emb.astype(x.dtype), (x.shape[0], 1, 1))], axis=1)
@@ -109,8 +110,10 @@ class MaskTransformer(nn.Module):
           weight_init='timm', name=f'blocks_{i}')(x, train)
     x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name='decoder_norm')(x)
     patches, classes = x[:, :-k], x[:, -k:]
-    # Raw (d, d) parameters used as x @ P (no bias), initialised d^-0.5 * randn.
-    projection = _partitioned(nn.initializers.normal(stddev=width**-0.5), ('embed', 'mlp'))
+    # Raw (d, d) parameters used as x @ P (no bias), initialised d^-0.5 * randn: into the space
+    # where patches and classes are compared.
+    projection = _partitioned(nn.initializers.normal(stddev=width**-0.5),
+                              ('embed', 'mask_embed'))
     patches = patches @ self.param('proj_patch', projection, (width, width)).astype(x.dtype)
     classes = classes @ self.param('proj_classes', projection, (width, width)).astype(x.dtype)
     # No epsilon, as in the original.

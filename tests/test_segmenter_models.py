@@ -251,7 +251,10 @@ def test_params_carry_logical_axis_names():
   specs = nn.get_partition_spec(_shapes(_tiny('mask_transformer')))
   assert specs['decoder']['cls_emb'] == jax.sharding.PartitionSpec(None, 'classes', 'embed')
   assert specs['decoder']['mask_norm']['scale'] == jax.sharding.PartitionSpec('classes')
-  assert specs['decoder']['proj_patch'] == jax.sharding.PartitionSpec('embed', 'mlp')
+  assert specs['decoder']['proj_dec']['kernel'] == jax.sharding.PartitionSpec('encoder_embed',
+                                                                            'embed')
+  for projection in ('proj_patch', 'proj_classes'):
+    assert specs['decoder'][projection] == jax.sharding.PartitionSpec('embed', 'mask_embed')
   query = specs['encoder']['Transformer']['encoderblock_0']['MultiHeadDotProductAttention_0']
   assert query['query']['kernel'] == jax.sharding.PartitionSpec('embed', 'heads', 'kv')
   linear = nn.get_partition_spec(_shapes(_tiny('linear')))

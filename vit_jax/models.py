@@ -8,12 +8,13 @@ map them to mesh axes (see `sharding.py`).
 
 import functools
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.attention import MultiHeadAttention
 from vit_jax.errors import UserError
 
 # Width, MLP width, heads and depth of each size (ViT paper, Table 1; Ti from DeiT).
@@ -116,60 +117,6 @@ class AddPositionEmbs(nn.Module):
     return x + pos_embedding.astype(x.dtype)
 
 
-def _flat_xavier(num_in_axes: int):
-  """xavier_uniform on the kernel's 2-D (fan_in, fan_out) view, as Flax's DenseGeneral does."""
-  def init(key, shape, dtype=jnp.float32):
-    flat = (math.prod(shape[:num_in_axes]), math.prod(shape[num_in_axes:]))
-    return _xavier(key, flat, dtype).reshape(shape)
-  return init
-
-
-class Projection(nn.Module):
-  """x @ kernel + bias, contracting the last `num_in_axes` axes of x with a multi-axis kernel."""
-  kernel_shape: tuple[int, ...]
-  kernel_names: tuple[Optional[str], ...]
-  num_in_axes: int = 1
-  dtype: jnp.dtype = jnp.float32
-  kernel_init: Optional[Callable] = None  # Default: xavier_uniform on the 2-D view.
-
-  @nn.compact
-  def __call__(self, x):
-    n = self.num_in_axes
-    kernel = self.param('kernel', _partitioned(self.kernel_init or _flat_xavier(n),
-                                               self.kernel_names), self.kernel_shape)
-    bias = self.param('bias', _partitioned(_zeros, self.kernel_names[n:]), self.kernel_shape[n:])
-    x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
-    return jnp.tensordot(x, kernel, axes=(tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))) + bias
-
-
-class MultiHeadDotProductAttention(nn.Module):
-  """Self-attention with biased q/k/v/out projections, named like Flax's module of the same name."""
-  num_heads: int
-  dropout_rate: float = 0.0
-  dtype: jnp.dtype = jnp.float32
-  weight_init: str = 'vit'  # See WEIGHT_INITS.
-
-  @nn.compact
-  def __call__(self, x, *, train: bool):
-    width = x.shape[-1]
-    if width % self.num_heads:
-      raise UserError(f'hidden_size {width} is not divisible by num_heads {self.num_heads}')
-    heads = (self.num_heads, width // self.num_heads)
-    kernel_init = _timm_kernel if self.weight_init == 'timm' else None
-    project_in = functools.partial(Projection, (width,) + heads, ('embed', 'heads', 'kv'),
-                                   dtype=self.dtype, kernel_init=kernel_init)
-    query, key, value = (project_in(name=name)(x) for name in ('query', 'key', 'value'))
-    dropout_rng = self.make_rng('dropout') if train and self.dropout_rate > 0 else None
-    weights = nn.dot_product_attention_weights(
-        query, key, dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
-        broadcast_dropout=False, deterministic=not train, dtype=self.dtype)
-    # (batch, heads, query, key); kept only when 'intermediates' is mutable (attention maps).
-    self.sow('intermediates', 'attention_weights', weights)
-    y = jnp.einsum('...hqk,...khd->...qhd', weights, value)
-    return Projection(heads + (width,), ('heads', 'kv', 'embed'), num_in_axes=2,
-                      dtype=self.dtype, kernel_init=kernel_init, name='out')(y)
-
-
 class MlpBlock(nn.Module):
   """Dense -> GELU -> dropout -> Dense -> dropout."""
   mlp_dim: int
@@ -219,8 +166,10 @@ class Encoder1DBlock(nn.Module):
   def __call__(self, inputs, train: bool):
     norm = functools.partial(nn.LayerNorm, epsilon=self.layer_norm_epsilon, dtype=self.dtype)
     x = norm()(inputs)
-    x = MultiHeadDotProductAttention(self.num_heads, self.attention_dropout_rate, self.dtype,
-                                     self.weight_init)(x, train=train)
+    kernel_init = _timm_kernel if self.weight_init == 'timm' else None
+    x = MultiHeadAttention(self.num_heads, self.attention_dropout_rate, self.dtype,
+                           qkv_kernel_init=kernel_init, out_kernel_init=kernel_init,
+                           name='MultiHeadDotProductAttention_0')(x, train=train)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     x = self._drop_path(x, train) + inputs
     y = norm()(x)
@@ -263,6 +212,11 @@ class Encoder(nn.Module):
     return nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm')(x)
 
 
+# Flax's default conv init, with the channel axes named so that FSDP can shard them.
+_CONV_KERNEL_INIT = _partitioned(nn.initializers.lecun_normal(),
+                                 (None, None, 'conv_in', 'conv_out'))
+
+
 class StdConv(nn.Conv):
   """Convolution with weight standardisation (BiT): each output filter to zero mean, unit std."""
 
@@ -283,7 +237,7 @@ class ResidualUnit(nn.Module):
   @nn.compact
   def __call__(self, x):
     out_features = self.features * 4
-    conv = functools.partial(StdConv, use_bias=False)
+    conv = functools.partial(StdConv, use_bias=False, kernel_init=_CONV_KERNEL_INIT)
     residual = x
     if x.shape[-1] != out_features or self.strides != (1, 1):
       residual = conv(out_features, (1, 1), self.strides, name='conv_proj')(residual)
@@ -317,7 +271,8 @@ def resnet_stem(x, num_layers: tuple[int, ...], width_factor: int = 1):
   tree (`conv_root`, `gn_root`, `block1/unit1/...`) as in the official checkpoints.
   """
   width = int(64 * width_factor)
-  x = StdConv(width, (7, 7), (2, 2), use_bias=False, name='conv_root')(x)
+  x = StdConv(width, (7, 7), (2, 2), use_bias=False, kernel_init=_CONV_KERNEL_INIT,
+              name='conv_root')(x)
   x = nn.relu(nn.GroupNorm(name='gn_root')(x))
   x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
   for stage, block_size in enumerate(num_layers):

@@ -1,0 +1,113 @@
+"""vit_jax.attention against torch.nn.MultiheadAttention on the same weights."""
+
+import torch  # Before TensorFlow-linked imports: see tests/conftest.py.
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax.attention import MultiHeadAttention
+from vit_jax.errors import UserError
+
+WIDTH, HEADS, QUERIES, KEYS, BATCH = 16, 4, 5, 7, 2
+
+
+def _inputs():
+  rng = np.random.default_rng(0)
+  normal = lambda *shape: rng.normal(size=shape).astype(np.float32)
+  key_mask = np.ones((BATCH, KEYS), bool)
+  key_mask[0, 4:] = False  # The first example's last three keys are padding.
+  return dict(queries=normal(BATCH, QUERIES, WIDTH), memory=normal(BATCH, KEYS, WIDTH),
+              query_pos=normal(BATCH, QUERIES, WIDTH), key_pos=normal(BATCH, KEYS, WIDTH),
+              key_mask=key_mask)
+
+
+def _init(module, x):
+  variables = module.init(jax.random.PRNGKey(0), x, train=False)
+  # Random biases too, so that a bias in the wrong place shows.
+  leaves, tree = jax.tree.flatten(nn.meta.unbox(variables))
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  return jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, x.shape) + x
+                                   for k, x in zip(keys, leaves)])
+
+
+def _torch_attention(params):
+  """torch.nn.MultiheadAttention holding `params` (its fused in_proj is [q; k; v])."""
+  attention = torch.nn.MultiheadAttention(WIDTH, HEADS, batch_first=True)
+  p = jax.tree.map(np.array, params['params'])
+  with torch.no_grad():
+    attention.in_proj_weight.copy_(torch.from_numpy(np.concatenate(
+        [p[n]['kernel'].reshape(WIDTH, WIDTH).T for n in ('query', 'key', 'value')])))
+    attention.in_proj_bias.copy_(torch.from_numpy(np.concatenate(
+        [p[n]['bias'].reshape(WIDTH) for n in ('query', 'key', 'value')])))
+    attention.out_proj.weight.copy_(torch.from_numpy(p['out']['kernel'].reshape(WIDTH, WIDTH).T))
+    attention.out_proj.bias.copy_(torch.from_numpy(p['out']['bias']))
+  return attention.eval()
+
+
+def test_parameters_are_named_like_the_checkpoints_with_logical_axes():
+  variables = MultiHeadAttention(HEADS).init(jax.random.PRNGKey(0), jnp.zeros((1, 3, WIDTH)),
+                                             train=False)
+  shapes = jax.tree.map(jnp.shape, nn.meta.unbox(variables))['params']
+  assert shapes['query'] == {'kernel': (WIDTH, HEADS, 4), 'bias': (HEADS, 4)}
+  assert shapes['out'] == {'kernel': (HEADS, 4, WIDTH), 'bias': (WIDTH,)}
+  specs = nn.get_partition_spec(variables)['params']
+  assert specs['key']['kernel'] == jax.sharding.PartitionSpec('embed', 'heads', 'kv')
+  assert specs['out']['kernel'] == jax.sharding.PartitionSpec('heads', 'kv', 'embed')
+
+
+@pytest.mark.parametrize('want_weights', [False, True])
+def test_cross_attention_with_positions_and_key_mask_matches_torch(want_weights):
+  # DETR's decoder: q = tgt + query_pos, k = memory + pos, v = memory, padded keys ignored.
+  x = _inputs()
+  module = MultiHeadAttention(HEADS)
+  params = _init(module, x['queries'])
+  out = module.apply(params, x['queries'], x['memory'], query_pos=x['query_pos'],
+                     key_pos=x['key_pos'], key_mask=x['key_mask'], train=False,
+                     mutable=['intermediates'] if want_weights else False)
+  expected, expected_weights = _torch_attention(params)(
+      torch.from_numpy(x['queries'] + x['query_pos']), torch.from_numpy(x['memory'] + x['key_pos']),
+      torch.from_numpy(x['memory']), key_padding_mask=torch.from_numpy(~x['key_mask']),
+      average_attn_weights=False)
+  if want_weights:  # The explicit path, which also returns the softmax.
+    out, state = out
+    weights = np.asarray(state['intermediates']['attention_weights'][0])
+    np.testing.assert_allclose(weights, expected_weights.detach().numpy(), atol=1e-6)
+    assert np.all(weights[0, :, :, 4:] == 0)
+    np.testing.assert_allclose(weights.sum(-1), 1, rtol=1e-6)
+  np.testing.assert_allclose(out, expected.detach().numpy(), atol=2e-6)
+
+
+def test_self_attention_adds_the_positions_to_queries_and_keys_only():
+  # DETR's encoder: q = k = x + pos, v = x.
+  x = _inputs()
+  module = MultiHeadAttention(HEADS)
+  params = _init(module, x['queries'])
+  tokens, pos = x['queries'], x['query_pos']
+  out = module.apply(params, tokens, query_pos=pos, train=False)
+  expected, _ = _torch_attention(params)(torch.from_numpy(tokens + pos),
+                                         torch.from_numpy(tokens + pos), torch.from_numpy(tokens))
+  np.testing.assert_allclose(out, expected.detach().numpy(), atol=2e-6)
+
+
+def test_attention_dropout_drops_weights_and_rescales_the_kept():
+  # E[dropout(w)] = w, so the mean over many masks approaches the output without dropout.
+  x = _inputs()
+  module = MultiHeadAttention(HEADS, dropout_rate=0.5)
+  params = _init(module, x['queries'])
+  clean = module.apply(params, x['queries'], train=False)
+  draws = 4000
+  dropped = np.asarray(jax.vmap(lambda rng: module.apply(params, x['queries'], train=True,
+                                                         rngs={'dropout': rng}))(
+      jax.random.split(jax.random.PRNGKey(2), draws)))
+  assert np.abs(dropped[0] - clean).max() > 0.1  # Really dropped...
+  # ... without bias: within 5 standard errors of the mean, every element.
+  standard_error = dropped.std(0) / np.sqrt(draws)
+  assert np.all(np.abs(dropped.mean(0) - clean) < 5 * standard_error)
+
+
+def test_width_not_divisible_by_heads_is_a_user_error():
+  with pytest.raises(UserError, match='width 16 is not divisible by num_heads 3'):
+    MultiHeadAttention(3).init(jax.random.PRNGKey(0), jnp.zeros((1, 2, WIDTH)), train=False)

@@ -1,0 +1,119 @@
+"""One multi-head attention for ViT, Segmenter and DETR.
+
+Biased per-head projections named like the official checkpoints: `query`, `key`, `value` with
+kernels (width, heads, head_dim) and the output projection (heads, head_dim, width), each axis
+with a logical name ('embed', 'heads', 'kv') for sharding. The attention itself is
+`jax.nn.dot_product_attention`, which XLA fuses (and which can use cuDNN's kernel on GPUs).
+
+The attention weights are computed only when asked for: when the caller makes the
+'intermediates' collection mutable they are sown there as `attention_weights`
+[batch, heads, queries, keys] (the notebooks' attention maps), e.g.
+
+  _, state = model.apply(variables, images, mutable='intermediates')
+"""
+
+import math
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vit_jax.errors import UserError
+
+_xavier = nn.initializers.xavier_uniform()
+
+
+def flat_xavier(num_in_axes: int):
+  """xavier_uniform on the kernel's 2-D (fan_in, fan_out) view, as Flax's DenseGeneral does."""
+  def init(key, shape, dtype=jnp.float32):
+    flat = (math.prod(shape[:num_in_axes]), math.prod(shape[num_in_axes:]))
+    return _xavier(key, flat, dtype).reshape(shape)
+  return init
+
+
+class Projection(nn.Module):
+  """x @ kernel + bias, contracting the last `num_in_axes` axes of x with a multi-axis kernel.
+
+  (Flax's DenseGeneral cannot take a logically partitioned kernel init with more than two
+  names, hence this module.)
+  """
+  kernel_shape: tuple[int, ...]
+  kernel_names: tuple[Optional[str], ...]
+  num_in_axes: int = 1
+  dtype: jnp.dtype = jnp.float32
+  kernel_init: Optional[Callable] = None  # Default: xavier_uniform on the 2-D view.
+
+  @nn.compact
+  def __call__(self, x):
+    n = self.num_in_axes
+    init = self.kernel_init or flat_xavier(n)
+    kernel = self.param('kernel', nn.with_logical_partitioning(init, self.kernel_names),
+                        self.kernel_shape)
+    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros,
+                                                           self.kernel_names[n:]),
+                      self.kernel_shape[n:])
+    x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+    return jnp.tensordot(x, kernel, axes=(tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))) + bias
+
+
+def attention_weights(query, key, key_mask=None):
+  """softmax(q k / sqrt(head_dim)) as `jax.nn.dot_product_attention` computes it (logits and
+  softmax in float32, masked keys get no weight): [B, T, N, H] x [B, S, N, H] -> [B, N, T, S]."""
+  logits = jnp.einsum('btnh,bsnh->bnts', query, key,
+                      preferred_element_type=jnp.promote_types(query.dtype, jnp.float32))
+  logits = logits.astype(jnp.float32) / math.sqrt(query.shape[-1])
+  if key_mask is not None:
+    logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits, axis=-1).astype(key.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention of `inputs_q` over `inputs_kv` (default: itself).
+
+  query_pos, key_pos: position embeddings added to the query and key inputs only, not to the
+  values (DETR); in self-attention `key_pos` defaults to `query_pos`.
+  key_mask: [batch, keys], true for keys that may be attended to (DETR's image padding).
+  qkv_kernel_init, out_kernel_init: kernel initialisers; default xavier_uniform on the 2-D view
+  (the original ViT's); biases start at zero.
+  out_name: the output projection's name ('out' in ViT's checkpoints, 'out_proj' in DETR's).
+  """
+  num_heads: int
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  qkv_kernel_init: Optional[Callable] = None
+  out_kernel_init: Optional[Callable] = None
+  out_name: str = 'out'
+
+  @nn.compact
+  def __call__(self, inputs_q, inputs_kv=None, *, query_pos=None, key_pos=None, key_mask=None,
+               train: bool):
+    if inputs_kv is None:
+      inputs_kv, key_pos = inputs_q, query_pos if key_pos is None else key_pos
+    width = inputs_q.shape[-1]
+    if width % self.num_heads:
+      raise UserError(f'the model width {width} is not divisible by num_heads '
+                      f'{self.num_heads}: choose a head count that divides it')
+    heads = (self.num_heads, width // self.num_heads)
+
+    def project_in(x, pos, name):
+      x = x if pos is None else x + pos
+      return Projection((width,) + heads, ('embed', 'heads', 'kv'), dtype=self.dtype,
+                        kernel_init=self.qkv_kernel_init, name=name)(x)
+    query = project_in(inputs_q, query_pos, 'query')
+    key = project_in(inputs_kv, key_pos, 'key')
+    value = project_in(inputs_kv, None, 'value')
+    mask = None if key_mask is None else key_mask.astype(bool)[:, None, None, :]
+
+    dropout = train and self.dropout_rate > 0
+    if dropout or self.is_mutable_collection('intermediates'):
+      # dot_product_attention neither drops attention weights nor returns them, so these two
+      # cases take the explicit path, which computes the same numbers unfused.
+      weights = attention_weights(query, key, mask)
+      self.sow('intermediates', 'attention_weights', weights)
+      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
+      y = jnp.einsum('bnts,bsnh->btnh', weights, value)
+    else:
+      y = jax.nn.dot_product_attention(query, key, value, mask=mask)
+    return Projection(heads + (width,), ('heads', 'kv', 'embed'), num_in_axes=2,
+                      dtype=self.dtype, kernel_init=self.out_kernel_init, name=self.out_name)(y)
