@@ -2,6 +2,7 @@
 one process of 4 devices: same loss trajectory, same final parameters."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -55,6 +56,36 @@ def test_two_processes_match_one(tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                checkpoint.load_state(multi, 6)['params'],
                checkpoint.load_state(single, 6)['params'])
+
+
+def _run_two_processes(workdir, *changes):
+  """stdout and stderr of each of two processes of 2 devices, after both ended well."""
+  port = _free_port()
+  jobs = [subprocess.Popen([sys.executable, SCRIPT, str(i), '2', str(port), workdir, *changes],
+                           env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for i in range(2)]
+  outputs = []
+  try:
+    for job in jobs:
+      outputs.append(job.communicate(timeout=300))
+  finally:
+    for job in jobs:
+      job.kill()
+  for job, (out, err) in zip(jobs, outputs):
+    assert job.returncode == 0, err[-3000:]
+  return outputs
+
+
+def test_uneven_host_splits_give_every_host_the_same_steps_and_schedule(tmp_path):
+  # 1437 training digits: the hosts hold 719 and 718. 0.0334 epochs of batch 16 are
+  # 1437 * 0.0334 / 16 = 2.9998 -> 3 steps; from a host's own count times 2 they would be
+  # 3.0018 -> 4 steps on host 0 and 2.9977 -> 3 on host 1, and the run would hang at the end.
+  outputs = _run_two_processes(str(tmp_path), 'total_steps=None', 'total_epochs=0.0334',
+                               'input.batch_size=16', 'optim.schedule.warmup_steps=2')
+  rates = [re.findall(r'\[(\d+)\].*learning_rate=([0-9.e-]+)', err) for _, err in outputs]
+  assert [step for step, _ in rates[0]] == ['1', '2', '3']
+  assert rates[0] == rates[1]
+  assert len({rate for _, rate in rates[0]}) == 3  # Warmup then decay: the schedule moves.
 
 
 def test_a_process_that_never_joins_is_a_clear_error_not_a_hang(tmp_path):

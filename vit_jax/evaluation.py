@@ -1,0 +1,87 @@
+"""Evaluation off the critical path.
+
+The eval steps of a split are dispatched at once, in the caller's thread (they must read the
+train state before the next train step donates it); pulling their outputs to the host and the
+host-side metric (accuracy, COCOeval, mIoU) run on one worker thread while training goes on.
+The outputs come out of the eval step replicated, so process 0 alone computes the metric and the
+other processes only take part in the device work.
+"""
+
+import collections
+import concurrent.futures
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+from vit_jax import sharding
+from vit_jax import task as task_lib
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  # A replicated array spanning several processes is whole on each of them.
+  return np.asarray(x.addressable_data(0) if x.is_fully_replicated else x)
+
+
+def _score(task: task_lib.Task, eval_step: Callable, state, batch_sharding, split: str,
+           executor: concurrent.futures.Executor) -> concurrent.futures.Future:
+  """Dispatches every eval batch of `split`; a future of its metrics (None off process 0)."""
+  evaluator = task.evaluator(split) if jax.process_index() == 0 else None
+  updates = []
+  for local_batch in task.eval_input(split):
+    outputs = eval_step(state, sharding.global_batch(local_batch, batch_sharding))
+    if evaluator is not None:
+      updates.append(executor.submit(
+          lambda o: evaluator.update(jax.tree.map(_to_host, o)), outputs))
+
+  def result():
+    for update in updates:  # Done already (one worker, in order); re-raises a failed update.
+      update.result()
+    return evaluator.result() if evaluator is not None else None
+  return executor.submit(result)
+
+
+def evaluate(task: task_lib.Task, eval_step: Callable, state, batch_sharding,
+             split: Optional[str] = None) -> Optional[dict[str, float]]:
+  """Scores `split` (default: the task's first eval split) once and waits for the metrics;
+  every example counts exactly once (padding is masked out). None off process 0."""
+  split = split or next(iter(task.eval_splits.values()))
+  with concurrent.futures.ThreadPoolExecutor(1) as executor:
+    return _score(task, eval_step, state, batch_sharding, split, executor).result()
+
+
+class BackgroundEvaluation:
+  """The task's eval splits, scored while training goes on; metrics written in step order."""
+
+  def __init__(self, task: task_lib.Task, eval_step: Callable, batch_sharding, writer):
+    self._task, self._eval_step, self._batch_sharding = task, eval_step, batch_sharding
+    self._writer = writer
+    self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='eval')
+    self._pending = collections.deque()  # (step, eval name, future), oldest first.
+    self.latest: dict[str, dict[str, float]] = {}  # Eval name -> its latest metrics.
+
+  def start(self, step: int, state) -> None:
+    for name, split in self._task.eval_splits.items():
+      future = _score(self._task, self._eval_step, state, self._batch_sharding, split,
+                      self._executor)
+      self._pending.append((step, name, future))
+
+  def write_finished(self, wait: bool = False) -> None:
+    """Writes the metrics of the evals that have finished (all of them with `wait`)."""
+    while self._pending and (wait or self._pending[0][2].done()):
+      step, name, future = self._pending.popleft()
+      metrics = future.result()
+      if metrics is not None:
+        self._writer.write_scalars(step, {f'{name}_{k}': v for k, v in metrics.items()})
+        self.latest[name] = metrics
+
+  def final_metrics(self) -> dict[str, float]:
+    """The first eval's metrics as they are, the others' prefixed with their names."""
+    names = list(self._task.eval_splits)
+    final = dict(self.latest.get(names[0], {}))
+    for name in names[1:]:
+      final.update({f'{name}_{k}': v for k, v in self.latest.get(name, {}).items()})
+    return final
+
+  def close(self) -> None:
+    self._executor.shutdown(wait=True, cancel_futures=True)
