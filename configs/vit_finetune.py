@@ -35,13 +35,13 @@ MODELS = {
     'r50_l32': ('R50+L/32', None, 'R50_L_32-i21k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0'),
 }
 
-# name -> (classes, train split, eval split, steps, warmup, lr)
+# name -> (classes, train split, held-out minival, eval split, steps, warmup, lr)
 DATASETS = {
-    'cifar10': (10, 'train[:98%]', 'test', 10_000, 500, 0.01),
-    'cifar100': (100, 'train[:98%]', 'test', 10_000, 500, 0.03),
-    'imagenet2012': (1000, 'train[:99%]', 'validation', 20_000, 500, 0.03),
-    'oxford_iiit_pet': (37, 'train[:90%]', 'test', 500, 100, 0.003),
-    'oxford_flowers102': (102, 'train', 'test', 500, 100, 0.003),
+    'cifar10': (10, 'train[:98%]', 'train[98%:]', 'test', 10_000, 500, 0.01),
+    'cifar100': (100, 'train[:98%]', 'train[98%:]', 'test', 10_000, 500, 0.03),
+    'imagenet2012': (1000, 'train[:99%]', 'train[99%:]', 'validation', 20_000, 500, 0.03),
+    'oxford_iiit_pet': (37, 'train[:90%]', 'train[90%:]', 'test', 500, 100, 0.003),
+    'oxford_flowers102': (102, 'train', 'validation', 'test', 500, 100, 0.003),
 }
 
 
@@ -50,7 +50,7 @@ def get_config(arg='b16,cifar10'):
                            names={'model': MODELS, 'dataset': DATASETS},
                            options={'upstream': ('i21k', 'augreg')})
   variant, original_file, augreg_file = MODELS[args.model]
-  classes, train_split, eval_split, steps, warmup, lr = DATASETS[args.dataset]
+  classes, train_split, minival_split, eval_split, steps, warmup, lr = DATASETS[args.dataset]
 
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -66,6 +66,7 @@ def get_config(arg='b16,cifar10'):
   config.input.source = 'tfds'
   config.input.dataset = args.dataset
   config.input.data_dir = ml_collections.config_dict.placeholder(str)
+  config.input.on_bad_image = 'skip'  # Folders: 'stop' names the files that do not decode.
   config.input.train_split = train_split
   config.input.eval_split = eval_split
   config.input.image_size = 384
@@ -106,6 +107,7 @@ def get_config(arg='b16,cifar10'):
   config.total_steps = steps
   config.log_every = 10
   config.eval_every = 1000
+  config.evals = (('minival', minival_split),)  # Held-out training images, beside the test.
   config.checkpoint_every = 1000
   config.keep_checkpoints = 2
   config.profile = False

@@ -58,20 +58,22 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
 
 def test_eval_accuracy_equals_independent_count(workdir):
-  config = tiny_digits_config(total_steps=20)  # Eval batch 64 does not divide the 360 images.
+  # Eval batch 64 divides neither the 360 test nor the 1437 training images; the training split
+  # is scored as a second eval (config.evals) at the same steps.
+  config = tiny_digits_config(total_steps=20, evals=(('train', 'train'),))
   task = ClassificationTask(config)
   metrics = train.train_and_evaluate(config, workdir, task)
-  assert metrics['num_examples'] == 360
-  assert json.load(open(os.path.join(workdir, 'final_metrics.json')))['accuracy'] == \
-      metrics['accuracy']
+  assert metrics['num_examples'] == 360 and metrics['train_num_examples'] == 1437
+  assert json.load(open(os.path.join(workdir, 'final_metrics.json'))) == metrics
 
   params = checkpoint.load_state(workdir, 20)['params']
-  test = classification_input.digits_arrays('test')
   preprocess = classification_input.eval_preprocess(config.input)
-  images = np.stack([preprocess({'image': tf.constant(im), 'label': 0})['image'].numpy()
-                     for im in test['image']])
-  logits = task.model.apply({'params': params}, images)
-  assert metrics['accuracy'] == pytest.approx(np.mean(logits.argmax(-1) == test['label']))
+  for split, key in (('test', 'accuracy'), ('train', 'train_accuracy')):
+    data = classification_input.digits_arrays(split)
+    images = np.stack([preprocess({'image': tf.constant(im), 'label': 0})['image'].numpy()
+                       for im in data['image']])
+    logits = task.model.apply({'params': params}, images)
+    assert metrics[key] == pytest.approx(np.mean(logits.argmax(-1) == data['label']))
 
 
 def test_gradient_accumulation_equals_full_batch():

@@ -76,11 +76,10 @@ class BackgroundEvaluation:
         self.latest[name] = metrics
 
   def final_metrics(self) -> dict[str, float]:
-    """The first eval's metrics as they are, the others' prefixed with their names."""
-    names = list(self._task.eval_splits)
-    final = dict(self.latest.get(names[0], {}))
-    for name in names[1:]:
-      final.update({f'{name}_{k}': v for k, v in self.latest.get(name, {}).items()})
+    """The main eval's metrics as they are, the others' prefixed with their names."""
+    final = {}
+    for name, metrics in self.latest.items():
+      final.update({k if name == 'eval' else f'{name}_{k}': v for k, v in metrics.items()})
     return final
 
   def close(self) -> None:

@@ -39,8 +39,8 @@ class Task(abc.ABC):
   """What a task hands the loop. Batches are dicts of arrays with the example axis first.
 
   `config.input` gives `train_split`, `eval_split`, `batch_size` and `eval_batch_size`;
-  `config.evals` (optional) names several eval splits, e.g. {'minival': 'train[98%:]',
-  'test': 'test'}; the first is the one whose metrics are reported unprefixed.
+  `config.evals` (optional) names more eval splits, e.g. (('minival', 'train[98%:]'),), scored
+  at the same steps, their metrics prefixed with their names.
 
   Gradient accumulation: the loop may split a global batch into micro-batches, sum their
   gradients and make one update. So that the sum equals one step on the whole batch, `loss`
@@ -122,11 +122,11 @@ class Task(abc.ABC):
 
   @property
   def eval_splits(self) -> dict[str, str]:
-    """Eval name -> split, in report order (`config.evals`, else the one `input.eval_split`)."""
-    evals = self.config.get('evals')
-    if evals:
-      return dict(evals.items() if hasattr(evals, 'items') else evals)
-    return {'eval': self.config.input.eval_split}
+    """Eval name -> split: 'eval' for `input.eval_split`, then `config.evals`."""
+    extra = dict(self.config.get('evals') or ())
+    if 'eval' in extra:
+      raise UserError("config.evals cannot name an eval 'eval': that is config.input.eval_split")
+    return {'eval': self.config.input.eval_split, **extra}
 
   def train_input(self, start_example: int) -> Iterator[Batch]:
     """This host's endless stream of training batches, starting `start_example` examples into
