@@ -11,6 +11,10 @@ number of real targets. Everything is over the GLOBAL batch, which the loop jits
   image sum(w) = (queries - matched) * eos_coef + matched, so the two are equal when every GPU
   holds as many targets; otherwise each GPU's queries weigh here in proportion to its sum(w)
   rather than equally (a GPU with more targets counts a little more).
+
+With gradient accumulation each micro-batch divides by the global batch's counts
+(`loss_normalizers`), so that the micro-batches' losses, gradients and metrics sum to the
+global batch's.
 """
 
 import jax
@@ -23,8 +27,18 @@ def _final(x):
   return x[-1]
 
 
+def loss_normalizers(target_mask, num_queries: int, eos_coef: float) -> dict[str, jax.Array]:
+  """The counts `set_loss` divides by, over a (global) batch of targets `target_mask` [B, T]:
+  images, real targets, and the cross-entropy's total weight. Every real target is matched
+  (`hungarian_match` matches all when T <= Q), so as many queries weigh 1, the rest eos_coef."""
+  images = target_mask.shape[0]
+  boxes = target_mask.astype(bool).sum().astype(jnp.float32)
+  return {'examples': jnp.float32(images), 'boxes': boxes,
+          'class_weights': eos_coef * (images * num_queries - boxes) + boxes}
+
+
 def set_loss(logits, pred_boxes, labels, target_boxes, target_mask, target_query, *,
-             eos_coef=0.1, class_weight=1., bbox_weight=5., giou_weight=2.):
+             eos_coef=0.1, class_weight=1., bbox_weight=5., giou_weight=2., normalizers=None):
   """The original SetCriterion's weighted total over decoder layers, and its logged metrics.
 
   Args:
@@ -36,17 +50,21 @@ def set_loss(logits, pred_boxes, labels, target_boxes, target_mask, target_query
     target_query: [L, B, T] the query matched to each slot (`hungarian_match`), -1 if none.
     eos_coef: the no-object class's weight in the cross-entropy.
     class_weight, bbox_weight, giou_weight: weights of the three terms (1, 5, 2).
+    normalizers: `loss_normalizers` of the global batch when this is a micro-batch of it;
+      default: this batch's own.
 
   Returns:
-    (total, metrics): total = sum over layers of class_weight * CE + bbox_weight * L1 +
-    giou_weight * (1 - GIoU); metrics (scalars): loss_ce, loss_bbox, loss_giou of the final
-    layer, unweighted; class_error (100 - top-1 accuracy in % over its matched queries, 100 when
+    (total, metrics), both this batch's shares of the global batch's values: total = sum over
+    layers of class_weight * CE + bbox_weight * L1 + giou_weight * (1 - GIoU); metrics
+    (scalars): loss_ce, loss_bbox, loss_giou of the final layer, unweighted; class_error (100 - top-1 accuracy in % over its matched queries, 100 when
     there are none, as the original); cardinality_error (mean over images of |#queries not
     predicting no-object - #targets|).
   """
   logits = logits.astype(jnp.float32)
   pred_boxes = pred_boxes.astype(jnp.float32)
   num_queries, no_object = logits.shape[-2], logits.shape[-1] - 1
+  if normalizers is None:
+    normalizers = loss_normalizers(target_mask, num_queries, eos_coef)
   target_mask = target_mask.astype(bool)
   matched_slot = target_mask & (target_query >= 0)  # [L, B, T]
 
@@ -59,11 +77,11 @@ def set_loss(logits, pred_boxes, labels, target_boxes, target_mask, target_query
   nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), target_classes[..., None], axis=-1,
                              mode='clip')[..., 0]
   class_weights = jnp.where(target_classes == no_object, eos_coef, 1.)
-  loss_ce = (class_weights * nll).sum((1, 2)) / class_weights.sum((1, 2))
+  loss_ce = (class_weights * nll).sum((1, 2)) / normalizers['class_weights']
 
   # Box terms on matched pairs. Padded slots get a harmless box so that nothing in them (zeros,
   # NaN) reaches the gradient through the masked-out branch.
-  num_boxes = jnp.maximum(target_mask.sum(), 1).astype(jnp.float32)
+  num_boxes = jnp.maximum(normalizers['boxes'], 1)
   placeholder = jnp.array([0.5, 0.5, 1., 1.], jnp.float32)
   target_boxes = jnp.where(target_mask[..., None], target_boxes.astype(jnp.float32), placeholder)
   matched_boxes = jnp.take_along_axis(pred_boxes, jnp.maximum(target_query, 0)[..., None], axis=-2)
@@ -79,14 +97,14 @@ def set_loss(logits, pred_boxes, labels, target_boxes, target_mask, target_query
   predicted = jax.lax.stop_gradient(_final(logits)).argmax(-1)  # [B, Q]
   final_matched = _final(is_matched)
   correct = jnp.sum((predicted == _final(target_classes)) & final_matched)
-  num_matched = final_matched.sum()
-  accuracy = jnp.where(num_matched > 0, 100. * correct / jnp.maximum(num_matched, 1), 0.)
+  accuracy = 100. * correct / num_boxes  # 0 when nothing is matched.
+  share = target_mask.shape[0] / normalizers['examples']  # Of the global batch's images.
   cardinality = jnp.sum(predicted != no_object, -1) - target_mask.sum(-1)
   metrics = {
       'loss_ce': _final(loss_ce),
       'loss_bbox': _final(loss_bbox),
       'loss_giou': _final(loss_giou),
-      'class_error': 100. - accuracy,
-      'cardinality_error': jnp.mean(jnp.abs(cardinality).astype(jnp.float32)),
+      'class_error': 100. * share - accuracy,  # Sums to 100 - accuracy over micro-batches.
+      'cardinality_error': jnp.abs(cardinality).sum() / normalizers['examples'],
   }
   return total, metrics
