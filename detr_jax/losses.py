@@ -56,9 +56,9 @@ def set_loss(logits, pred_boxes, labels, target_boxes, target_mask, target_query
   Returns:
     (total, metrics), both this batch's shares of the global batch's values: total = sum over
     layers of class_weight * CE + bbox_weight * L1 + giou_weight * (1 - GIoU); metrics
-    (scalars): loss_ce, loss_bbox, loss_giou of the final layer, unweighted; class_error (100 - top-1 accuracy in % over its matched queries, 100 when
-    there are none, as the original); cardinality_error (mean over images of |#queries not
-    predicting no-object - #targets|).
+    (scalars): loss_ce, loss_bbox, loss_giou of the final layer, unweighted; class_error (100 -
+    top-1 accuracy in % over its matched queries, 100 when there are none, as the original);
+    cardinality_error (mean over images of |#queries not predicting no-object - #targets|).
   """
   logits = logits.astype(jnp.float32)
   pred_boxes = pred_boxes.astype(jnp.float32)
