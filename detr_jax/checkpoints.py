@@ -114,8 +114,8 @@ def convert_state_dict(state: dict[str, np.ndarray], num_heads: int = 8) -> Vari
     else:
       unused.append(key)
   if unused:
-    raise UserError(f'{len(unused)} tensors of the checkpoint have no place in DETR, e.g. '
-                    f'{unused[:3]}: is it a DETR (or ResNet) checkpoint?')
+    raise UserError(f'{len(unused)} tensors of the checkpoint have no place in DETR '
+                    f'({weights.first_names(unused)}): is it a DETR (or ResNet) checkpoint?')
   return flax.traverse_util.unflatten_dict(flat)
 
 

@@ -150,7 +150,7 @@ def _encoder_leaves(key: str, value: np.ndarray, num_heads: int) -> dict[str, np
   if block:
     return _block(f'encoder/Transformer/encoderblock_{block[1]}', block[2], value, num_heads)
   simple = {'cls_token': 'encoder/cls', 'dist_token': 'encoder/dist',
-            'pos_embed': 'encoder/Transformer/posembed_input/pos_embedding',
+            'pos_embed': _POSEMB,
             'patch_embed.proj.bias': 'encoder/embedding/bias',
             'norm.weight': 'encoder/Transformer/encoder_norm/scale',
             'norm.bias': 'encoder/Transformer/encoder_norm/bias'}
@@ -208,7 +208,7 @@ def convert_official(state_dict: dict, variant_yml: dict) -> tuple[Params, dict]
     raise UserError(f'official state dict has tensors with no place in Segmenter: '
                     f'{weights.first_names(unknown)} (is it a Segmenter checkpoint.pth?)')
   weights.check_fit(flat, _expected_shapes(fields), 'official state dict',
-             'check that variant.yml belongs to this checkpoint.pth')
+                    'check that variant.yml belongs to this checkpoint.pth')
   return weights.unflatten(flat), fields
 
 

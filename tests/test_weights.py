@@ -15,7 +15,7 @@ import timm
 import torch
 
 from detr_jax.detection import DetectionTask
-from helpers import load_config, tiny_digits_config, write_code_carrying_pickle
+from helpers import RunsCode, load_config, tiny_digits_config, write_code_carrying_pickle
 from test_detr_models import _official_state_dict
 from test_segmenter_models import torch_resize_pos_embed
 from vit_jax import checkpoint, models, train, weights
@@ -113,12 +113,20 @@ def _tiny(num_classes, representation_size=None):
                                   representation_size=representation_size)
 
 
-def test_fine_tune_start_resets_head_drops_pre_logits_resizes_posemb(tmp_path):
+def test_fine_tune_start_resets_head_drops_pre_logits_resizes_posemb(tmp_path, caplog):
   upstream = random_params(_tiny(21843, representation_size=16), 16)  # 4x4 grid
   path = str(tmp_path / 'upstream.npz')
   weights.write_vit_npz(path, upstream)
   fresh = nn.meta.unbox(_tiny(10).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
-  params = weights.load_vit(fresh['params'], path)
+  with caplog.at_level(logging.INFO):
+    params = weights.load_vit(fresh['params'], path)
+  assert caplog.messages == [  # Each decision once.
+      'Resizing position embeddings (1, 17, 16) -> (1, 65, 16) (grid (8, 8), zoom).',
+      f'Keeping 2 tensors as initialised: checkpoint {path} has other shapes for them '
+      '(head/bias (21843,) vs (10,), head/kernel (16, 21843) vs (16, 10)).',
+      f'Not loading 2 tensors of checkpoint {path} the model does not have (pre_logits/bias, '
+      'pre_logits/kernel).',
+      f"Loaded 22 of the model's 24 tensors from checkpoint {path}."]
   assert 'pre_logits' not in params
   assert not np.any(params['head']['kernel']) and params['head']['kernel'].shape == (16, 10)
   np.testing.assert_array_equal(
@@ -159,20 +167,10 @@ def test_hybrid_logits_match_timm_on_the_same_weights(tmp_path):
   np.testing.assert_allclose(got, expected, atol=2e-3, rtol=1e-3)
 
 
-class _Payload:
-  """Unpickling this would create `path`: proof that code in the file ran."""
-
-  def __init__(self, path):
-    self.path = path
-
-  def __reduce__(self):
-    return (open, (self.path, 'w'))
-
-
 def test_npz_carrying_a_pickle_is_refused_without_running_it(tmp_path):
   marker = tmp_path / 'code_ran'
   path = str(tmp_path / 'evil.npz')
-  np.savez(path, **{'embedding/kernel': np.array([_Payload(str(marker))], dtype=object)})
+  np.savez(path, **{'embedding/kernel': np.array([RunsCode(str(marker))], dtype=object)})
   with pytest.raises(UserError, match='cannot read checkpoint'):
     weights.read_vit_npz(path)
   assert not marker.exists()
@@ -267,19 +265,3 @@ def test_fill_lists_missing_unexpected_and_mismatched_in_one_line():
   assert str(error.value) == (
       'checkpoint x.npz does not fit the model (missing: b, block_0/bias, block_1/bias and 3 '
       'more; unexpected: c, d; shape differs: a/kernel (3, 3) vs (2, 3)): check config.model')
-
-
-def test_fill_logs_each_decision_once(tmp_path, caplog):
-  upstream = random_params(_tiny(21843, representation_size=16), 16)  # 4x4 grid
-  path = str(tmp_path / 'upstream.npz')
-  weights.write_vit_npz(path, upstream)
-  fresh = nn.meta.unbox(_tiny(10).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
-  with caplog.at_level(logging.INFO):
-    weights.load_vit(fresh['params'], path)
-  assert caplog.messages == [
-      'Resizing position embeddings (1, 17, 16) -> (1, 65, 16) (grid (8, 8), zoom).',
-      f'Keeping 2 tensors as initialised: checkpoint {path} has other shapes for them '
-      '(head/bias (21843,) vs (10,), head/kernel (16, 21843) vs (16, 10)).',
-      f'Not loading 2 tensors of checkpoint {path} the model does not have (pre_logits/bias, '
-      'pre_logits/kernel).',
-      f"Loaded 22 of the model's 24 tensors from checkpoint {path}."]
