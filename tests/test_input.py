@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from helpers import tiny_digits_config
-from vit_jax import classification_input, input_pipeline
+from vit_jax import classification_input, input_pipeline, train
+from vit_jax.classification import ClassificationTask
 from vit_jax.errors import UserError
 
 
@@ -79,17 +81,27 @@ def _stream(source, config):
                                       config.input.batch_size)
 
 
+def _write_images(folder, count, brightness=0, seed=0):
+  """`count` small JPEGs of the given brightness (plus noise) in `folder`."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(folder, exist_ok=True)
+  for i in range(count):
+    pixels = np.full((20, 30, 3), brightness, np.uint8) + rng.integers(0, 20, (20, 30, 3),
+                                                                      dtype=np.uint8)
+    Image.fromarray(pixels).save(os.path.join(folder, f'{i}.jpg'))
+
+
+def _folder_config(root, **changes):
+  config = tiny_digits_config(**changes)
+  config.input.update(source='folder', data_dir=str(root), image_size=16, channels=3)
+  return config
+
+
 def test_image_folder_source(tmp_path):
-  rng = np.random.default_rng(0)
   for split, count in (('train', 3), ('test', 2)):
     for label, name in enumerate(('cat', 'dog')):
-      os.makedirs(tmp_path / split / name)
-      for i in range(count):
-        pixels = np.full((20, 30, 3), 200 * label, np.uint8) + rng.integers(0, 20, (20, 30, 3),
-                                                                             dtype=np.uint8)
-        Image.fromarray(pixels).save(tmp_path / split / name / f'{i}.jpg')
-  config = tiny_digits_config()
-  config.input.update(source='folder', data_dir=str(tmp_path), image_size=16, channels=3)
+      _write_images(tmp_path / split / name, count, brightness=200 * label)
+  config = _folder_config(tmp_path)
   batches = list(input_pipeline.eval_batches(
       classification_input.make_source(config.input, 'test'),
       classification_input.eval_preprocess(config.input), 8))
@@ -108,3 +120,78 @@ def test_missing_folder_is_a_clear_error(tmp_path):
   config.input.update(source='folder', data_dir=str(tmp_path / 'nothing'))
   with pytest.raises(UserError, match='does not exist'):
     classification_input.make_source(config.input, 'train')
+
+
+def test_class_missing_from_eval_split_keeps_the_training_labels(tmp_path):
+  for name, brightness in (('ant', 0), ('bee', 100), ('cat', 200)):
+    _write_images(tmp_path / 'train' / name, 2, brightness)
+  _write_images(tmp_path / 'test' / 'cat', 2, 200)  # No ant or bee images to test on.
+  config = _folder_config(tmp_path)
+  batch = next(input_pipeline.eval_batches(
+      classification_input.make_source(config.input, 'test', num_classes=3),
+      classification_input.eval_preprocess(config.input), 4))
+  assert batch['label'][batch['_mask'].astype(bool)].tolist() == [2, 2]
+
+
+@pytest.mark.parametrize('extra_folder, images, message', [
+    ('test/bird', 1, r"class folders \['bird'\] in .*test are not in the training split's classes "
+                  r"\['cat', 'dog'\]"),
+    ('train/bird', 0, r'class folder .*bird holds no images'),
+])
+def test_class_folder_that_would_shift_labels_is_an_error(tmp_path, extra_folder, images,
+                                                          message):
+  for split in ('train', 'test'):
+    for name in ('cat', 'dog'):
+      _write_images(tmp_path / split / name, 1)
+  # 'bird' sorts before 'cat': counted as a class, it would shift both labels.
+  _write_images(tmp_path / extra_folder, images)
+  config = _folder_config(tmp_path)
+  with pytest.raises(UserError, match=message):
+    classification_input.make_source(config.input, 'test', num_classes=2)
+
+
+def test_num_classes_must_match_the_folder(tmp_path):
+  for name in ('cat', 'dog'):
+    _write_images(tmp_path / 'train' / name, 1)
+  config = _folder_config(tmp_path)
+  with pytest.raises(UserError, match=r"num_classes is 10 but .* has 2 classes \['cat', 'dog'\]: "
+                                      r'pass --config.model.num_classes=2'):
+    classification_input.make_source(config.input, 'train', num_classes=10)
+
+
+def _write_bad_files(folder):
+  """A truncated JPEG, a zero-byte PNG and a text file named .jpg; returns their paths."""
+  _write_images(folder, 1, seed=1)
+  truncated, empty, text = folder / 'truncated.jpg', folder / 'empty.png', folder / 'notes.jpg'
+  data = (folder / '0.jpg').read_bytes()
+  truncated.write_bytes(data[:len(data) // 2])
+  (folder / '0.jpg').unlink()
+  empty.write_bytes(b'')
+  text.write_text('not an image')
+  return sorted(str(p) for p in (truncated, empty, text))
+
+
+def test_images_that_do_not_decode_are_skipped_or_named(tmp_path, caplog):
+  _write_images(tmp_path / 'train' / 'cat', 3)
+  bad = _write_bad_files(tmp_path / 'train' / 'dog')
+  _write_images(tmp_path / 'train' / 'dog', 3, 200)  # 0.jpg..2.jpg beside the bad ones.
+  config = _folder_config(tmp_path)
+  source = classification_input.make_source(config.input, 'train', num_classes=2)
+  assert source.global_num_examples == 6
+  assert 'Skipping 3 of 9 images' in caplog.text and bad[0] in caplog.text
+
+  config.input.on_bad_image = 'stop'
+  with pytest.raises(UserError, match=r'3 image\(s\) in .*train do not decode: ' +
+                     re.escape(', '.join(bad))):
+    classification_input.make_source(config.input, 'train', num_classes=2)
+
+
+def test_folder_with_bad_images_trains_to_the_end(tmp_path):
+  for split in ('train', 'test'):
+    _write_images(tmp_path / 'data' / split / 'cat', 2)
+    _write_bad_files(tmp_path / 'data' / split / 'dog')
+    _write_images(tmp_path / 'data' / split / 'dog', 2, 200)
+  config = _folder_config(tmp_path / 'data', total_steps=3, **{
+      'model.num_classes': 2, 'input.batch_size': 4, 'input.eval_batch_size': 4})
+  metrics = train.train_and_evaluate(config, str(tmp_path / 'workdir'), ClassificationTask(config))
+  assert metrics['step'] == 3 and metrics['num_examples'] == 4

@@ -70,7 +70,8 @@ class ClassificationTask(task.Task):
     return Accuracy()
 
   def make_source(self, split):
-    return classification_input.make_source(self.config.input, split)
+    return classification_input.make_source(self.config.input, split,
+                                            self.config.model.num_classes)
 
   def train_preprocess(self):
     return classification_input.train_preprocess(self.config.input)

@@ -3,7 +3,9 @@
 config.input fields:
   source          tfds | folder | digits
   dataset         TFDS name (source=tfds), e.g. cifar10, imagenet2012
-  data_dir        TFDS data dir (tfds) or the folder root (folder: root/<split>/<class>/*.jpg)
+  data_dir        TFDS data dir (tfds) or the folder root (folder: root/<split>/<class>/*.jpg;
+                  the training split's class folders name the classes of every split)
+  on_bad_image    folder: skip (default; counted in the log) | stop (one line naming the files)
   train_split, eval_split
   image_size      training and eval crop
   eval_resize     eval: resize the short side to this, then center-crop image_size;
@@ -18,16 +20,19 @@ Pixels go to [-1, 1] as `(x - 127.5) / 127.5`, as in the original ViT.
 
 import dataclasses
 import os
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from vit_jax import input_pipeline
 from vit_jax.errors import UserError
 
 AUGMENTATIONS = ('inception_crop', 'flip', 'pad_crop', 'none')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+BAD_IMAGE_ACTIONS = ('skip', 'stop')  # config.input.on_bad_image
 
 
 def digits_arrays(split: str) -> dict[str, np.ndarray]:
@@ -48,31 +53,92 @@ def digits_arrays(split: str) -> dict[str, np.ndarray]:
   return {'image': images[part], 'label': labels[part]}
 
 
-def folder_arrays(root: str, split: str) -> tuple[dict[str, np.ndarray], list[str]]:
-  """Image paths and labels under root/<split>/<class>/; classes are the sorted folder names."""
+def folder_classes(root: str, train_split: str) -> list[str]:
+  """The class names of an image folder: the training split's class folders, sorted. Every split
+  labels with this one list, so a folder missing from one split cannot shift the others."""
+  train_dir = _split_dir(root, train_split)
+  classes = sorted(_class_files(train_dir))
+  if not classes:
+    raise UserError(f'no class folders in {train_dir}: put images at {train_dir}/<class>/*.jpg')
+  return classes
+
+
+def folder_arrays(root: str, split: str, classes: list[str],
+                  on_bad_image: str = 'skip') -> dict[str, np.ndarray]:
+  """Image paths and labels under root/<split>/<class>/, labelled by their index in `classes`.
+
+  Files that do not decode are skipped with a warning that counts them (`on_bad_image='skip'`)
+  or stop the run naming them ('stop'); either way the list is fixed before training, so the
+  stream stays deterministic and resumable.
+  """
+  if on_bad_image not in BAD_IMAGE_ACTIONS:
+    raise UserError(f'unknown config.input.on_bad_image {on_bad_image!r}: choose one of '
+                    f'{BAD_IMAGE_ACTIONS}')
+  split_dir = _split_dir(root, split)
+  class_files = _class_files(split_dir)
+  unknown = [name for name in class_files if name not in classes]
+  if unknown:
+    raise UserError(f'class folders {unknown} in {split_dir} are not in the training split\'s '
+                    f'classes {classes}: every split must use the training split\'s class names')
+  paths, labels = [], []
+  for name, files in class_files.items():
+    paths += [os.path.join(split_dir, name, f) for f in files]
+    labels += [classes.index(name)] * len(files)
+  if not paths:
+    raise UserError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) under {split_dir}/<class>/')
+  bad = set(input_pipeline.unreadable_images(paths))
+  if bad:
+    examples = ', '.join(sorted(bad)[:3])
+    if on_bad_image == 'stop':
+      raise UserError(f'{len(bad)} image(s) in {split_dir} do not decode: {examples}; fix or '
+                      'remove them, or pass --config.input.on_bad_image=skip')
+    logging.warning('Skipping %d of %d images in %s that do not decode, e.g. %s.', len(bad),
+                    len(paths), split_dir, examples)
+    labels = [label for path, label in zip(paths, labels) if path not in bad]
+    paths = [path for path in paths if path not in bad]
+  return {'image': np.array(paths), 'label': np.array(labels, np.int64)}
+
+
+def _class_files(split_dir: str) -> dict[str, list[str]]:
+  """Class folder name -> its image files, both sorted; an empty class folder is an error."""
+  class_files = {}
+  for name in sorted(os.listdir(split_dir)):
+    if os.path.isdir(os.path.join(split_dir, name)):
+      class_files[name] = sorted(f for f in os.listdir(os.path.join(split_dir, name))
+                                 if f.lower().endswith(IMAGE_EXTENSIONS))
+      if not class_files[name]:
+        raise UserError(f'class folder {os.path.join(split_dir, name)} holds no images '
+                        f'({", ".join(IMAGE_EXTENSIONS)}): add images or remove the folder')
+  return class_files
+
+
+def _split_dir(root: str, split: str) -> str:
   split_dir = os.path.join(root or '', split)
   if not root or not os.path.isdir(split_dir):
     raise UserError(f'image folder {split_dir!r} does not exist: put images at '
                     f'ROOT/{split}/<class>/*.jpg and pass --config.input.data_dir=ROOT')
-  classes = sorted(d for d in os.listdir(split_dir)
-                   if os.path.isdir(os.path.join(split_dir, d)))
-  paths, labels = [], []
-  for label, name in enumerate(classes):
-    for file in sorted(os.listdir(os.path.join(split_dir, name))):
-      if file.lower().endswith(IMAGE_EXTENSIONS):
-        paths.append(os.path.join(split_dir, name, file))
-        labels.append(label)
-  if not paths:
-    raise UserError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) under {split_dir}/<class>/')
-  return {'image': np.array(paths), 'label': np.array(labels, np.int64)}, classes
+  return split_dir
 
 
-def make_source(input_config, split: str) -> input_pipeline.Source:
+def make_source(input_config, split: str,
+                num_classes: Optional[int] = None) -> input_pipeline.Source:
+  """The examples of `split`; for a folder, `num_classes` (the model's) is checked against it."""
   kind = input_config.source
   if kind == 'digits':
     return input_pipeline.array_source(digits_arrays(split))
   if kind == 'folder':
-    arrays, _ = folder_arrays(input_config.get('data_dir'), split)
+    root = input_config.get('data_dir')
+    classes = folder_classes(root, input_config.train_split)
+    if num_classes is not None and num_classes != len(classes):
+      raise UserError(f'config.model.num_classes is {num_classes} but {root} has '
+                      f'{len(classes)} classes {classes}: pass '
+                      f'--config.model.num_classes={len(classes)}')
+    if split == input_config.train_split:
+      logging.info('Image folder %s: %d classes %s.', root, len(classes), classes)
+      if len(classes) == 1:
+        logging.warning('Image folder %s has a single class %r: the model can only predict it.',
+                        root, classes[0])
+    arrays = folder_arrays(root, split, classes, input_config.get('on_bad_image', 'skip'))
     # Paths travel through shuffling, skipping and host slicing; a file is read only when its
     # example is about to be used on this host.
     return dataclasses.replace(input_pipeline.array_source(arrays),

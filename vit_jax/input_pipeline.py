@@ -14,15 +14,17 @@ Each host reads its own part of a split (`tfds.even_splits` or a strided slice),
 feeds one machine or a pod.
 """
 
+import concurrent.futures
 import dataclasses
 import math
 import os
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from vit_jax.errors import UserError
 
@@ -102,6 +104,30 @@ def tfds_source(name: str, split: str, data_dir: Optional[str] = None,
 def _count(ds: tf.data.Dataset) -> int:
   n = int(ds.cardinality())
   return n if n >= 0 else int(ds.reduce(0, lambda c, _: c + 1))
+
+
+# Formats `tf.io.decode_image` reads, as PIL names them.
+DECODABLE_FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP')
+
+
+def unreadable_images(paths: Sequence[str]) -> list[str]:
+  """The files among `paths` that tf.data could not decode (empty, truncated, not an image, a
+  format TF does not read), found before training so that none stops a run halfway."""
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # PIL drops the GIL.
+    readable = list(pool.map(_decodes, paths))
+  return [path for path, ok in zip(paths, readable) if not ok]
+
+
+def _decodes(path: str) -> bool:
+  try:
+    with Image.open(path) as image:
+      if image.format not in DECODABLE_FORMATS:
+        return False
+      image.draft('RGB', (1, 1))  # JPEG decodes at 1/8 scale: cheap, still finds truncation.
+      image.load()
+    return True
+  except Exception:  # pylint: disable=broad-except  # PIL raises OSError, SyntaxError, ValueError...
+    return False
 
 
 def train_batches(source: Source, preprocess: Callable[[Example, tf.Tensor], Example],
