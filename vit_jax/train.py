@@ -188,11 +188,12 @@ def train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, f
   sharding.check_rules(rules, mesh)
   steps = durations.resolve(config, task.num_train_examples)  # Epochs in the config -> steps.
   num_steps = steps.total
-  accum_steps = int(config.optim.get('accum_steps', 1) or 1)
+  accum_steps = int(config.optim.get('accum_steps', 1) or 1)  # Micro-batches per step.
   shards = _batch_shards(mesh, rules)
-  if config.input.batch_size % (accum_steps * shards):
-    raise UserError(f'config.input.batch_size {config.input.batch_size} must be divisible by '
-                    f'accum_steps ({accum_steps}) x batch shards ({shards})')
+  if accum_steps < 1 or config.input.batch_size % (accum_steps * shards):
+    raise UserError(f'config.input.batch_size ({config.input.batch_size}) must be a multiple of '
+                    f'config.optim.accum_steps ({accum_steps}) x the batch shards ({shards}): '
+                    'change either (accum_steps >= 1)')
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=True)
