@@ -126,8 +126,10 @@ def load_variables(path: str, num_heads: int = 8) -> Variables:
   return convert_state_dict(weights.read_pth(path), num_heads)
 
 
-def fit_variables(fresh: Variables, loaded: Variables) -> Variables:
-  """Fresh variables with every tensor the checkpoint has put in its place.
+def fit_variables(fresh: Variables, loaded: Variables, source: str = 'the checkpoint'
+                  ) -> Variables:
+  """Fresh variables with every tensor the checkpoint (named `source` in messages) has put in
+  its place.
 
   A class head of another size (fine-tuning on your own classes) stays freshly initialised; a
   backbone-only checkpoint leaves the transformer and heads fresh.
@@ -135,6 +137,6 @@ def fit_variables(fresh: Variables, loaded: Variables) -> Variables:
   optional = [r'params/class_embed/.*']
   if all(k.split('/')[1] == 'backbone' for k in weights.flatten(loaded)):
     optional.append(r'params/(?!backbone/).*')  # Transformer and heads: no ImageNet weights.
-  return weights.fill(fresh, loaded, optional=optional, source='the DETR checkpoint',
+  return weights.fill(fresh, loaded, optional=optional, source=source,
                       fix='check config.model (backbone_depth, hidden_dim, num_queries, '
                       'dilation, layer counts)')

@@ -37,7 +37,8 @@ class DetectionTask(task.Task):
 
   def pretrained_variables(self, variables, path):
     return checkpoints.fit_variables(
-        variables, checkpoints.load_variables(path, num_heads=self.model.num_heads))
+        variables, checkpoints.load_variables(path, num_heads=self.model.num_heads),
+        source=f'checkpoint {path}')
 
   def loss(self, variables, batch, rng, normalizers):
     outputs = self.model.apply(variables, batch['image'], batch['pixel_mask'], train=True,

@@ -183,9 +183,9 @@ def test_damaged_npz_files_are_one_line_errors(tmp_path):
   path = tmp_path / 'weights.npz'
   weights.write_npz(str(path), {'a': {'b': np.ones((64, 64), np.float32)}})
   path.write_bytes(path.read_bytes()[:3000])  # A download that stopped part way.
-  with pytest.raises(UserError, match=r"^cannot read checkpoint '.*weights.npz': ") as error:
+  with pytest.raises(UserError, match=r"^cannot read checkpoint '.*weights.npz': the \.npz is "
+                                      r'truncated or damaged; download or write it again$'):
     weights.read_npz(str(path))
-  assert '\n' not in str(error.value)
   path.write_text('<html>Not Found</html>')  # Not a zip at all.
   with pytest.raises(UserError, match=r"^cannot read checkpoint '.*weights.npz': not an \.npz "
                                       r'\(zip\) file$'):

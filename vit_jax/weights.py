@@ -55,7 +55,10 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
       raise ValueError('not an .npz (zip) file')
     with np.load(io.BytesIO(data), allow_pickle=False) as files:
       return dict(files)
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile, tf.errors.OpError) as e:
+  except (zipfile.BadZipFile, EOFError):  # A zip's index is at its end: a cut file loses it.
+    raise UserError(f'cannot read checkpoint {path!r}: the .npz is truncated or damaged; '
+                    'download or write it again') from None
+  except (OSError, ValueError, tf.errors.OpError) as e:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise UserError(f'cannot read checkpoint {path!r}: {reason}') from None
 
