@@ -151,12 +151,31 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     for name in files:  # Truncate every array file of the latest checkpoint, as a kill would.
       with open(os.path.join(root, name), 'r+b') as f:
         f.truncate(7)
+  os.makedirs(os.path.join(damaged, 'checkpoints', '6.unreadable'))  # An earlier run's.
   train.train_and_evaluate(config, damaged, ClassificationTask(config))  # Redoes steps 4..6.
 
-  assert '6.unreadable' in os.listdir(os.path.join(damaged, 'checkpoints'))
+  assert {'6.unreadable', '6.unreadable.1'} <= set(os.listdir(os.path.join(damaged,
+                                                                           'checkpoints')))
   expected = checkpoint.load_state(uninterrupted, 6)
   got = checkpoint.load_state(damaged, 6)
   jax.tree.map(np.testing.assert_array_equal, got['params'], expected['params'])
+
+
+def test_checkpoint_of_another_model_stops_the_run_and_stays_in_place(workdir):
+  config = tiny_digits_config(keep_checkpoints=5)
+  train.train_and_evaluate(config, workdir, ClassificationTask(config))
+  directory = os.path.join(workdir, 'checkpoints')
+  saved = {name: sorted(os.listdir(os.path.join(directory, name)))
+           for name in os.listdir(directory)}
+  wider = tiny_digits_config(keep_checkpoints=5, total_steps=9, **{'model.mlp_dim': 96})
+  for _ in range(2):  # The same line again on a rerun: nothing was renamed.
+    with pytest.raises(UserError, match=(
+        r'checkpoint 6 in .* does not fit the config \(9 arrays differ, e\.g\. '
+        r'params/Transformer/encoderblock_0/MlpBlock_0/Dense_0/bias: checkpoint \(64,\), config '
+        r'\(96,\);.*\): run with the config it was written with, or pass a new --workdir')):
+      train.train_and_evaluate(wider, workdir, ClassificationTask(wider))
+    assert {name: sorted(os.listdir(os.path.join(directory, name)))
+            for name in os.listdir(directory)} == saved
 
 
 def test_sigkill_at_three_points_then_rerun_gives_bit_identical_params(tmp_path):

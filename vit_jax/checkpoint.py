@@ -11,6 +11,7 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
 from vit_jax.errors import UserError
@@ -51,28 +52,76 @@ class Checkpointer:
   def restore_latest(self, target: Any) -> Optional[tuple[int, Any, dict]]:
     """(step, state, meta) of the newest checkpoint that reads back; None if there is none.
 
-    An unreadable one (truncated by a kill, corrupted on disk) is renamed `<step>.unreadable`,
-    with a warning, and the one before it is tried: a bad file costs steps, never the run.
+    A checkpoint that reads but does not fit `target` (the config changed) stops the run with a
+    UserError naming the first differences, and nothing is touched. An unreadable one
+    (truncated by a kill, corrupted on disk) is set aside under a new name, with a warning, and
+    the one before it is tried: a bad file costs steps, never the run.
     """
     for step in sorted(self.all_steps(), reverse=True):
       try:
+        saved = self._saved_shapes(step)
+      except Exception as e:  # Orbax, tensorstore and JSON each raise their own types.
+        self._set_aside(step, e)
+        continue
+      self._check_fits(step, saved, target)
+      try:
         state, meta = self.restore(step, target)
         return step, state, meta
-      except Exception as e:  # Orbax, tensorstore and JSON each raise their own types.
-        logging.warning('Checkpoint %d in %s is unreadable (%s: %s); trying the previous one.',
-                        step, self._directory, type(e).__name__, str(e).splitlines()[0][:200])
-        if jax.process_index() == 0:
-          os.rename(os.path.join(self._directory, str(step)),
-                    os.path.join(self._directory, f'{step}.unreadable'))
-        multihost_utils.sync_global_devices(f'checkpoint {step} set aside')
-        self._manager.reload()
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, e)
     return None
+
+  def _saved_shapes(self, step: int) -> dict[str, tuple]:
+    """'params/Transformer/...' -> shape of every array in checkpoint `step` (its metadata)."""
+    path = os.path.join(self._directory, str(step), 'state')
+    shapes = _shapes_by_name(ocp.StandardCheckpointHandler().metadata(epath.Path(path)))
+    if not shapes:
+      raise ValueError(f'no arrays in the metadata of {path}')
+    return shapes
+
+  def _check_fits(self, step: int, saved: dict[str, tuple], target: Any) -> None:
+    wanted = _shapes_by_name(target)
+    differences = [f'{name}: checkpoint {saved.get(name, "missing")}, config '
+                   f'{wanted.get(name, "missing")}'
+                   # Params first: the optimizer state's differences repeat theirs.
+                   for name in sorted(saved.keys() | wanted.keys(),
+                                      key=lambda n: (not n.startswith('params/'), n))
+                   if saved.get(name) != wanted.get(name)]
+    if differences:
+      raise UserError(
+          f'checkpoint {step} in {self._directory} does not fit the config ({len(differences)} '
+          f'arrays differ, e.g. {"; ".join(differences[:3])}): run with the config it was written '
+          'with, or pass a new --workdir')
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    """Renames checkpoint `step` to a name no other set-aside checkpoint has, so orbax skips it."""
+    aside = base = os.path.join(self._directory, f'{step}.unreadable')
+    copy = 0
+    while os.path.exists(aside):
+      copy += 1
+      aside = f'{base}.{copy}'
+    logging.warning('Checkpoint %d in %s is unreadable (%s: %s); set aside as %s, trying the '
+                    'previous one.', step, self._directory, type(error).__name__,
+                    (str(error).splitlines() or [''])[0][:200], aside)
+    if jax.process_index() == 0:
+      os.rename(os.path.join(self._directory, str(step)), aside)
+    multihost_utils.sync_global_devices(f'checkpoint {step} set aside')
+    self._manager.reload()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _shapes_by_name(tree: Any) -> dict[str, tuple]:
+  """Array shapes keyed by their path ('opt_state/1/0/mu/...'), for a train state as saved
+  (dicts and lists) or as built (dataclasses and named tuples) alike."""
+  def name(path):
+    return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+  return {name(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def load_state(workdir: str, step: Optional[int] = None) -> dict:
