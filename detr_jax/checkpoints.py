@@ -91,16 +91,10 @@ def convert_state_dict(state: dict[str, np.ndarray], num_heads: int = 8) -> Vari
       continue
     path = _path(module)
     if leaf.startswith('in_proj_'):
-      width = value.shape[-1] if leaf == 'in_proj_weight' else value.shape[0] // 3
-      for name, part in zip(('query', 'key', 'value'), np.split(value, 3)):
-        if leaf == 'in_proj_weight':
-          flat[('params', *path, name, 'kernel')] = part.T.reshape(
-              width, num_heads, width // num_heads)
-        else:
-          flat[('params', *path, name, 'bias')] = part.reshape(num_heads, width // num_heads)
+      for name, part in weights.split_torch_qkv(value, num_heads).items():
+        flat[('params', *path, *name.split('/'))] = part
     elif path[-1] == 'out_proj' and leaf == 'weight':
-      width = value.shape[0]
-      flat[('params', *path, 'kernel')] = value.T.reshape(num_heads, width // num_heads, width)
+      flat[('params', *path, 'kernel')] = weights.torch_out_projection(value, num_heads)
     elif key == 'query_embed.weight':
       flat[('params', 'query_embed')] = value
     elif leaf == 'weight' and value.ndim == 4:

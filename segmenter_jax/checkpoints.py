@@ -126,21 +126,15 @@ def _block(prefix: str, key: str, value: np.ndarray, num_heads: int) -> dict[str
   """One tensor of a timm/Segmenter block (`key` relative to the block) -> our leaves."""
   module, leaf = key.rsplit('.', 1)
   if module == 'attn.qkv':
-    out = {}
-    for name, part in zip(('query', 'key', 'value'), np.split(value, 3)):
-      base = f'{prefix}/MultiHeadDotProductAttention_0/{name}'
-      if leaf == 'weight':
-        out[f'{base}/kernel'] = part.T.reshape(part.shape[1], num_heads, -1)
-      else:
-        out[f'{base}/bias'] = part.reshape(num_heads, -1)
-    return out
+    return {f'{prefix}/MultiHeadDotProductAttention_0/{name}': part
+            for name, part in weights.split_torch_qkv(value, num_heads).items()}
   if module not in _BLOCK_LEAVES:
     raise KeyError(key)
   target = f'{prefix}/{_BLOCK_LEAVES[module]}'
   if module.startswith('norm'):
     return {f'{target}/{"scale" if leaf == "weight" else "bias"}': value}
   if module == 'attn.proj' and leaf == 'weight':
-    return {f'{target}/kernel': value.T.reshape(num_heads, -1, value.shape[0])}
+    return {f'{target}/kernel': weights.torch_out_projection(value, num_heads)}
   return {f'{target}/{_PARAM_LEAF[leaf]}': value.T if leaf == 'weight' else value}
 
 

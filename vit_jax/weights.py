@@ -105,6 +105,26 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
   return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, 'detach')}
 
 
+# -------------------------------------------------------------------- torch attention layout
+# torch fuses the q, k, v projections into one (3d, d) weight (nn.MultiheadAttention's
+# in_proj_*, timm's attn.qkv); vit_jax.attention keeps them apart and per head.
+
+
+def split_torch_qkv(value: np.ndarray, num_heads: int) -> dict[str, np.ndarray]:
+  """A fused (3d, d) weight or (3d,) bias, rows q then k then v -> {'query/kernel': (d, heads,
+  d/heads), ...} or {'query/bias': (heads, d/heads), ...}."""
+  if value.ndim == 2:
+    return {f'{name}/kernel': part.T.reshape(part.shape[1], num_heads, -1)
+            for name, part in zip(('query', 'key', 'value'), np.split(value, 3))}
+  return {f'{name}/bias': part.reshape(num_heads, -1)
+          for name, part in zip(('query', 'key', 'value'), np.split(value, 3))}
+
+
+def torch_out_projection(weight: np.ndarray, num_heads: int) -> np.ndarray:
+  """The (d, d) output projection weight -> our (heads, d/heads, d) kernel."""
+  return weight.T.reshape(num_heads, -1, weight.shape[0])
+
+
 # ------------------------------------------------------------------- position embeddings
 
 
