@@ -5,10 +5,12 @@ Modules name the axes of every parameter ('embed', 'mlp', 'heads', ...) and of t
 tensor parallel are therefore config changes:
 
   data parallel:   (('batch', 'data'),)
-  FSDP:            (('batch', 'data'), ('embed', 'data'))
+  FSDP:            (('batch', 'data'), ('embed', 'data')), plus ('conv_out', 'data') for the
+                   convolutions of DETR's ResNet and the hybrid ViTs' stems
   tensor parallel: (('batch', 'data'), ('mlp', 'model'), ('heads', 'model'), ('classes', 'model'))
 
-Logical names without a rule are replicated.
+Logical names without a rule are replicated; a rule for a name the model does not use is an
+error (most likely a misspelling, which would silently leave the weights replicated).
 """
 
 import math
@@ -66,9 +68,27 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+# Logical names of activations (`nn.with_logical_constraint` in the models), not parameters.
+ACTIVATION_AXES = ('batch', 'length', 'act_embed', 'mlp')
+
+
+def check_rules_name_model_axes(rules, logical_specs) -> None:
+  """Every rule must name a logical axis of the model's variables (PartitionSpecs of logical
+  names, as `nn.get_partition_spec` gives them) or of its activations."""
+  known = set(ACTIVATION_AXES)
+  for spec in jax.tree.leaves(logical_specs, is_leaf=lambda x: isinstance(x, P)):
+    known.update(name for name in spec if name is not None)
+  for logical, mesh_axes in rules:
+    if logical not in known:
+      raise UserError(f'sharding rule ({logical!r}, {mesh_axes!r}) names the logical axis '
+                      f'{logical!r}, which this model does not have: use one of {sorted(known)} '
+                      'in config.sharding_rules')
+
+
 def variable_shardings(abstract_variables, mesh, rules):
   """NamedShardings for a tree of (boxed) variables from `jax.eval_shape(model.init, ...)`."""
   specs = nn.get_partition_spec(abstract_variables)
+  check_rules_name_model_axes(rules, specs)
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
