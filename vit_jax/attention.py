@@ -3,10 +3,11 @@
 Biased per-head projections named like the official checkpoints: `query`, `key`, `value` with
 kernels (width, heads, head_dim) and the output projection (heads, head_dim, width), each axis
 with a logical name ('embed', 'heads', 'kv') for sharding. The attention itself is
-`jax.nn.dot_product_attention`, which XLA fuses (and which can use cuDNN's kernel on GPUs).
+`jax.nn.dot_product_attention` with the default implementation, which JAX chooses per backend
+(in jax 0.10 that is still XLA's everywhere; its cuDNN flash kernel needs bf16/fp16 inputs).
 
 The attention weights are computed only when asked for: when the caller makes the
-'intermediates' collection mutable they are sown there as `attention_weights`
+'intermediates' collection mutable they are sown there, before dropout, as `attention_weights`
 [batch, heads, queries, keys] (the notebooks' attention maps), e.g.
 
   _, state = model.apply(variables, images, mutable='intermediates')
