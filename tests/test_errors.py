@@ -6,7 +6,7 @@ import re
 import pytest
 
 from helpers import assert_one_line_error, run_module, tiny_digits_config
-from vit_jax import sharding
+from vit_jax import sharding, train
 from vit_jax.classification import ClassificationTask
 from vit_jax.errors import UserError
 
@@ -73,3 +73,30 @@ def test_unknown_model_or_loss_name_lists_the_known_ones(field, value, choices):
   with pytest.raises(UserError, match=re.escape(f'unknown config.{field} {value!r}: choose one '
                                                 f'of {choices}')):
     ClassificationTask(config)
+
+
+def test_missing_config_file(workdir):
+  result = _main('--config=configs/no_such_config.py', f'--workdir={workdir}')
+  assert_one_line_error(result, "cannot load config file 'configs/no_such_config.py'",
+                        'No such file or directory', '--config=configs/<name>.py')
+
+
+def test_config_argument_the_config_does_not_know(workdir):
+  result = _main('--config=configs/vit_finetune.py:ti16,mydata', f'--workdir={workdir}')
+  assert_one_line_error(result, "unknown dataset 'mydata' in configs/vit_finetune.py:ti16,mydata",
+                        "['cifar10', 'cifar100', 'imagenet2012'")
+
+
+def test_error_raised_inside_a_config_file_is_its_own_message(workdir, tmp_path):
+  config_file = tmp_path / 'needs_a_root.py'
+  config_file.write_text('import os\n\n\ndef get_config():\n'
+                         "  return {'root': os.environ['MY_DATA_ROOT_IS_NOT_SET']}\n")
+  result = _main(f'--config={config_file}', f'--workdir={workdir}')
+  assert_one_line_error(result, f'{config_file}: KeyError: MY_DATA_ROOT_IS_NOT_SET')
+
+
+def test_missing_init_from_is_found_before_the_model_is_built(tmp_path):
+  missing = str(tmp_path / 'ViT-Ti_16.npz')
+  config = tiny_digits_config(init_from=missing)
+  with pytest.raises(UserError, match=re.escape(f'config.init_from {missing!r} does not exist')):
+    train.train_and_evaluate(config, str(tmp_path / 'workdir'), ClassificationTask(config))

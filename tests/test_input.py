@@ -186,12 +186,13 @@ def test_images_that_do_not_decode_are_skipped_or_named(tmp_path, caplog):
     classification_input.make_source(config.input, 'train', num_classes=2)
 
 
-def test_folder_with_bad_images_trains_to_the_end(tmp_path):
+def test_folder_with_bad_images_trains_to_the_end(tmp_path, caplog):
   for split in ('train', 'test'):
     _write_images(tmp_path / 'data' / split / 'cat', 2)
     _write_bad_files(tmp_path / 'data' / split / 'dog')
     _write_images(tmp_path / 'data' / split / 'dog', 2, 200)
   config = _folder_config(tmp_path / 'data', total_steps=3, **{
-      'model.num_classes': 2, 'input.batch_size': 4, 'input.eval_batch_size': 4})
+      'model.num_classes': 2, 'input.batch_size': 8, 'input.eval_batch_size': 4})
   metrics = train.train_and_evaluate(config, str(tmp_path / 'workdir'), ClassificationTask(config))
   assert metrics['step'] == 3 and metrics['num_examples'] == 4
+  assert 'batch_size 8 is larger than the training split (4 examples)' in caplog.text

@@ -13,8 +13,9 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
-from helpers import ROOT, run_module, tiny_digits_config
+from helpers import ROOT, assert_one_line_error, run_module, tiny_digits_config
 from vit_jax import checkpoint, classification_input, optim, train
 from vit_jax.classification import ClassificationTask
 from vit_jax.errors import UserError
@@ -138,6 +139,70 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_continues(workdir):
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert f'Resumed from {workdir} at step {step}' in resumed.stderr
   assert 'Finished 2 steps' in resumed.stdout
+
+
+def test_ctrl_c_saves_the_step_and_a_second_run_in_the_workdir_stops(workdir):
+  args = [sys.executable, '-m', 'vit_jax.main', '--config=configs/vit_digits.py',
+          f'--workdir={workdir}', '--config.log_every=5', '--config.checkpoint_every=1000',
+          '--config.total_steps=100000']
+  job = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+  for line in job.stderr:  # Wait for training to be under way.
+    if 'train_loss=' in line:
+      break
+  second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert_one_line_error(second, f'workdir {workdir} is in use by a running job (pid {job.pid} on ',
+                        'pass another --workdir')
+
+  job.send_signal(signal.SIGINT)
+  rest = job.stderr.read()
+  assert job.wait(timeout=120) == 130
+  step = int(re.search(r'preempted at step (\d+) \(SIGINT\)', rest).group(1))
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(step)]
+
+
+def test_a_second_signal_exits_at_once(monkeypatch):
+  exits = []
+  monkeypatch.setattr(os, '_exit', exits.append)
+  notice = train._PreemptionNotice()
+  try:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert notice.reached(1) and not exits  # The first one waits for the step's checkpoint.
+    os.kill(os.getpid(), signal.SIGINT)
+    assert exits == [130]
+  finally:
+    notice.close()
+
+
+class EvalDataLostTask(ClassificationTask):
+  """Its eval data reads at start-up, then fails at the first eval."""
+
+  eval_reads = 0
+
+  def eval_input(self, split=None):
+    self.eval_reads += 1
+    if self.eval_reads > 1:
+      raise UserError('the eval data went away')
+    return super().eval_input(split)
+
+
+def test_checkpoint_of_a_step_is_saved_before_its_eval(workdir):
+  config = tiny_digits_config(eval_every=3, checkpoint_every=3)
+  with pytest.raises(UserError, match='the eval data went away'):
+    train.train_and_evaluate(config, workdir, EvalDataLostTask(config))
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['3']
+
+
+def test_eval_data_problem_stops_the_run_before_training(tmp_path, workdir):
+  for split, classes in (('train', ('cat', 'dog')), ('test', ('bird', 'cat', 'dog'))):
+    for name in classes:
+      os.makedirs(tmp_path / split / name)
+      Image.new('RGB', (8, 8)).save(tmp_path / split / name / '0.png')
+  config = tiny_digits_config(**{'model.num_classes': 2, 'input.batch_size': 2,
+                                 'input.eval_batch_size': 2})
+  config.input.update(source='folder', data_dir=str(tmp_path), channels=3)
+  with pytest.raises(UserError, match=r"class folders \['bird'\] in .*test are not in"):
+    train.train_and_evaluate(config, workdir, ClassificationTask(config))
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
 
 
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):

@@ -3,17 +3,18 @@
   python -m vit_jax.main --config=configs/vit_digits.py --workdir=DIR [--config.key=value ...]
 
 Mistakes the user can fix (config, data, paths) end the run with one line on stderr and exit
-code 2, not a traceback. SIGTERM (a preemption notice) checkpoints the step in progress and exits
-with status 143; the same command then continues the run.
+code 2, not a traceback. SIGTERM (a preemption notice) or Ctrl-C checkpoints the step in progress
+and exits with status 143 or 130 (a second Ctrl-C exits at once, without saving); the same command
+then continues the run. One run at a time per workdir: a second one stops with one line.
 """
 
 import logging as py_logging
 import os
 import re
-import signal
 import sys
 import threading
-from typing import Callable
+import traceback
+from typing import Callable, Optional
 
 import jax
 from absl import app, flags, logging
@@ -77,7 +78,7 @@ def run(make_task: Callable[[object], task.Task]) -> None:
     if _DISTRIBUTED.value:
       _initialize_distributed()
     _quiet_libraries()
-    config = _CONFIG.value
+    config = _loaded_config()
     logging.info('Config:\n%s', config)
     try:
       train.train_and_evaluate(config, _WORKDIR.value, make_task(config))
@@ -85,9 +86,22 @@ def run(make_task: Callable[[object], task.Task]) -> None:
       _fail(str(e))
     except train.Preempted as e:
       print(str(e), file=sys.stderr)
-      sys.exit(128 + signal.SIGTERM)  # The conventional status of a job ended by SIGTERM.
+      sys.exit(128 + e.signal)  # The conventional status of a job ended by a signal.
 
   app.run(main, flags_parser=_parse_flags)
+
+
+def _loaded_config():
+  """The config; config_flags defers an OSError from loading the file (a missing file, or one
+  the file itself opens) to the config's first use, so it is turned into one line here."""
+  config = _CONFIG.value
+  try:
+    config.get('seed')
+  except OSError as e:
+    reason = str(e).strip().splitlines()[-1].strip()
+    _fail(f'cannot load config file {config_flags.get_config_filename(flags.FLAGS["config"])!r}: '
+          f'{reason}; pass --config=configs/<name>.py (see configs/)')
+  return config
 
 
 def _parse_flags(argv):
@@ -96,7 +110,14 @@ def _parse_flags(argv):
     return flags.FLAGS(argv)
   except flags.Error as e:
     _fail(_flag_error(str(e)) if str(e) else type(e).__name__)
-  except (KeyError, AttributeError) as e:  # ml_collections: an override of a key that is not there.
+  except Exception as e:  # pylint: disable=broad-except
+    config_file = _raised_in_config_file(e, argv)
+    if config_file:  # The config file's get_config failed: its own message.
+      message = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+      _fail(f'{config_file}: {type(e).__name__}: {(message.strip().splitlines() or [""])[0]}')
+    if not isinstance(e, (KeyError, AttributeError)):
+      raise
+    # ml_collections: an override of a key that is not there.
     while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError(message))
       e = e.args[0]
     message = str(e.args[0]) if e.args else ''
@@ -106,6 +127,16 @@ def _parse_flags(argv):
     suggestion = re.search(r'Did you mean "(\w+)"', message)
     hint = f' (did you mean {suggestion.group(1)!r}?)' if suggestion else ''
     _fail(f'unknown config key in {key}{hint}: only keys the config file defines can be set')
+
+
+def _raised_in_config_file(error: Exception, argv) -> Optional[str]:
+  """The --config file if `error` was raised by code in it, else None."""
+  values = [a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')]
+  if not values:
+    return None
+  path = os.path.abspath(values[-1].split(':', 1)[0])
+  frames = traceback.extract_tb(error.__traceback__)
+  return values[-1] if any(os.path.abspath(f.filename) == path for f in frames) else None
 
 
 def _flag_error(message: str) -> str:

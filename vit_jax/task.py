@@ -144,6 +144,12 @@ class Task(abc.ABC):
         self.eval_source(split), self.eval_preprocess(split),
         self.config.input.eval_batch_size), split)
 
+  def check_inputs(self) -> None:
+    """Builds the first batch of every eval split, so that a problem with eval data or its
+    config (a label map, categories, a file) stops the run at start-up, not at the first eval."""
+    for split in self.eval_splits.values():
+      next(iter(self.eval_input(split)), None)
+
   def _checked(self, batches: Iterator[Batch], split: str) -> Iterator[Batch]:
     """Errors raised inside tf.data as one line that names the split; `check_batch` applied."""
     while True:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -27,41 +28,52 @@ from jax.experimental import multihost_utils
 from vit_jax import checkpoint as checkpoint_lib
 from vit_jax import durations, evaluation, optim, sharding
 from vit_jax import task as task_lib
+from vit_jax import workdir as workdir_lib
 from vit_jax.errors import UserError
 
 Batch = task_lib.Batch
 
 
 class Preempted(Exception):
-  """The job was asked to stop (SIGTERM); a checkpoint of the last step was written."""
+  """The job was asked to stop (SIGTERM, or Ctrl-C's SIGINT); a checkpoint of the last step was
+  written. `signal` is the signal's number, for the exit status."""
 
-  def __init__(self, step: int):
-    super().__init__(f'preempted at step {step}: a checkpoint of step {step} was saved; run the '
-                     'same command again to continue')
+  def __init__(self, step: int, signum: int = signal.SIGTERM):
+    super().__init__(f'preempted at step {step} ({signal.Signals(signum).name}): a checkpoint of '
+                     f'step {step} was saved; run the same command again to continue')
     self.step = step
+    self.signal = signum
 
 
 class _PreemptionNotice:
-  """Turns SIGTERM into a flag the loop checks between steps (one process); on several
-  processes, JAX's preemption sync point makes every host stop at the same step."""
+  """Turns SIGTERM and SIGINT into a flag the loop checks between steps (one process); a second
+  signal ends the process at once. On several processes, JAX's preemption sync point makes
+  every host stop at the same step (SIGTERM)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.signal = None  # The first signal received.
+    self._previous = {}
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+      self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
 
-  def _on_sigterm(self, signum, frame):
-    self.requested = True
+  def _on_signal(self, signum, frame):
+    if self.signal is not None:  # Asked twice: the user does not want to wait for the save.
+      print(f'{signal.Signals(signum).name} again: stopped without saving the step in progress',
+            file=sys.stderr, flush=True)
+      os._exit(128 + signum)
+    self.signal = signum
 
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.signal = signal.SIGTERM
+    return self.signal is not None
 
   def close(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 @flax.struct.dataclass
@@ -71,18 +83,6 @@ class TrainState:
   model_state: Any  # Non-trainable variable collections, e.g. frozen batch-norm statistics.
   opt_state: Any
   rng: jax.Array
-
-
-def prepare_workdir(workdir: str) -> None:
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test_{jax.process_index()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise UserError(f'workdir {workdir!r} is not writable ({e.strerror}): pass a --workdir you '
-                    'can write to') from None
 
 
 def _split_microbatches(batch: Batch, k: int) -> Batch:
@@ -158,6 +158,14 @@ def state_shardings(task: task_lib.Task, tx, rng, mesh, rules) -> tuple[TrainSta
   return abstract_state, shardings
 
 
+def _check_init_from(path) -> None:
+  """A local `config.init_from` must exist before a model is built to receive it (remote paths
+  are checked when read)."""
+  if path and '://' not in path and not os.path.exists(path):
+    raise UserError(f'config.init_from {path!r} does not exist: pass the path of a downloaded '
+                    'checkpoint as --config.init_from=PATH')
+
+
 def _stop_if_not_finite(checked: list) -> None:
   for step, loss, grad_norm in checked:
     if not (np.isfinite(loss) and np.isfinite(grad_norm)):
@@ -182,7 +190,12 @@ def train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, f
   Returns the final eval metrics (also written to `workdir/final_metrics.json`); host-side
   metrics are computed on process 0, the other processes get only the step.
   """
-  prepare_workdir(workdir)
+  workdir_lib.prepare(workdir)
+  with workdir_lib.RunLock(workdir):
+    return _train_and_evaluate(config, workdir, task)
+
+
+def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, float]:
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.sharding_rules)
   sharding.check_rules(rules, mesh)
@@ -194,6 +207,14 @@ def train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, f
     raise UserError(f'config.input.batch_size ({config.input.batch_size}) must be a multiple of '
                     f'config.optim.accum_steps ({accum_steps}) x the batch shards ({shards}): '
                     'change either (accum_steps >= 1)')
+  if config.input.eval_batch_size % shards:
+    raise UserError(f'config.input.eval_batch_size ({config.input.eval_batch_size}) must be a '
+                    f'multiple of the batch shards ({shards}): change it')
+  if config.input.batch_size > task.num_train_examples():
+    logging.warning('config.input.batch_size %d is larger than the training split (%d '
+                    'examples): every step repeats examples.', config.input.batch_size,
+                    task.num_train_examples())
+  task.check_inputs()
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=True)
@@ -209,6 +230,7 @@ def train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, f
                           abstract_state, shardings)
     restored = checkpointer.restore_latest(target)
     if restored is None:
+      _check_init_from(config.get('init_from'))
       state = jax.jit(lambda r: init_state(task, tx, r), out_shardings=shardings)(rng)
       if config.get('init_from'):
         variables = multihost_utils.process_allgather(
@@ -272,14 +294,14 @@ def train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, f
           writer.write_scalars(step, {f'train_{k}' if k != 'learning_rate' else k: v
                                       for k, v in _scalars(averaged).items()})
           pending_metrics = []
+        if save_now:  # Before the eval: an eval that fails must not cost the step.
+          checkpointer.save(step, state, {'examples_seen': examples_seen})
         if (step % steps.eval_every == 0 or last) and not preempted:
           with report.timed('eval'):
             evals.start(step, state)
         evals.write_finished()
-        if save_now:
-          checkpointer.save(step, state, {'examples_seen': examples_seen})
         if preempted:
-          raise Preempted(step)
+          raise Preempted(step, preemption.signal)
 
       if first_step == num_steps:  # Resumed at the end: report the final state again.
         evals.start(num_steps, state)

@@ -1,0 +1,41 @@
+"""One run per workdir: a live run's lock stops a second one; a killed run's lock is taken over."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT
+from vit_jax import workdir as workdir_lib
+from vit_jax.errors import UserError
+
+HOLD_LOCK = '''
+import sys, time
+from vit_jax import workdir
+with workdir.RunLock(sys.argv[1]):
+  print('locked', flush=True)
+  time.sleep(600)
+'''
+
+
+def test_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
+  holder = subprocess.Popen([sys.executable, '-c', HOLD_LOCK, str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline() == 'locked\n'
+    with pytest.raises(UserError, match=rf'workdir {tmp_path} is in use by a running job '
+                                        rf'\(pid {holder.pid} on .*\): wait for it to end'):
+      workdir_lib.RunLock(str(tmp_path)).__enter__()
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=60)
+
+  with workdir_lib.RunLock(str(tmp_path)):
+    assert f'pid {os.getpid()} on ' in (tmp_path / workdir_lib.LOCK_FILE).read_text()
+  assert f'Took over the lock of a run that ended without releasing it (pid {holder.pid} on ' \
+      in caplog.text
+  assert (tmp_path / workdir_lib.LOCK_FILE).read_text() == ''  # Released: the next run starts.
+  with workdir_lib.RunLock(str(tmp_path)):
+    pass
