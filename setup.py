@@ -20,12 +20,17 @@ INSTALL_REQUIRES = [
     'scipy',
     'scikit-learn',
     'pillow',
+    'pycocotools',  # DETR's eval, so the offline DETR command runs after the plain install.
 ]
 
+# PyTorch for .pth weights (scripts/convert_*_checkpoint.py, DETR/Segmenter init_from) and for
+# scripts/benchmark.py's comparison with timm.
+TORCH = ['torch==2.14.1', 'torchvision==0.29.1', 'timm']
+
 EXTRAS_REQUIRE = {
-    # pytest plus the parity stack: the same weights in timm / HF / pycocotools.
-    'test': ['pytest', 'torch==2.14.1', 'torchvision==0.29.1', 'timm', 'transformers',
-             'pycocotools'],
+    'torch': TORCH,
+    # pytest plus the parity stack: the same weights in timm / HF.
+    'test': ['pytest', 'transformers'] + TORCH,
     'notebooks': ['nbclient', 'ipykernel', 'matplotlib'],
 }
 
