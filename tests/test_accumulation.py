@@ -21,12 +21,13 @@ from vit_jax.classification import ClassificationTask
 from vit_jax.errors import UserError
 
 RTOL, ATOL = 1e-5, 1e-6  # float32, on params after the step.
+METRICS_RTOL = 1e-5  # Loss and logged metrics: the micro-batches' shares sum to the step's.
+MOMENTUM = ml_collections.ConfigDict(dict(name='momentum', lr=1.0, momentum=0.9))
 
 
-def _step(task, config, batch, accum_steps):
+def _step(task, batch, accum_steps):
   """(params after one train step from a fixed initial state, the step's metrics)."""
-  config.optim = ml_collections.ConfigDict(dict(name='momentum', lr=1.0, momentum=0.9))
-  tx, schedule = optim.make_optimizer(config.optim, 10)
+  tx, schedule = optim.make_optimizer(MOMENTUM, total_steps=10)
   state = train.init_state(task, tx, jax.random.PRNGKey(0))
   step = jax.jit(train.make_train_step(task, tx, schedule, accum_steps))
   state, metrics = step(state, batch)
@@ -63,23 +64,25 @@ def _max_difference(a, b):
                                                            jax.tree.leaves(b)))
 
 
-def _assert_same_update(task, config, batch, accum_steps, metric_tolerance=1e-5):
-  one_step, one_step_metrics = _step(task, config, batch, 1)
-  accumulated, metrics = _step(task, config, batch, accum_steps)
+def _assert_same_update(task, batch, accum_steps):
+  """Params and metrics after one step equal those of `accum_steps` micro-batches; returns the
+  one-step params."""
+  one_step, one_step_metrics = _step(task, batch, 1)
+  accumulated, metrics = _step(task, batch, accum_steps)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL),
                accumulated, one_step)
   assert metrics.keys() == one_step_metrics.keys()
   for name, value in one_step_metrics.items():
-    np.testing.assert_allclose(metrics[name], value, rtol=metric_tolerance, err_msg=name)
+    np.testing.assert_allclose(metrics[name], value, rtol=METRICS_RTOL, err_msg=name)
   return one_step
 
 
-def test_classification():
+def test_classification_accumulated_equals_one_step():
   config = tiny_digits_config(**{'model.dropout_rate': 0.0})
   task = ClassificationTask(config)
   batch = next(task.train_input(0))
   for accum_steps in (2, 4):
-    _assert_same_update(task, config, batch, accum_steps)
+    _assert_same_update(task, batch, accum_steps)
 
 
 def test_detection_normalises_by_the_global_box_count():
@@ -92,8 +95,8 @@ def test_detection_normalises_by_the_global_box_count():
   box_mask = np.array(batch['box_mask'])
   box_mask[0::2, 1:] = 0  # Micro-batch 0 (the even images) holds 4 boxes, micro-batch 1 12.
   batch = dict(batch, box_mask=box_mask)
-  one_step = _assert_same_update(task, config, batch, 2)
-  own_counts, _ = _step(OwnCountsTask(task, 2), config, batch, 2)
+  one_step = _assert_same_update(task, batch, 2)
+  own_counts, _ = _step(OwnCountsTask(task, 2), batch, 2)
   assert _max_difference(own_counts, one_step) > 1e3 * ATOL
 
 
@@ -107,10 +110,9 @@ def test_segmentation_normalises_by_the_global_valid_pixel_count():
   labels = np.array(batch['label'])
   labels[0::2, 4:] = IGNORE_INDEX  # Micro-batch 0 (the even images) keeps an eighth of its rows.
   batch = dict(batch, label=labels)
-  one_step = _assert_same_update(task, config, batch, 2)
-  own_counts, _ = _step(OwnCountsTask(task, 2), config, batch, 2)
+  one_step = _assert_same_update(task, batch, 2)
+  own_counts, _ = _step(OwnCountsTask(task, 2), batch, 2)
   assert _max_difference(own_counts, one_step) > 1e3 * ATOL
-
 
 
 @pytest.mark.parametrize('accum_steps', [3, -2])
