@@ -81,6 +81,14 @@ class DetectionTask(task.Task):
         raise UserError(f'the {split!r} data has labels 0..{needed - 1} but config.model.'
                         f'num_classes is {have}: set --config.model.num_classes={needed} (the '
                         'largest label + 1; DETR adds the no-object class itself)')
+    else:  # Labels are positions in the label -> category list: it must be training's.
+      train_split = self.config.input.train_split
+      wanted = detection_input.categories(self.config.input, train_split)[1]
+      found = detection_input.categories(self.config.input, split)[1]
+      if found != wanted:
+        raise UserError(f'the {split!r} categories (label -> id {found}) differ from the '
+                        f'{train_split!r} categories ({wanted}): give both annotation files the '
+                        'same categories list')
     return source
 
   def train_preprocess(self):

@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+import re
 
 import ml_collections
 import numpy as np
@@ -12,7 +13,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from helpers import load_config
 from detr_jax import detection_input, shapes, transforms
+from detr_jax.detection import DetectionTask
 from vit_jax import input_pipeline
 from vit_jax.errors import UserError
 
@@ -122,6 +125,21 @@ def test_folder_errors_are_one_line(tmp_path):
   with pytest.raises(UserError, match='unknown config.input.category_layout') as error:
     detection_input.make_source(config, 'val')
   assert '\n' not in str(error.value)
+
+
+def test_eval_categories_that_differ_from_training_stop_the_run_at_start_up(tmp_path):
+  config = load_config('detr_shapes')
+  config.input.update(write_coco_folder(tmp_path, 'train'), train_split='train',
+                      eval_split='val', category_layout='contiguous')
+  write_coco_folder(tmp_path, 'val')
+  annotations = tmp_path / 'annotations' / 'instances_val.json'
+  data = json.loads(annotations.read_text())
+  data['categories'].append({'id': 2, 'name': 'cow'})  # Would shift labels 'dog' and 'bird'.
+  annotations.write_text(json.dumps(data))
+  with pytest.raises(UserError, match=re.escape(
+      "the 'val' categories (label -> id [1, 2, 3, 7]) differ from the 'train' categories "
+      '([1, 3, 7]): give both annotation files the same categories list')):
+    DetectionTask(config).check_inputs()
 
 
 def test_folder_eval_examples(tmp_path):
