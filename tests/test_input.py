@@ -196,3 +196,20 @@ def test_folder_with_bad_images_trains_to_the_end(tmp_path, caplog):
   metrics = train.train_and_evaluate(config, str(tmp_path / 'workdir'), ClassificationTask(config))
   assert metrics['step'] == 3 and metrics['num_examples'] == 4
   assert 'batch_size 8 is larger than the training split (4 examples)' in caplog.text
+
+
+def test_folder_percent_slices_split_every_class(tmp_path):
+  for name, count in (('cat', 10), ('dog', 20)):
+    _write_images(tmp_path / 'train' / name, count)
+  config = _folder_config(tmp_path, **{'input.train_split': 'train[:80%]'})
+  parts = {split: classification_input.folder_arrays(
+      str(tmp_path), split, classification_input.folder_classes(str(tmp_path), 'train[:80%]'))
+           for split in ('train[:80%]', 'train[80%:]')}
+  assert np.bincount(parts['train[:80%]']['label']).tolist() == [8, 16]
+  assert np.bincount(parts['train[80%:]']['label']).tolist() == [2, 4]
+  assert sorted(np.concatenate([p['image'] for p in parts.values()]).tolist()) == sorted(
+      str(path) for path in tmp_path.glob('train/*/*.jpg'))
+  assert classification_input.make_source(config.input, 'train[80%:]', 2).num_examples == 6
+  with pytest.raises(UserError, match=r"folder split 'train\[:800\]': use a folder name, "
+                                      r'optionally with a percent slice'):
+    classification_input.folder_arrays(str(tmp_path), 'train[:800]', ['cat', 'dog'])

@@ -4,7 +4,8 @@ config.input fields:
   source          tfds | folder | digits
   dataset         TFDS name (source=tfds), e.g. cifar10, imagenet2012
   data_dir        TFDS data dir (tfds) or the folder root (folder: root/<split>/<class>/*.jpg;
-                  the training split's class folders name the classes of every split)
+                  the training split's class folders name the classes of every split; a
+                  split may take a percent of each class, e.g. train[:98%] and train[98%:])
   on_bad_image    folder: skip (default; counted in the log) | stop (one line naming the files)
   train_split, eval_split
   image_size      training and eval crop
@@ -20,6 +21,7 @@ Pixels go to [-1, 1] as `(x - 127.5) / 127.5`, as in the original ViT.
 
 import dataclasses
 import os
+import re
 from typing import Optional
 
 import numpy as np
@@ -56,7 +58,7 @@ def digits_arrays(split: str) -> dict[str, np.ndarray]:
 def folder_classes(root: str, train_split: str) -> list[str]:
   """The class names of an image folder: the training split's class folders, sorted. Every split
   labels with this one list, so a folder missing from one split cannot shift the others."""
-  train_dir = _split_dir(root, train_split)
+  train_dir = _split_dir(root, _split_slice(train_split)[0])
   classes = sorted(_class_files(train_dir))
   if not classes:
     raise UserError(f'no class folders in {train_dir}: put images at {train_dir}/<class>/*.jpg')
@@ -74,7 +76,8 @@ def folder_arrays(root: str, split: str, classes: list[str],
   if on_bad_image not in BAD_IMAGE_ACTIONS:
     raise UserError(f'unknown config.input.on_bad_image {on_bad_image!r}: choose one of '
                     f'{BAD_IMAGE_ACTIONS}')
-  split_dir = _split_dir(root, split)
+  folder, start, stop = _split_slice(split)
+  split_dir = _split_dir(root, folder)
   class_files = _class_files(split_dir)
   unknown = [name for name in class_files if name not in classes]
   if unknown:
@@ -82,6 +85,7 @@ def folder_arrays(root: str, split: str, classes: list[str],
                     f'classes {classes}: every split must use the training split\'s class names')
   paths, labels = [], []
   for name, files in class_files.items():
+    files = files[round(len(files) * start / 100):round(len(files) * stop / 100)]
     paths += [os.path.join(split_dir, name, f) for f in files]
     labels += [classes.index(name)] * len(files)
   if not paths:
@@ -110,6 +114,17 @@ def _class_files(split_dir: str) -> dict[str, list[str]]:
         raise UserError(f'class folder {os.path.join(split_dir, name)} holds no images '
                         f'({", ".join(IMAGE_EXTENSIONS)}): add images or remove the folder')
   return class_files
+
+
+def _split_slice(split: str) -> tuple[str, float, float]:
+  """'train[:98%]' -> ('train', 0, 98): TFDS's percent slices, taken within each class so that
+  both parts of a split keep every class; 'train' -> ('train', 0, 100)."""
+  match = re.fullmatch(r'([^\[\]]+)(?:\[(\d*)%?:(\d*)%?\])?', split)
+  if not match or ('[' in split and '%' not in split):
+    raise UserError(f'folder split {split!r}: use a folder name, optionally with a percent '
+                    'slice such as train[:98%] or train[98%:]')
+  folder, start, stop = match.groups()
+  return folder, float(start or 0), float(stop or 100)
 
 
 def _split_dir(root: str, split: str) -> str:
