@@ -5,7 +5,10 @@ the shardings of the running job) and `meta` (JSON: the data position and anythi
 needs to continue the same run).
 """
 
+import contextlib
+import gc
 import os
+import sys
 from typing import Any, Optional
 
 import jax
@@ -64,11 +67,12 @@ class Checkpointer:
         self._set_aside(step, e)
         continue
       self._check_fits(step, saved, target)
-      try:
-        state, meta = self.restore(step, target)
-        return step, state, meta
-      except Exception as e:  # pylint: disable=broad-except
-        self._set_aside(step, e)
+      with _abandoned_reads_silenced():
+        try:
+          state, meta = self.restore(step, target)
+          return step, state, meta
+        except Exception as e:  # pylint: disable=broad-except
+          self._set_aside(step, e)
     return None
 
   def _saved_shapes(self, step: int) -> dict[str, tuple]:
@@ -113,6 +117,20 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+@contextlib.contextmanager
+def _abandoned_reads_silenced():
+  """Orbax reads arrays in concurrent coroutines; when one read fails, each abandoned one prints
+  a traceback as it is collected ('Exception ignored in ...'), thousands for a big model. They
+  are collected here, without a word: the one warning of `_set_aside` says what happened."""
+  previous = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = previous
 
 
 def _shapes_by_name(tree: Any) -> dict[str, tuple]:
