@@ -37,6 +37,7 @@ def get_config(arg='r50'):
   config.input.source = 'tfds'
   config.input.dataset = 'coco/2017'
   config.input.data_dir = ml_collections.config_dict.placeholder(str)
+  config.input.on_bad_image = 'skip'  # Folders: 'stop' names the files that do not decode.
   config.input.train_split = 'train'
   config.input.eval_split = 'validation'
   config.input.category_layout = 'coco_ids'  # Labels are COCO ids: 91 = max id + 1 classes.

@@ -23,6 +23,7 @@ config.input fields:
   pad_size          (h, w) every image is zero-padded to (default (max_size, max_size)); an image
                     the resize leaves bigger is resized down further, aspect kept, to fit
   shuffle_buffer
+  on_bad_image      coco_folder: skip (default; counted in the log) | stop (one line naming them)
 
 Raw examples (what a `Source` yields) are cheap to skip and fixed-shape: `image` (encoded bytes,
 a file path until `Source.load`, or uint8 pixels), `image_id`, `boxes` [R, 4] as (x0, y0, x1, y1)
@@ -61,7 +62,8 @@ COCO_CATEGORY_IDS = (
 # The original's training and eval sizes (make_coco_transforms).
 DEFAULTS = dict(max_boxes=100, augment='detr', train_scales=tuple(range(480, 801, 32)),
                 max_size=1333, crop_resize_scales=(400, 500, 600), crop_min=384, crop_max=600,
-                eval_scale=800, category_layout='coco_ids', shuffle_buffer=10_000)
+                eval_scale=800, category_layout='coco_ids', shuffle_buffer=10_000,
+                on_bad_image='skip')
 
 
 def _get(input_config, key):
@@ -268,13 +270,15 @@ def _folder_source(input_config, split):
                len(boxes), len(annotations) - len(targets))
   boxes, labels, mask = _pack(per_image, per_label, _get(input_config, 'max_boxes'), path)
   files = [os.path.join(folder, image['file_name']) for image in images]
+  arrays = {'image': np.array(files, dtype=str),
+            'image_id': np.array([image['id'] for image in images], np.int64),
+            'boxes': boxes, 'labels': labels, 'box_mask': mask}
   if '://' not in folder:  # Cheap to check locally; remote stores fail when read.
     missing = [f for f in files if not os.path.exists(f)]
     if missing:
       raise UserError(f'{len(missing)} images listed in {path} are missing, e.g. {missing[0]}')
-  arrays = {'image': np.array(files, dtype=str),
-            'image_id': np.array([image['id'] for image in images], np.int64),
-            'boxes': boxes, 'labels': labels, 'box_mask': mask}
+    readable = input_pipeline.readable_images(files, _get(input_config, 'on_bad_image'), folder)
+    arrays = {key: value[readable] for key, value in arrays.items()}
   # Paths travel through shuffling and skipping; a file is read only when its example is used.
   return dataclasses.replace(
       input_pipeline.array_source(arrays, _get(input_config, 'shuffle_buffer')),

@@ -142,6 +142,20 @@ def test_eval_categories_that_differ_from_training_stop_the_run_at_start_up(tmp_
     DetectionTask(config).check_inputs()
 
 
+def test_folder_images_that_do_not_decode_are_skipped_or_named(tmp_path, caplog):
+  config = write_coco_folder(tmp_path)
+  bad = tmp_path / 'val' / 'sub' / 'b.jpg'
+  bad.write_bytes(b'')
+  source = detection_input.make_source(config, 'val')
+  assert sorted(raw_examples(source)) == [7, 1000]
+  assert f'Skipping 1 of 3 images in {tmp_path / "val"} that do not decode, e.g. {bad}' \
+      in caplog.text
+  config.on_bad_image = 'stop'
+  with pytest.raises(UserError, match=re.escape(
+      f'1 image(s) in {tmp_path / "val"} do not decode: {bad}; fix or remove')):
+    detection_input.make_source(config, 'val')
+
+
 def test_folder_eval_examples(tmp_path):
   config = write_coco_folder(tmp_path)
   source = detection_input.make_source(config, 'val')

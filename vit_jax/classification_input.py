@@ -34,7 +34,6 @@ from vit_jax.errors import UserError
 
 AUGMENTATIONS = ('inception_crop', 'flip', 'pad_crop', 'none')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
-BAD_IMAGE_ACTIONS = ('skip', 'stop')  # config.input.on_bad_image
 
 
 def digits_arrays(split: str) -> dict[str, np.ndarray]:
@@ -69,13 +68,9 @@ def folder_arrays(root: str, split: str, classes: list[str],
                   on_bad_image: str = 'skip') -> dict[str, np.ndarray]:
   """Image paths and labels under root/<split>/<class>/, labelled by their index in `classes`.
 
-  Files that do not decode are skipped with a warning that counts them (`on_bad_image='skip'`)
-  or stop the run naming them ('stop'); either way the list is fixed before training, so the
-  stream stays deterministic and resumable.
+  Files that do not decode are skipped or stop the run (`on_bad_image`, see
+  `input_pipeline.readable_images`).
   """
-  if on_bad_image not in BAD_IMAGE_ACTIONS:
-    raise UserError(f'unknown config.input.on_bad_image {on_bad_image!r}: choose one of '
-                    f'{BAD_IMAGE_ACTIONS}')
   folder, start, stop = _split_slice(split)
   split_dir = _split_dir(root, folder)
   class_files = _class_files(split_dir)
@@ -90,17 +85,8 @@ def folder_arrays(root: str, split: str, classes: list[str],
     labels += [classes.index(name)] * len(files)
   if not paths:
     raise UserError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) under {split_dir}/<class>/')
-  bad = set(input_pipeline.unreadable_images(paths))
-  if bad:
-    examples = ', '.join(sorted(bad)[:3])
-    if on_bad_image == 'stop':
-      raise UserError(f'{len(bad)} image(s) in {split_dir} do not decode: {examples}; fix or '
-                      'remove them, or pass --config.input.on_bad_image=skip')
-    logging.warning('Skipping %d of %d images in %s that do not decode, e.g. %s.', len(bad),
-                    len(paths), split_dir, examples)
-    labels = [label for path, label in zip(paths, labels) if path not in bad]
-    paths = [path for path in paths if path not in bad]
-  return {'image': np.array(paths), 'label': np.array(labels, np.int64)}
+  readable = input_pipeline.readable_images(paths, on_bad_image, split_dir)
+  return {'image': np.array(paths)[readable], 'label': np.array(labels, np.int64)[readable]}
 
 
 def _class_files(split_dir: str) -> dict[str, list[str]]:

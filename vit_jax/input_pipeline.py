@@ -24,6 +24,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 from PIL import Image
 
 from vit_jax.errors import UserError
@@ -110,12 +111,28 @@ def _count(ds: tf.data.Dataset) -> int:
 DECODABLE_FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP')
 
 
-def unreadable_images(paths: Sequence[str]) -> list[str]:
-  """The files among `paths` that tf.data could not decode (empty, truncated, not an image, a
-  format TF does not read), found before training so that none stops a run halfway."""
+BAD_IMAGE_ACTIONS = ('skip', 'stop')  # config.input.on_bad_image
+
+
+def readable_images(paths: Sequence[str], on_bad_image: str, where: str) -> np.ndarray:
+  """Which of `paths` tf.data can decode (a bool per path). A file that is empty, truncated,
+  not an image or in a format TF does not read is found now, before training, so that none
+  stops a run halfway: 'skip' logs a count and the first few, 'stop' raises a UserError naming
+  them. The list is fixed before training, so the stream stays deterministic and resumable."""
+  if on_bad_image not in BAD_IMAGE_ACTIONS:
+    raise UserError(f'unknown config.input.on_bad_image {on_bad_image!r}: choose one of '
+                    f'{BAD_IMAGE_ACTIONS}')
   with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # PIL drops the GIL.
-    readable = list(pool.map(_decodes, paths))
-  return [path for path, ok in zip(paths, readable) if not ok]
+    readable = np.array(list(pool.map(_decodes, paths)), bool)
+  bad = [path for path, ok in zip(paths, readable) if not ok]
+  if bad:
+    examples = ', '.join(sorted(bad)[:3])
+    if on_bad_image == 'stop':
+      raise UserError(f'{len(bad)} image(s) in {where} do not decode: {examples}; fix or remove '
+                      'them, or pass --config.input.on_bad_image=skip')
+    logging.warning('Skipping %d of %d images in %s that do not decode, e.g. %s.', len(bad),
+                    len(paths), where, examples)
+  return readable
 
 
 def _decodes(path: str) -> bool:
