@@ -111,6 +111,22 @@ def test_bad_config_values(change, message, workdir):
     next(task.train_input(0))
 
 
+def test_eval_label_map_of_the_wrong_size_stops_the_run_before_training(tmp_path, workdir):
+  rng = np.random.default_rng(0)
+  for split, label_shape in (('train', (24, 32)), ('validation', (12, 16))):
+    for folder in ('images', 'annotations'):
+      os.makedirs(tmp_path / folder / split)
+    Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(
+        tmp_path / 'images' / split / 'a.png')
+    Image.fromarray(np.zeros(label_shape, np.uint8)).save(
+        tmp_path / 'annotations' / split / 'a.png')
+  config = tiny_config(**{'input.source': 'folder', 'input.data_dir': str(tmp_path)})
+  with pytest.raises(UserError, match="reading split 'validation' failed: label map and image "
+                                      'differ in size'):
+    train.train_and_evaluate(config, workdir, segmentation.SegmentationTask(config))
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
+
+
 def test_shapes_recipe_is_segmenters():
   config = load_config('segmenter_shapes')
   assert (config.optim.name, config.optim.momentum, config.optim.weight_decay) == (

@@ -143,7 +143,7 @@ def _decodes(path: str) -> bool:
       image.draft('RGB', (1, 1))  # JPEG decodes at 1/8 scale: cheap, still finds truncation.
       image.load()
     return True
-  except Exception:  # pylint: disable=broad-except  # PIL raises OSError, SyntaxError, ValueError...
+  except Exception:  # pylint: disable=broad-except  # PIL: OSError, SyntaxError, ValueError...
     return False
 
 
