@@ -14,6 +14,8 @@ config.input fields:
                   annotations/<split> (the layout of ADEChallengeData2016 and of mmseg's
                   custom datasets); a label map is <label dir>/<image stem><label_suffix>
   label_suffix    folder: default '.png'
+  on_bad_image    folders: skip (default; an image or label map that does not decode drops the
+                  pair, counted in the log) | stop (one line naming the files)
   shapes          source=shapes: see segmenter_jax/shapes.py ('train' has num_train images,
                   any other split num_eval)
   normalization   vit (mean = std = 127.5) | deit (ImageNet mean and std, x 255)
@@ -224,6 +226,11 @@ def file_lists(input_config, split: str) -> tuple[np.ndarray, np.ndarray, np.nda
     if missing:
       raise UserError(f'{len(missing)} of {len(labels)} label maps of split {split!r} are '
                       f'missing, e.g. {missing[0]}')
+    readable = input_pipeline.readable_images(
+        images + labels, input_config.get('on_bad_image', 'skip'), f'{root} (split {split!r})')
+    pairs = readable[:len(images)] & readable[len(images):]  # An image without its labels: out.
+    images = [image for image, ok in zip(images, pairs) if ok]
+    labels = [label for label, ok in zip(labels, pairs) if ok]
   return np.array(images, dtype=str), np.array(labels, dtype=str), table
 
 

@@ -2,6 +2,7 @@
 data, the training augmentation (image and label stay aligned) and the eval examples."""
 
 import os
+import re
 
 import ml_collections
 import numpy as np
@@ -176,6 +177,21 @@ def test_folder_errors(tmp_path):
                                    'training')
   with pytest.raises(UserError, match="unknown config.input.source 'ade'"):
     segmentation_input.make_source(input_config(source='ade'), 'training')
+
+
+def test_folder_pairs_whose_image_or_labels_do_not_decode_are_skipped_or_named(tmp_path):
+  for name in ('a', 'b', 'c'):
+    for folder, shape in (('images', (4, 4, 3)), ('annotations', (4, 4))):
+      write_png(str(tmp_path / folder / 'training' / f'{name}.png'), np.zeros(shape, np.uint8))
+  bad = tmp_path / 'annotations' / 'training' / 'b.png'
+  bad.write_bytes(bad.read_bytes()[:20])  # Cut short, as an interrupted copy leaves it.
+  config = input_config(source='folder', data_dir=str(tmp_path))
+  images, labels, _ = segmentation_input.file_lists(config, 'training')
+  assert [os.path.basename(p) for p in images] == ['a.png', 'c.png']
+  assert [os.path.basename(p) for p in labels] == ['a.png', 'c.png']
+  config.on_bad_image = 'stop'
+  with pytest.raises(UserError, match=re.escape(f"(split 'training') do not decode: {bad}")):
+    segmentation_input.file_lists(config, 'training')
 
 
 # ----------------------------------------------------------------------------- TFDS
