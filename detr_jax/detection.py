@@ -9,7 +9,7 @@ gathers the final layer's predictions and scores them with pycocotools over the 
 import jax
 import jax.numpy as jnp
 
-from detr_jax import checkpoints, coco_eval, detection_input, losses, matcher, models
+from detr_jax import coco_eval, detection_input, losses, matcher, models, pretrained
 from vit_jax import task
 from vit_jax.errors import UserError, choose
 
@@ -36,8 +36,8 @@ class DetectionTask(task.Task):
                            train=False)
 
   def pretrained_variables(self, variables, path):
-    return checkpoints.fit_variables(
-        variables, checkpoints.load_variables(path, num_heads=self.model.num_heads),
+    return pretrained.fit_variables(
+        variables, pretrained.load_variables(path, num_heads=self.model.num_heads),
         source=f'checkpoint {path}')
 
   def loss(self, variables, batch, rng, normalizers):

@@ -7,7 +7,7 @@ keys of every attention) -> 100 learned queries -> class head (num_classes + 1, 
 
 Parameter names follow the official state dict (`backbone/layer1_0/conv1`,
 `transformer/encoder/layers_0/self_attn/query`, `class_embed`, `bbox_embed/layers_2`, ...), so the
-converter in `detr_jax/checkpoints.py` is a rename table. The frozen batch-norm statistics and
+converter in `detr_jax/pretrained.py` is a rename table. The frozen batch-norm statistics and
 affine terms live in the 'frozen' collection (the original keeps them as buffers); the stem and
 layer1 are parameters frozen by the optimizer (`lr_mults` in the configs), as in the original.
 """

@@ -15,7 +15,7 @@ import torch._dynamo  # noqa: F401
 import jax
 import numpy as np
 
-from detr_jax import checkpoints
+from detr_jax import pretrained
 from vit_jax import weights
 from vit_jax.errors import UserError
 
@@ -27,7 +27,7 @@ def main():
   parser.add_argument('--num_heads', type=int, default=8, help='attention heads (8 in DETR)')
   args = parser.parse_args()
   try:
-    variables = checkpoints.load_variables(args.checkpoint, args.num_heads)
+    variables = pretrained.load_variables(args.checkpoint, args.num_heads)
   except UserError as e:
     sys.exit(f'error: {e}')
   weights.write_npz(args.output, variables)

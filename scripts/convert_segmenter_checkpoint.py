@@ -19,7 +19,7 @@ import torch._dynamo  # noqa: F401
 import jax
 import numpy as np
 
-from segmenter_jax import checkpoints
+from segmenter_jax import pretrained
 from vit_jax import weights
 from vit_jax.errors import UserError
 
@@ -32,10 +32,10 @@ def main():
   args = parser.parse_args()
   try:
     state = weights.read_pth(args.checkpoint)
-    variant = checkpoints.read_variant_yml(
+    variant = pretrained.read_variant_yml(
         args.variant or os.path.join(os.path.dirname(args.checkpoint), 'variant.yml'))
-    params, fields = checkpoints.convert_official(state, variant)
-    normalization = checkpoints.input_normalization(variant)
+    params, fields = pretrained.convert_official(state, variant)
+    normalization = pretrained.input_normalization(variant)
   except UserError as e:
     sys.exit(f'error: {e}')
   weights.write_npz(args.output, params)
@@ -44,7 +44,7 @@ def main():
     json.dump(dict(model=fields, normalization=normalization,
                    inference=variant.get('inference_kwargs')), f, indent=1)
   count = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
-  unused = sorted(k for k in state if k in checkpoints.UNUSED_OFFICIAL)
+  unused = sorted(k for k in state if k in pretrained.UNUSED_OFFICIAL)
   print(f'wrote {args.output}: {count:,} parameters ({fields["decoder"]} decoder, '
         f'{fields["num_classes"]} classes, crop {fields["image_size"]}); '
         f'unused: {", ".join(unused)}')

@@ -7,7 +7,7 @@ flip) and returns per-class pixel counts, summed by metrics.MeanIoU into mIoU an
 
 config fields beyond the loop's: input (segmentation_input.py), model (segmenter_jax/models.py;
 model.image_size defaults to input.crop_size), init_from (an official ViT .npz for the encoder,
-or a Segmenter checkpoint: checkpoints.load_pretrained).
+or a Segmenter checkpoint: pretrained.load_pretrained).
 """
 
 import functools
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from segmenter_jax import checkpoints, inference, metrics, models, segmentation_input
+from segmenter_jax import inference, metrics, models, pretrained, segmentation_input
 from vit_jax import task
 from vit_jax.errors import UserError, choose
 
@@ -72,7 +72,7 @@ class SegmentationTask(task.Task):
     return self.model.init({'params': rng}, images, train=False)
 
   def pretrained_params(self, params, path):
-    return checkpoints.load_pretrained(params, path, self.model)
+    return pretrained.load_pretrained(params, path, self.model)
 
   def loss(self, variables, batch, rng, normalizers):
     logits = self.model.apply(variables, batch['image'], train=True, rngs={'dropout': rng})

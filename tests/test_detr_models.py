@@ -14,7 +14,7 @@ import torch
 import torchvision
 from transformers import DetrConfig, DetrForObjectDetection
 
-from detr_jax import checkpoints, models
+from detr_jax import models, pretrained
 from helpers import ROOT, write_code_carrying_pickle
 from vit_jax.errors import UserError
 
@@ -65,7 +65,7 @@ def _randomised_hf_detr(dilation: bool, num_labels: int = 5):
 @pytest.mark.parametrize('dilation', [False, True], ids=['R50', 'DC5-R50'])
 def test_same_outputs_as_hf_transformers_on_a_padded_batch(dilation):
   hf = _randomised_hf_detr(dilation)
-  variables = checkpoints.convert_state_dict(
+  variables = pretrained.convert_state_dict(
       {k: v.numpy() for k, v in hf.state_dict().items()})
   batch, height, width = 2, 160, 224
   pixel_mask = np.zeros((batch, height, width), np.int64)
@@ -121,7 +121,7 @@ def test_official_layout_converts_completely(tmp_path):
   assert len(state) == 458  # reference/detr.md §5.
   path = str(tmp_path / 'detr-r50.pth')
   torch.save({'model': state}, path)
-  loaded = checkpoints.load_variables(path)
+  loaded = pretrained.load_variables(path)
   fresh = _abstract_variables(num_classes=91)
   assert jax.tree.map(np.shape, loaded) == jax.tree.map(np.shape, fresh)
   q = loaded['params']['transformer']['encoder']['layers_3']['self_attn']['query']['kernel']
@@ -136,7 +136,7 @@ def test_fine_tuning_on_new_classes_keeps_a_fresh_head():
   model = models.DETR(num_classes=3, num_encoder_layers=6)
   fresh = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), jnp.ones((1, 64, 64)))
   fresh = jax.device_get(flax.linen.meta.unbox(fresh))
-  fitted = checkpoints.fit_variables(fresh, checkpoints.convert_state_dict(state))
+  fitted = pretrained.fit_variables(fresh, pretrained.convert_state_dict(state))
   np.testing.assert_array_equal(fitted['params']['class_embed']['kernel'],
                                 fresh['params']['class_embed']['kernel'])
   np.testing.assert_array_equal(fitted['params']['query_embed'], state['query_embed.weight'])
@@ -147,7 +147,7 @@ def test_backbone_from_a_torchvision_resnet():
   model = models.DETR(num_classes=3, num_encoder_layers=1, num_decoder_layers=1)
   fresh = jax.device_get(flax.linen.meta.unbox(
       model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), jnp.ones((1, 64, 64)))))
-  fitted = checkpoints.fit_variables(fresh, checkpoints.convert_state_dict(resnet))
+  fitted = pretrained.fit_variables(fresh, pretrained.convert_state_dict(resnet))
   np.testing.assert_array_equal(fitted['params']['backbone']['conv1']['kernel'],
                                 resnet['conv1.weight'].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(fitted['frozen']['backbone']['layer4_2']['bn3']['mean'],
@@ -160,7 +160,7 @@ def test_a_pickle_that_carries_code_is_refused(tmp_path):
   path = tmp_path / 'evil.pth'
   write_code_carrying_pickle(str(path), str(marker))
   with pytest.raises(UserError, match='refusing to load .*not a plain weights file'):
-    checkpoints.load_variables(str(path))
+    pretrained.load_variables(str(path))
   assert not os.path.exists(marker)
 
 
@@ -170,7 +170,7 @@ def test_mismatched_checkpoint_names_the_tensors():
   fresh = jax.device_get(flax.linen.meta.unbox(
       model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), jnp.ones((1, 64, 64)))))
   with pytest.raises(UserError, match=r'does not fit the model \(shape differs: params/'):
-    checkpoints.fit_variables(fresh, checkpoints.convert_state_dict(state))
+    pretrained.fit_variables(fresh, pretrained.convert_state_dict(state))
 
 
 def test_converter_script_writes_what_init_from_reads(tmp_path):
@@ -182,7 +182,7 @@ def test_converter_script_writes_what_init_from_reads(tmp_path):
                           text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert '41,524,768 parameters, 106,240 frozen batch-norm values, 91 classes' in result.stdout
-  loaded = checkpoints.load_variables(output)
+  loaded = pretrained.load_variables(output)
   np.testing.assert_array_equal(loaded['params']['class_embed']['kernel'],
                                 state['class_embed.weight'].numpy().T)
 

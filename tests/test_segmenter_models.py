@@ -13,7 +13,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from segmenter_jax import checkpoints, models
+from segmenter_jax import models, pretrained
 from vit_jax import models as vit_models
 from vit_jax.errors import UserError
 
@@ -105,7 +105,7 @@ def test_parameter_counts_plus_unused_head_equal_official(variant, crop, classes
   d, patch, distilled = size['hidden_size'], size['patch_size'], size['distilled']
   official = official_shapes(d, size['num_layers'], patch, (crop // patch,) * 2, classes,
                              decoder, layers, distilled)
-  heads = sum(int(np.prod(s)) for k, s in official.items() if k in checkpoints.UNUSED_OFFICIAL)
+  heads = sum(int(np.prod(s)) for k, s in official.items() if k in pretrained.UNUSED_OFFICIAL)
   assert ours + heads == sum(int(np.prod(s)) for s in official.values())
   assert round((ours + heads) / 1e6, 2) == millions
 
@@ -135,7 +135,7 @@ def test_encoder_matches_timm_with_padding_and_position_embedding_resize(distill
       hidden_size=d, num_layers=2, num_heads=heads, mlp_dim=4 * d, patch_size=patch,
       image_size=crop, distilled=distilled, num_classes=3, decoder='linear'))
   state = {k: v.numpy() for k, v in reference.state_dict().items()}
-  params = checkpoints.init_encoder_from_timm(_init(model, (1, crop, crop, 3)), state, heads)
+  params = pretrained.init_encoder_from_timm(_init(model, (1, crop, crop, 3)), state, heads)
   prefix = 2 if distilled else 1
 
   # 36 x 52 pads to 40 x 56: a 5 x 7 grid, position embeddings resized from 4 x 4.

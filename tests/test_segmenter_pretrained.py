@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import ROOT, write_code_carrying_pickle
-from segmenter_jax import checkpoints, models
+from segmenter_jax import models, pretrained
 from test_segmenter_models import official_shapes, torch_resize_pos_embed
 from vit_jax import models as vit_models
 from vit_jax import weights
@@ -132,11 +132,11 @@ def torch_segmenter(sd, im, decoder, distilled=False, decoder_layers=2):
                          ids=['mask', 'linear', 'deit_mask'])
 def test_official_state_dict_round_trips_to_the_same_logits(decoder, distilled):
   state = _random_state(decoder, distilled)
-  params, fields = checkpoints.convert_official(state, _variant_yml(decoder, distilled))
+  params, fields = pretrained.convert_official(state, _variant_yml(decoder, distilled))
   model = models.build_segmenter(fields)
   # Every tensor is used except the ImageNet heads.
   count = lambda tree: sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
-  heads = sum(int(np.prod(v.shape)) for k, v in state.items() if k in checkpoints.UNUSED_OFFICIAL)
+  heads = sum(int(np.prod(v.shape)) for k, v in state.items() if k in pretrained.UNUSED_OFFICIAL)
   assert count(params) + heads == sum(int(np.prod(v.shape)) for v in state.values())
   # 30 x 45 needs padding (to 32 x 48) and a position-embedding resize (4 x 4 -> 4 x 6).
   images = np.random.default_rng(1).uniform(-1, 1, (2, 30, 45, 3)).astype(np.float32)
@@ -151,14 +151,14 @@ def test_official_state_dict_round_trips_to_the_same_logits(decoder, distilled):
 
 
 def test_converted_fields_describe_the_official_model():
-  _, fields = checkpoints.convert_official(_random_state('mask_transformer', decoder_layers=1),
+  _, fields = pretrained.convert_official(_random_state('mask_transformer', decoder_layers=1),
                                            _variant_yml('mask_transformer', decoder_layers=1))
   assert fields == dict(
       hidden_size=D, num_layers=LAYERS, num_heads=HEADS, mlp_dim=4 * D, patch_size=PATCH,
       image_size=(CROP, CROP), distilled=False, num_classes=CLASSES, decoder='mask_transformer',
       dropout_rate=0.0, drop_path_rate=0.1, decoder_layers=1, decoder_num_heads=1,
       decoder_dropout_rate=0.1, decoder_drop_path_rate=0.0)
-  assert checkpoints.input_normalization(_variant_yml('linear', True))['std'] == (
+  assert pretrained.input_normalization(_variant_yml('linear', True))['std'] == (
       0.229, 0.224, 0.225)
 
 
@@ -166,19 +166,19 @@ def test_anything_but_the_unused_heads_must_be_mapped():
   state = _random_state('linear')
   state['encoder.extra_token'] = torch.zeros(1, 1, D)
   with pytest.raises(UserError, match='no place in Segmenter: encoder.extra_token'):
-    checkpoints.convert_official(state, _variant_yml('linear'))
+    pretrained.convert_official(state, _variant_yml('linear'))
   state = _random_state('linear')
   del state['encoder.blocks.1.mlp.fc2.bias']
   with pytest.raises(UserError, match=r'missing: encoder/Transformer/encoderblock_1/MlpBlock_0'):
-    checkpoints.convert_official(state, _variant_yml('linear'))
+    pretrained.convert_official(state, _variant_yml('linear'))
   # A variant.yml of another model: the shapes say so in one line.
   other = _variant_yml('linear')
   other['net_kwargs']['n_cls'] = 7
   with pytest.raises(UserError, match=r'shape differs: decoder/head/bias \(5,\) vs \(7,\)') as e:
-    checkpoints.convert_official(_random_state('linear'), other)
+    pretrained.convert_official(_random_state('linear'), other)
   assert '\n' not in str(e.value)
   with pytest.raises(UserError, match='no net_kwargs'):
-    checkpoints.convert_official(state, {'dataset_kwargs': {}})
+    pretrained.convert_official(state, {'dataset_kwargs': {}})
 
 
 # ------------------------------------------------------------------------------- files
@@ -206,35 +206,35 @@ def _write_official(directory, decoder='mask_transformer'):
 def test_variant_yml_reads_tuples_and_refuses_other_python_objects(tmp_path):
   _write_official(tmp_path)
   assert '!!python/tuple' in (tmp_path / 'variant.yml').read_text()
-  variant = checkpoints.read_variant_yml(str(tmp_path / 'variant.yml'))
+  variant = pretrained.read_variant_yml(str(tmp_path / 'variant.yml'))
   assert variant['net_kwargs']['image_size'] == (CROP, CROP)
   evil = tmp_path / 'evil.yml'
   evil.write_text('net_kwargs: !!python/object/apply:os.system ["touch owned"]\n')
   with pytest.raises(UserError, match='cannot read .* as YAML'):
-    checkpoints.read_variant_yml(str(evil))
+    pretrained.read_variant_yml(str(evil))
 
 
 def test_load_pretrained_reads_official_files_and_converted_npz(tmp_path):
   state = _write_official(tmp_path)
-  params, fields = checkpoints.load_official(str(tmp_path / 'checkpoint.pth'))
+  params, fields = pretrained.load_official(str(tmp_path / 'checkpoint.pth'))
   np.testing.assert_array_equal(params['decoder']['proj_patch'], state['decoder.proj_patch'])
   # The same model, fresh, then filled from each file kind.
   model = models.build_segmenter(fields)
   fresh = _fresh(model)
-  from_pth = checkpoints.load_pretrained(fresh, str(tmp_path / 'checkpoint.pth'), model)
+  from_pth = pretrained.load_pretrained(fresh, str(tmp_path / 'checkpoint.pth'), model)
   weights.write_npz(str(tmp_path / 'converted.npz'), params)
-  from_npz = checkpoints.load_pretrained(fresh, str(tmp_path / 'converted.npz'), model)
+  from_npz = pretrained.load_pretrained(fresh, str(tmp_path / 'converted.npz'), model)
   jax.tree.map(np.testing.assert_array_equal, from_pth, params)
   jax.tree.map(np.testing.assert_array_equal, from_npz, params)
   # Fine-tuning at another crop: the position embeddings follow the model's grid.
   bigger = models.build_segmenter(dict(fields, image_size=48))
-  moved = checkpoints.load_pretrained(_fresh(bigger, 48), str(tmp_path / 'converted.npz'), bigger)
+  moved = pretrained.load_pretrained(_fresh(bigger, 48), str(tmp_path / 'converted.npz'), bigger)
   expected = torch_resize_pos_embed(state['encoder.pos_embed'], (4, 4), (6, 6), 1).numpy()
   np.testing.assert_allclose(
       moved['encoder']['Transformer']['posembed_input']['pos_embedding'], expected, atol=1e-6)
   other = models.build_segmenter(dict(fields, num_classes=9))
   with pytest.raises(UserError, match='does not fit the model .*num_classes'):
-    checkpoints.load_pretrained(_fresh(other), str(tmp_path / 'converted.npz'), other)
+    pretrained.load_pretrained(_fresh(other), str(tmp_path / 'converted.npz'), other)
 
 
 def test_convert_script_writes_params_and_config(tmp_path):
@@ -286,7 +286,7 @@ def test_encoder_from_vit_npz_matches_timms_loader(tmp_path, caplog):
   fresh = nn.meta.unbox(jax.jit(functools.partial(model.init, train=False))(
       jax.random.PRNGKey(0), jnp.zeros((1, CROP, CROP, 3))))['params']
   with caplog.at_level(logging.INFO):
-    params = checkpoints.init_encoder_from_vit(fresh, path)
+    params = pretrained.init_encoder_from_vit(fresh, path)
   log = caplog.text
   assert 'Dropping head' in log and 'Dropping pre_logits' in log
   assert 'Resizing position embeddings (1, 37, 64) -> (1, 17, 64)' in log
@@ -322,10 +322,10 @@ def test_encoder_from_a_vit_of_another_size_is_a_one_line_error(tmp_path):
                                       num_classes=CLASSES, decoder='linear'))
   fresh = _fresh(model)
   with pytest.raises(UserError, match='does not fit the model .*shape differs') as error:
-    checkpoints.init_encoder_from_vit(fresh, path)
+    pretrained.init_encoder_from_vit(fresh, path)
   assert '\n' not in str(error.value)
   with pytest.raises(UserError, match='cannot read checkpoint'):
-    checkpoints.init_encoder_from_vit(fresh, str(tmp_path / 'missing.npz'))
+    pretrained.init_encoder_from_vit(fresh, str(tmp_path / 'missing.npz'))
 
 
 def test_deit_encoder_from_a_timm_pth_keeps_both_tokens_apart_when_resizing(tmp_path):
@@ -336,7 +336,7 @@ def test_deit_encoder_from_a_timm_pth_keeps_both_tokens_apart_when_resizing(tmp_
   model = models.build_segmenter(dict(hidden_size=D, num_layers=LAYERS, num_heads=HEADS,
                                       mlp_dim=4 * D, patch_size=PATCH, image_size=CROP,
                                       distilled=True, num_classes=CLASSES, decoder='linear'))
-  params = checkpoints.load_pretrained(_fresh(model), str(tmp_path / 'deit.pth'), model)
+  params = pretrained.load_pretrained(_fresh(model), str(tmp_path / 'deit.pth'), model)
   expected = torch_resize_pos_embed(state['pos_embed'], (6, 6), (4, 4), 2).numpy()
   np.testing.assert_allclose(params['encoder']['Transformer']['posembed_input']['pos_embedding'],
                              expected, atol=1e-6)
