@@ -160,6 +160,19 @@ def test_ctrl_c_saves_the_step_and_a_second_run_in_the_workdir_stops(workdir):
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(step)]
 
 
+def test_ctrl_c_during_start_up_exits_130_without_a_traceback(workdir):
+  job = subprocess.Popen([sys.executable, '-m', 'vit_jax.main', '--config=configs/vit_digits.py',
+                          f'--workdir={workdir}'], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+  for line in job.stderr:
+    if 'Config:' in line:  # Config parsed; the task and model not built yet.
+      break
+  job.send_signal(signal.SIGINT)
+  rest = job.stderr.read()
+  assert job.wait(timeout=120) == 130
+  assert 'Traceback' not in rest
+  assert rest.strip().splitlines()[-1].startswith('interrupted outside a training step')
+
+
 def test_a_second_signal_exits_at_once(monkeypatch):
   exits = []
   monkeypatch.setattr(os, '_exit', exits.append)

@@ -11,6 +11,7 @@ then continues the run. One run at a time per workdir: a second one stops with o
 import logging as py_logging
 import os
 import re
+import signal
 import sys
 import threading
 import traceback
@@ -79,14 +80,18 @@ def run(make_task: Callable[[object], task.Task]) -> None:
       _initialize_distributed()
     _quiet_libraries()
     config = _loaded_config()
-    logging.info('Config:\n%s', config)
     try:
+      logging.info('Config:\n%s', config)
       train.train_and_evaluate(config, _WORKDIR.value, make_task(config))
     except UserError as e:
       _fail(str(e))
     except train.Preempted as e:
       print(str(e), file=sys.stderr)
       sys.exit(128 + e.signal)  # The conventional status of a job ended by a signal.
+    except KeyboardInterrupt:  # Ctrl-C outside the train loop (start-up, compiling): no step.
+      print('interrupted outside a training step; checkpoints already written are kept: run the '
+            'same command again to continue', file=sys.stderr)
+      sys.exit(128 + signal.SIGINT)
 
   app.run(main, flags_parser=_parse_flags)
 
