@@ -100,3 +100,12 @@ def test_missing_init_from_is_found_before_the_model_is_built(tmp_path):
   config = tiny_digits_config(init_from=missing)
   with pytest.raises(UserError, match=re.escape(f'config.init_from {missing!r} does not exist')):
     train.train_and_evaluate(config, str(tmp_path / 'workdir'), ClassificationTask(config))
+
+
+def test_eval_batch_that_does_not_split_over_the_devices_stops_before_training(workdir):
+  result = run_module(['vit_jax.main', '--config=configs/vit_digits.py', f'--workdir={workdir}',
+                       '--config.input.eval_batch_size=129'],
+                      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}, timeout=300)
+  assert_one_line_error(result, 'config.input.eval_batch_size (129) must be a multiple of the 2 '
+                        'batch shards: pass --config.input.eval_batch_size=130')
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints'))

@@ -208,8 +208,10 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, 
                     f'config.optim.accum_steps ({accum_steps}) x the batch shards ({shards}): '
                     'change either (accum_steps >= 1)')
   if config.input.eval_batch_size % shards:
+    fitting = math.ceil(config.input.eval_batch_size / shards) * shards
     raise UserError(f'config.input.eval_batch_size ({config.input.eval_batch_size}) must be a '
-                    f'multiple of the batch shards ({shards}): change it')
+                    f'multiple of the {shards} batch shards: pass '
+                    f'--config.input.eval_batch_size={fitting}')
   if config.input.batch_size > task.num_train_examples():
     logging.warning('config.input.batch_size %d is larger than the training split (%d '
                     'examples): every step repeats examples.', config.input.batch_size,
