@@ -1,5 +1,7 @@
 """One run per workdir: a live run's lock stops a second one; a killed run's lock is taken over."""
 
+import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -39,3 +41,13 @@ def test_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
   assert (tmp_path / workdir_lib.LOCK_FILE).read_text() == ''  # Released: the next run starts.
   with workdir_lib.RunLock(str(tmp_path)):
     pass
+
+
+def test_workdir_that_cannot_be_locked_runs_with_a_warning(tmp_path, caplog, monkeypatch):
+  def no_locks(file, operation):
+    raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+  monkeypatch.setattr(fcntl, 'flock', no_locks)
+  with workdir_lib.RunLock(str(tmp_path)):
+    pass
+  assert f'Cannot lock {tmp_path / workdir_lib.LOCK_FILE} ({os.strerror(errno.ENOLCK)}): a ' \
+      'second run started in this workdir would not be stopped.' in caplog.text

@@ -8,7 +8,7 @@ in any way (even `kill -9`), so a lock file left behind by a dead run is simply 
 import fcntl
 import os
 import socket
-from typing import Optional
+from typing import IO, Optional
 
 import jax
 from absl import logging
@@ -36,7 +36,7 @@ class RunLock:
 
   def __init__(self, workdir: str):
     self._path = os.path.join(workdir, LOCK_FILE)
-    self._file: Optional[object] = None
+    self._file: Optional[IO[str]] = None
 
   def __enter__(self) -> 'RunLock':
     if jax.process_index() > 0:  # Process 0 speaks for the whole job.
@@ -51,6 +51,12 @@ class RunLock:
       raise UserError(f'workdir {os.path.dirname(self._path)} is in use by a running job '
                       f'({holder}): wait for it to end, stop it, or pass another --workdir'
                       ) from None
+    except OSError as e:  # Some network file systems cannot lock: run, but say what is lost.
+      logging.warning('Cannot lock %s (%s): a second run started in this workdir would not be '
+                      'stopped.', self._path, e.strerror)
+      self._file.close()
+      self._file = None
+      return self
     self._file.seek(0)
     previous = self._file.read().strip()
     if previous:
