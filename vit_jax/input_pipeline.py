@@ -14,9 +14,9 @@ Each host reads its own part of a split (`tfds.even_splits` or a strided slice),
 feeds one machine or a pod.
 """
 
-import concurrent.futures
 import dataclasses
 import math
+import multiprocessing.pool
 import os
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -122,8 +122,8 @@ def readable_images(paths: Sequence[str], on_bad_image: str, where: str) -> np.n
   if on_bad_image not in BAD_IMAGE_ACTIONS:
     raise UserError(f'unknown config.input.on_bad_image {on_bad_image!r}: choose one of '
                     f'{BAD_IMAGE_ACTIONS}')
-  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # PIL drops the GIL.
-    readable = np.array(list(pool.map(_decodes, paths)), bool)
+  with multiprocessing.pool.ThreadPool(os.cpu_count()) as pool:  # PIL decodes without the GIL.
+    readable = np.array(pool.map(_decodes, paths, chunksize=256), bool)  # Chunks: few tasks.
   bad = [path for path, ok in zip(paths, readable) if not ok]
   if bad:
     examples = ', '.join(sorted(bad)[:3])
