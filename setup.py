@@ -4,16 +4,18 @@ import setuptools
 
 # The versions that work together (reference/environment.md): newer jax breaks clu and flax
 # pairings, tensorflow-cpu does not pull in tensorboard, torch 2.13 breaks torchvision/timm.
+# jax is a range, not a pin, so that the accelerator jax of a Colab or cloud runtime is kept
+# when it fits (a pin would replace it with a CPU build); the next minor is untested.
 INSTALL_REQUIRES = [
-    'jax==0.10.2',
-    'jaxlib==0.10.2',
+    'jax>=0.10.2,<0.11',
+    'jaxlib>=0.10.2,<0.11',
     'flax==0.12.8',
     'optax==0.2.8',
     'orbax-checkpoint==0.12.8',
     'ml-collections==1.1.0',
     'clu==0.0.12',
     'tensorflow-datasets==4.9.10',
-    'tensorflow-cpu==2.21.0',
+    'tensorflow-cpu==2.21.0',  # Only tf.data runs on TensorFlow: the CPU build keeps it off the GPU.
     'tensorboard==2.21.0',
     'absl-py',
     'numpy',
@@ -28,6 +30,9 @@ INSTALL_REQUIRES = [
 TORCH = ['torch==2.14.1', 'torchvision==0.29.1', 'timm']
 
 EXTRAS_REQUIRE = {
+    # The jax plugin for the accelerator, at the version INSTALL_REQUIRES resolves jax to.
+    'tpu': ['jax[tpu]'],
+    'cuda12': ['jax[cuda12]'],
     'torch': TORCH,
     # pytest plus the parity stack: the same weights in timm / HF.
     'test': ['pytest', 'transformers'] + TORCH,
