@@ -15,7 +15,7 @@ INSTALL_REQUIRES = [
     'ml-collections==1.1.0',
     'clu==0.0.12',
     'tensorflow-datasets==4.9.10',
-    'tensorflow-cpu==2.21.0',  # Only tf.data runs on TensorFlow: the CPU build keeps it off the GPU.
+    'tensorflow-cpu==2.21.0',  # Only tf.data runs on TensorFlow; the CPU build keeps off the GPU.
     'tensorboard==2.21.0',
     'absl-py',
     'numpy',
