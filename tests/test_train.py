@@ -92,9 +92,12 @@ def test_gradient_accumulation_equals_full_batch():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), params[1], params[4])
 
 
-def test_digits_main_job_reaches_95_percent(workdir):
-  result = run_module(['vit_jax.main', '--config=configs/vit_digits.py', f'--workdir={workdir}'])
+def test_digits_main_job_reaches_95_percent(workdir, tmp_path):
+  cache = tmp_path / 'xla_cache'
+  result = run_module(['vit_jax.main', '--config=configs/vit_digits.py', f'--workdir={workdir}',
+                       f'--compilation_cache={cache}'])
   assert result.returncode == 0, result.stderr[-3000:]
+  assert list(cache.glob('jit_train_step-*'))  # A rerun takes the compiled step from here.
   metrics = json.load(open(os.path.join(workdir, 'final_metrics.json')))
   assert metrics['num_examples'] == 360
   assert metrics['accuracy'] >= 0.95

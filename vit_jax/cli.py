@@ -36,6 +36,11 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processe
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
 _DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
     'distributed_timeout', 300, 'Seconds to wait for every process to join before giving up.')
+_COMPILATION_CACHE = flags.DEFINE_string(
+    'compilation_cache', os.path.join(
+        os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'vit_jax', 'xla'),
+    "JAX's persistent compilation cache, so a resumed or repeated run does not compile its "
+    "steps again; '' turns it off.")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -76,6 +81,8 @@ def run(make_task: Callable[[object], task.Task]) -> None:
   def main(argv):
     if len(argv) > 1:
       _fail(f'unexpected arguments {argv[1:]}: use --config=... --workdir=...')
+    if _COMPILATION_CACHE.value:
+      jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
     if _DISTRIBUTED.value:
       _initialize_distributed()
     _quiet_libraries()
