@@ -134,6 +134,31 @@ def make_train_step(task: task_lib.Task, tx: optax.GradientTransformation, sched
   return train_step
 
 
+def jit_train_step(task: task_lib.Task, tx, schedule, accum_steps: int, shardings: TrainState,
+                   batch_sharding):
+  """The train step as the loop runs it (also compiled ahead of time by vit_jax.fit_report)."""
+  return jax.jit(make_train_step(task, tx, schedule, accum_steps),
+                 in_shardings=(shardings, batch_sharding),
+                 out_shardings=(shardings, None), donate_argnums=0)
+
+
+def checked_accum_steps(config, mesh, rules) -> int:
+  """config.optim.accum_steps, after checking that the train and eval batches split evenly
+  over the batch shards of `mesh` (and the train batch over the micro-batches)."""
+  accum_steps = int(config.optim.get('accum_steps', 1) or 1)  # Micro-batches per step.
+  shards = _batch_shards(mesh, rules)
+  if accum_steps < 1 or config.input.batch_size % (accum_steps * shards):
+    raise UserError(f'config.input.batch_size ({config.input.batch_size}) must be a multiple of '
+                    f'config.optim.accum_steps ({accum_steps}) x the batch shards ({shards}): '
+                    'change either (accum_steps >= 1)')
+  if config.input.eval_batch_size % shards:
+    fitting = math.ceil(config.input.eval_batch_size / shards) * shards
+    raise UserError(f'config.input.eval_batch_size ({config.input.eval_batch_size}) must be a '
+                    f'multiple of the {shards} batch shards: pass '
+                    f'--config.input.eval_batch_size={fitting}')
+  return accum_steps
+
+
 def init_state(task: task_lib.Task, tx, rng) -> TrainState:
   """A fresh train state: the task's variables, optimizer state, step 0, the training RNG."""
   init_rng, train_rng = jax.random.split(rng)
@@ -201,17 +226,7 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, 
   sharding.check_rules(rules, mesh)
   steps = durations.resolve(config, task.num_train_examples)  # Epochs in the config -> steps.
   num_steps = steps.total
-  accum_steps = int(config.optim.get('accum_steps', 1) or 1)  # Micro-batches per step.
-  shards = _batch_shards(mesh, rules)
-  if accum_steps < 1 or config.input.batch_size % (accum_steps * shards):
-    raise UserError(f'config.input.batch_size ({config.input.batch_size}) must be a multiple of '
-                    f'config.optim.accum_steps ({accum_steps}) x the batch shards ({shards}): '
-                    'change either (accum_steps >= 1)')
-  if config.input.eval_batch_size % shards:
-    fitting = math.ceil(config.input.eval_batch_size / shards) * shards
-    raise UserError(f'config.input.eval_batch_size ({config.input.eval_batch_size}) must be a '
-                    f'multiple of the {shards} batch shards: pass '
-                    f'--config.input.eval_batch_size={fitting}')
+  accum_steps = checked_accum_steps(config, mesh, rules)
   if config.input.batch_size > task.num_train_examples():
     logging.warning('config.input.batch_size %d is larger than the training split (%d '
                     'examples): every step repeats examples.', config.input.batch_size,
@@ -253,9 +268,7 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, 
           state.params, include_stats=jax.process_count() == 1)
       writer.write_hparams(_flatten_config(config))
 
-    train_step = jax.jit(make_train_step(task, tx, schedule, accum_steps),
-                         in_shardings=(shardings, batch_sharding),
-                         out_shardings=(shardings, None), donate_argnums=0)
+    train_step = jit_train_step(task, tx, schedule, accum_steps, shardings, batch_sharding)
     eval_step = jax.jit(
         lambda s, b: dict(task.eval_outputs({'params': s.params, **s.model_state}, b),
                           _mask=b['_mask']),
