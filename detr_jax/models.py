@@ -175,6 +175,28 @@ def sine_position_embedding(mask: jax.Array, num_feats: int = 128,
   return jnp.concatenate([embed(y), embed(x)], axis=-1)
 
 
+class LearnedPositionEmbedding(nn.Module):
+  """The original's PositionEmbeddingLearned: 50 row and 50 column embeddings of D / 2 features
+  each, uniform [0, 1) init; [B, h, w] -> [B, h, w, D], x (column) channels then y (row)
+  channels, the same at padded cells (it ignores the mask)."""
+  num_feats: int = 128
+  size: int = 50
+
+  @nn.compact
+  def __call__(self, mask):
+    b, h, w = mask.shape
+    if h > self.size or w > self.size:
+      raise UserError(f'learned position embeddings cover {self.size} x {self.size} feature '
+                      f'cells but the features are {h} x {w}: use position_embedding=sine, or '
+                      f'images of at most {32 * self.size} px ({16 * self.size} with DC5)')
+    init = _partitioned(nn.initializers.uniform(1.0), (None, None))
+    row = self.param('row_embed', init, (self.size, self.num_feats))[:h]
+    col = self.param('col_embed', init, (self.size, self.num_feats))[:w]
+    pos = jnp.concatenate([jnp.broadcast_to(col[None], (h, w, self.num_feats)),
+                           jnp.broadcast_to(row[:, None], (h, w, self.num_feats))], axis=-1)
+    return jnp.broadcast_to(pos, (b,) + pos.shape)
+
+
 def _layer_norm(name):
   return nn.LayerNorm(epsilon=1e-5, name=name)  # PyTorch's eps (Flax's default is 1e-6).
 
@@ -248,13 +270,13 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-  """Queries start at zero; the final norm is applied to every layer's output."""
+  """The final norm is applied to every layer's output. `tgt`: the queries' start (zeros in
+  the original); `query_pos`, `pos`: added at every attention, or None."""
   num_layers: int
   layer: functools.partial
 
   @nn.compact
-  def __call__(self, query_pos, memory, pos, mask, *, train: bool):
-    tgt = jnp.zeros_like(query_pos)
+  def __call__(self, tgt, query_pos, memory, pos, mask, *, train: bool):
     norm = _layer_norm('norm')
     outputs = []
     for i in range(self.num_layers):
@@ -262,6 +284,17 @@ class Decoder(nn.Module):
                                                          train=train)
       outputs.append(norm(tgt))
     return jnp.stack(outputs)
+
+
+# Where positional encodings enter (the paper's positional-encoding ablation): 'attention'
+# adds them to the queries and keys of every attention layer (the original's only mode);
+# 'input' adds them once to the module's input, as the original Transformer (Vaswani et al.)
+# does: the spatial ones to the encoder's input or to the memory the decoder reads (its keys
+# and values), the output ones (query_embed) as the decoder's starting queries; 'none' drops
+# the spatial ones.
+SPATIAL_POS = ('attention', 'input', 'none')
+OUTPUT_POS = ('attention', 'input')
+POSITION_EMBEDDINGS = ('sine', 'learned')
 
 
 class Transformer(nn.Module):
@@ -272,15 +305,31 @@ class Transformer(nn.Module):
   mlp_dim: int = 2048
   dropout_rate: float = 0.1
   dtype: jnp.dtype = jnp.float32
+  encoder_spatial_pos: str = 'attention'  # One of SPATIAL_POS.
+  decoder_spatial_pos: str = 'attention'  # One of SPATIAL_POS.
+  output_pos: str = 'attention'  # One of OUTPUT_POS.
 
   @nn.compact
   def __call__(self, src, mask, query_pos, pos, *, train: bool):
     def layer(kind, name):
       return kind(self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype, name=name)
-    memory = Encoder(self.num_encoder_layers, layer, name='encoder')(src, pos, mask, train=train)
+    src, encoder_pos = _place(src, pos, self.encoder_spatial_pos)
+    memory = Encoder(self.num_encoder_layers, layer, name='encoder')(src, encoder_pos, mask,
+                                                                     train=train)
+    memory, decoder_pos = _place(memory, pos, self.decoder_spatial_pos)
     query_pos = jnp.broadcast_to(query_pos.astype(src.dtype), (src.shape[0],) + query_pos.shape)
-    return Decoder(self.num_decoder_layers, layer, name='decoder')(query_pos, memory, pos, mask,
-                                                                 train=train)
+    tgt, query_pos = _place(jnp.zeros_like(query_pos), query_pos, self.output_pos)
+    return Decoder(self.num_decoder_layers, layer, name='decoder')(
+        tgt, query_pos, memory, decoder_pos, mask, train=train)
+
+
+def _place(x, pos, where: str):
+  """(the module's input, the encoding its attention layers add) for `where` in SPATIAL_POS."""
+  if where == 'attention':
+    return x, pos
+  if where == 'input':
+    return x + pos, None
+  return x, None
 
 
 class BoxHead(nn.Module):
@@ -315,15 +364,32 @@ class DETR(nn.Module):
   mlp_dim: int = 2048
   dropout_rate: float = 0.1
   dtype: jnp.dtype = jnp.float32
+  # The paper's positional-encoding ablation (see SPATIAL_POS): the spatial encoding 'sine' or
+  # 'learned' (the original's --position_embedding), where it enters encoder and decoder, and
+  # where the output encodings (query_embed) enter the decoder.
+  position_embedding: str = 'sine'
+  encoder_spatial_pos: str = 'attention'
+  decoder_spatial_pos: str = 'attention'
+  output_pos: str = 'attention'
 
   @nn.compact
   def __call__(self, images, pixel_mask, *, train: bool = False):
+    for field, choices in (('position_embedding', POSITION_EMBEDDINGS),
+                           ('encoder_spatial_pos', SPATIAL_POS),
+                           ('decoder_spatial_pos', SPATIAL_POS), ('output_pos', OUTPUT_POS)):
+      if getattr(self, field) not in choices:
+        raise UserError(f'unknown DETR {field} {getattr(self, field)!r}: use one of '
+                        f'{", ".join(choices)}')
     features = ResNet(self.backbone_depth, self.dilation, self.backbone_blocks,
                       self.backbone_width, self.backbone_norm, self.dtype, name='backbone')(
         images.astype(self.dtype))
     b, h, w, c = features.shape
     mask = downsample_mask(pixel_mask.astype(bool), (h, w))
-    pos = sine_position_embedding(mask, self.hidden_dim // 2).astype(self.dtype)
+    if self.position_embedding == 'learned':
+      pos = LearnedPositionEmbedding(self.hidden_dim // 2, name='position_embedding')(mask)
+    else:
+      pos = sine_position_embedding(mask, self.hidden_dim // 2)
+    pos = pos.astype(self.dtype)
     src = nn.Conv(self.hidden_dim, (1, 1), dtype=self.dtype, name='input_proj',
                   kernel_init=_partitioned(_torch_uniform(c), (None, None, None, 'embed')),
                   bias_init=_partitioned(_torch_uniform(c), ('embed',)))(features)
@@ -332,7 +398,8 @@ class DETR(nn.Module):
                            (self.num_queries, self.hidden_dim))
     flat = lambda x: x.reshape(b, h * w, x.shape[-1])  # Row-major tokens, as the original.
     hs = Transformer(self.num_encoder_layers, self.num_decoder_layers, self.num_heads,
-                     self.mlp_dim, self.dropout_rate, self.dtype, name='transformer')(
+                     self.mlp_dim, self.dropout_rate, self.dtype, self.encoder_spatial_pos,
+                     self.decoder_spatial_pos, self.output_pos, name='transformer')(
                          flat(src), mask.reshape(b, h * w), query_pos, flat(pos), train=train)
     d = self.hidden_dim
     logits = _linear(self.num_classes + 1, d, ('embed', 'classes'), 'class_embed', self.dtype,
