@@ -2,11 +2,14 @@
 
   python -m vit_jax.main --config=configs/vit_finetune.py:b16,cifar10 --workdir=DIR
   python -m vit_jax.main --config=configs/vit_finetune.py:r26_s32,oxford_iiit_pet,upstream=augreg
+  python -m vit_jax.main --config=configs/vit_finetune.py:h14,imagenet2012,real=true --workdir=DIR
 
-The argument is MODEL,DATASET[,upstream=i21k|augreg]: the upstream checkpoint is the original
-ImageNet-21k one (gs://vit_models/imagenet21k) or the recommended AugReg i21k one
+The argument is MODEL,DATASET[,upstream=i21k|augreg][,real=true]: the upstream checkpoint is the
+original ImageNet-21k one (gs://vit_models/imagenet21k) or the recommended AugReg i21k one
 (gs://vit_models/augreg); a model without a published file of that kind starts from
---config.init_from, which also takes a local copy when there is no GCS access.
+--config.init_from, which also takes a local copy when there is no GCS access. real=true
+(imagenet2012 only) adds the eval 'real': ImageNet ReaL accuracy on TFDS imagenet2012_real
+(final metric real_real_accuracy), as the ViT paper's ReaL column.
 
 Recipe (vision_transformer configs/common.py; big_vision transfer.py for pets/flowers): SGD with
 momentum 0.9 (bfloat16 accumulator), no weight decay, global-norm clip 1, batch 512, linear
@@ -48,7 +51,10 @@ DATASETS = {
 def get_config(arg='b16,cifar10'):
   args = config_args.parse(arg, 'configs/vit_finetune.py',
                            names={'model': MODELS, 'dataset': DATASETS},
-                           options={'upstream': ('i21k', 'augreg')})
+                           options={'upstream': ('i21k', 'augreg'), 'real': False})
+  if args.real and args.dataset != 'imagenet2012':
+    raise ValueError(f'configs/vit_finetune.py:{arg}: real=true needs DATASET imagenet2012 '
+                     '(ReaL labels exist for the ImageNet validation images only)')
   variant, original_file, augreg_file = MODELS[args.model]
   classes, train_split, minival_split, eval_split, steps, warmup, lr = DATASETS[args.dataset]
 
@@ -108,6 +114,8 @@ def get_config(arg='b16,cifar10'):
   config.log_every = 10
   config.eval_every = 1000
   config.evals = (('minival', minival_split),)  # Held-out training images, beside the test.
+  if args.real:  # The validation images again, scored against their ReaL label sets.
+    config.evals += (('real', 'imagenet2012_real:validation'),)
   config.checkpoint_every = 1000
   config.keep_checkpoints = 2
   config.profile = False

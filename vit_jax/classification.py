@@ -1,11 +1,15 @@
 """Image classification as a task of the shared train loop."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
+import tensorflow as tf
 
-from vit_jax import classification_input, models, task, weights
+from vit_jax import classification_input, drawing, models, task, weights
 from vit_jax.errors import choose
 
 
@@ -17,23 +21,50 @@ def sigmoid_xent(logits: jax.Array, one_hot: jax.Array) -> jax.Array:
 # config.loss.name -> per-example loss of (logits, one-hot labels).
 LOSSES = {'softmax_xent': optax.softmax_cross_entropy, 'sigmoid_xent': sigmoid_xent}
 MODELS = {'vit': models.build_vit}  # config.model.name -> builder.
+# ImageNet ReaL (Beyer et al. 2020): the 50,000 ImageNet validation images with re-assessed
+# label sets (TFDS `real_label`) beside the original label (`original_label`).
+REAL_DATASET = 'imagenet2012_real'
+
+
+def real_label_set(real_label: tf.Tensor, num_classes: int) -> tf.Tensor:
+  """An image's ReaL labels (a list of class ids, possibly empty) as a [num_classes] 0/1 mask."""
+  counts = tf.math.bincount(tf.cast(real_label, tf.int32), minlength=num_classes,
+                            maxlength=num_classes)
+  return tf.ensure_shape(tf.cast(counts > 0, tf.uint8), [num_classes])  # Static, for batching.
+
+
+def real_correct(logits: jax.Array, real_labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(the top-1 prediction is one of the image's ReaL labels, the image has ReaL labels)."""
+  top1 = logits.argmax(-1)
+  hit = jnp.take_along_axis(real_labels, top1[:, None], axis=-1)[:, 0] > 0
+  return hit, real_labels.max(-1) > 0
 
 
 class Accuracy(task.Evaluator):
-  """Top-1 accuracy and mean loss over the masked (real) examples."""
+  """Top-1 accuracy and mean loss over the masked (real) examples; with ReaL label sets also
+  ReaL accuracy: the share of the images that have ReaL labels whose top-1 prediction is one of
+  them (images with an empty set are left out, as the ReaL paper does)."""
 
   def __init__(self):
     self.correct = self.loss = self.count = 0.0
+    self.real_correct = self.real_count = 0.0
 
   def update(self, outputs):
     mask = outputs['_mask'].astype(np.float64)
     self.correct += float((outputs['correct'] * mask).sum())
     self.loss += float((outputs['loss'] * mask).sum())
     self.count += float(mask.sum())
+    if 'real_correct' in outputs:
+      self.real_correct += float((outputs['real_correct'] * mask).sum())
+      self.real_count += float((outputs['has_real'] * mask).sum())
 
   def result(self):
-    return {'accuracy': self.correct / max(self.count, 1), 'loss': self.loss / max(self.count, 1),
-            'num_examples': self.count}
+    result = {'accuracy': self.correct / max(self.count, 1),
+              'loss': self.loss / max(self.count, 1), 'num_examples': self.count}
+    if self.real_count:
+      result.update(real_accuracy=self.real_correct / self.real_count,
+                    real_num_examples=self.real_count)
+    return result
 
 
 class ClassificationTask(task.Task):
@@ -63,18 +94,79 @@ class ClassificationTask(task.Task):
 
   def eval_outputs(self, variables, batch):
     logits = self.model.apply(variables, batch['image'], train=False)
-    return {'correct': logits.argmax(-1) == batch['label'],
-            'loss': self.per_example_loss(logits, batch['label'])}
+    outputs = {'correct': logits.argmax(-1) == batch['label'],
+               'loss': self.per_example_loss(logits, batch['label'])}
+    if 'real_labels' in batch:
+      outputs['real_correct'], outputs['has_real'] = real_correct(logits, batch['real_labels'])
+    return outputs
 
   def evaluator(self, split):
     return Accuracy()
 
+  def _input_config(self, split: str):
+    """(input config, split): an eval split may name another TFDS dataset as DATASET:SPLIT,
+    e.g. imagenet2012_real:validation beside an ImageNet training run."""
+    dataset, _, name = split.rpartition(':')
+    if not dataset:
+      return self.config.input, split
+    inputs = ml_collections.ConfigDict(self.config.input.to_dict())
+    inputs.dataset = dataset
+    return inputs, name
+
   def make_source(self, split):
-    return classification_input.make_source(self.config.input, split,
-                                            self.config.model.num_classes)
+    inputs, split = self._input_config(split)
+    return classification_input.make_source(inputs, split, self.config.model.num_classes)
 
   def train_preprocess(self):
     return classification_input.train_preprocess(self.config.input)
 
   def eval_preprocess(self, split):
-    return classification_input.eval_preprocess(self.config.input)
+    inputs, _ = self._input_config(split)
+    preprocess = classification_input.eval_preprocess(inputs)
+    if inputs.get('dataset') != REAL_DATASET:
+      return preprocess
+    num_classes = self.config.model.num_classes
+
+    def with_real_labels(example):
+      out = preprocess({'image': example['image'], 'label': example['original_label']})
+      return dict(out, real_labels=real_label_set(example['real_label'], num_classes))
+    return with_real_labels
+
+  @functools.cached_property
+  def class_names(self) -> list[str] | None:
+    """The dataset's class names (an image folder's class folders, a TFDS label feature's
+    names); None when it has none (digits: the label is the name)."""
+    inputs = self.config.input
+    if inputs.source == 'folder':
+      return classification_input.folder_classes(inputs.data_dir, inputs.train_split)
+    if inputs.source == 'tfds':
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      features = tfds.builder(inputs.dataset, data_dir=inputs.get('data_dir')).info.features
+      names = getattr(features['label'], 'names', None) if 'label' in features else None
+      return list(names) if names else None
+    return None
+
+  def draw_outputs(self, variables, batch):
+    logits, state = self.model.apply(variables, batch['image'], train=False,
+                                     mutable='intermediates')
+    outputs = {'probabilities': jax.nn.softmax(logits)}
+    if self.model.classifier == 'token':  # Where the class token looks, per layer.
+      blocks = state['intermediates']['Transformer']
+      outputs['attention'] = jnp.stack([  # [batch, layers, tokens, tokens], heads averaged.
+          blocks[f'encoderblock_{i}']['MultiHeadDotProductAttention_0']['attention_weights'][0]
+          .mean(1) for i in range(self.model.num_layers)], axis=1)
+    return outputs
+
+  def draw(self, batch, outputs):
+    pictures = {}
+    for i, image in enumerate(batch['image']):
+      probabilities = outputs['probabilities'][i]
+      attention = None
+      if 'attention' in outputs:
+        rollout = drawing.attention_rollout(outputs['attention'][i])
+        rows = round((len(rollout) * image.shape[0] / image.shape[1]) ** 0.5)
+        attention = rollout.reshape(rows, len(rollout) // rows)
+      pictures[str(i)] = drawing.draw_classification(
+          image, batch['label'][i], probabilities.argmax(), self.class_names,
+          probabilities.max(), attention)
+    return pictures
