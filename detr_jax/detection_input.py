@@ -433,6 +433,19 @@ def train_preprocess(input_config):
   return preprocess
 
 
+
+def train_example_spec(input_config) -> dict[str, tf.TensorSpec]:
+  """What `train_preprocess` yields, from the config alone (no data is read), so a train step
+  can be compiled for a machine this one is not (vit_jax.fit_report)."""
+  (height, width), _ = _sizes(input_config)
+  boxes = _get(input_config, 'max_boxes')
+  return {'image': tf.TensorSpec((height, width, 3), tf.float32),
+          'pixel_mask': tf.TensorSpec((height, width), tf.int32),
+          'labels': tf.TensorSpec((boxes,), tf.int32),
+          'boxes': tf.TensorSpec((boxes, 4), tf.float32),
+          'box_mask': tf.TensorSpec((boxes,), tf.int32)}
+
+
 def eval_preprocess(input_config):
   """fn(raw example) -> a fixed-shape eval example: the short side to eval_scale (long side at
   most max_size), with image_id and the original (h, w)."""

@@ -333,6 +333,15 @@ def train_preprocess(input_config):
   return preprocess
 
 
+
+def train_example_spec(input_config) -> dict[str, tf.TensorSpec]:
+  """What `train_preprocess` yields, from the config alone (no data is read), so a train step
+  can be compiled for a machine this one is not (vit_jax.fit_report)."""
+  crop, _ = _settings(input_config)
+  return {'image': tf.TensorSpec((crop, crop, 3), tf.float32),
+          'label': tf.TensorSpec((crop, crop), tf.int32)}
+
+
 def scaled_sizes(height, width, scales: Sequence[float], img_scale: Sequence[int],
                  window: int):
   """The sizes of the original's eval views of an image (height, width; int tensors of any

@@ -210,6 +210,15 @@ def train_preprocess(input_config):
   return preprocess
 
 
+
+def train_example_spec(input_config) -> dict[str, tf.TensorSpec]:
+  """What `train_preprocess` yields, from the config alone (no data is read), so a train step
+  can be compiled for a machine this one is not (vit_jax.fit_report)."""
+  size, channels = input_config.image_size, input_config.get('channels', 3)
+  return {'image': tf.TensorSpec((size, size, channels), tf.float32),
+          'label': tf.TensorSpec((), tf.int32)}
+
+
 def eval_preprocess(input_config):
   size = input_config.image_size
   resize = input_config.get('eval_resize')
