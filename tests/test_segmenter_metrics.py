@@ -129,3 +129,38 @@ def test_no_labelled_pixel_gives_nan_not_an_error():
                     '_mask': np.ones(1, np.int32)})
   result = evaluator.result()
   assert np.isnan(result['miou']) and result['pixel_accuracy'] == 0.0
+
+
+def test_miou_by_object_size_hand_computed():
+  # Image 1 (120 x 120): class 0 everywhere (12,700 px: large) but a 10 x 10 class-1 square
+  # (100 px: small) and a 40 x 40 class-2 square (1,600 px: medium).
+  label = np.zeros((120, 120), np.uint8)
+  label[5:15, 5:15] = 1
+  label[50:90, 50:90] = 2
+  prediction = label.astype(np.int32).copy()
+  prediction[50:70, 50:90] = 1  # Half of the medium object (800 px) is called class 1.
+  # Image 2 (64 x 64, else ignored): two 30 x 30 class-3 squares touching at a corner are ONE
+  # object of 1,800 px (8-connectivity): medium, not two small ones; predicted right.
+  label2 = np.full((64, 64), 255, np.uint8)
+  label2[0:30, 0:30] = 3
+  label2[30:60, 30:60] = 3
+  prediction2 = np.where(label2 == 255, 0, label2).astype(np.int32)
+  sizes = metrics.object_size_map(label2)
+  assert set(np.unique(sizes[label2 == 3])) == {1} and set(np.unique(sizes[label2 == 255])) == {-1}
+
+  pad = lambda x, fill: np.pad(x, ((0, 0), (0, 120 - x.shape[1])), constant_values=fill)
+  labels = np.stack([label, np.pad(pad(label2, 255), ((0, 56), (0, 0)), constant_values=255)])
+  predictions = np.stack([prediction, np.pad(pad(prediction2, 0), ((0, 56), (0, 0)))])
+  evaluator = metrics.MeanIoUByObjectSize(num_classes=4)
+  evaluator.update({'_mask': np.array([1, 1]), 'prediction': predictions, 'label': labels})
+  evaluator.update({'_mask': np.array([0]), 'prediction': np.zeros((1, 8, 8), np.int32),
+                    'label': np.zeros((1, 8, 8), np.uint8)})  # Padding: not counted.
+  result = evaluator.result()
+  assert result['num_examples'] == 2
+  # Small: class 1 exactly right (IoU 1); no other class on small pixels.
+  assert result['miou_small'] == pytest.approx(1.0)
+  # Medium: class 2 I = 800, U = 1600 -> 0.5; class 1 predicted on 800 px never labelled
+  # there -> 0; class 3 right -> 1. Mean 0.5.
+  assert result['miou_medium'] == pytest.approx(0.5)
+  # Large: class 0 exactly right.
+  assert result['miou_large'] == pytest.approx(1.0)
