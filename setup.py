@@ -35,7 +35,7 @@ EXTRAS_REQUIRE = {
     'cuda12': ['jax[cuda12]'],
     'torch': TORCH,
     # pytest plus the parity stack: the same weights in timm / HF.
-    'test': ['pytest', 'transformers'] + TORCH,
+    'test': ['pytest', 'transformers', 'torchmetrics'] + TORCH,  # torchmetrics: DETR's PQ.
     'notebooks': ['nbclient', 'ipykernel', 'matplotlib'],
 }
 
