@@ -6,11 +6,14 @@ scipy (one callback per batch shard) and the set loss is taken over the matched 
 gathers the final layer's predictions and scores them with pycocotools over the whole split.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from detr_jax import coco_eval, detection_input, losses, matcher, models, pretrained
-from vit_jax import task
+from detr_jax import coco_eval, detection_input, losses, matcher, models, pretrained, transforms
+from vit_jax import drawing, task
 from vit_jax.errors import UserError, choose
 
 # Pixel-space shape used to create the parameters (they do not depend on the image size).
@@ -29,6 +32,10 @@ class DetectionTask(task.Task):
       raise UserError(f'config.input.max_boxes ({max_boxes}) exceeds config.model.num_queries '
                       f'({queries}): DETR predicts at most one box per query')
     self.loss_config = dict(config.loss)
+    # The matching cost's weights (the original's --set_cost_*, apart from the loss weights so
+    # that a loss ablation can keep the matching); a config without them matches with the loss's.
+    self.cost_weights = {k: config.get('matcher', config.loss)[k]
+                         for k in ('class_weight', 'bbox_weight', 'giou_weight')}
     self._ground_truth = {}  # split -> (COCO ground truth, label -> category id)
 
   def init_variables(self, rng):
@@ -51,7 +58,7 @@ class DetectionTask(task.Task):
     per_layer = lambda x: jnp.broadcast_to(x, (layers,) + x.shape)
     cost = matcher.matching_cost(logits, boxes, per_layer(batch['labels']),
                                  per_layer(batch['boxes']), per_layer(batch['box_mask']),
-                                 **weights)
+                                 **self.cost_weights)
     target_query = matcher.hungarian_match(cost, batch['box_mask'])
     return losses.set_loss(logits, boxes, batch['labels'], batch['boxes'], batch['box_mask'],
                            target_query, eos_coef=self.loss_config['eos_coef'],
@@ -96,3 +103,35 @@ class DetectionTask(task.Task):
 
   def eval_preprocess(self, split):
     return detection_input.eval_preprocess(self.config.input)
+
+  @functools.cached_property
+  def class_names(self) -> list[str]:
+    """Label -> category name (the training split's categories)."""
+    categories, label_to_category = detection_input.categories(
+        self.config.input, self.config.input.train_split)
+    names = {c['id']: c['name'] for c in categories}
+    return [names.get(i, str(i)) for i in label_to_category]
+
+  def draw_outputs(self, variables, batch):
+    outputs = self.model.apply(variables, batch['image'], batch['pixel_mask'], train=False)
+    return {'logits': outputs['logits'][-1], 'boxes': outputs['boxes'][-1]}
+
+  def draw(self, batch, outputs):
+    """Ground truth beside the predictions scoring at least config.draw_threshold (default 0.5),
+    the best config.draw_top_k (default 10), on the eval-size image."""
+    threshold = float(self.config.get('draw_threshold', 0.5))
+    top_k = int(self.config.get('draw_top_k', 10))
+    pictures = {}
+    for i, image in enumerate(batch['image']):
+      inside = batch['pixel_mask'][i] > 0  # The image without its padding.
+      size = np.array([inside.any(1).sum(), inside.any(0).sum()])
+      pixels = image[:size[0], :size[1]] * transforms.IMAGENET_STD + transforms.IMAGENET_MEAN
+      scores, labels, boxes = coco_eval.postprocess(
+          outputs['logits'][i:i + 1], outputs['boxes'][i:i + 1], size[None])
+      real = batch['box_mask'][i] > 0
+      _, _, true_boxes = coco_eval.postprocess(  # Normalised (cx, cy, w, h) -> pixels.
+          np.zeros((1, real.sum(), 2)), batch['boxes'][i][real][None], size[None])
+      pictures[str(i)] = drawing.draw_detections(
+          np.clip(pixels, 0, 1), true_boxes[0], batch['labels'][i][real], boxes[0], labels[0],
+          scores[0], self.class_names, threshold, top_k)
+    return pictures

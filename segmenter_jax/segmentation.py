@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from segmenter_jax import inference, metrics, models, pretrained, segmentation_input
-from vit_jax import task
+from vit_jax import drawing, task
 from vit_jax.errors import UserError, choose
 
 IGNORE_INDEX = segmentation_input.IGNORE_INDEX
@@ -86,7 +86,8 @@ class SegmentationTask(task.Task):
     return dict(super().loss_normalizers(batch),
                 valid_pixels=jnp.sum(batch['label'] != IGNORE_INDEX).astype(jnp.float32))
 
-  def eval_outputs(self, variables, batch):
+  def predict(self, variables, batch) -> jax.Array:
+    """The predicted label map of each eval canvas (the original's sliding-window inference)."""
     geometry = self.eval_geometry
     images = (batch['image'].astype(jnp.float32) - jnp.array(self.mean)) / jnp.array(self.std)
     probabilities = inference.segment(
@@ -94,7 +95,10 @@ class SegmentationTask(task.Task):
         batch['scaled_size'], batch['view_size'], scaled_canvases=geometry.scaled_canvases,
         view_canvases=geometry.view_canvases, window=self.crop_size, stride=self.stride,
         flip=self.flip, transposed=batch['transposed'])
-    return metrics.areas(probabilities.argmax(-1), batch['label'], self.num_classes)
+    return probabilities.argmax(-1)
+
+  def eval_outputs(self, variables, batch):
+    return metrics.areas(self.predict(variables, batch), batch['label'], self.num_classes)
 
   def evaluator(self, split):
     return metrics.MeanIoU(self.num_classes, self.class_names)
@@ -110,3 +114,17 @@ class SegmentationTask(task.Task):
 
   def check_batch(self, batch, split):
     segmentation_input.check_labels(batch, self.num_classes)
+
+  def draw_outputs(self, variables, batch):
+    return {'prediction': self.predict(variables, batch)}
+
+  def draw(self, batch, outputs):
+    pictures = {}
+    for i, (height, width) in enumerate(batch['size']):
+      image, label, prediction = (x[i][:height, :width] for x in (
+          batch['image'], batch['label'], outputs['prediction']))
+      if batch['transposed'][i]:  # The canvas holds a portrait image transposed.
+        image, label, prediction = image.transpose(1, 0, 2), label.T, prediction.T
+      pictures[str(i)] = drawing.draw_segmentation(image, label, prediction, self.class_names,
+                                                   IGNORE_INDEX)
+    return pictures

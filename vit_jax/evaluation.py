@@ -4,7 +4,8 @@ The eval steps of a split are dispatched at once, in the caller's thread (they m
 train state before the next train step donates it); pulling their outputs to the host and the
 host-side metric (accuracy, COCOeval, mIoU) run on one worker thread while training goes on.
 The outputs come out of the eval step replicated, so process 0 alone computes the metric and the
-other processes only take part in the device work.
+other processes only take part in the device work. The same goes for the pictures of the
+predictions on a few fixed examples (`Task.draw`): one small jitted forward, drawn on the worker.
 """
 
 import collections
@@ -13,6 +14,7 @@ from typing import Callable, Optional
 
 import jax
 import numpy as np
+from absl import logging
 
 from vit_jax import sharding
 from vit_jax import task as task_lib
@@ -51,29 +53,67 @@ def evaluate(task: task_lib.Task, eval_step: Callable, state, batch_sharding,
 
 
 class BackgroundEvaluation:
-  """The task's eval splits, scored while training goes on; metrics written in step order."""
+  """The task's eval splits, scored while training goes on; metrics (and the pictures of the
+  first split's predictions) written in step order."""
 
-  def __init__(self, task: task_lib.Task, eval_step: Callable, batch_sharding, writer):
+  def __init__(self, task: task_lib.Task, eval_step: Callable, batch_sharding, writer,
+               draw_step: Optional[Callable] = None):
+    """draw_step: jitted (state, examples) -> `task.draw_outputs`, replicated; None: no
+    pictures."""
     self._task, self._eval_step, self._batch_sharding = task, eval_step, batch_sharding
-    self._writer = writer
+    self._writer, self._draw_step = writer, draw_step
     self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='eval')
     self._pending = collections.deque()  # (step, eval name, future), oldest first.
+    self._examples = None  # The drawn examples, read at the first eval.
+    self._drawing_failed = False  # Then the forward still runs (every process takes part).
     self.latest: dict[str, dict[str, float]] = {}  # Eval name -> its latest metrics.
 
   def start(self, step: int, state) -> None:
-    for name, split in self._task.eval_splits.items():
-      future = _score(self._task, self._eval_step, state, self._batch_sharding, split,
-                      self._executor)
-      self._pending.append((step, name, future))
+    for index, (name, split) in enumerate(self._task.eval_splits.items()):
+      metrics = _score(self._task, self._eval_step, state, self._batch_sharding, split,
+                       self._executor)
+      pictures = self._draw(state) if index == 0 else None
+      # One worker runs in order: `metrics` is done when this runs.
+      self._pending.append((step, name, self._executor.submit(
+          lambda m, p: (m.result(), p() if p else {}), metrics, pictures)))
+
+  def _draw(self, state) -> Optional[Callable[[], dict]]:
+    """Dispatches the drawing forward now (the state is donated by the next train step); a
+    function that draws its outputs on the host (on process 0; None elsewhere or no drawing)."""
+    if self._draw_step is None:
+      return None
+    if self._examples is None:
+      self._examples = self._task.drawn_examples() or {}
+    if not self._examples:
+      return None
+    examples = self._examples
+    outputs = self._draw_step(state, {k: v for k, v in examples.items() if k != '_mask'})
+    if jax.process_index() > 0 or self._drawing_failed:
+      return None
+
+    def draw():
+      real = examples['_mask'].astype(bool)
+      try:
+        return self._task.draw(jax.tree.map(lambda x: x[real], examples),
+                               jax.tree.map(lambda x: _to_host(x)[real], outputs))
+      except Exception:  # pylint: disable=broad-except
+        # A picture is not worth the run: say what failed and go on training.
+        logging.exception('Drawing the predictions failed; training goes on without them.')
+        self._drawing_failed = True
+        return {}
+    return draw
 
   def write_finished(self, wait: bool = False) -> None:
     """Writes the metrics of the evals that have finished (all of them with `wait`)."""
     while self._pending and (wait or self._pending[0][2].done()):
       step, name, future = self._pending.popleft()
-      metrics = future.result()
+      metrics, pictures = future.result()
       if metrics is not None:
         self._writer.write_scalars(step, {f'{name}_{k}': v for k, v in metrics.items()})
         self.latest[name] = metrics
+      if pictures:
+        self._writer.write_images(step, {f'{name}_predictions/{k}': v
+                                         for k, v in pictures.items()})
 
   def final_metrics(self) -> dict[str, float]:
     """The main eval's metrics as they are, the others' prefixed with their names."""

@@ -40,7 +40,8 @@ class Task(abc.ABC):
 
   `config.input` gives `train_split`, `eval_split`, `batch_size` and `eval_batch_size`;
   `config.evals` (optional) names more eval splits, e.g. (('minival', 'train[98%:]'),), scored
-  at the same steps, their metrics prefixed with their names.
+  at the same steps, their metrics prefixed with their names; `config.draw_examples` (optional,
+  default 4) how many examples of the first eval split `draw` pictures at each eval.
 
   Gradient accumulation: the loop may split a global batch into micro-batches, sum their
   gradients and make one update. So that the sum equals one step on the whole batch, `loss`
@@ -104,6 +105,18 @@ class Task(abc.ABC):
   def check_batch(self, batch: Batch, split: str) -> None:
     """Checks a host batch before it goes to the devices (e.g. label ranges); raise UserError."""
 
+  # Pictures of the predictions on a few fixed eval examples, at every eval (TensorBoard).
+
+  def draw_outputs(self, variables: dict, batch: Batch) -> dict[str, jax.Array]:
+    """Jittable: what `draw` needs from the model for `batch` (`drawn_examples`), e.g. the
+    predicted labels or attention weights, example axis first. Default: nothing."""
+    return {}
+
+  def draw(self, batch: Batch, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Host: pictures of the predictions for the real examples of `batch` (host numpy), given
+    `draw_outputs` on them: name -> uint8 (H, W, 3) image (see vit_jax.drawing). Default: none."""
+    return {}
+
   # What the base owns.
 
   @functools.cached_property
@@ -143,6 +156,15 @@ class Task(abc.ABC):
     return self._checked(input_pipeline.eval_batches(
         self.eval_source(split), self.eval_preprocess(split),
         self.config.input.eval_batch_size), split)
+
+  def drawn_examples(self) -> Batch | None:
+    """The first `config.draw_examples` (default 4; 0: none) examples of this host's first eval
+    batch, host numpy with `_mask`: the same examples at every eval. None when nothing is drawn."""
+    num = min(int(self.config.get('draw_examples', 4) or 0), self.config.input.eval_batch_size)
+    if num <= 0 or type(self).draw is Task.draw:
+      return None
+    batch = next(iter(self.eval_input()), None)
+    return None if batch is None else jax.tree.map(lambda x: np.asarray(x)[:num], batch)
 
   def check_inputs(self) -> None:
     """Builds the first batch of every eval split, so that a problem with eval data or its

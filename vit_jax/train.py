@@ -273,7 +273,11 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, 
         lambda s, b: dict(task.eval_outputs({'params': s.params, **s.model_state}, b),
                           _mask=b['_mask']),
         in_shardings=(shardings, batch_sharding), out_shardings=sharding.replicated(mesh))
-    evals = evaluation.BackgroundEvaluation(task, eval_step, batch_sharding, writer)
+    draw_step = jax.jit(  # The few drawn examples' predictions (Task.draw_outputs).
+        lambda s, b: task.draw_outputs({'params': s.params, **s.model_state}, b),
+        in_shardings=(shardings, sharding.replicated(mesh)),
+        out_shardings=sharding.replicated(mesh))
+    evals = evaluation.BackgroundEvaluation(task, eval_step, batch_sharding, writer, draw_step)
 
     report = periodic_actions.ReportProgress(
         num_train_steps=num_steps, writer=writer, every_steps=config.log_every)
