@@ -8,7 +8,6 @@ and exits with status 143 or 130 (a second Ctrl-C exits at once, without saving)
 then continues the run. One run at a time per workdir: a second one stops with one line.
 """
 
-import logging as py_logging
 import os
 import re
 import signal
@@ -21,7 +20,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vit_jax import task, train
+from vit_jax import logs, task, train
 from vit_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -47,12 +46,6 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def _fail(message: str) -> None:
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
-
-
-def _quiet_libraries() -> None:
-  """Orbax logs every checkpoint step at INFO through absl; keep its warnings only."""
-  logging.get_absl_logger().addFilter(
-      lambda record: record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname)
 
 
 def _initialize_distributed() -> None:
@@ -85,10 +78,13 @@ def run(make_task: Callable[[object], task.Task]) -> None:
       jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
     if _DISTRIBUTED.value:
       _initialize_distributed()
-    _quiet_libraries()
+    logs.quiet_console()
     config = _loaded_config()
     try:
-      logging.info('Config:\n%s', config)
+      overrides = ' '.join(a for a in sys.argv[1:] if a.startswith('--config.'))
+      logging.info('Config: %s%s (every value goes to WORKDIR/config.json).',
+                   config_flags.get_config_filename(flags.FLAGS['config']),
+                   f' {overrides}' if overrides else '')
       train.train_and_evaluate(config, _WORKDIR.value, make_task(config))
     except UserError as e:
       _fail(str(e))

@@ -26,7 +26,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
 from vit_jax import checkpoint as checkpoint_lib
-from vit_jax import durations, evaluation, optim, sharding
+from vit_jax import durations, evaluation, logs, optim, sharding
 from vit_jax import task as task_lib
 from vit_jax import workdir as workdir_lib
 from vit_jax.errors import UserError
@@ -216,7 +216,7 @@ def train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, f
   metrics are computed on process 0, the other processes get only the step.
   """
   workdir_lib.prepare(workdir)
-  with workdir_lib.RunLock(workdir):
+  with workdir_lib.RunLock(workdir), logs.to_file(workdir):
     return _train_and_evaluate(config, workdir, task)
 
 
@@ -232,9 +232,11 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, 
                     'examples): every step repeats examples.', config.input.batch_size,
                     task.num_train_examples())
   task.check_inputs()
+  if jax.process_index() == 0:  # Every value of the run's config, resolved.
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+  writer = _make_writer(workdir)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     tx, schedule = optim.make_optimizer(config.optim, num_steps, steps.epochs)
     rng = jax.random.PRNGKey(config.seed)
@@ -263,9 +265,10 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, 
       logging.info('Resumed from %s at step %d (%d examples seen).', workdir, step, examples_seen)
 
     first_step = int(jax.device_get(state.step))
+    _log_start(config, workdir, task, state.params, mesh, steps, first_step)
     if first_step == 0:
-      parameter_overview.log_parameter_overview(
-          state.params, include_stats=jax.process_count() == 1)
+      logging.info('Parameters:\n%s', parameter_overview.get_parameter_overview(
+          state.params, include_stats=jax.process_count() == 1), **logs.FILE_ONLY)
       writer.write_hparams(_flatten_config(config))
 
     train_step = jit_train_step(task, tx, schedule, accum_steps, shardings, batch_sharding)
@@ -290,7 +293,6 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, 
     unchecked = []  # (step, loss, grad norm) not yet checked for finiteness.
     preemption = _PreemptionNotice()
     start_time = time.time()
-    logging.info('Training steps %d..%d on mesh %s.', first_step, num_steps, dict(mesh.shape))
     try:  # Whatever stops the loop, in-flight checkpoints are finished, not lost.
       for step in range(first_step + 1, num_steps + 1):
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
@@ -303,7 +305,8 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, 
           hook(step)
         last = step == num_steps
         preempted = preemption.reached(step)
-        log_now = step % config.log_every == 0 or last
+        # The run's first step too: the first progress line comes as soon as training runs.
+        log_now = step % config.log_every == 0 or last or step == first_step + 1
         save_now = checkpointer.is_due(step) or last or preempted
         if log_now or save_now:  # Never log or save a state that went non-finite.
           _stop_if_not_finite(jax.device_get(unchecked))
@@ -338,9 +341,52 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, 
   if jax.process_index() == 0:
     summary = (f'Finished {num_steps - first_step} steps in {time.time() - start_time:.1f} s. '
                'Final eval: ' + ', '.join(f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items())))
-    logging.info(summary)
-    print(summary, flush=True)
+    where = (f'Results in {workdir}: final_metrics.json, checkpoints/{num_steps}, config.json, '
+             f'{os.path.basename(logs.log_file(workdir))}; curves and predictions: '
+             f'tensorboard --logdir {workdir}')
+    for line in (summary, where):
+      logging.info(line, **logs.FILE_ONLY)  # The console has it from print.
+      print(line, flush=True)
   return final
+
+
+class _ConsoleWriter(metric_writers.LoggingWriter):
+  """clu's logging writer, with the hyperparameters and image shapes in the log file only."""
+
+  def write_hparams(self, hparams):
+    logging.info('Hyperparameters: %s', hparams, **logs.FILE_ONLY)
+
+  def write_images(self, step, images):
+    logging.info('[%d] Images: %s', step, {k: v.shape for k, v in images.items()},
+                 **logs.FILE_ONLY)
+
+
+def _make_writer(workdir: str) -> metric_writers.MetricWriter:
+  """Metrics to the log (every process) and to TensorBoard in `workdir` (process 0)."""
+  writers = [_ConsoleWriter()]
+  if jax.process_index() == 0:
+    writers.append(metric_writers.SummaryWriter(workdir))
+  return metric_writers.AsyncMultiWriter(writers)
+
+
+def _log_start(config, workdir: str, task: task_lib.Task, params, mesh, steps,
+               first_step: int) -> None:
+  """The few start-up lines a person reads: model, data, steps, where everything goes."""
+  count = sum(x.size for x in jax.tree.leaves(params))
+  devices = jax.devices()
+  logging.info('Model %s: %s parameters; mesh %s over %d %s device(s), %d process(es).',
+               config.model.get('variant') or config.model.name, f'{count:,}',
+               dict(mesh.shape), len(devices), devices[0].platform, jax.process_count())
+  evals = ', '.join(f'{name} {split!r}: {task.eval_source(split).global_num_examples:,}'
+                    for name, split in task.eval_splits.items())
+  logging.info('Data: %s training examples; %s.', f'{task.num_train_examples():,}', evals)
+  epochs = steps.total * config.input.batch_size / max(task.num_train_examples(), 1)
+  logging.info('Steps %d..%d, %d examples each (%.1f epochs); eval every %d, checkpoint every %d.',
+               first_step + 1, steps.total, config.input.batch_size, epochs, steps.eval_every,
+               steps.checkpoint_every)
+  logging.info('Workdir %s: config.json, %s (the full log), checkpoints/; TensorBoard: '
+               'tensorboard --logdir %s', workdir, os.path.basename(logs.log_file(workdir)),
+               workdir)
 
 
 def _batch_shards(mesh, rules) -> int:

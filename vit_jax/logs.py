@@ -1,0 +1,60 @@
+"""Where a run's log lines go: all of them to WORKDIR/train.log, the few a person reads to the
+console as well.
+
+Lines logged with `extra=FILE_ONLY` (the parameter table, the hyperparameters) reach only the
+file once `quiet_console()` has filtered the console; third-party start-up chatter is held back
+to warnings. The file handler exists for the length of a run (`to_file`), also when the loop is
+called from Python (tests, notebooks), where the console is left as it is.
+"""
+
+import contextlib
+import logging as py_logging
+import os
+from typing import Iterator
+
+import jax
+from absl import logging
+
+FILE_ONLY = {'extra': {'console': False}}  # logging.info(..., **FILE_ONLY)
+# Python loggers of libraries whose INFO lines say nothing the user can act on.
+_QUIET_LIBRARIES = (
+    'jax._src.xla_bridge',  # "Unable to initialize backend 'tpu'" on every CPU or GPU host.
+)
+
+
+def log_file(workdir: str) -> str:
+  """Process 0 logs to WORKDIR/train.log, process i to WORKDIR/train.<i>.log."""
+  index = jax.process_index()
+  return os.path.join(workdir, 'train.log' if index == 0 else f'train.{index}.log')
+
+
+@contextlib.contextmanager
+def to_file(workdir: str) -> Iterator[str]:
+  """Every log line of the `with` block (absl's and the libraries') appended to
+  `log_file(workdir)`, whose path it gives."""
+  path = log_file(workdir)
+  handler = py_logging.FileHandler(path)
+  handler.setFormatter(logging.PythonFormatter())
+  handler.setLevel(py_logging.INFO)
+  logger = py_logging.getLogger()  # The root, where absl's records also arrive.
+  logger.addHandler(handler)
+  try:
+    yield path
+  finally:
+    logger.removeHandler(handler)
+    handler.close()
+
+
+def _for_console(record: py_logging.LogRecord) -> bool:
+  if not getattr(record, 'console', True):
+    return False
+  # Orbax logs every checkpoint step at INFO through absl; its warnings stay.
+  return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
+
+
+def quiet_console() -> None:
+  """The console (absl's stderr handler) without the file-only lines, Orbax's INFO lines and
+  the libraries' start-up chatter."""
+  logging.get_absl_handler().addFilter(_for_console)
+  for name in _QUIET_LIBRARIES:
+    py_logging.getLogger(name).setLevel(py_logging.WARNING)
