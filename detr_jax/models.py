@@ -112,7 +112,8 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-  """The backbone's body up to layer4 (stride 32, or 16 with `dilation` = DC5).
+  """The backbone's body: the outputs of layer1..layer4 (strides 4, 8, 16, 32; layer4 16 with
+  `dilation` = DC5). DETR reads layer4; the panoptic mask head also layer1..3.
 
   `blocks` and `width` (stage-1 bottleneck width, 64 in torchvision) make small backbones for
   experiments; the released models use depth 50 or 101 at width 64.
@@ -135,7 +136,7 @@ class ResNet(nn.Module):
     x = _conv(self.width, 7, 2, name='conv1', dtype=self.dtype)(x)
     x = nn.relu(_norm(self.norm, 'bn1')(x))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    dilation = 1
+    dilation, stages = 1, []
     for stage, num_blocks in enumerate(blocks):
       stride, first_dilation = (1 if stage == 0 else 2), dilation
       if stage == 3 and self.dilation:  # torchvision's replace_stride_with_dilation.
@@ -144,12 +145,14 @@ class ResNet(nn.Module):
         x = Bottleneck(self.width * 2**stage, stride if block == 0 else 1,
                        first_dilation if block == 0 else dilation, downsample=block == 0,
                        norm=self.norm, dtype=self.dtype, name=f'layer{stage + 1}_{block}')(x)
-    return x
+      stages.append(x)
+    return tuple(stages)
 
 
 def downsample_mask(mask: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """[B, H, W] -> [B, h, w] by PyTorch's legacy nearest rule src = floor(dst * in / out), which
-  the original uses (jax.image.resize's nearest samples cell centres: a different cell)."""
+  """[B, H, W, ...] -> [B, h, w, ...] by PyTorch's legacy nearest rule src = floor(dst * in /
+  out), which the original uses (jax.image.resize's nearest samples cell centres: a different
+  cell); also its nearest upsampling of features in the panoptic mask head."""
   def rows(n_in, n_out):
     scale = np.float32(n_in) / np.float32(n_out)
     return np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * scale), n_in - 1).astype(int)
@@ -298,7 +301,8 @@ POSITION_EMBEDDINGS = ('sine', 'learned')
 
 
 class Transformer(nn.Module):
-  """src, pos: [B, N, D]; mask: [B, N] (1 = image); query_pos: [Q, D] -> [L, B, Q, D]."""
+  """src, pos: [B, N, D]; mask: [B, N] (1 = image); query_pos: [Q, D] -> the decoder's outputs
+  [L, B, Q, D] and the encoder's memory [B, N, D]."""
   num_encoder_layers: int = 6
   num_decoder_layers: int = 6
   num_heads: int = 8
@@ -316,11 +320,12 @@ class Transformer(nn.Module):
     src, encoder_pos = _place(src, pos, self.encoder_spatial_pos)
     memory = Encoder(self.num_encoder_layers, layer, name='encoder')(src, encoder_pos, mask,
                                                                      train=train)
-    memory, decoder_pos = _place(memory, pos, self.decoder_spatial_pos)
+    decoder_memory, decoder_pos = _place(memory, pos, self.decoder_spatial_pos)
     query_pos = jnp.broadcast_to(query_pos.astype(src.dtype), (src.shape[0],) + query_pos.shape)
     tgt, query_pos = _place(jnp.zeros_like(query_pos), query_pos, self.output_pos)
-    return Decoder(self.num_decoder_layers, layer, name='decoder')(
-        tgt, query_pos, memory, decoder_pos, mask, train=train)
+    hs = Decoder(self.num_decoder_layers, layer, name='decoder')(
+        tgt, query_pos, decoder_memory, decoder_pos, mask, train=train)
+    return hs, memory
 
 
 def _place(x, pos, where: str):
@@ -349,7 +354,12 @@ class BoxHead(nn.Module):
 class DETR(nn.Module):
   """images [B, H, W, 3] (normalised, zero-padded), pixel_mask [B, H, W] (1 = image) ->
   {'logits': [L, B, Q, num_classes + 1], 'boxes': [L, B, Q, 4]} for every decoder layer
-  (the last is the prediction; the others feed the auxiliary losses)."""
+  (the last is the prediction; the others feed the auxiliary losses).
+
+  mask_features=True adds 'mask_features', what the panoptic mask head reads
+  (panoptic_model.py): 'stages' (layer1..3 outputs), 'src' (input_proj's output [B, h, w, D]),
+  'mask' ([B, h, w], 1 = image), 'memory' (the encoder's output [B, h, w, D]) and 'hidden' (the
+  last decoder layer's normed output [B, Q, D])."""
   num_classes: int
   backbone_depth: int = 50
   dilation: bool = False  # DC5: the last stage dilated instead of strided (stride 16).
@@ -373,16 +383,17 @@ class DETR(nn.Module):
   output_pos: str = 'attention'
 
   @nn.compact
-  def __call__(self, images, pixel_mask, *, train: bool = False):
+  def __call__(self, images, pixel_mask, *, train: bool = False, mask_features: bool = False):
     for field, choices in (('position_embedding', POSITION_EMBEDDINGS),
                            ('encoder_spatial_pos', SPATIAL_POS),
                            ('decoder_spatial_pos', SPATIAL_POS), ('output_pos', OUTPUT_POS)):
       if getattr(self, field) not in choices:
         raise UserError(f'unknown DETR {field} {getattr(self, field)!r}: use one of '
                         f'{", ".join(choices)}')
-    features = ResNet(self.backbone_depth, self.dilation, self.backbone_blocks,
-                      self.backbone_width, self.backbone_norm, self.dtype, name='backbone')(
+    stages = ResNet(self.backbone_depth, self.dilation, self.backbone_blocks,
+                    self.backbone_width, self.backbone_norm, self.dtype, name='backbone')(
         images.astype(self.dtype))
+    features = stages[-1]
     b, h, w, c = features.shape
     mask = downsample_mask(pixel_mask.astype(bool), (h, w))
     if self.position_embedding == 'learned':
@@ -397,15 +408,20 @@ class DETR(nn.Module):
                                                        ('queries', 'embed')),
                            (self.num_queries, self.hidden_dim))
     flat = lambda x: x.reshape(b, h * w, x.shape[-1])  # Row-major tokens, as the original.
-    hs = Transformer(self.num_encoder_layers, self.num_decoder_layers, self.num_heads,
-                     self.mlp_dim, self.dropout_rate, self.dtype, self.encoder_spatial_pos,
-                     self.decoder_spatial_pos, self.output_pos, name='transformer')(
-                         flat(src), mask.reshape(b, h * w), query_pos, flat(pos), train=train)
+    hs, memory = Transformer(
+        self.num_encoder_layers, self.num_decoder_layers, self.num_heads, self.mlp_dim,
+        self.dropout_rate, self.dtype, self.encoder_spatial_pos, self.decoder_spatial_pos,
+        self.output_pos, name='transformer')(
+            flat(src), mask.reshape(b, h * w), query_pos, flat(pos), train=train)
     d = self.hidden_dim
     logits = _linear(self.num_classes + 1, d, ('embed', 'classes'), 'class_embed', self.dtype,
                      xavier=False)(hs)
-    return {'logits': logits.astype(jnp.float32),
-            'boxes': BoxHead(self.dtype, name='bbox_embed')(hs)}
+    outputs = {'logits': logits.astype(jnp.float32),
+               'boxes': BoxHead(self.dtype, name='bbox_embed')(hs)}
+    if mask_features:
+      outputs['mask_features'] = {'stages': stages[:3], 'src': src, 'mask': mask,
+                                  'memory': memory.reshape(b, h, w, d), 'hidden': hs[-1]}
+    return outputs
 
 
 def build_detr(model_config) -> DETR:
