@@ -1,9 +1,12 @@
 """Test helpers: configs loaded from configs/, shrunk to run in seconds on a CPU."""
 
+import glob
 import importlib.util
 import os
 import subprocess
 import sys
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,6 +33,20 @@ def tiny_digits_config(**changes):
       target = target[parent]
     target[leaf] = value
   return config
+
+
+def event_images(workdir: str) -> dict[str, dict[int, np.ndarray]]:
+  """The images in `workdir`'s TensorBoard event files: tag -> step -> uint8 (H, W, C)."""
+  import tensorflow as tf
+  images = {}
+  for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
+    for record in tf.data.TFRecordDataset(path):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name == 'images':
+          png = value.tensor.string_val[2]  # [width, height, encoded image, ...]
+          images.setdefault(value.tag, {})[event.step] = tf.io.decode_png(png).numpy()
+  return images
 
 
 def run_module(args, env=None, timeout=600):

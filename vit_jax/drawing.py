@@ -97,7 +97,7 @@ def with_caption(image: np.ndarray, lines: Sequence[str],
   draw = ImageDraw.Draw(canvas)
   for i, (line, colour) in enumerate(zip(lines, colours)):
     draw.text((4, image.shape[0] + 3 + i * _text_height()), line, fill=tuple(colour), font=font())
-  return np.asarray(canvas)
+  return np.array(canvas)
 
 
 def side_by_side(panels: Sequence[np.ndarray], titles: Optional[Sequence[str]] = None,
@@ -222,7 +222,7 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: Sequence[int],
     left, top, right, bottom = draw.textbbox((x0, y0), text, font=font())
     draw.rectangle((left, top, right + 2, bottom + 1), fill=colour)
     draw.text((x0 + 1, y0), text, fill=BACKGROUND, font=font())
-  return np.asarray(canvas)
+  return np.array(canvas)
 
 
 def draw_detections(image: np.ndarray, true_boxes: np.ndarray, true_labels: Sequence[int],
@@ -279,7 +279,7 @@ def legend(entries: Mapping[int, str], width: int, colours: Optional[np.ndarray]
     draw.rectangle((x, top + 2, x + swatch - 1, top + 1 + swatch),
                    fill=tuple(int(c) for c in colours[k]))
     draw.text((x + swatch + 4, top), name, fill=TEXT, font=font())
-  return np.asarray(canvas)
+  return np.array(canvas)
 
 
 def draw_segmentation(image: np.ndarray, true_map: np.ndarray, predicted_map: np.ndarray,
