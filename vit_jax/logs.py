@@ -45,7 +45,8 @@ def to_file(workdir: str) -> Iterator[str]:
     handler.close()
 
 
-def _for_console(record: py_logging.LogRecord) -> bool:
+def for_console(record: py_logging.LogRecord) -> bool:
+  """Whether a log line is for the console too (not FILE_ONLY, not Orbax's INFO)."""
   if not getattr(record, 'console', True):
     return False
   # Orbax logs every checkpoint step at INFO through absl; its warnings stay.
@@ -55,6 +56,6 @@ def _for_console(record: py_logging.LogRecord) -> bool:
 def quiet_console() -> None:
   """The console (absl's stderr handler) without the file-only lines, Orbax's INFO lines and
   the libraries' start-up chatter."""
-  logging.get_absl_handler().addFilter(_for_console)
+  logging.get_absl_handler().addFilter(for_console)
   for name in _QUIET_LIBRARIES:
     py_logging.getLogger(name).setLevel(py_logging.WARNING)
