@@ -40,7 +40,6 @@ _COMPILATION_CACHE = flags.DEFINE_string(
         os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'vit_jax', 'xla'),
     "JAX's persistent compilation cache, so a resumed or repeated run does not compile its "
     "steps again; '' turns it off.")
-flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def _fail(message: str) -> None:
@@ -70,6 +69,8 @@ def _initialize_distributed() -> None:
 
 def run(make_task: Callable[[object], task.Task]) -> None:
   """Parses flags, builds the task from the config and trains it."""
+  # Required here, not at import: vit_jax.fit_report shares --config but has no workdir.
+  flags.mark_flags_as_required(['config', 'workdir'])
 
   def main(argv):
     if len(argv) > 1:

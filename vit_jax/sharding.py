@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
+from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vit_jax.errors import UserError
@@ -41,8 +42,17 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices=None) -> jax.sharding.Mes
     raise UserError(f'config.mesh {tuple(axes)} has {math.prod(sizes)} devices but '
                     f'{len(devices)} are available')
   # Auto axes: flax's logical constraints are GSPMD-style and fail on Explicit axes.
-  return jax.make_mesh(tuple(sizes), names, devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(names))
+  axis_types = (jax.sharding.AxisType.Auto,) * len(names)
+  slices = len({getattr(d, 'slice_index', 0) for d in devices})
+  if slices > 1:  # Multi-slice: the first axis spans the slices (over the data-center network).
+    if sizes[0] % slices:
+      raise UserError(f'config.mesh {tuple(axes)}: the first axis ({sizes[0]}) spans the '
+                      f'{slices} slices, so its size must be a multiple of {slices}')
+    per_slice = [sizes[0] // slices] + sizes[1:]
+    across = [slices] + [1] * (len(sizes) - 1)
+    return jax.sharding.Mesh(mesh_utils.create_hybrid_device_mesh(per_slice, across, devices),
+                             names, axis_types=axis_types)
+  return jax.make_mesh(tuple(sizes), names, devices=devices, axis_types=axis_types)
 
 
 def logical_rules(config_rules) -> tuple[tuple[str, Any], ...]:
