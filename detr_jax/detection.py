@@ -23,10 +23,12 @@ MODELS = {'detr': models.build_detr}  # config.model.name -> builder.
 
 class DetectionTask(task.Task):
   """DETR trained with the Hungarian set loss and scored by COCO AP."""
+  models = MODELS
+  data = detection_input  # The input module: make_source, categories, num_classes, *_preprocess.
 
   def __init__(self, config):
     super().__init__(config)
-    self.model = choose('config.model.name', config.model.name, MODELS)(config.model)
+    self.model = choose('config.model.name', config.model.name, self.models)(config.model)
     max_boxes, queries = config.input.max_boxes, self.model.num_queries
     if max_boxes > queries:
       raise UserError(f'config.input.max_boxes ({max_boxes}) exceeds config.model.num_queries '
@@ -50,6 +52,10 @@ class DetectionTask(task.Task):
   def loss(self, variables, batch, rng, normalizers):
     outputs = self.model.apply(variables, batch['image'], batch['pixel_mask'], train=True,
                                rngs={'dropout': rng})
+    return self.set_loss(outputs, batch, normalizers)[:2]
+
+  def set_loss(self, outputs, batch, normalizers):
+    """The set loss of the model's outputs: (total, metrics, target_query [L, B, T])."""
     logits, boxes = outputs['logits'], outputs['boxes']
     if not self.loss_config.get('aux_loss', True):
       logits, boxes = logits[-1:], boxes[-1:]
@@ -62,7 +68,7 @@ class DetectionTask(task.Task):
     target_query = matcher.hungarian_match(cost, batch['box_mask'])
     return losses.set_loss(logits, boxes, batch['labels'], batch['boxes'], batch['box_mask'],
                            target_query, eos_coef=self.loss_config['eos_coef'],
-                           normalizers=normalizers, **weights)
+                           normalizers=normalizers, **weights) + (target_query,)
 
   def loss_normalizers(self, batch):
     return losses.loss_normalizers(batch['box_mask'], self.model.num_queries,
@@ -80,18 +86,18 @@ class DetectionTask(task.Task):
     return coco_eval.CocoEvaluator(ground_truth, label_to_category)
 
   def make_source(self, split):
-    source = detection_input.make_source(self.config.input, split)
+    source = self.data.make_source(self.config.input, split)
     if split == self.config.input.train_split:
       # After the source: a folder's annotation file is read once, its categories then cached.
-      needed, have = detection_input.num_classes(self.config.input, split), self.model.num_classes
+      needed, have = self.data.num_classes(self.config.input, split), self.model.num_classes
       if needed > have:  # detr issues #23, #108: the most common fine-tuning mistake.
         raise UserError(f'the {split!r} data has labels 0..{needed - 1} but config.model.'
                         f'num_classes is {have}: set --config.model.num_classes={needed} (the '
                         'largest label + 1; DETR adds the no-object class itself)')
     else:  # Labels are positions in the label -> category list: it must be training's.
       train_split = self.config.input.train_split
-      wanted = detection_input.categories(self.config.input, train_split)[1]
-      found = detection_input.categories(self.config.input, split)[1]
+      wanted = self.data.categories(self.config.input, train_split)[1]
+      found = self.data.categories(self.config.input, split)[1]
       if found != wanted:
         raise UserError(f'the {split!r} categories (label -> id {found}) differ from the '
                         f'{train_split!r} categories ({wanted}): give both annotation files the '
@@ -99,15 +105,15 @@ class DetectionTask(task.Task):
     return source
 
   def train_preprocess(self):
-    return detection_input.train_preprocess(self.config.input)
+    return self.data.train_preprocess(self.config.input)
 
   def eval_preprocess(self, split):
-    return detection_input.eval_preprocess(self.config.input)
+    return self.data.eval_preprocess(self.config.input)
 
   @functools.cached_property
   def class_names(self) -> list[str]:
     """Label -> category name (the training split's categories)."""
-    categories, label_to_category = detection_input.categories(
+    categories, label_to_category = self.data.categories(
         self.config.input, self.config.input.train_split)
     names = {c['id']: c['name'] for c in categories}
     return [names.get(i, str(i)) for i in label_to_category]
