@@ -21,11 +21,12 @@ def load_config(name: str, *args):
 
 
 def tiny_digits_config(**changes):
-  """The digits job with a 1-layer ViT and a handful of steps."""
+  """The digits job with a 1-layer ViT and a handful of steps; no prediction pictures (their
+  forward would compile in every run; draw_examples=4 turns them on)."""
   config = load_config('vit_digits')
   config.model.update(hidden_size=32, num_layers=1, num_heads=4, mlp_dim=64)
   config.input.update(batch_size=32, eval_batch_size=64)
-  config.update(total_steps=6, log_every=1, eval_every=1000, checkpoint_every=3)
+  config.update(total_steps=6, log_every=1, eval_every=1000, checkpoint_every=3, draw_examples=0)
   for key, value in changes.items():
     target = config
     *parents, leaf = key.split('.')
@@ -46,6 +47,19 @@ def event_images(workdir: str) -> dict[str, dict[int, np.ndarray]]:
         if value.metadata.plugin_data.plugin_name == 'images':
           png = value.tensor.string_val[2]  # [width, height, encoded image, ...]
           images.setdefault(value.tag, {})[event.step] = tf.io.decode_png(png).numpy()
+  return images
+
+
+def assert_prediction_pictures(workdir: str, steps, count: int = 4) -> dict:
+  """The run wrote pictures of its predictions on `count` eval examples at each eval step:
+  RGB, one size per example at every step, not blank. Returns them (`event_images`)."""
+  images = event_images(workdir)
+  assert sorted(images) == sorted(f'eval_predictions/{i}' for i in range(count)), sorted(images)
+  for tag, by_step in images.items():
+    assert sorted(by_step) == list(steps), (tag, sorted(by_step))
+    shapes = {image.shape for image in by_step.values()}
+    assert len(shapes) == 1 and shapes.pop()[2] == 3, (tag, shapes)
+    assert all(image.std() > 10 for image in by_step.values()), tag
   return images
 
 

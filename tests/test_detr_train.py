@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from helpers import load_config, run_module
+from helpers import assert_prediction_pictures, load_config, run_module
 
 
 def _tiny_shapes_args(workdir, *extra):
@@ -26,6 +26,7 @@ def test_main_job_trains_and_scores_every_eval_image(workdir):
   assert 0 <= metrics['AP50'] <= 1
   assert 'Final eval: AP=' in result.stdout
   assert 'train_class_error' in result.stderr  # The original's logged errors.
+  assert_prediction_pictures(workdir, steps=[4])  # Boxes with names and scores.
 
 
 def test_too_few_classes_is_a_one_line_error(workdir):

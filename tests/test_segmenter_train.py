@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import assert_one_line_error, load_config, run_module
+from helpers import assert_one_line_error, assert_prediction_pictures, load_config, run_module
 from segmenter_jax import segmentation
 from test_segmenter_metrics import mmseg_mean_iou
 from vit_jax import evaluation, optim, sharding, train, weights
@@ -80,6 +80,7 @@ def test_main_job_writes_miou(workdir):
   assert 0 <= metrics['miou'] <= 1 and 0 <= metrics['pixel_accuracy'] <= 1
   assert 'Final eval' in result.stdout and 'miou=' in result.stdout
   assert 'Per-class IoU' in result.stderr and 'rectangle' in result.stderr
+  assert_prediction_pictures(workdir, steps=[3])  # Truth and predicted masks with a legend.
 
 
 def test_cli_error_is_one_line(workdir):

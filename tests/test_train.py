@@ -15,7 +15,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from helpers import ROOT, assert_one_line_error, run_module, tiny_digits_config
+from helpers import (ROOT, assert_one_line_error, assert_prediction_pictures, load_config,
+                     run_module, tiny_digits_config)
 from vit_jax import checkpoint, classification_input, optim, train
 from vit_jax.classification import ClassificationTask
 from vit_jax.errors import UserError
@@ -103,6 +104,30 @@ def test_digits_main_job_reaches_95_percent(workdir, tmp_path):
   assert metrics['accuracy'] >= 0.95
   assert 'Final eval' in result.stdout and 'accuracy=' in result.stdout
   assert 'train_loss=' in result.stderr and 'steps_per_sec' in result.stderr  # Progress.
+
+  # The console: a few start-up lines, progress from the first step, where the results are.
+  lines = result.stderr.splitlines()
+  first_progress = next(i for i, line in enumerate(lines) if 'train_loss=' in line)
+  start_up = '\n'.join(lines[:first_progress])
+  assert first_progress <= 20, start_up
+  params = checkpoint.load_state(workdir, 1500)['params']
+  for fact in (f'{sum(x.size for x in jax.tree.leaves(params)):,} parameters',
+               "Data: 1,437 training examples; eval 'test': 360", 'Steps 1..1500',
+               f'tensorboard --logdir {workdir}'):
+    assert fact in start_up, start_up
+  assert f'Results in {workdir}: final_metrics.json, checkpoints/1500' in result.stdout
+  for noise in ('oneDNN', "Unable to initialize backend 'tpu'", 'Dense_0/kernel',
+                'Hyperparameters'):
+    assert noise not in result.stderr, noise
+  # The details are in the workdir: the parameter table in the log, every config value.
+  log = open(os.path.join(workdir, 'train.log')).read()
+  assert 'Dense_0/kernel' in log and 'Hyperparameters' in log
+  expected_config = json.loads(load_config('vit_digits').to_json())
+  assert json.load(open(os.path.join(workdir, 'config.json'))) == expected_config
+
+  # TensorBoard: the first 4 test digits, true and predicted labels and attention, each eval.
+  pictures = assert_prediction_pictures(workdir, steps=[500, 1000, 1500])
+  assert any(not np.array_equal(p[500], p[1500]) for p in pictures.values())  # They follow.
 
 
 class PoisonedTask(ClassificationTask):
