@@ -9,6 +9,11 @@ running_var become `frozen/.../{scale,bias,mean,var}`. HF's `DetrForObjectDetect
 backbone) are first renamed to the official ones, and a bare torchvision ResNet state dict gives
 the backbone alone (the way a COCO run starts from ImageNet weights). Files are read, and the
 converted variables fitted into a model, by `vit_jax.weights`.
+
+Panoptic checkpoints (`detr-r50-panoptic-00ce5173.pth`, the DC5 and R101 ones, HF's
+`DetrForSegmentation`) keep the box model under `detr.` and add `bbox_attention.*` and
+`mask_head.*` (GroupNorms `gn1..gn5`): the same table puts them under `detr/`, `bbox_attention/`
+and `mask_head/` of `panoptic_model.DETRPanoptic`.
 """
 
 import re
@@ -41,6 +46,17 @@ _HF_TO_OFFICIAL = [
     (r'\.(mlp\.)?fc(\d)\.', r'.linear\2.'),
     (r'\.o_proj\.', '.out_proj.'),
 ]
+# HF 5.x's DetrForSegmentation head names -> the official ones (HF 4.x kept the official ones).
+_HF_SEGMENTATION_TO_OFFICIAL = [
+    (r'^bbox_attention\.(q|k)_proj\.', r'bbox_attention.\1_linear.'),
+    (r'^mask_head\.conv(\d)\.conv\.', r'mask_head.lay\1.'),
+    (r'^mask_head\.conv(\d)\.norm\.', r'mask_head.gn\1.'),
+    (r'^mask_head\.fpn_stages\.(\d)\.fpn_adapter\.',
+     lambda m: f'mask_head.adapter{int(m[1]) + 1}.'),
+    (r'^mask_head\.fpn_stages\.(\d)\.refine\.conv\.', lambda m: f'mask_head.lay{int(m[1]) + 3}.'),
+    (r'^mask_head\.fpn_stages\.(\d)\.refine\.norm\.', lambda m: f'mask_head.gn{int(m[1]) + 3}.'),
+    (r'^mask_head\.output_conv\.', 'mask_head.out_lay.'),
+]
 _HF_QKV = re.compile(r'^(.*)\.(q|k|v)_proj\.(weight|bias)$')
 _BN_LEAVES = {'weight': 'scale', 'bias': 'bias', 'running_mean': 'mean', 'running_var': 'var'}
 
@@ -49,6 +65,12 @@ def _official_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """HF or torchvision layouts -> the official DETR key layout (the official one is kept).
   Batch-norm step counters go: frozen batch norm has none (the original drops them too)."""
   state = {k: v for k, v in state.items() if not k.endswith('num_batches_tracked')}
+  if any(k.startswith('detr.model.') for k in state):  # HF's DetrForSegmentation.
+    box = _official_names({k[len('detr.'):]: v for k, v in state.items() if k.startswith('detr.')})
+    heads = {k: v for k, v in state.items() if not k.startswith('detr.')}
+    for pattern, replacement in _HF_SEGMENTATION_TO_OFFICIAL:
+      heads = {re.sub(pattern, replacement, k): v for k, v in heads.items()}
+    return {**{f'detr.{k}': v for k, v in box.items()}, **heads}
   if any(k.startswith('model.') for k in state):  # HF transformers.
     renamed, fused = {}, {}
     for key, value in state.items():
@@ -73,40 +95,43 @@ def _path(key: str) -> list[str]:
 
 
 def convert_state_dict(state: dict[str, np.ndarray], num_heads: int = 8) -> Variables:
-  """An official (or HF / torchvision) DETR state dict -> {'params': ..., 'frozen': ...}."""
+  """An official (or HF / torchvision) DETR or panoptic DETR state dict -> {'params': ...,
+  'frozen': ...}; a panoptic model's box model (`detr.*`) goes under 'detr'."""
   state = _official_names(state)
   flat: dict[tuple[str, ...], np.ndarray] = {}
   bn_modules = {k.rsplit('.', 1)[0] for k in state if k.endswith('.running_mean')}
   unused = []
-  for key, value in state.items():
+  for full_key, value in state.items():
+    scope, key = (('detr',), full_key[len('detr.'):]) if full_key.startswith('detr.') else \
+        ((), full_key)
     module, leaf = key.rsplit('.', 1)
     if key.startswith('backbone.0.body.'):
       path = _path(module[len('backbone.0.body.'):])
-      if module in bn_modules and leaf in _BN_LEAVES:
-        flat[('frozen', 'backbone', *path, _BN_LEAVES[leaf])] = value
+      if full_key.rsplit('.', 1)[0] in bn_modules and leaf in _BN_LEAVES:
+        flat[('frozen', *scope, 'backbone', *path, _BN_LEAVES[leaf])] = value
       elif leaf == 'weight' and value.ndim == 4:
-        flat[('params', 'backbone', *path, 'kernel')] = value.transpose(2, 3, 1, 0)
+        flat[('params', *scope, 'backbone', *path, 'kernel')] = value.transpose(2, 3, 1, 0)
       else:
-        unused.append(key)
+        unused.append(full_key)
       continue
-    path = _path(module)
+    path = [*scope, *_path(module)]
     if leaf.startswith('in_proj_'):
       for name, part in weights.split_torch_qkv(value, num_heads).items():
         flat[('params', *path, *name.split('/'))] = part
     elif path[-1] == 'out_proj' and leaf == 'weight':
       flat[('params', *path, 'kernel')] = weights.torch_out_projection(value, num_heads)
     elif key == 'query_embed.weight':
-      flat[('params', 'query_embed')] = value
+      flat[('params', *scope, 'query_embed')] = value
     elif leaf == 'weight' and value.ndim == 4:
       flat[('params', *path, 'kernel')] = value.transpose(2, 3, 1, 0)
     elif leaf == 'weight' and value.ndim == 2:
       flat[('params', *path, 'kernel')] = value.T
-    elif leaf == 'weight' and 'norm' in path[-1]:
-      flat[('params', *path, 'scale')] = value
+    elif leaf == 'weight' and ('norm' in path[-1] or re.fullmatch(r'gn\d+', path[-1])):
+      flat[('params', *path, 'scale')] = value  # LayerNorm, or the mask head's GroupNorm.
     elif leaf == 'bias':
       flat[('params', *path, 'bias')] = value
     else:
-      unused.append(key)
+      unused.append(full_key)
   if unused:
     raise UserError(f'{len(unused)} tensors of the checkpoint have no place in DETR '
                     f'({weights.first_names(unused)}): is it a DETR (or ResNet) checkpoint?')
@@ -126,11 +151,20 @@ def fit_variables(fresh: Variables, loaded: Variables, source: str = 'the checkp
   its place.
 
   A class head of another size (fine-tuning on your own classes) stays freshly initialised; a
-  backbone-only checkpoint leaves the transformer and heads fresh.
+  backbone-only checkpoint leaves the transformer and heads fresh. A panoptic model takes a box
+  model's checkpoint (the recipe's first stage, or a detection release, as the original's
+  --frozen_weights) into its `detr`, the mask head staying fresh; a DETR takes the box model out
+  of a panoptic checkpoint.
   """
-  optional = [r'params/class_embed/.*']
+  optional = [r'params/(detr/)?class_embed/.*']
   if all(k.split('/')[1] == 'backbone' for k in weights.flatten(loaded)):
-    optional.append(r'params/(?!backbone/).*')  # Transformer and heads: no ImageNet weights.
+    # Transformer and heads: no ImageNet weights.
+    optional.append(r'params/(?!(detr/)?backbone/).*')
+  if 'detr' in fresh['params'] and 'detr' not in loaded['params']:
+    loaded = {collection: {'detr': tree} for collection, tree in loaded.items()}
+    optional.append(r'params/(bbox_attention|mask_head)/.*')
+  elif 'detr' in loaded['params'] and 'detr' not in fresh['params']:
+    loaded = {collection: tree['detr'] for collection, tree in loaded.items()}
   return weights.fill(fresh, loaded, optional=optional, source=source,
                       fix='check config.model (backbone_depth, hidden_dim, num_queries, '
                       'dilation, layer counts)')

@@ -1,6 +1,7 @@
 """Official DETR `.pth` (or HF transformers' DETR, or a torchvision ResNet) -> our `.npz`.
 
   python scripts/convert_detr_checkpoint.py detr-r50-e632da11.pth detr-r50.npz
+  python scripts/convert_detr_checkpoint.py detr-r50-panoptic-00ce5173.pth detr-r50-panoptic.npz
 
 The `.pth` is opened with torch.load(weights_only=True): a file that carries code is refused.
 Use the result (or the `.pth` itself) with --config.init_from=PATH.
@@ -22,7 +23,8 @@ from vit_jax.errors import UserError
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('checkpoint', help='.pth file (official DETR, HF DETR or torchvision ResNet)')
+  parser.add_argument('checkpoint', help='.pth file (official DETR or panoptic DETR, HF DETR, '
+                      'or torchvision ResNet)')
   parser.add_argument('output', help='.npz file to write')
   parser.add_argument('--num_heads', type=int, default=8, help='attention heads (8 in DETR)')
   args = parser.parse_args()
@@ -32,11 +34,14 @@ def main():
     sys.exit(f'error: {e}')
   weights.write_npz(args.output, variables)
   count = lambda tree: sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
-  classes = variables['params'].get('class_embed', {}).get('bias')
-  print(f'wrote {args.output}: {count(variables["params"]):,} parameters, '
+  params = variables['params']
+  box_model = params.get('detr', params)  # A panoptic model keeps it under 'detr'.
+  classes = box_model.get('class_embed', {}).get('bias')
+  print(f'wrote {args.output}: {count(params):,} parameters, '
         f'{count(variables.get("frozen", {})):,} frozen batch-norm values'
         + (f', {len(classes) - 1} classes + no-object' if classes is not None else
-           ' (backbone only)'))
+           ' (backbone only)')
+        + (', panoptic mask head' if 'mask_head' in params else ''))
 
 
 if __name__ == '__main__':
