@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import tensorflow as tf
 
-from vit_jax import classification_input, drawing, models, task, weights
+from vit_jax import classification_input, drawing, models, task, vtab, weights
 from vit_jax.errors import choose
 
 
@@ -106,8 +106,8 @@ class ClassificationTask(task.Task):
   def _input_config(self, split: str):
     """(input config, split): an eval split may name another TFDS dataset as DATASET:SPLIT,
     e.g. imagenet2012_real:validation beside an ImageNet training run."""
-    dataset, _, name = split.rpartition(':')
-    if not dataset:
+    dataset, colon, name = split.partition(':')
+    if not colon or '[' in dataset:  # 'train[:98%]' is a slice, not a dataset.
       return self.config.input, split
     inputs = ml_collections.ConfigDict(self.config.input.to_dict())
     inputs.dataset = dataset
@@ -117,12 +117,22 @@ class ClassificationTask(task.Task):
     inputs, split = self._input_config(split)
     return classification_input.make_source(inputs, split, self.config.model.num_classes)
 
+  def _with_label(self, preprocess):
+    """`preprocess` after `config.input.label`'s rule (a VTAB task's label, vit_jax/vtab.py)
+    has made the example's `label`; `preprocess` itself without one."""
+    rule = self.config.input.get('label')
+    if not rule:
+      return preprocess
+    derive = choose('config.input.label', rule, vtab.LABELS)
+    return lambda example, *seed: preprocess(
+        {'image': example['image'], 'label': tf.cast(derive(example), tf.int64)}, *seed)
+
   def train_preprocess(self):
-    return classification_input.train_preprocess(self.config.input)
+    return self._with_label(classification_input.train_preprocess(self.config.input))
 
   def eval_preprocess(self, split):
     inputs, _ = self._input_config(split)
-    preprocess = classification_input.eval_preprocess(inputs)
+    preprocess = self._with_label(classification_input.eval_preprocess(inputs))
     if inputs.get('dataset') != REAL_DATASET:
       return preprocess
     num_classes = self.config.model.num_classes
