@@ -4,9 +4,13 @@ Not a config itself: segmenter_ade20k.py, segmenter_pascal_context.py and
 segmenter_cityscapes.py take what every dataset shares from here and set their row of the
 paper's table (classes, crop, batch, lr, iterations, label layout).
 
-Their argument is VARIANT[,crop=N]: SIZE PATCH _ DECODER with SIZE t|s|b|l, PATCH 8|16|32 and
-DECODER mask|linear, e.g. s16_mask, b16_linear, b8_linear, l16_mask; a deit_ prefix
-(deit_b16_mask, deit_b16_linear) takes the distilled DeiT encoder (ImageNet normalisation).
+Their argument is VARIANT[,crop=N][,train_subset=N]: SIZE PATCH _ DECODER with SIZE t|s|b|l,
+PATCH 8|16|32 and DECODER mask|linear, e.g. s16_mask, b16_linear, b8_linear, l16_mask; a deit_
+prefix (deit_b16_mask, deit_b16_linear) takes the distilled DeiT encoder (ImageNet
+normalisation). The paper's backbone and patch-size rows (Table 3) are s16_linear, s32_linear,
+b32_linear, b16_linear, b8_linear, l16_linear and deit_b16_linear. train_subset=N trains on a
+fixed N of the training images (Table 5: 4000 ... 16000 ADE20K images; the first N of one seeded
+permutation, so a smaller subset lies inside a larger one), for as many epochs as the full set.
 """
 
 import ml_collections
@@ -22,21 +26,26 @@ VARIANTS = {f'{size}{patch}_{decoder}': (f'{SIZES[size]}/{patch}', DECODERS[deco
 VARIANTS.update({f'deit_{size}16_{decoder}': (f'DeiT-{SIZES[size]}/16', DECODERS[decoder], True)
                  for size in 'tsb' for decoder in DECODERS})
 
-# AugReg i21k -> ImageNet-1k fine-tuned at 384: the files timm 0.4.12 loads for Segmenter
-# (B/8, /32 and DeiT have no such file here: pass yours as --config.init_from).
+# AugReg i21k -> ImageNet-1k fine-tuned at 384: the files timm loads for Segmenter's backbones
+# (vit_*_patch*_384). B/8 has none (Segmenter converted its own, never published) and DeiT-B is
+# a .pth (https://dl.fbaipublicfiles.com/deit/deit_base_distilled_patch16_384-d0272ac0.pth):
+# download it and pass it as --config.init_from.
 AUGREG = 'gs://vit_models/augreg/{}--imagenet2012-steps_20k-lr_{}-res_384.npz'
 INIT = {
     'Ti/16': AUGREG.format('Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0', '0.03'),
     'S/16': AUGREG.format('S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0', '0.03'),
+    'S/32': AUGREG.format('S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0', '0.03'),
     'B/16': AUGREG.format('B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0', '0.01'),
+    'B/32': AUGREG.format('B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0', '0.03'),
     'L/16': AUGREG.format('L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1', '0.01'),
 }
 
 
 def parse(arg: str, config_file: str):
-  """VARIANT[,crop=N] -> namespace(variant, decoder, deit, crop); crop None unless given."""
+  """VARIANT[,crop=N][,train_subset=N] -> namespace(variant, decoder, deit, crop, train_subset);
+  crop and train_subset None unless given."""
   args = config_args.parse(arg, config_file, names={'variant': VARIANTS},
-                           options={'crop': int})
+                           options={'crop': int, 'train_subset': int})
   args.variant, args.decoder, args.deit = VARIANTS[args.variant]
   return args
 
@@ -59,6 +68,7 @@ def get_config(args, crop: int) -> ml_collections.ConfigDict:
   config.input.photometric = True
   config.input.eval_scales = (1.0,)  # Multi-scale: (0.5, 0.75, 1.0, 1.25, 1.5, 1.75).
   config.input.eval_flip = False  # Multi-scale: True.
+  config.input.train_subset = args.train_subset  # None: every training image.
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'segmenter'

@@ -27,6 +27,9 @@ config.input fields:
   eval_stride     sliding-window stride
   eval_scales     e.g. (1.0,) or (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
   eval_flip       also average the mirrored views
+  train_subset    N: train on a fixed N of the training split's images (the first N of one
+                  permutation seeded by 0, so smaller subsets lie inside larger ones); folder
+                  and shapes sources
   batch_size, eval_batch_size, shuffle_buffer
 
 Folder layouts (data_dir is the root):
@@ -169,17 +172,34 @@ def make_source(input_config, split: str) -> input_pipeline.Source:
   """One split as this host reads it (see the module docstring)."""
   kind = input_config.get('source')
   shuffle_buffer = input_config.get('shuffle_buffer', 10_000)
+  subset = input_config.get('train_subset') if split == input_config.get('train_split') else None
   if kind == 'shapes':
     data = shapes.generate(shapes.ShapesSettings.from_config(input_config.get('shapes')), split)
-    return input_pipeline.array_source({'image': data['image'], 'label': data['label']},
-                                       shuffle_buffer)
+    arrays = _subset({'image': data['image'], 'label': data['label']}, subset, split)
+    return input_pipeline.array_source(arrays, shuffle_buffer)
   if kind == 'tfds':
+    if subset:
+      raise UserError('config.input.train_subset needs a folder or shapes source, not tfds')
     return _tfds_source(input_config, split, shuffle_buffer)
   if kind in ('folder', 'pascal_context', 'cityscapes'):
     images, labels, table = file_lists(input_config, split)
-    source = input_pipeline.array_source({'image': images, 'label': labels}, shuffle_buffer)
+    arrays = _subset({'image': images, 'label': labels}, subset, split)
+    source = input_pipeline.array_source(arrays, shuffle_buffer)
     return dataclasses.replace(source, load=_file_loader(table))
   raise UserError(f'unknown config.input.source {kind!r}: use one of {SOURCES}')
+
+
+def _subset(arrays: dict, size: Optional[int], split: str) -> dict:
+  """The first `size` examples of one permutation seeded by 0 (in their original order), so
+  that a subset is the same in every run and lies inside every larger one."""
+  count = len(arrays['label'])
+  if not size:
+    return arrays
+  if not 0 < size <= count:
+    raise UserError(f'config.input.train_subset {size} must be in 1..{count} (the images of '
+                    f'split {split!r})')
+  keep = np.sort(np.random.default_rng(0).permutation(count)[:size])
+  return {k: v[keep] for k, v in arrays.items()}
 
 
 def _tfds_source(input_config, split, shuffle_buffer):

@@ -1,0 +1,255 @@
+"""The paper tables' harness, offline: each table filled from random weights written as released
+files (or their .npz conversion), TFDS mock data or generated scenes and made-up training runs,
+against known answers (a constant predictor); the one-line reason of every row not filled."""
+
+import json
+import os
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from helpers import ROOT
+from segmenter_jax import metrics as seg_metrics
+from segmenter_jax import paper_tables as seg_tables
+from segmenter_jax import segmentation_input, shapes
+from vit_jax import paper_tables as vit_tables
+from vit_jax import reproduce, weights
+
+CONFIGS = os.path.join(ROOT, 'configs')
+TINY_VIT = (('model.variant', None), ('model.patch_size', 8), ('model.hidden_size', 8),
+            ('model.num_layers', 1), ('model.num_heads', 1), ('model.mlp_dim', 8),
+            ('input.image_size', 16), ('input.eval_batch_size', 8))
+SHAPES = dict(seed=0, num_train=8, num_eval=6, image_size=32, min_objects=1, max_objects=3,
+              min_object_size=8, max_object_size=20, noise=8, class_colours=True)
+TINY_SEGMENTER = (('input.source', 'shapes'), ('input.shapes', SHAPES),
+                  ('input.crop_size', 32), ('input.img_scale', (32, 32)),
+                  ('input.eval_stride', 32), ('input.eval_batch_size', 8),
+                  ('input.normalization', 'vit'), ('model.variant', None),
+                  ('model.patch_size', 8), ('model.hidden_size', 16), ('model.num_layers', 1),
+                  ('model.num_heads', 1), ('model.mlp_dim', 32), ('model.num_classes', 4),
+                  ('model.image_size', 32), ('model.decoder_layers', 1))
+
+
+def by_name(results):
+  return {r.row.name: r for r in results}
+
+
+def constant_head(task, head: tuple[str, ...], c: int, seed=1):
+  """Random params of `task`'s model whose head (path `head`) always predicts class c."""
+  rng = np.random.default_rng(seed)
+  params = reproduce.abstract_variables(
+      task, lambda x: (0.1 * rng.standard_normal(x.shape)).astype(x.dtype))['params']
+  layer = params
+  for name in head:
+    layer = layer[name]
+  layer['kernel'] = 1e-6 * rng.standard_normal(layer['kernel'].shape).astype(np.float32)
+  layer['bias'] = np.where(np.arange(layer['bias'].shape[0]) == c, 50.0, 0.0).astype(np.float32)
+  return params
+
+
+def test_vit_table2_evaluates_released_weights_and_reads_runs(tmp_path):
+  table = vit_tables.TABLES['vit-table2']
+  row = next(r for r in table.rows if r.name == 'I21k ViT-L/16 ImageNet')
+  sources = reproduce.Sources(CONFIGS, weights_dir=str(tmp_path / 'weights'),
+                              workdirs=str(tmp_path / 'runs'), overrides=TINY_VIT)
+  with tfds.testing.mock_data(num_examples=10):
+    labels = np.array([int(ex['label']) for ex in tfds.builder('imagenet2012').as_dataset(
+        split='validation')])
+    real_sets = [set(ex['real_label'].numpy().tolist()) for ex in
+                 tfds.builder('imagenet2012_real').as_dataset(split='validation')]
+    c = int(np.bincount(labels).argmax())
+    config = reproduce.row_config(row, sources)
+    params = constant_head(table.make_task(config), ('head',), c)
+    path = tmp_path / 'weights' / 'imagenet21k+imagenet2012' / 'ViT-L_16.npz'
+    path.parent.mkdir(parents=True)
+    weights.write_vit_npz(str(path), params)  # The official layout, as gs://vit_models has it.
+    os.makedirs(tmp_path / 'runs' / 'l16_cifar10')
+    with open(tmp_path / 'runs' / 'l16_cifar10' / 'final_metrics.json', 'w') as f:
+      json.dump({'accuracy': 0.9905, 'step': 10000}, f)
+    results = by_name(reproduce.fill(table, sources))
+
+  imagenet = results['I21k ViT-L/16 ImageNet']
+  assert imagenet.ours == pytest.approx(100 * np.mean(labels == c))
+  assert imagenet.difference == pytest.approx(imagenet.ours - 85.30)
+  with_sets = [s for s in real_sets if s]
+  assert results['I21k ViT-L/16 ImageNet ReaL'].ours == pytest.approx(
+      100 * np.mean([c in s for s in with_sets]))
+  cifar = results['I21k ViT-L/16 CIFAR-10']
+  assert cifar.ours == pytest.approx(99.05) and cifar.difference == pytest.approx(-0.10)
+  assert results['I21k ViT-L/16 CIFAR-100'].reason == (
+      f'no workdir: {tmp_path}/runs/l16_cifar100/final_metrics.json does not exist; train it: '
+      f'python -m vit_jax.main --config=configs/vit_finetune.py:l16,cifar100 '
+      f'--workdir={tmp_path}/runs/l16_cifar100')
+  assert results['I21k ViT-L/16 VTAB (19 tasks)'].reason.endswith('(and 18 more of 19 runs)')
+  assert results['JFT ViT-H/14 ImageNet'].reason.startswith('not reproducible: JFT-300M')
+
+  text = reproduce.as_text(table, list(results.values()))
+  assert f'I21k ViT-L/16 CIFAR-10' in text and '99.05' in text and '-0.10' in text
+  json_path, markdown_path = reproduce.write(table, list(results.values()), str(tmp_path / 'out'))
+  written = json.load(open(json_path))
+  assert len(written['rows']) == 21 and written['rows'][2]['weights'].endswith('ViT-L_16.npz')
+  assert '| I21k ViT-L/16 CIFAR-10 | 99.15 | 99.05 | -0.10 |' in open(markdown_path).read()
+
+
+def test_vit_table5_rows_without_weights_runs_or_release_say_why(tmp_path):
+  table = vit_tables.TABLES['vit-table5']
+  assert len(table.rows) == 4 * 6 + 5 * 6 + 5 * 6
+  results = by_name(reproduce.fill(table, reproduce.Sources(CONFIGS)))
+  assert all(r.ours is None and r.reason and '\n' not in r.reason for r in results.values())
+  assert results['ImageNet-21k ViT-B/32 ImageNet ReaL'].reason == (
+      'no weights at imagenet21k+imagenet2012/ViT-B_32.npz (published at '
+      'gs://vit_models/imagenet21k+imagenet2012/ViT-B_32.npz)')
+  assert results['ImageNet-21k ViT-H/14 ImageNet ReaL'].reason.endswith(
+      '--config=configs/vit_finetune.py:h14,imagenet2012,real=true '
+      '--workdir=WORKDIRS/h14_imagenet2012')
+  assert results['ImageNet ViT-B/16 CIFAR-10'].reason.startswith(
+      'not reproducible here: the ImageNet-1k pre-trained ViTs')
+
+
+def test_vtab_config_covers_the_tables_tasks():
+  from helpers import load_config
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('vit_vtab', os.path.join(CONFIGS, 'vit_vtab.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert tuple(module.TASKS) == vit_tables.VTAB_TASKS
+  config = load_config('vit_vtab', 'l16,clevr_count')
+  assert config.total_steps == 2500 and config.optim.lr == 0.01
+  assert config.input.train_split == 'train[:800]+train[63000:63200]'
+  assert config.input.eval_split == 'validation' and config.model.num_classes == 8
+
+
+def test_vtab_label_rules_on_hand_made_examples():
+  import tensorflow as tf
+  from vit_jax import vtab
+  clevr = {'objects': {'size': tf.zeros([5]), 'pixel_coords': tf.constant(
+      [[0., 0., 9.2], [0., 0., 8.7], [0., 0., 11.]])}}
+  assert int(vtab.clevr_count(clevr)) == 2  # 5 objects: class 2 of 3..10.
+  assert int(vtab.clevr_distance(clevr)) == 2  # Closest at 8.7: bin [8.5, 9).
+  kitti = {'objects': {'type': tf.constant([3, 0, 1]),  # A pedestrian at 2 m, then vehicles.
+                       'location': tf.constant([[0., 0., 2.], [0., 0., 25.], [0., 0., 12.]])}}
+  assert int(vtab.kitti_distance(kitti)) == 1  # Closest vehicle at 12 m: 8..20 m.
+  nothing = {'objects': {'type': tf.constant([3]), 'location': tf.constant([[0., 0., 2.]])}}
+  assert int(vtab.kitti_distance(nothing)) == 3  # No vehicle.
+  sprite = {'label_x_position': tf.constant(31), 'label_orientation': tf.constant(39)}
+  assert int(vtab.dsprites_location(sprite)) == 15 and int(vtab.dsprites_orientation(sprite)) == 15
+
+
+def _segmenter_weights(tmp_path, sources, folder, variant, c):
+  """Seg-B/8's released checkpoint.pth as its .npz conversion, predicting class c."""
+  table = seg_tables.TABLES['segmenter-table6']
+  row = next(r for r in table.rows if r.config.endswith(f':{variant}'))
+  config = reproduce.row_config(row, sources)
+  params = constant_head(table.make_task(config), ('decoder', 'head'), c)
+  path = tmp_path / 'weights' / folder / 'checkpoint.npz'
+  path.parent.mkdir(parents=True)
+  weights.write_npz(str(path), params)
+
+
+def _constant_miou(labels, c, keep=None):
+  """mIoU of predicting c everywhere: class c's IoU = its share of the scored pixels, every
+  other labelled class 0."""
+  labels = np.concatenate([l.ravel() for l in labels])
+  keep = labels != 255 if keep is None else keep
+  scored = labels[keep]
+  classes = set(np.unique(scored)) | {c}
+  return np.mean(scored == c) / len(classes)
+
+
+def test_segmenter_tables_on_generated_scenes(tmp_path):
+  sources = reproduce.Sources(CONFIGS, weights_dir=str(tmp_path / 'weights'),
+                              workdirs=str(tmp_path / 'runs'), speed=True,
+                              overrides=TINY_SEGMENTER)
+  c = 1
+  _segmenter_weights(tmp_path, sources, 'seg_base_patch8', 'b8_linear', c)
+  labels = list(shapes.generate(shapes.ShapesSettings(**SHAPES), 'validation')['label'])
+
+  table6 = seg_tables.TABLES['segmenter-table6']
+  multi_scale = next(r for r in table6.rows if r.name == 'Seg-B/8 multi-scale')
+  assert dict(multi_scale.protocol) == {'input.eval_stride': 480, 'input.eval_flip': True,
+                                        'input.eval_scales': (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)}
+  # Its 12 views take a minute to compile on a CPU: tests/test_segmenter_inference.py has them.
+  table6 = dataclasses.replace(table6, rows=tuple(r for r in table6.rows if r != multi_scale))
+  table6 = by_name(reproduce.fill(table6, sources))
+  expected = 100 * _constant_miou(labels, c)
+  assert table6['Seg-B/8 single-scale'].ours == pytest.approx(expected)
+  assert table6['Seg-B/8 single-scale'].difference == pytest.approx(expected - 49.5)
+  assert table6['Seg-T-Mask/16 single-scale'].reason == (
+      f'no weights at {tmp_path}/weights/seg_tiny_mask/checkpoint.pth (published at '
+      f'{seg_tables.URL}seg_tiny_mask/checkpoint.pth)')
+
+  table4 = by_name(reproduce.fill(seg_tables.TABLES['segmenter-table4'], sources))
+  all_labels = np.concatenate([l.ravel() for l in labels])
+  sizes = np.concatenate([seg_metrics.object_size_map(l).ravel() for l in labels])
+  for index, size in enumerate(seg_metrics.OBJECT_SIZES):
+    ours = table4[f'Seg-B/8 mIoU {size}'].ours
+    if (sizes == index).any():
+      assert ours == pytest.approx(100 * _constant_miou([all_labels], c, sizes == index))
+    else:  # No object of that size in 32 x 32 scenes: no class to average.
+      assert np.isnan(ours)
+  assert table4['DeepLabv3+ ResNeSt-101 mIoU large'].reason.startswith('not reproducible')
+
+  table3 = seg_tables.TABLES['segmenter-table3']  # Its mIoU rows are Table 6's evaluations.
+  timed = dataclasses.replace(table3, rows=tuple(r for r in table3.rows if 'B/8' in r.name))
+  timed = by_name(reproduce.fill(timed, dataclasses.replace(sources, weights_dir=None)))
+  assert timed['Seg-B/8 images/s'].ours > 0 and timed['Seg-B/8 images/s'].row.paper is None
+  assert timed['Seg-B/8 mIoU'].reason.startswith('no weights at seg_base_patch8/checkpoint.pth')
+  untimed = by_name(reproduce.fill(table3, reproduce.Sources(CONFIGS)))
+  assert untimed['Seg-L/16 images/s'].reason.startswith('not timed: pass --speed')
+  assert untimed['Seg-B/16 mIoU'].reason.endswith(
+      '--config=configs/segmenter_ade20k.py:b16_linear --workdir=WORKDIRS/ade20k_b16_linear')
+
+  os.makedirs(tmp_path / 'runs' / 'ade20k_s16_linear_4000')
+  with open(tmp_path / 'runs' / 'ade20k_s16_linear_4000' / 'final_metrics.json', 'w') as f:
+    json.dump({'miou': 0.3731}, f)
+  table5 = by_name(reproduce.fill(seg_tables.TABLES['segmenter-table5'], sources))
+  assert table5['Seg-S/16 4000 images'].difference == pytest.approx(37.31 - 38.31)
+  assert table5['Seg-S/16 8000 images'].reason.endswith(
+      '--config=configs/segmenter_ade20k.py:s16_linear,train_subset=8000 '
+      f'--workdir={tmp_path}/runs/ade20k_s16_linear_8000')
+
+
+def test_segmenter_rows_without_data_say_so(tmp_path):
+  (tmp_path / 'weights' / 'seg_base_patch8').mkdir(parents=True)
+  (tmp_path / 'weights' / 'seg_base_patch8' / 'checkpoint.pth').write_bytes(b'')
+  sources = reproduce.Sources(CONFIGS, weights_dir=str(tmp_path / 'weights'),
+                              data_dir=str(tmp_path / 'ADEChallengeData2016'))
+  table = seg_tables.TABLES['segmenter-table6']
+  result = by_name(reproduce.fill(table, sources))['Seg-B/8 single-scale']
+  assert result.reason == (f"no data: config.input.data_dir '{tmp_path}/ADEChallengeData2016' "
+                           'is not a folder: point it at the folder root (layouts in '
+                           'segmenter_jax/segmentation_input.py)')
+
+
+def test_training_subsets_are_fixed_and_nested():
+  def images(subset):
+    settings = dict(SHAPES, num_train=40)
+    config = {'source': 'shapes', 'shapes': settings, 'train_split': 'train',
+              'train_subset': subset}
+    source = segmentation_input.make_source(_Config(config), 'train')
+    return [ex['image'].tobytes() for ex in source.read().as_numpy_iterator()]
+  small, large = images(10), images(20)
+  assert len(small) == 10 and len(large) == 20 and set(small) < set(large)
+  assert images(10) == small
+  with pytest.raises(segmentation_input.UserError, match='train_subset 41 must be in 1..40'):
+    images(41)
+
+
+class _Config(dict):
+  get = dict.get
+
+
+def test_detr_tables_say_why_rows_are_empty(tmp_path):
+  from detr_jax import paper_tables as detr_tables
+  table1 = by_name(reproduce.fill(detr_tables.TABLES['detr-table1'],
+                                  reproduce.Sources(CONFIGS, weights_dir=str(tmp_path))))
+  assert len(table1) == 24
+  assert table1['DETR-DC5-R101 AP_large'].reason == (
+      f'no weights at {tmp_path}/detr-r101-dc5-a2e86def.pth (published at '
+      'https://dl.fbaipublicfiles.com/detr/detr-r101-dc5-a2e86def.pth)')
+  panoptic = reproduce.fill(detr_tables.TABLES['detr-panoptic'], reproduce.Sources(CONFIGS))
+  assert [r.row.paper for r in panoptic] == [43.4, 44.6, 45.1]
+  assert all(r.reason.startswith('model pending') for r in panoptic)
