@@ -4,12 +4,14 @@ the panoptic table (PQ of the three released panoptic models).
 
 Each Table 1 row evaluates the released weights (dl.fbaipublicfiles.com/detr) with
 configs/detr_coco.py: images resized to short side 800 (long side at most 1333), all 100
-queries kept, pycocotools bbox AP (detr_jax/coco_eval.py). A panoptic row stays "model pending"
-until detr_jax has a panoptic task (its own issue).
+queries kept, pycocotools bbox AP (detr_jax/coco_eval.py). A panoptic row evaluates the
+released panoptic model with configs/detr_panoptic.py (stage=masks) and detr_jax/panoptic.py's
+PQ (panopticapi's arithmetic) on COCO panoptic val2017.
 """
 
 from detr_jax.detection import DetectionTask
-from vit_jax.reproduce import Row, Table, Unavailable, Weights
+from detr_jax.panoptic import PanopticTask
+from vit_jax.reproduce import Row, Table, Weights
 
 SOURCE = ('DETR paper (arXiv 2005.12872) Table 1 and its panoptic table, transcribed by hand '
           '(AP and AP50 also in the README / hubconf.py): check a figure against the PDF')
@@ -25,10 +27,10 @@ TABLE1 = {'DETR': (42.0, 62.4, 44.2, 20.5, 45.8, 61.1),
           'DETR-R101': (43.5, 63.8, 46.4, 21.9, 48.0, 61.8),
           'DETR-DC5-R101': (44.9, 64.7, 47.7, 23.7, 49.5, 62.3)}
 METRICS = ('AP', 'AP50', 'AP75', 'AP_small', 'AP_medium', 'AP_large')
-# Panoptic table: model -> (released file, PQ).
-PANOPTIC = {'DETR': ('detr-r50-panoptic-00ce5173.pth', 43.4),
-            'DETR-DC5': ('detr-r50-dc5-panoptic-da08f1b1.pth', 44.6),
-            'DETR-R101': ('detr-r101-panoptic-40021d53.pth', 45.1)}
+# Panoptic table: model -> (configs/detr_panoptic.py backbone, released file, PQ).
+PANOPTIC = {'DETR': ('r50', 'detr-r50-panoptic-00ce5173.pth', 43.4),
+            'DETR-DC5': ('dc5_r50', 'detr-r50-dc5-panoptic-da08f1b1.pth', 44.6),
+            'DETR-R101': ('r101', 'detr-r101-panoptic-40021d53.pth', 45.1)}
 
 
 def _table1_rows():
@@ -42,10 +44,9 @@ def _table1_rows():
 
 
 def _panoptic_rows():
-  return tuple(Row(f'{model} PQ', paper,
-                   Unavailable(f'model pending: detr_jax has no panoptic task yet to evaluate '
-                               f'{file} ({URL}{file})'), 'PQ')
-               for model, (file, paper) in PANOPTIC.items())
+  return tuple(Row(f'{model} PQ', paper, Weights(file, URL + file), 'PQ',
+                   config=f'detr_panoptic.py:{backbone},stage=masks', make_task=PanopticTask)
+               for model, (backbone, file, paper) in PANOPTIC.items())
 
 
 TABLES = {
