@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from vit_jax import checkpoint
-from helpers import ROOT
+from helpers import ROOT, assert_prediction_pictures
 from mesh_run import train_losses
 
 SCRIPT = os.path.join(ROOT, 'tests', 'multihost_run.py')
@@ -54,9 +54,10 @@ def test_two_processes_match_one(tmp_path):
   assert reference.returncode == 0, reference.stderr[-3000:]
 
   multi = str(tmp_path / 'multi')
-  outputs = _run_two_processes(multi)
+  outputs = _run_two_processes(multi, 'draw_examples=2')  # Both hosts run the drawing forward.
   assert 'process 0 of 2 on 4 devices' in outputs[0][0]
   assert 'process 1 of 2 on 4 devices' in outputs[1][0]
+  assert_prediction_pictures(multi, steps=[6], count=2)  # Drawn by process 0.
 
   # Cross-process all-reduces sum in another order: float32 round-off only.
   np.testing.assert_allclose(train_losses(multi), train_losses(single), rtol=1e-5)
