@@ -205,11 +205,16 @@ def test_converter_script_writes_a_panoptic_npz(tmp_path):
 
 @pytest.fixture(scope='module')
 def tiny_variables():
-  """A small panoptic DETR's variables, initialised once for the tests below."""
+  """A small panoptic DETR's variables: random values in the shapes init gives (compiling init
+  would take longer than the tests below), batch-norm variances positive."""
   model = panoptic_model.build_detr_panoptic(_TINY)
   images, mask = jnp.zeros((1, 64, 64, 3)), jnp.ones((1, 64, 64))
-  return jax.device_get(flax.linen.meta.unbox(
-      jax.jit(model.init)(jax.random.PRNGKey(0), images, mask)))
+  shapes = flax.linen.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), images, mask))
+  rng = np.random.default_rng(0)
+  return {'params': jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(s.dtype),
+                                 shapes['params']),
+          'frozen': jax.tree.map(lambda s: rng.uniform(0.5, 1.5, s.shape).astype(s.dtype),
+                                 shapes['frozen'])}
 
 
 def test_a_box_model_checkpoint_fills_the_panoptic_models_detr(tiny_variables):
