@@ -42,24 +42,28 @@ def test_parameter_counts_match_the_original(depth, trainable, buffers):
   assert _count(variables['frozen']) == buffers
 
 
-def _randomised_hf_detr(dilation: bool, num_labels: int = 5):
-  """HF's DETR (timm ResNet-50 backbone, no download) with every tensor random, batch-norm
-  statistics included, so that each weight matters."""
-  torch.manual_seed(0)
-  config = DetrConfig(use_timm_backbone=True, backbone='resnet50', use_pretrained_backbone=False,
-                      num_labels=num_labels, dilation=dilation)
-  model = DetrForObjectDetection(config).eval()
+def randomise_hf_detr(model):
+  """An HF DETR model with every tensor random, batch-norm statistics and batch- and group-norm
+  (the panoptic head's `.norm.`) affine terms included, so that each weight matters."""
   generator = torch.Generator().manual_seed(1)
   with torch.no_grad():
     for key, tensor in model.state_dict().items():
       noise = torch.randn(tensor.shape, generator=generator)
       if key.endswith('running_var'):
         tensor.copy_(noise.abs() + 0.5)
-      elif 'backbone' in key and tensor.ndim == 1:
+      elif tensor.ndim == 1 and ('backbone' in key or '.norm.' in key):
         tensor.copy_((1.0 if key.endswith('weight') else 0.0) + 0.1 * noise)
       elif tensor.ndim <= 2:
         tensor.add_(0.02 * noise)
   return model
+
+
+def _randomised_hf_detr(dilation: bool, num_labels: int = 5):
+  """HF's DETR (timm ResNet-50 backbone, no download) with every tensor random."""
+  torch.manual_seed(0)
+  config = DetrConfig(use_timm_backbone=True, backbone='resnet50', use_pretrained_backbone=False,
+                      num_labels=num_labels, dilation=dilation)
+  return randomise_hf_detr(DetrForObjectDetection(config).eval())
 
 
 @pytest.mark.parametrize('dilation', [False, True], ids=['R50', 'DC5-R50'])
