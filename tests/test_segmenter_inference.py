@@ -2,10 +2,6 @@
 (resize, sliding_window, merge_windows, inference), with torch's F.interpolate for every resize."""
 
 import functools
-import os
-import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -14,7 +10,6 @@ import tensorflow as tf
 import torch
 import torch.nn.functional as F
 
-from helpers import ROOT
 from segmenter_jax import inference, segmentation_input
 
 K = 3
@@ -209,13 +204,3 @@ def test_image_smaller_than_the_window_is_upsampled_as_the_original():
                                 stride, logits_fn)
   np.testing.assert_allclose(probabilities[0], expected, atol=2e-5)
 
-
-def test_benchmark_script_prints_images_per_second():
-  result = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'scripts', 'segmenter_benchmark.py'),
-       '--variant=Ti/16', '--size=32', '--repeats=1'], capture_output=True, text=True,
-      timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
-  assert result.returncode == 0, result.stderr[-2000:]
-  match = re.search(r'Seg-Ti/16 mask_transformer, 32x32, batch 1, float32 on \w+: ([\d.]+) '
-                    r'images/s', result.stdout)
-  assert match and float(match.group(1)) > 0, result.stdout
