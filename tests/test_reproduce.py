@@ -100,7 +100,7 @@ def test_vit_table5_rows_without_weights_runs_or_release_say_why(tmp_path):
   results = by_name(reproduce.fill(table, reproduce.Sources(CONFIGS)))
   assert all(r.ours is None and r.reason and '\n' not in r.reason for r in results.values())
   assert results['ImageNet-21k ViT-B/32 ImageNet ReaL'].reason == (
-      'no weights at imagenet21k+imagenet2012/ViT-B_32.npz (published at '
+      'no weights at WEIGHTS_DIR/imagenet21k+imagenet2012/ViT-B_32.npz (published at '
       'gs://vit_models/imagenet21k+imagenet2012/ViT-B_32.npz)')
   assert results['ImageNet-21k ViT-H/14 ImageNet ReaL'].reason.endswith(
       '--config=configs/vit_finetune.py:h14,imagenet2012,real=true '
@@ -196,7 +196,8 @@ def test_segmenter_tables_on_generated_scenes(tmp_path):
   timed = dataclasses.replace(table3, rows=tuple(r for r in table3.rows if 'B/8' in r.name))
   timed = by_name(reproduce.fill(timed, dataclasses.replace(sources, weights_dir=None)))
   assert timed['Seg-B/8 images/s'].ours > 0 and timed['Seg-B/8 images/s'].row.paper is None
-  assert timed['Seg-B/8 mIoU'].reason.startswith('no weights at seg_base_patch8/checkpoint.pth')
+  assert timed['Seg-B/8 mIoU'].reason.startswith(
+      'no weights at WEIGHTS_DIR/seg_base_patch8/checkpoint.pth')
   untimed = by_name(reproduce.fill(table3, reproduce.Sources(CONFIGS)))
   assert untimed['Seg-L/16 images/s'].reason.startswith('not timed: pass --speed')
   assert untimed['Seg-B/16 mIoU'].reason.endswith(
@@ -276,5 +277,6 @@ def test_detr_tables_say_why_rows_are_empty(tmp_path):
       'https://dl.fbaipublicfiles.com/detr/detr-r101-dc5-a2e86def.pth)')
   panoptic = reproduce.fill(detr_tables.TABLES['detr-panoptic'], reproduce.Sources(CONFIGS))
   assert [r.row.paper for r in panoptic] == [43.4, 44.6, 45.1]
-  assert panoptic[0].reason == ('no weights at detr-r50-panoptic-00ce5173.pth (published at '
-                                'https://dl.fbaipublicfiles.com/detr/detr-r50-panoptic-00ce5173.pth)')
+  assert panoptic[0].reason == (
+      'no weights at WEIGHTS_DIR/detr-r50-panoptic-00ce5173.pth (published at '
+      'https://dl.fbaipublicfiles.com/detr/detr-r50-panoptic-00ce5173.pth)')

@@ -141,7 +141,7 @@ def row_config(row: Row, sources: Sources):
 def weights_path(row_weights: Weights, weights_dir: Optional[str]) -> tuple[Optional[str], str]:
   """(the file found, or None; where it was looked for): the published file, else its .npz
   conversion beside it."""
-  path = os.path.join(weights_dir or '', row_weights.file)
+  path = os.path.join(weights_dir or 'WEIGHTS_DIR', row_weights.file)
   converted = os.path.splitext(path)[0] + '.npz'
   for candidate in (path, converted):
     if weights_dir and os.path.isfile(candidate):
