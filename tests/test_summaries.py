@@ -2,11 +2,13 @@
 draws. That every task's training writes them to TensorBoard is checked by the main-job tests
 (test_train, test_detr_train, test_segmenter_train) with `helpers.event_images`."""
 
+import jax
 import numpy as np
+import optax
 import pytest
 
 from helpers import tiny_digits_config
-from vit_jax import classification_input, drawing
+from vit_jax import classification_input, drawing, evaluation, sharding, train
 from vit_jax.classification import ClassificationTask
 
 TITLE = drawing.with_caption(np.zeros((0, 1, 3), np.uint8), ['title']).shape[0]  # Header rows.
@@ -145,3 +147,47 @@ def test_each_eval_draws_the_first_examples_of_the_eval_split(count):
   assert examples['image'].shape == (4, 16, 16, 1) and examples['_mask'].tolist() == [1] * 4
   np.testing.assert_array_equal(examples['label'],
                                 classification_input.digits_arrays('test')['label'][:4])
+
+
+class RecordingWriter:
+  def __init__(self):
+    self.scalars, self.images = {}, {}
+
+  def write_scalars(self, step, scalars):
+    self.scalars[step] = scalars
+
+  def write_images(self, step, images):
+    self.images[step] = images
+
+
+def test_an_eval_writes_its_pictures_and_a_drawing_that_fails_costs_only_them(caplog):
+  task = ClassificationTask(tiny_digits_config(draw_examples=2))
+  state = train.init_state(task, optax.identity(), jax.random.PRNGKey(0))
+  mesh = sharding.make_mesh(task.config.mesh)
+  batch_sharding = sharding.batch_sharding(mesh, sharding.logical_rules(
+      task.config.sharding_rules))
+  eval_step = jax.jit(lambda s, b: dict(task.eval_outputs({'params': s.params}, b),
+                                        _mask=b['_mask']))
+  draw_step = jax.jit(lambda s, b: task.draw_outputs({'params': s.params}, b))
+
+  def evaluate_at(step):
+    writer = RecordingWriter()
+    evals = evaluation.BackgroundEvaluation(task, eval_step, batch_sharding, writer, draw_step)
+    evals.start(step, state)
+    evals.write_finished(wait=True)
+    evals.close()
+    return writer
+
+  written = evaluate_at(5)
+  assert written.scalars[5]['eval_num_examples'] == 360
+  assert sorted(written.images[5]) == ['eval_predictions/0', 'eval_predictions/1']
+  assert all(image.dtype == np.uint8 and image.shape[2] == 3 and image.std() > 10
+             for image in written.images[5].values())
+
+  def fails(batch, outputs):
+    raise ValueError('a bug in a drawing')
+  task.draw = fails
+  written = evaluate_at(6)
+  assert written.scalars[6]['eval_num_examples'] == 360 and not written.images
+  assert 'Drawing the predictions failed; training goes on without them' in caplog.text
+  assert 'a bug in a drawing' in caplog.text
