@@ -1,9 +1,11 @@
 """THE train loop, shared by classification, detection and segmentation.
 
 It knows nothing about labels, boxes or masks: a `Task` supplies the model, the loss, the eval
-outputs, the host-side metric and the input. The loop does the rest: mesh and shardings, sharded
-init, the jitted train step (with gradient accumulation), periodic exact evaluation, orbax
-checkpoints with resume, clu logging and `WORKDIR/final_metrics.json`.
+outputs, the host-side metric, the pictures of its predictions and the input. The loop does the
+rest: mesh and shardings, sharded init, the jitted train step (with gradient accumulation),
+periodic exact evaluation, orbax checkpoints with resume, clu logging (a few lines on the
+console, every line in `WORKDIR/train.log`, curves and pictures for TensorBoard),
+`WORKDIR/config.json` and `WORKDIR/final_metrics.json`.
 """
 
 import json
