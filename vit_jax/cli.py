@@ -86,7 +86,9 @@ def run(make_task: Callable[[object], task.Task]) -> None:
       logging.info('Config: %s%s (every value goes to WORKDIR/config.json).',
                    config_flags.get_config_filename(flags.FLAGS['config']),
                    f' {overrides}' if overrides else '')
-      train.train_and_evaluate(config, _WORKDIR.value, make_task(config))
+      final = train.train_and_evaluate(config, _WORKDIR.value, make_task(config))
+      if jax.process_index() == 0:
+        _say_where_the_results_are(_WORKDIR.value, final['step'])
     except UserError as e:
       _fail(str(e))
     except train.Preempted as e:
@@ -98,6 +100,12 @@ def run(make_task: Callable[[object], task.Task]) -> None:
       sys.exit(128 + signal.SIGINT)
 
   app.run(main, flags_parser=_parse_flags)
+
+
+def _say_where_the_results_are(workdir: str, step: int) -> None:
+  print(f'Results in {workdir}: final_metrics.json, checkpoints/{step}, config.json, '
+        f'{os.path.basename(logs.log_file(workdir))}; curves and predictions: '
+        f'tensorboard --logdir {workdir}', flush=True)
 
 
 def _loaded_config():

@@ -343,12 +343,8 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, 
   if jax.process_index() == 0:
     summary = (f'Finished {num_steps - first_step} steps in {time.time() - start_time:.1f} s. '
                'Final eval: ' + ', '.join(f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items())))
-    where = (f'Results in {workdir}: final_metrics.json, checkpoints/{num_steps}, config.json, '
-             f'{os.path.basename(logs.log_file(workdir))}; curves and predictions: '
-             f'tensorboard --logdir {workdir}')
-    for line in (summary, where):
-      logging.info(line, **logs.FILE_ONLY)  # The console has it from print.
-      print(line, flush=True)
+    logging.info(summary, **logs.FILE_ONLY)  # The console has it from print.
+    print(summary, flush=True)
   return final
 
 
