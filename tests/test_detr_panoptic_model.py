@@ -3,7 +3,7 @@ weights, the mask losses against torch/torchvision on the same inputs, the relea
 checkpoint layouts, and freezing the box model."""
 
 import os
-import subprocess
+import runpy
 import sys
 
 import flax
@@ -175,18 +175,18 @@ def test_released_panoptic_layouts_convert_completely(tmp_path, depth, dilation)
                                 state['detr.backbone.0.body.layer3.5.bn2.running_var'])
 
 
-def test_converter_script_writes_a_panoptic_npz(tmp_path):
+def test_converter_script_writes_a_panoptic_npz(tmp_path, monkeypatch, capsys):
   source, output = str(tmp_path / 'panoptic.pth'), str(tmp_path / 'panoptic.npz')
   state = _released_panoptic_state_dict(50)
   torch.save({'model': state}, source)
   script = os.path.join(ROOT, 'scripts', 'convert_detr_checkpoint.py')
-  result = subprocess.run([sys.executable, script, source, output], capture_output=True,
-                          text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-2000:]
+  monkeypatch.setattr(sys, 'argv', [script, source, output])
+  runpy.run_path(script, run_name='__main__')  # In this process: torch and jax are loaded.
+  printed = capsys.readouterr().out
   # The box model's 41,524,768 with 250 classes (+40,863), and the heads' tensors.
   heads = sum(v.numel() for k, v in state.items() if not k.startswith('detr.'))
-  assert f'{41_524_768 + 40_863 + heads:,} parameters' in result.stdout
-  assert '250 classes + no-object, panoptic mask head' in result.stdout
+  assert f'{41_524_768 + 40_863 + heads:,} parameters' in printed
+  assert '250 classes + no-object, panoptic mask head' in printed
   loaded = pretrained.load_variables(output)
   np.testing.assert_array_equal(loaded['params']['detr']['query_embed'],
                                 state['detr.query_embed.weight'])
