@@ -280,3 +280,18 @@ def test_detr_tables_say_why_rows_are_empty(tmp_path):
   assert panoptic[0].reason == (
       'no weights at WEIGHTS_DIR/detr-r50-panoptic-00ce5173.pth (published at '
       'https://dl.fbaipublicfiles.com/detr/detr-r50-panoptic-00ce5173.pth)')
+
+
+def test_vtab_task_preprocessing_takes_the_label_from_the_rule():
+  import tensorflow as tf
+  from helpers import load_config
+  from vit_jax import classification
+  config = load_config('vit_vtab', 'l16,clevr_count')
+  reproduce.set_fields(config, TINY_VIT)
+  task = classification.ClassificationTask(config)
+  example = {'image': tf.io.encode_png(tf.zeros([20, 30, 3], tf.uint8)),
+             'objects': {'size': tf.zeros([7], tf.int64)}}  # 7 objects: class 4 of 3..10.
+  assert int(task.eval_preprocess('validation')(example)['label']) == 4
+  seed = tf.constant([0, 1], tf.int32)
+  train_example = task.train_preprocess()(example, seed)
+  assert int(train_example['label']) == 4 and train_example['image'].shape == (16, 16, 3)
