@@ -17,8 +17,6 @@ as in the original where the box model's parameters do not require grad) togethe
 `lr_mults=((r'detr/.*', 0.),)` in config.optim (no weight decay on the frozen weights either).
 """
 
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -71,12 +69,10 @@ class AttentionMap(nn.Module):
   def __call__(self, hidden, memory, mask):
     d = hidden.shape[-1]
 
-    def linear(name):
-      bound = math.sqrt(6 / (2 * d))  # xavier_uniform_ on the [D, D] weight; zero bias.
-      init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
-                                                                      bound)
+    def linear(name):  # xavier_uniform_ weight, zero bias.
       return nn.Dense(d, dtype=self.dtype, name=name,
-                      kernel_init=nn.with_logical_partitioning(init, ('embed', 'mlp')),
+                      kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
+                                                               ('embed', 'mlp')),
                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)))
 
     heads = (self.num_heads, d // self.num_heads)
