@@ -3,7 +3,10 @@
 
   python -m detr_jax.main --config=configs/detr_panoptic.py:r50,stage=boxes --workdir=BOXES
   python -m detr_jax.main --config=configs/detr_panoptic.py:r50,stage=masks --workdir=MASKS \
-      --config.init_from=BOXES/checkpoints/<last step>   # or a released detr-r50-panoptic .pth
+      --config.init_from=boxes.npz   # or a released detr-r50-panoptic-00ce5173.pth
+
+boxes.npz: stage 1's variables, `vit_jax.weights.write_npz('boxes.npz', {'params': s['params'],
+**s['model_state']})` with `s = vit_jax.checkpoint.load_state('BOXES')`.
 
 The argument is BACKBONE[,stage=boxes|masks][,epochs=N]: r50, dc5_r50 or r101 (the released
 panoptic models: PQ 43.4, 44.6, 45.1).
