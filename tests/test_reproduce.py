@@ -295,3 +295,19 @@ def test_vtab_task_preprocessing_takes_the_label_from_the_rule():
   seed = tf.constant([0, 1], tf.int32)
   train_example = task.train_preprocess()(example, seed)
   assert int(train_example['label']) == 4 and train_example['image'].shape == (16, 16, 3)
+
+
+def test_command_line_mistakes_are_one_line(capsys, tmp_path):
+  import runpy
+  script = runpy.run_path(os.path.join(ROOT, 'scripts', 'reproduce.py'))
+  assert script['main'](['vit-table9']) == 2
+  assert capsys.readouterr().err.strip().startswith("error: unknown table 'vit-table9': use one")
+  assert script['main'](['--list']) == 0 and 'segmenter-table4' in capsys.readouterr().out
+  table = vit_tables.TABLES['vit-table2']
+  bad = dataclasses.replace(table.rows[2], config='vit_finetune.py:l16,imagenet2012,real=maybe')
+  result = reproduce.fill_row(table, bad, reproduce.Sources(CONFIGS, weights_dir=str(tmp_path)))
+  assert result.reason.startswith('no weights')  # Nothing is loaded before the weights exist.
+  (tmp_path / 'imagenet21k+imagenet2012').mkdir()
+  (tmp_path / 'imagenet21k+imagenet2012' / 'ViT-L_16.npz').write_bytes(b'')
+  result = reproduce.fill_row(table, bad, reproduce.Sources(CONFIGS, weights_dir=str(tmp_path)))
+  assert result.reason.startswith("failed: bad value 'real=maybe' in configs/vit_finetune.py")

@@ -114,7 +114,10 @@ def load_config(configs_dir: str, spec: str):
   module_spec = importlib.util.spec_from_file_location(f'config_{file[:-3]}', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  try:
+    return module.get_config(arg) if arg else module.get_config()
+  except ValueError as e:  # config_args' one-line mistakes.
+    raise UserError(str(e)) from None
 
 
 def set_fields(config, fields: Sequence[tuple[str, Any]]) -> None:
