@@ -2,9 +2,15 @@
 
 Biased per-head projections named like the official checkpoints: `query`, `key`, `value` with
 kernels (width, heads, head_dim) and the output projection (heads, head_dim, width), each axis
-with a logical name ('embed', 'heads', 'kv') for sharding. The attention itself is
-`jax.nn.dot_product_attention` with the default implementation, which JAX chooses per backend
-(in jax 0.10 that is still XLA's everywhere; its cuDNN flash kernel needs bf16/fp16 inputs).
+with a logical name ('embed', 'heads', 'kv') for sharding.
+
+The attention runs head-major: the projections write [batch, heads, tokens, head_dim] directly
+and both attention matmuls are plain batched matmuls over (batch, heads). This is the XLA
+formulation `jax.nn.dot_product_attention` uses by default (jax 0.10 picks it on every backend;
+its cuDNN kernel needs bf16/fp16 and an explicit opt-in), without its token-major [B, T, N, H]
+interface: that one made XLA on CPU vmap over a head-group axis and copy q, k and v into 5-D
+layouts around each matmul, about twice the attention time of this form on this project's CPU
+(the train step's work fell ~3%; scripts/benchmark.py). The softmax is in float32.
 
 The attention weights are computed only when asked for: when the caller makes the
 'intermediates' collection mutable they are sown there, before dropout, as `attention_weights`
@@ -34,36 +40,42 @@ def flat_xavier(num_in_axes: int):
 
 
 class Projection(nn.Module):
-  """x @ kernel + bias, contracting the last `num_in_axes` axes of x with a multi-axis kernel.
+  """einsum(equation, x, kernel) + bias with a multi-axis kernel; the bias has the kernel's axes
+  that are not contracted, e.g. 'btd,dnh->bnth' (kernel (d, n, h), bias (n, h)).
 
-  (Flax's DenseGeneral cannot take a logically partitioned kernel init with more than two
-  names, hence this module.)
+  (Flax's DenseGeneral can neither take a logically partitioned kernel init with more than two
+  names nor write a transposed output, hence this module.)
   """
   kernel_shape: tuple[int, ...]
   kernel_names: tuple[Optional[str], ...]
-  num_in_axes: int = 1
+  equation: str
   dtype: jnp.dtype = jnp.float32
   kernel_init: Optional[Callable] = None  # Default: xavier_uniform on the 2-D view.
 
   @nn.compact
   def __call__(self, x):
-    n = self.num_in_axes
-    init = self.kernel_init or flat_xavier(n)
+    inputs, output = self.equation.split('->')
+    x_axes, kernel_axes = inputs.split(',')
+    num_in = sum(axis in x_axes for axis in kernel_axes)
+    init = self.kernel_init or flat_xavier(num_in)
     kernel = self.param('kernel', nn.with_logical_partitioning(init, self.kernel_names),
                         self.kernel_shape)
     bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros,
-                                                           self.kernel_names[n:]),
-                      self.kernel_shape[n:])
+                                                           self.kernel_names[num_in:]),
+                      self.kernel_shape[num_in:])
     x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
-    return jnp.tensordot(x, kernel, axes=(tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))) + bias
+    # The bias's axes keep their order in the output; it broadcasts over the others.
+    bias_axes = kernel_axes[num_in:]
+    bias_shape = [bias.shape[bias_axes.index(a)] if a in bias_axes else 1 for a in output]
+    return jnp.einsum(self.equation, x, kernel) + bias.reshape(bias_shape)
 
 
 def attention_weights(query, key, key_mask=None):
-  """softmax(q k / sqrt(head_dim)) as `jax.nn.dot_product_attention` computes it (logits and
-  softmax in float32, masked keys get no weight): [B, T, N, H] x [B, S, N, H] -> [B, N, T, S]."""
-  logits = jnp.einsum('btnh,bsnh->bnts', query, key,
+  """softmax(q k) with logits and softmax in float32, masked keys getting no weight:
+  [B, N, T, H] x [B, N, S, H] -> [B, N, T, S]. The query comes scaled by 1/sqrt(H)."""
+  logits = jnp.einsum('bnth,bnsh->bnts', query, key,
                       preferred_element_type=jnp.promote_types(query.dtype, jnp.float32))
-  logits = logits.astype(jnp.float32) / math.sqrt(query.shape[-1])
+  logits = logits.astype(jnp.float32)
   if key_mask is not None:
     logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
   return jax.nn.softmax(logits, axis=-1).astype(key.dtype)
@@ -99,22 +111,16 @@ class MultiHeadAttention(nn.Module):
 
     def project_in(x, pos, name):
       x = x if pos is None else x + pos
-      return Projection((width,) + heads, ('embed', 'heads', 'kv'), dtype=self.dtype,
-                        kernel_init=self.qkv_kernel_init, name=name)(x)
-    query = project_in(inputs_q, query_pos, 'query')
+      return Projection((width,) + heads, ('embed', 'heads', 'kv'), 'btd,dnh->bnth',
+                        self.dtype, self.qkv_kernel_init, name=name)(x)
+    query = project_in(inputs_q, query_pos, 'query') * (1 / math.sqrt(heads[1]))
     key = project_in(inputs_kv, key_pos, 'key')
     value = project_in(inputs_kv, None, 'value')
     mask = None if key_mask is None else key_mask.astype(bool)[:, None, None, :]
 
-    dropout = train and self.dropout_rate > 0
-    if dropout or self.is_mutable_collection('intermediates'):
-      # dot_product_attention neither drops attention weights nor returns them, so these two
-      # cases take the explicit path, which computes the same numbers unfused.
-      weights = attention_weights(query, key, mask)
-      self.sow('intermediates', 'attention_weights', weights)
-      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
-      y = jnp.einsum('bnts,bsnh->btnh', weights, value)
-    else:
-      y = jax.nn.dot_product_attention(query, key, value, mask=mask)
-    return Projection(heads + (width,), ('heads', 'kv', 'embed'), num_in_axes=2,
-                      dtype=self.dtype, kernel_init=self.out_kernel_init, name=self.out_name)(y)
+    weights = attention_weights(query, key, mask)
+    self.sow('intermediates', 'attention_weights', weights)  # Only if the caller asked.
+    weights = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
+    y = jnp.einsum('bnts,bnsh->bnth', weights, value)
+    return Projection(heads + (width,), ('heads', 'kv', 'embed'), 'bnth,nhd->btd', self.dtype,
+                      self.out_kernel_init, name=self.out_name)(y)
