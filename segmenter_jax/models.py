@@ -30,7 +30,8 @@ Model config fields (`build_segmenter`):
   hidden_size, num_layers, num_heads, mlp_dim, patch_size, distilled   override the variant.
   decoder_num_heads   mask transformer heads (default: the encoder's, = width / 64 for every
                   released size).
-  dtype, remat    as for vit_jax's ViT (compute dtype, per-block rematerialisation).
+  dtype, remat, scan   as for vit_jax's ViT (compute dtype, per-block rematerialisation
+                  policy, encoder blocks under nn.scan).
 
 Methods (for `model.apply(..., method=...)`): `__call__` (logits at the input resolution),
 `patch_logits` (mask logits on the padded patch grid, before upsampling), `encode` (patch
@@ -178,7 +179,7 @@ def decode_variant(variant: str) -> dict:
 
 _DEFAULTS = dict(decoder_layers=2, dropout_rate=0.0, drop_path_rate=0.1,
                  decoder_dropout_rate=0.1, decoder_drop_path_rate=0.0, distilled=False,
-                 decoder_num_heads=None, dtype=jnp.float32, remat=False)
+                 decoder_num_heads=None, dtype=jnp.float32, remat=False, scan=False)
 _SIZE_FIELDS = ('hidden_size', 'num_layers', 'num_heads', 'mlp_dim', 'patch_size')
 FIELDS = frozenset(('variant', 'name', 'image_size', 'num_classes', 'decoder') + _SIZE_FIELDS
                    + tuple(_DEFAULTS))
@@ -217,7 +218,8 @@ def build_segmenter(model_config) -> Segmenter:
       num_layers=kwargs['num_layers'], num_heads=kwargs['num_heads'], mlp_dim=kwargs['mlp_dim'],
       classifier='token_unpooled', dropout_rate=kwargs['dropout_rate'],
       attention_dropout_rate=kwargs['dropout_rate'], layer_norm_epsilon=LAYER_NORM_EPSILON,
-      gelu_approximate=False, dtype=dtype, remat=kwargs['remat'],
+      gelu_approximate=False, dtype=dtype, remat=vit_models.remat_policy_name(kwargs['remat']),
+      scan=bool(kwargs['scan']),
       distilled=bool(kwargs['distilled']), drop_path_rate=kwargs['drop_path_rate'],
       weight_init='timm', posemb_grid=_grid(kwargs['image_size'], kwargs['patch_size']))
   if kwargs['decoder'] == 'linear':

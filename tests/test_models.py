@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import models
+from vit_jax import models, weights
 from vit_jax.errors import UserError
 
 
@@ -90,25 +90,81 @@ def test_unknown_variant_is_a_clear_error():
     models.build_vit(dict(variant='X/16', num_classes=10))
 
 
+_SMALL = dict(num_classes=10, patch_size=4, hidden_size=32, num_layers=3, num_heads=4, mlp_dim=64)
+
+
+def _small_params():
+  """Fixed weights of a small per-layer ViT, every tensor random (the head too)."""
+  params = nn.meta.unbox(models.VisionTransformer(**_SMALL).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))['params']
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+  return jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape)
+                                   for k, x in zip(keys, leaves)])
+
+
+def _in_layout(params, scan: bool):
+  flat = weights.flatten(params)
+  return weights.unflatten(weights.stack_layers(flat) if scan else flat)
+
+
 def _loss_and_grads(**model_options):
-  """Loss and gradients of a small ViT on fixed weights (random head), with `model_options`."""
-  size = dict(num_classes=10, patch_size=4, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
+  """Loss and per-layer gradients of the small ViT on fixed weights, with `model_options`."""
   images = jax.random.uniform(jax.random.PRNGKey(1), (4, 16, 16, 3), minval=-1, maxval=1)
-  params = nn.meta.unbox(models.VisionTransformer(**size).init(jax.random.PRNGKey(0), images))
-  params = params['params']
-  params['head']['kernel'] = jax.random.normal(jax.random.PRNGKey(2), (32, 10)) * 0.1
-  model = models.VisionTransformer(**size, **model_options)
+  model = models.VisionTransformer(**_SMALL, **model_options)
+  params = _in_layout(_small_params(), model_options.get('scan', False))
 
   def loss(p):
     logits = model.apply({'params': p}, images, train=True)
     return -jax.nn.log_softmax(logits)[:, 3].mean()
-  return jax.jit(jax.value_and_grad(loss))(params)
+  value, grads = jax.jit(jax.value_and_grad(loss))(params)
+  return value, weights.unflatten(weights.unstack_layers(weights.flatten(grads)))
 
 
-def test_remat_leaves_loss_and_gradients_unchanged():
-  (loss, grads), (loss_remat, grads_remat) = _loss_and_grads(), _loss_and_grads(remat=True)
-  assert float(loss_remat) == pytest.approx(float(loss), abs=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, grads_remat)
+@pytest.mark.parametrize('options', [
+    dict(remat=True), dict(remat='dots_saveable'), dict(remat='nothing_saveable'),
+    dict(scan=True), dict(scan=True, remat='full'), dict(scan=True, remat='dots_saveable')],
+    ids=str)
+def test_remat_and_scan_leave_loss_and_gradients_unchanged(options):
+  (loss, grads), (loss_other, grads_other) = _loss_and_grads(), _loss_and_grads(**options)
+  assert float(loss) > 0.5  # Random weights: a loss far from zero, gradients of O(0.1).
+  assert float(loss_other) == pytest.approx(float(loss), abs=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, grads_other)
+
+
+def test_scanned_blocks_are_stacked_on_a_named_layers_axis():
+  model = models.VisionTransformer(**_SMALL, scan=True)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+  block = variables['params']['Transformer']['encoderblock']
+  assert nn.meta.unbox(block)['MlpBlock_0']['Dense_0']['kernel'].shape == (3, 32, 64)
+  specs = nn.get_partition_spec(variables)['params']['Transformer']['encoderblock']
+  assert specs['MlpBlock_0']['Dense_0']['kernel'] == jax.sharding.PartitionSpec(
+      'layers', 'embed', 'mlp')
+
+
+def test_scan_and_loop_load_the_same_npz_and_give_the_same_logits(tmp_path):
+  path = str(tmp_path / 'vit.npz')
+  weights.write_vit_npz(path, _small_params())
+  images = jax.random.uniform(jax.random.PRNGKey(1), (2, 16, 16, 3), minval=-1, maxval=1)
+  logits, written = {}, {}
+  for scan in (False, True):
+    model = models.VisionTransformer(**_SMALL, scan=scan)
+    fresh = nn.meta.unbox(model.init(jax.random.PRNGKey(5), images))['params']
+    loaded = weights.load_vit(fresh, path)
+    logits[scan] = np.asarray(model.apply({'params': loaded}, images))
+    written[scan] = str(tmp_path / f'written_{scan}.npz')
+    weights.write_vit_npz(written[scan], loaded)  # Always the official per-layer layout.
+  assert np.abs(logits[False]).max() > 0.1
+  np.testing.assert_allclose(logits[True], logits[False], atol=1e-6)
+  loop_file, scan_file = np.load(written[False]), np.load(written[True])
+  assert sorted(scan_file.files) == sorted(loop_file.files) == sorted(np.load(path).files)
+  for name in loop_file.files:
+    np.testing.assert_array_equal(scan_file[name], loop_file[name])
+
+
+def test_unknown_remat_policy_is_a_one_line_error_listing_the_choices():
+  with pytest.raises(UserError, match=r"unknown model.remat 'dots'.*'dots_saveable'.*'full'"):
+    models.build_vit(dict(variant='Ti/16', num_classes=10, remat='dots'))
 
 
 def test_bfloat16_compute_keeps_float32_params_and_close_loss():

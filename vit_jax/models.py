@@ -146,7 +146,8 @@ class Encoder1DBlock(nn.Module):
 
   drop_path_rate: stochastic depth (timm's DropPath): each residual branch is dropped for a
   whole example with this probability and the kept ones scaled by 1 / (1 - rate); the two
-  branches draw independently.
+  branches draw independently. A scanned encoder passes each layer's rate as a (traced) call
+  argument instead.
   """
   mlp_dim: int
   num_heads: int
@@ -158,12 +159,18 @@ class Encoder1DBlock(nn.Module):
   drop_path_rate: float = 0.0
   weight_init: str = 'vit'  # See WEIGHT_INITS.
 
-  def _drop_path(self, x, train: bool):
-    return nn.Dropout(self.drop_path_rate, broadcast_dims=tuple(range(1, x.ndim)))(
-        x, deterministic=not train)
+  def _drop_path(self, x, rate, train: bool):
+    if isinstance(rate, (int, float)):
+      return nn.Dropout(rate, broadcast_dims=tuple(range(1, x.ndim)))(x, deterministic=not train)
+    if not train:
+      return x
+    keep = 1.0 - rate  # Traced (under nn.scan): nn.Dropout needs a Python rate.
+    kept = jax.random.bernoulli(self.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(kept, x / keep.astype(x.dtype), 0).astype(x.dtype)
 
   @nn.compact
-  def __call__(self, inputs, train: bool):
+  def __call__(self, inputs, train: bool, drop_path_rate=None):
+    rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
     norm = functools.partial(nn.LayerNorm, epsilon=self.layer_norm_epsilon, dtype=self.dtype)
     x = norm()(inputs)
     kernel_init = _timm_kernel if self.weight_init == 'timm' else None
@@ -171,16 +178,43 @@ class Encoder1DBlock(nn.Module):
                            qkv_kernel_init=kernel_init, out_kernel_init=kernel_init,
                            name='MultiHeadDotProductAttention_0')(x, train=train)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    x = self._drop_path(x, train) + inputs
+    x = self._drop_path(x, rate, train) + inputs
     y = norm()(x)
     y = MlpBlock(self.mlp_dim, self.dropout_rate, self.gelu_approximate, self.dtype,
                  self.weight_init)(y, train=train)
-    y = self._drop_path(y, train)
+    y = self._drop_path(y, rate, train)
     return nn.with_logical_constraint(x + y, ('batch', 'length', 'act_embed'))
 
 
+# model.remat: what a block keeps for the backward pass, the rest recomputed (less memory,
+# more compute); a policy of jax.checkpoint_policies by name. True / False are 'full' / 'none'.
+REMAT_POLICIES = {
+    'none': None,  # No rematerialisation: everything kept.
+    'full': jax.checkpoint_policies.nothing_saveable,  # Only the block inputs kept.
+    'nothing_saveable': jax.checkpoint_policies.nothing_saveable,
+    'dots_saveable': jax.checkpoint_policies.dots_saveable,
+    'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'everything_saveable': jax.checkpoint_policies.everything_saveable,
+}
+
+
+def remat_policy_name(remat) -> str:
+  """model.remat (a policy name, or the older bool) -> a key of REMAT_POLICIES."""
+  if remat is None or isinstance(remat, bool):
+    return 'full' if remat else 'none'
+  if not isinstance(remat, str) or remat not in REMAT_POLICIES:
+    raise UserError(f'unknown model.remat {remat!r}: use one of {sorted(REMAT_POLICIES)}')
+  return remat
+
+
 class Encoder(nn.Module):
-  """Position embeddings, dropout, a stack of blocks and the final LayerNorm."""
+  """Position embeddings, dropout, a stack of blocks and the final LayerNorm.
+
+  scan: the blocks under nn.scan, one block compiled once whatever the depth; their params
+  stacked on a leading axis named 'layers' under `encoderblock` (instead of `encoderblock_0`,
+  ..., `encoderblock_{n-1}`; vit_jax.weights converts between the two and loads either into
+  either).
+  """
   num_layers: int
   mlp_dim: int
   num_heads: int
@@ -189,26 +223,42 @@ class Encoder(nn.Module):
   layer_norm_epsilon: float = 1e-6
   gelu_approximate: bool = True
   dtype: jnp.dtype = jnp.float32
-  remat: bool = False  # Recompute each block's activations in the backward pass (saves memory).
+  remat: object = 'none'  # A name in REMAT_POLICIES (True / False: 'full' / 'none').
   # Stochastic depth rising linearly over the blocks, 0 for the first and this for the last
   # (torch.linspace(0, rate, num_layers), as timm and Segmenter).
   drop_path_rate: float = 0.0
   weight_init: str = 'vit'  # See WEIGHT_INITS.
   posemb_grid: Optional[tuple[int, int]] = None  # See AddPositionEmbs.grid.
+  scan: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool, grid: Optional[tuple[int, int]] = None):
     """grid: the input's patch grid (needed only with `posemb_grid`)."""
     x = AddPositionEmbs(self.posemb_grid, name='posembed_input')(x, grid)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    # `train` (argument 2, counting the module) is a Python bool: static under remat.
-    block = nn.remat(Encoder1DBlock, static_argnums=(2,)) if self.remat else Encoder1DBlock
-    for i in range(self.num_layers):
-      rate = self.drop_path_rate * i / (self.num_layers - 1) if self.num_layers > 1 else 0.0
-      x = block(
-          self.mlp_dim, self.num_heads, self.dropout_rate, self.attention_dropout_rate,
-          self.layer_norm_epsilon, self.gelu_approximate, self.dtype, drop_path_rate=rate,
-          weight_init=self.weight_init, name=f'encoderblock_{i}')(x, train)
+    block = Encoder1DBlock
+    policy = remat_policy_name(self.remat)
+    if policy != 'none':
+      # `train` (argument 2, counting the module) is a Python bool: static under remat.
+      block = nn.remat(block, static_argnums=(2,), policy=REMAT_POLICIES[policy],
+                       prevent_cse=not self.scan)  # scan already keeps the recompute apart.
+    fields = (self.mlp_dim, self.num_heads, self.dropout_rate, self.attention_dropout_rate,
+              self.layer_norm_epsilon, self.gelu_approximate, self.dtype)
+    rates = [self.drop_path_rate * i / (self.num_layers - 1) if self.num_layers > 1 else 0.0
+             for i in range(self.num_layers)]
+    if self.scan:
+      scanned = nn.scan(
+          lambda module, carry, rate: (module(carry, train, rate), None),
+          variable_axes={'params': 0, 'intermediates': 0},
+          split_rngs={'params': True, 'dropout': True}, length=self.num_layers,
+          metadata_params={nn.PARTITION_NAME: 'layers'})
+      layer_rates = jnp.asarray(rates, jnp.float32) if self.drop_path_rate else None
+      x, _ = scanned(block(*fields, weight_init=self.weight_init, name='encoderblock'), x,
+                     layer_rates)
+    else:
+      for i, rate in enumerate(rates):
+        x = block(*fields, drop_path_rate=rate, weight_init=self.weight_init,
+                  name=f'encoderblock_{i}')(x, train)
     return nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm')(x)
 
 
@@ -307,13 +357,14 @@ class VisionTransformer(nn.Module):
   layer_norm_epsilon: float = 1e-6
   gelu_approximate: bool = True  # The original's nn.gelu; False for erf GELU (timm, Segmenter).
   dtype: jnp.dtype = jnp.float32  # Compute dtype ('bfloat16' for mixed precision); params f32.
-  remat: bool = False
+  remat: object = 'none'  # See REMAT_POLICIES.
   distilled: bool = False
   drop_path_rate: float = 0.0  # Stochastic depth of the last block (see Encoder).
   # 'vit': the original's initialisers; 'timm': timm's / Segmenter's (Linear kernels and class
   # tokens N(0, 0.02), biases 0, patch embedding PyTorch's default).
   weight_init: str = 'vit'
   posemb_grid: Optional[tuple[int, int]] = None
+  scan: bool = False  # The encoder blocks under nn.scan (see Encoder).
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
@@ -347,7 +398,7 @@ class VisionTransformer(nn.Module):
     x = Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.dropout_rate,
                 self.attention_dropout_rate, self.layer_norm_epsilon, self.gelu_approximate,
                 self.dtype, self.remat, self.drop_path_rate, self.weight_init,
-                tuple(self.posemb_grid) if self.posemb_grid else None,
+                tuple(self.posemb_grid) if self.posemb_grid else None, self.scan,
                 name='Transformer')(x, train=train, grid=(h, w))
 
     if self.classifier == 'token':
@@ -388,4 +439,6 @@ def build_vit(model_config) -> VisionTransformer:
     kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
   if kwargs.get('posemb_grid') is not None:
     kwargs['posemb_grid'] = tuple(kwargs['posemb_grid'])
+  if 'remat' in kwargs:
+    kwargs['remat'] = remat_policy_name(kwargs['remat'])
   return VisionTransformer(**kwargs)

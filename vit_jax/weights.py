@@ -164,6 +164,58 @@ class PosembResize:
   grid: Optional[tuple[int, int]] = None
 
 
+# ----------------------------------------------------------- scanned and per-layer blocks
+# A ViT encoder under nn.scan (model.scan) keeps its blocks' params stacked on a leading
+# 'layers' axis under `encoderblock`; unscanned, and in every checkpoint file, each block has its
+# own `encoderblock_{i}`. Flat names either way: '.../encoderblock/...' or '.../encoderblock_3/...'.
+
+_SCANNED = re.compile(r'(^|.*/)encoderblock/(.+)')
+_PER_LAYER = re.compile(r'(^|.*/)encoderblock_(\d+)/(.+)')
+
+
+def is_scanned(flat: dict[str, Any]) -> bool:
+  return any(_SCANNED.fullmatch(k) for k in flat)
+
+
+def stack_layers(flat: dict[str, Any]) -> dict[str, Any]:
+  """Per-layer block params (`encoderblock_{i}/...`, flat) -> stacked (`encoderblock/...`, the
+  layer index first); everything else as it is."""
+  out, layers = {}, {}
+  for key, value in flat.items():
+    match = _PER_LAYER.fullmatch(key)
+    if match:
+      layers.setdefault(f'{match[1]}encoderblock/{match[3]}', {})[int(match[2])] = value
+    else:
+      out[key] = value
+  for key, by_index in layers.items():
+    if sorted(by_index) != list(range(len(by_index))):
+      raise UserError(f'cannot stack {key}: blocks {sorted(by_index)} are not 0..n-1')
+    out[key] = np.stack([np.asarray(by_index[i]) for i in range(len(by_index))])
+  return out
+
+
+def unstack_layers(flat: dict[str, Any]) -> dict[str, Any]:
+  """Stacked block params (`encoderblock/...`, flat) -> one `encoderblock_{i}/...` per layer."""
+  out = {}
+  for key, value in flat.items():
+    match = _SCANNED.fullmatch(key)
+    if match:
+      value = np.asarray(value)
+      out.update({f'{match[1]}encoderblock_{i}/{match[2]}': value[i] for i in range(len(value))})
+    else:
+      out[key] = value
+  return out
+
+
+def match_layer_layout(flat: dict[str, Any], like: dict[str, Any]) -> dict[str, Any]:
+  """`flat` in the block layout of `like` (scanned or per-layer), both flat."""
+  if is_scanned(like) and not is_scanned(flat):
+    return stack_layers(flat)
+  if is_scanned(flat) and not is_scanned(like):
+    return unstack_layers(flat)
+  return flat
+
+
 # ------------------------------------------------------------------------ fitting a model
 
 
@@ -199,7 +251,8 @@ def fill(fresh: Params, loaded: Params, *, optional: Iterable[str] = (),
   resize: the position embeddings, resampled to the model's grid when their token counts differ.
   Each decision is logged once; anything else that does not fit is one UserError naming it.
   """
-  wanted, have = flatten(fresh), dict(flatten(loaded))
+  wanted = flatten(fresh)
+  have = match_layer_layout(flatten(loaded), wanted)  # A scanned model loads per-layer files.
   if resize and resize.name in have and resize.name in wanted:
     old, new = np.shape(have[resize.name]), np.shape(wanted[resize.name])
     if old != new and old[-1] == new[-1]:  # Other mismatches are reported by check_fit.
@@ -282,9 +335,10 @@ def from_official_vit(flat: dict[str, np.ndarray]) -> Params:
 
 def to_official_vit(params: Params) -> dict[str, np.ndarray]:
   """Our ViT params with official names (pre-Linen block names, hybrid GroupNorm as 1x1x1xC),
-  as vision_transformer, big_vision and timm's loaders read them."""
+  as vision_transformer, big_vision and timm's loaders read them (a scanned encoder's blocks
+  are written per layer)."""
   out = {}
-  for key, value in flatten(params).items():
+  for key, value in unstack_layers(flatten(params)).items():
     value, parts = np.asarray(value), key.split('/')
     if len(parts) > 2 and parts[0] == 'Transformer' and parts[1].startswith('encoderblock_'):
       parts[2] = _BLOCK_TO_PRE_LINEN.get(parts[2], parts[2])
