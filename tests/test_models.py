@@ -162,6 +162,26 @@ def test_scan_and_loop_load_the_same_npz_and_give_the_same_logits(tmp_path):
     np.testing.assert_array_equal(scan_file[name], loop_file[name])
 
 
+def test_segmenter_encoder_scans_with_per_layer_drop_path():
+  from segmenter_jax import models as segmenter_models  # Its encoder is this ViT.
+  fields = dict(hidden_size=32, num_layers=3, num_heads=4, mlp_dim=64, patch_size=4,
+                image_size=16, num_classes=3, decoder='linear', drop_path_rate=0.5)
+  images = jax.random.uniform(jax.random.PRNGKey(1), (8, 16, 16, 3), minval=-1, maxval=1)
+  loop, scan = (segmenter_models.build_segmenter(dict(fields, scan=s)) for s in (False, True))
+  params = nn.meta.unbox(loop.init(jax.random.PRNGKey(0), images, train=False))['params']
+  scan_params = weights.unflatten(weights.stack_layers(weights.flatten(params)))
+  np.testing.assert_allclose(scan.apply({'params': scan_params}, images, train=False),
+                             loop.apply({'params': params}, images, train=False), atol=1e-6)
+  # Training: the scanned layers' drop-path rates are 0, 0.25, 0.5, so whole examples differ
+  # from the eval output, and some branches are dropped in every draw of 8 examples.
+  train = jax.jit(lambda rng: scan.apply({'params': scan_params}, images, train=True,
+                                         rngs={'dropout': rng}))
+  evaluated = scan.apply({'params': scan_params}, images, train=False)
+  changed = [np.abs(train(jax.random.PRNGKey(k)) - evaluated).max(axis=(1, 2, 3)) > 1e-5
+             for k in range(4)]
+  assert all(c.any() for c in changed)
+
+
 def test_unknown_remat_policy_is_a_one_line_error_listing_the_choices():
   with pytest.raises(UserError, match=r"unknown model.remat 'dots'.*'dots_saveable'.*'full'"):
     models.build_vit(dict(variant='Ti/16', num_classes=10, remat='dots'))
