@@ -81,7 +81,8 @@ def get_config(args, crop: int) -> ml_collections.ConfigDict:
   config.model.decoder_dropout_rate = 0.1
   config.model.decoder_drop_path_rate = 0.0
   config.model.dtype = 'float32'
-  config.model.remat = False
+  config.model.remat = 'none'  # Or 'full', 'dots_saveable', ...: see vit_jax/models.py.
+  config.model.scan = False  # True: encoder blocks under nn.scan.
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = 'nesterov'  # timm's "sgd" is Nesterov SGD.

@@ -42,7 +42,10 @@ def get_config():
   config.model.representation_size = 768
   config.model.dropout_rate = 0.1
   config.model.dtype = 'float32'  # 'bfloat16': mixed precision (params stay float32).
-  config.model.remat = False  # True: recompute block activations in backward (less memory).
+  # Less memory: recompute block activations in backward ('full', or a jax.checkpoint_policies
+  # name such as 'dots_saveable'); scan: the blocks under nn.scan (compile once, any depth).
+  config.model.remat = 'none'
+  config.model.scan = False
   config.model.attention_dropout_rate = 0.0
   config.model.head_bias_init = -10.0
 

@@ -93,7 +93,10 @@ def get_config(arg='b16,cifar10'):
   config.model.representation_size = None  # pre_logits of i21k checkpoints is dropped.
   config.model.dropout_rate = 0.0
   config.model.dtype = 'float32'  # 'bfloat16': mixed precision (params stay float32).
-  config.model.remat = False  # True: recompute block activations in backward (less memory).
+  # Less memory: recompute block activations in backward ('full', or a jax.checkpoint_policies
+  # name such as 'dots_saveable'); scan: the blocks under nn.scan (compile once, any depth).
+  config.model.remat = 'none'
+  config.model.scan = False
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = 'softmax_xent'
