@@ -8,6 +8,17 @@ DC5 dilates the last stage, stride 16), and 500 epochs (lr drop at 400) or 300 (
 The recipe is the same for all four; its durations are in epochs, so they stay right when
 --config.input.batch_size changes.
 
+The paper's ablations (its Tables 2-4, all R50 at 300 epochs: add epochs=300) are options:
+
+  enc_layers=0|3|6|12          encoder depth (Table 2)
+  spatial_pos=NAME             spatial positional encodings (Table 3; SPATIAL_POS below)
+  output_pos=learned_input     object queries added once at the decoder input (Table 3)
+  loss=class_l1|class_giou     box loss terms (Table 4; the default is class_l1_giou)
+  aux_loss=False               no losses on the intermediate decoder layers (section 3.2)
+
+e.g. configs/detr_coco.py:r50,epochs=300,spatial_pos=none,output_pos=learned_input (Table 3's
+first row).
+
 Expects COCO in TFDS (`tfds build coco/2017`; --config.input.data_dir=DIR) or as a COCO-format
 folder (--config.input.source=coco_folder --config.input.data_dir=DIR). Start the backbone from
 ImageNet: --config.init_from=resnet50.pth (torchvision's state dict), or fine-tune a released
@@ -24,12 +35,41 @@ BACKBONES = {'r50': (50, False), 'dc5_r50': (50, True), 'r101': (101, False),
 # Epochs -> the epoch of the x0.1 learning-rate drop (README: 500 drops at 400; 300 at 200;
 # other lengths at 2/3, as scenic's DETR).
 LR_DROP = {500: 400, 300: 200, 150: 100}
+# spatial_pos -> (encoding, where the encoder gets it, where the decoder gets it): Table 3's
+# "spatial pos. enc." columns. 'attention': added to queries and keys of every attention layer;
+# 'input': added once to the encoder's input / to the memory the decoder reads.
+SPATIAL_POS = {
+    'sine_attention': ('sine', 'attention', 'attention'),  # sine at attn. / sine at attn.
+    'none': ('sine', 'none', 'none'),  # none / none
+    'sine_input': ('sine', 'input', 'input'),  # sine at input / sine at input
+    'learned_attention': ('learned', 'attention', 'attention'),  # learned at attn. (both)
+    'sine_attention_decoder': ('sine', 'none', 'attention'),  # none / sine at attn.
+}
+# output_pos -> where the object queries (query_embed) enter: Table 3's "output pos. enc.".
+OUTPUT_POS = {'learned_attention': 'attention', 'learned_input': 'input'}
+# loss -> (L1 weight, GIoU weight) in the loss: Table 4 (the class term always stays, at 1).
+# The Hungarian matching keeps all three costs (1, 5, 2): the original sets them apart
+# (--set_cost_* vs --*_loss_coef) and the paper ablates loss components only, so a changed
+# matching is --config.matcher.*_weight.
+LOSSES = {
+    'class_l1_giou': (5.0, 2.0),  # class, l1, GIoU
+    'class_l1': (5.0, 0.0),  # class, l1
+    'class_giou': (0.0, 2.0),  # class, GIoU
+}
 
 
 def get_config(arg='r50'):
   args = config_args.parse(arg, 'configs/detr_coco.py', names={'backbone': BACKBONES},
-                           options={'epochs': 500})
+                           options={'epochs': 500, 'enc_layers': 6,
+                                    'spatial_pos': tuple(SPATIAL_POS),
+                                    'output_pos': tuple(OUTPUT_POS), 'loss': tuple(LOSSES),
+                                    'aux_loss': True})
+  if args.enc_layers < 0:
+    raise ValueError(f'enc_layers={args.enc_layers} in configs/detr_coco.py:{arg}: use 0 or '
+                     'more encoder layers (the paper: 0, 3, 6, 12)')
   depth, dilation = BACKBONES[args.backbone]
+  position_embedding, encoder_pos, decoder_pos = SPATIAL_POS[args.spatial_pos]
+  bbox_weight, giou_weight = LOSSES[args.loss]
   config = ml_collections.ConfigDict()
   config.seed = 42
 
@@ -60,19 +100,28 @@ def get_config(arg='r50'):
   config.model.dilation = dilation
   config.model.hidden_dim = 256
   config.model.num_queries = 100
-  config.model.num_encoder_layers = 6
+  config.model.num_encoder_layers = args.enc_layers  # 6.
   config.model.num_decoder_layers = 6
   config.model.num_heads = 8
   config.model.mlp_dim = 2048
   config.model.dropout_rate = 0.1
   config.model.dtype = 'float32'
+  config.model.position_embedding = position_embedding  # 'sine'.
+  config.model.encoder_spatial_pos = encoder_pos  # 'attention'.
+  config.model.decoder_spatial_pos = decoder_pos  # 'attention'.
+  config.model.output_pos = OUTPUT_POS[args.output_pos]  # 'attention'.
 
   config.loss = ml_collections.ConfigDict()
-  config.loss.aux_loss = True
-  config.loss.class_weight = 1.0  # Also the matching cost weights.
-  config.loss.bbox_weight = 5.0
-  config.loss.giou_weight = 2.0
+  config.loss.aux_loss = args.aux_loss  # True.
+  config.loss.class_weight = 1.0
+  config.loss.bbox_weight = bbox_weight  # 5.
+  config.loss.giou_weight = giou_weight  # 2.
   config.loss.eos_coef = 0.1
+
+  config.matcher = ml_collections.ConfigDict()  # The matching cost (--set_cost_*).
+  config.matcher.class_weight = 1.0
+  config.matcher.bbox_weight = 5.0
+  config.matcher.giou_weight = 2.0
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = 'adamw'

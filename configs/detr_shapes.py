@@ -58,6 +58,11 @@ def get_config():
   config.loss.giou_weight = 2.0
   config.loss.eos_coef = 0.1
 
+  config.matcher = ml_collections.ConfigDict()  # The matching cost (--set_cost_*).
+  config.matcher.class_weight = 1.0
+  config.matcher.bbox_weight = 5.0
+  config.matcher.giou_weight = 2.0
+
   config.optim = ml_collections.ConfigDict()
   config.optim.name = 'adamw'
   config.optim.lr = 2e-4  # 1e-4.
