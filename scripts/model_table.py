@@ -1,7 +1,7 @@
 """Parameters and GFLOPs of every model, beside the papers' figures.
 
   python scripts/model_table.py [--json] [--models B/16,L/16] [--segmenter Seg-B-Mask/16]
-                                [--detr DETR-R50]
+                                [--detr DETR-R50] [--detr_ablations 'DETR-R50 enc_layers=0']
 
 GFLOPs are XLA's cost analysis of one forward pass, as multiply-adds (the papers' convention),
 for one image at 224 and 384 px; parameters with a 1000-class head. Segmenter rows (ADE20K, 150
@@ -9,18 +9,23 @@ classes, mask transformer): multiply-adds at 512 x 512 with and without the fina
 upsampling, parameters without and with the official checkpoints' unused ImageNet head, beside
 the authors' and 3rd-party figures (those GFLOPs count 2 per multiply-add). DETR rows (COCO,
 91 classes): trainable parameters as the paper counts them, multiply-adds at 800 x 1333 and at a
-4:3 image of 800 px, beside the paper's Table 1.
+4:3 image of 800 px, beside the paper's Table 1; then the paper's ablations (Tables 2-4), each
+built from its configs/detr_coco.py variant.
 """
 
 import argparse
 import json
+import os
 
 import jax
 import jax.numpy as jnp
 
 from detr_jax import model_stats as detr_stats
 from segmenter_jax import model_stats as segmenter_stats
-from vit_jax import model_stats, models
+from detr_jax import models as detr_models
+from vit_jax import config_args, model_stats, models
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 
 def vit_rows(variants):
@@ -45,24 +50,38 @@ def segmenter_rows(names):
   return [segmenter_stats.table_row(by_name[name]) for name in names]
 
 
-def detr_rows(names):
-  by_name = {entry['model']: entry for entry in detr_stats.TABLE}
+def detr_rows(names, table=detr_stats.TABLE):
+  """Rows of `table` named `names`, each model built from its configs/detr_coco.py variant;
+  rows with the same model (the loss ablations) are counted once."""
+  by_name = {entry['model']: entry for entry in table}
   unknown = [n for n in names if n not in by_name]
   if unknown:
     raise SystemExit(f'error: unknown DETR rows {unknown}: use {sorted(by_name)}')
-  return [detr_stats.table_row(by_name[name]) for name in names]
+  detr_coco = config_args.import_beside(os.path.join(CONFIGS, 'detr_coco.py'), 'detr_coco')
+  rows, counted = [], {}
+  for name in names:
+    model = detr_models.build_detr(detr_coco.get_config(by_name[name]['config']).model)
+    if repr(model) not in counted:
+      counted[repr(model)] = detr_stats.counts(model)
+    rows.append(detr_stats.table_row(by_name[name], counted[repr(model)]))
+  return rows
 
 
 def _format_detr(rows):
-  header = (f'{"model":<16}{"params":>14}{"paper":>8}{"diff":>8}{"GFLOPs@800x1333":>17}'
+  width = max([16] + [len(r['model']) + 2 for r in rows])
+  header = (f'{"model":<{width}}{"params":>14}{"paper":>8}{"diff":>8}{"GFLOPs@800x1333":>17}'
             f'{"@800x1067":>11}{"paper":>8}{"AP":>7}')
   lines = [header, '-' * len(header)]
   for r in rows:
-    diff = 100 * (r['params'] / r['paper_params'] - 1)
-    lines.append(f'{r["model"]:<16}{r["params"]:>14,}{r["paper_params"] / 1e6:>7.0f}M'
-                 f'{diff:>+7.1f}%{r["gflops_800x1333"]:>17.1f}{r["gflops_800x1067"]:>11.1f}'
-                 f'{r["paper_gflops"]:>8}{r["paper_ap"]:>7.1f}')
-  return '\n'.join(lines + [f'({rows[0]["source"]})'] if rows else [])
+    paper, ap = r['paper_params'], r['paper_ap']
+    paper_text = f'{paper / 1e6:.1f}M' if paper else '-'
+    diff = f'{100 * (r["params"] / paper - 1):+.1f}%' if paper else '-'
+    lines.append(f'{r["model"]:<{width}}{r["params"]:>14,}{paper_text:>8}{diff:>8}'
+                 f'{r["gflops_800x1333"]:>17.1f}{r["gflops_800x1067"]:>11.1f}'
+                 f'{r["paper_gflops"] or "-":>8}{f"{ap:.1f}" if ap else "-":>7}')
+  sources = dict.fromkeys(r['source'] for r in rows)  # In order, once each.
+  notes = [f'({source})' for source in sources] + [f'(GFLOPs: {rows[0]["gflops_note"]})']
+  return '\n'.join(lines + notes if rows else [])
 
 
 def _format_segmenter(rows):
@@ -102,16 +121,21 @@ def main():
                       help='comma-separated Segmenter rows (default: all; empty: none)')
   parser.add_argument('--detr', default=','.join(e['model'] for e in detr_stats.TABLE),
                       help='comma-separated DETR rows (default: all; empty: none)')
+  parser.add_argument('--detr_ablations',
+                      default=';'.join(e['model'] for e in detr_stats.ABLATIONS),
+                      help='semicolon-separated DETR ablation rows (default: all; empty: none)')
   args = parser.parse_args()
   rows = vit_rows([m for m in args.models.split(',') if m])
   seg_rows = segmenter_rows([m for m in args.segmenter.split(',') if m])
   detr_table = detr_rows([m for m in args.detr.split(',') if m])
+  ablations = detr_rows([m for m in args.detr_ablations.split(';') if m], detr_stats.ABLATIONS)
   if args.json:
-    print(json.dumps(rows + seg_rows + detr_table, indent=1))
+    print(json.dumps(rows + seg_rows + detr_table + ablations, indent=1))
   else:
     print('\n\n'.join(table for table in (_format(rows) if rows else '',
                                            _format_segmenter(seg_rows),
-                                           _format_detr(detr_table)) if table))
+                                           _format_detr(detr_table),
+                                           _format_detr(ablations)) if table))
 
 
 if __name__ == '__main__':

@@ -99,7 +99,7 @@ def test_segmenter_gflops_match_analytic_count(table):
 
 
 def _detr_multiply_adds(height=800, width=1333, blocks=(3, 4, 6, 3), d=256, ffn=2048,
-                        queries=100, classes=92, layers=6):
+                        queries=100, classes=92, layers=6, encoder_layers=6):
   """Matmul and conv multiply-adds of DETR, counted by hand (torchvision ResNet v1.5)."""
   ceil2 = lambda n: -(-n // 2)
   h, w = ceil2(height), ceil2(width)
@@ -121,11 +121,14 @@ def _detr_multiply_adds(height=800, width=1333, blocks=(3, 4, 6, 3), d=256, ffn=
   decoder = (4 * queries * d * d + 2 * queries**2 * d + 2 * queries * d * d + 2 * n * d * d
              + 2 * queries * n * d + 2 * queries * d * ffn)
   heads = layers * queries * (d * classes + 2 * d * d + d * 4)
-  return total + layers * (encoder + decoder) + heads
+  return total + encoder_layers * encoder + layers * decoder + heads
+
+
+DETR_MODELS = ('DETR-R50', 'DETR-DC5-R50', 'DETR-R101', 'DETR-DC5-R101')
 
 
 def test_detr_rows_with_exact_params(table):
-  detr = {name: row for name, row in table.items() if name.startswith('DETR')}
+  detr = {name: table[name] for name in DETR_MODELS}
   assert {name: row['params'] for name, row in detr.items()} == {
       'DETR-R50': 41_302_368, 'DETR-DC5-R50': 41_302_368, 'DETR-R101': 60_242_272,
       'DETR-DC5-R101': 60_242_272}  # The paper's 41M / 60M, exact to the original's count.
@@ -139,5 +142,39 @@ def test_detr_gflops_match_analytic_count(table):
       assert table[name][f'gflops_{height}x{width}'] == pytest.approx(expected, rel=0.01)
   # The paper's figures (an average over COCO val images) lie between our two sizes.
   for row in table.values():
-    if row['model'].startswith('DETR'):
+    if row['model'].startswith('DETR') and row['paper_gflops']:
       assert row['gflops_800x1067'] < row['paper_gflops'] < row['gflops_800x1333']
+
+
+# One post-norm encoder layer of width 256, FFN 2048, counted by hand: q, k, v and out
+# projections with biases, linear1 and linear2 with biases, two LayerNorms.
+ENCODER_LAYER = 4 * (256 * 256 + 256) + (256 * 2048 + 2048) + (2048 * 256 + 256) + 2 * 2 * 256
+
+
+def test_detr_encoder_size_rows_match_the_paper(table):
+  assert ENCODER_LAYER == 1_315_072
+  for layers, paper in ((0, 33.4e6), (3, 37.4e6), (6, 41.3e6), (12, 49.2e6)):
+    row = table[f'DETR-R50 enc_layers={layers}']
+    assert row['params'] == 41_302_368 + (layers - 6) * ENCODER_LAYER
+    # The paper rounds to 0.1M: each count rounds to its figure.
+    assert row['paper_params'] == paper and abs(row['params'] - paper) <= 0.05e6
+    for height, width in ((800, 1333), (800, 1067)):
+      expected = _detr_multiply_adds(height, width, encoder_layers=layers) / 1e9
+      assert row[f'gflops_{height}x{width}'] == pytest.approx(expected, rel=0.01)
+  assert [table[f'DETR-R50 enc_layers={n}']['paper_gflops'] for n in (0, 3, 6, 12)] == [
+      76, 81, 86, 95]
+
+
+def test_detr_ablation_rows_are_their_configs(table):
+  ablations = {name: row for name, row in table.items() if name.startswith('DETR-R50 ')}
+  assert len(ablations) == 11
+  for name, row in ablations.items():
+    assert row['config'] == f'configs/detr_coco.py:r50,epochs=300,{name[9:]}'.replace(
+        ',enc_layers=6', '')
+    # Only the learned spatial embedding adds parameters: 50 rows + 50 columns of 128.
+    extra = 2 * 50 * 128 if 'learned_attention' in name else 0
+    if 'enc_layers' not in name:
+      assert row['params'] == 41_302_368 + extra and row['paper_params'] is None
+      # The encodings' additions are element-wise: within 0.1% of the baseline's multiply-adds.
+      assert row['gflops_800x1333'] == pytest.approx(
+          table['DETR-R50 enc_layers=6']['gflops_800x1333'], rel=1e-3)
