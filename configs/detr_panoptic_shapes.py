@@ -7,7 +7,9 @@ The images are generated from a seed (detr_jax/panoptic_shapes.py). The losses, 
 post-process and PQ are the paper's; the model is small and trained from scratch, box model and
 mask head together in one stage (the paper trains the box model first, then the mask head on
 the frozen box model: configs/detr_panoptic.py; offline there is no box model to start from).
-Its PQ on the 128 validation images is in final_metrics.json.
+Measured on a 2-core CPU shared with other jobs (load average 10-13): PQ 0.688 (things 0.531,
+stuff 0.923) on the 128 validation images after the 2000 steps, in 12 min 56 s; 0.556 at step
+1000; 3000 steps (the drop at 2400) reach 0.765.
 """
 
 import ml_collections
@@ -75,7 +77,7 @@ def get_config():
   config.optim.schedule = ml_collections.ConfigDict(dict(
       name='warmup_step', warmup_steps=100, decay_factor=0.1, boundary_fractions=(0.8,)))
 
-  config.total_steps = 3000
+  config.total_steps = 2000
   config.log_every = 100
   config.eval_every = 1000
   config.checkpoint_every = 1000
