@@ -30,6 +30,7 @@ EXPECTED_OUTPUT = {
                    'top-5 detections', "'AP50':", 'detections above 0.5 in the first image'],
     'segmenter.ipynb': ['parameters loaded from segmenter_shapes.npz', "'num_examples': 64.0",
                         'multi-scale + flip: pixel accuracy', 'class-embedding cosine similarity'],
+    'detr_panoptic.ipynb': ["{'PQ': ", 'parameters: ', 'image 1: '],  # Scored, then drawn.
 }
 
 # The ViT notebook's 8 x 8 patch grid: 2 * 8 * 7 horizontal and vertical neighbour pairs, counted
