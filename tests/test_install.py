@@ -37,7 +37,7 @@ def _run_install_cell(monkeypatch, source):
 
 def test_the_notebooks_share_one_install_cell():
   cells = _install_cells()
-  assert set(cells) == {'vit.ipynb', 'detr.ipynb', 'segmenter.ipynb'}
+  assert set(cells) == {'vit.ipynb', 'detr.ipynb', 'detr_panoptic.ipynb', 'segmenter.ipynb'}
   assert len(set(cells.values())) == 1
 
 
