@@ -70,13 +70,45 @@ def _inputs(height: int, width: int):
           jax.ShapeDtypeStruct((1, height, width), jnp.int32))
 
 
-def trainable_count(model: models.DETR) -> int:
-  """Parameters the original trains: all but the frozen stem and layer1 (and the frozen
-  batch-norm buffers, which are not parameters)."""
+def _param_shapes(model) -> dict:
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), *_inputs(64, 64))
-  flat = flax.traverse_util.flatten_dict(flax.linen.meta.unbox(variables['params']), sep='/')
-  return int(sum(np.prod(v.shape) for k, v in flat.items()
-                 if not k.startswith(('backbone/conv1/', 'backbone/layer1_'))))
+  return flax.traverse_util.flatten_dict(flax.linen.meta.unbox(variables['params']), sep='/')
+
+
+def trainable_count(model: models.DETR, prefix: str = '') -> int:
+  """Parameters the original trains: all but the frozen stem and layer1 (and the frozen
+  batch-norm buffers, which are not parameters); `prefix`: where the box model sits."""
+  frozen = (f'{prefix}backbone/conv1/', f'{prefix}backbone/layer1_')
+  return int(sum(np.prod(v.shape) for k, v in _param_shapes(model).items()
+                 if not k.startswith(frozen)))
+
+
+# The paper's panoptic table (Table 5, COCO val): PQ and box AP of the released panoptic models;
+# it gives no parameters or GFLOPs. `config`: the configs/detr_panoptic.py argument (stage 2, the
+# whole model; 250 classes).
+PANOPTIC = (
+    dict(model='DETR-R50 panoptic', config='r50,stage=masks', pq=43.4, box_ap=38.8),
+    dict(model='DETR-DC5-R50 panoptic', config='dc5_r50,stage=masks', pq=44.6, box_ap=40.2),
+    dict(model='DETR-R101 panoptic', config='r101,stage=masks', pq=45.1, box_ap=40.1),
+)
+PANOPTIC_SOURCE = 'DETR paper Table 5 (panoptic; PQ and box AP, no parameters or GFLOPs given)'
+
+
+def panoptic_row(entry: dict, model) -> dict:
+  """A PANOPTIC entry and its `panoptic_model.DETRPanoptic`: parameters trained over both stages
+  (all but the frozen stem and layer1), the mask head's alone (stage 2), and multiply-adds
+  (the masks of all 100 queries at stride 4 included)."""
+  shapes = _param_shapes(model)
+  row = dict(model=entry['model'], config=f'configs/detr_panoptic.py:{entry["config"]}',
+             params=trainable_count(model, prefix='detr/'),
+             mask_head_params=int(sum(np.prod(v.shape) for k, v in shapes.items()
+                                      if not k.startswith('detr/'))),
+             all_params=int(sum(np.prod(v.shape) for v in shapes.values())),
+             paper_params=None, paper_gflops=None, paper_pq=entry['pq'],
+             paper_box_ap=entry['box_ap'], source=PANOPTIC_SOURCE, gflops_note=GFLOPS_NOTE)
+  for height, width in SIZES:
+    row[f'gflops_{height}x{width}'] = model_stats.gflops(model, *_inputs(height, width))
+  return row
 
 
 def counts(model: models.DETR) -> dict:

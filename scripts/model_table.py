@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from detr_jax import model_stats as detr_stats
 from segmenter_jax import model_stats as segmenter_stats
 from detr_jax import models as detr_models
+from detr_jax import panoptic_model
 from vit_jax import config_args, model_stats, models
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
@@ -67,7 +68,32 @@ def detr_rows(names, table=detr_stats.TABLE):
   return rows
 
 
+def panoptic_rows(names):
+  """Rows of the panoptic models named `names`, each built from configs/detr_panoptic.py."""
+  by_name = {entry['model']: entry for entry in detr_stats.PANOPTIC}
+  unknown = [n for n in names if n not in by_name]
+  if unknown:
+    raise SystemExit(f'error: unknown DETR panoptic rows {unknown}: use {sorted(by_name)}')
+  panoptic = config_args.import_beside(os.path.join(CONFIGS, 'detr_panoptic.py'), 'detr_panoptic')
+  return [detr_stats.panoptic_row(by_name[name], panoptic_model.build_detr_panoptic(
+      panoptic.get_config(by_name[name]['config']).model)) for name in names]
+
+
+def _format_panoptic(rows):
+  width = max([16] + [len(r['model']) + 2 for r in rows])
+  header = (f'{"model":<{width}}{"params":>14}{"mask head":>12}{"GFLOPs@800x1333":>17}'
+            f'{"@800x1067":>11}{"PQ":>7}{"box AP":>8}')
+  lines = [header, '-' * len(header)]
+  for r in rows:
+    lines.append(f'{r["model"]:<{width}}{r["params"]:>14,}{r["mask_head_params"]:>12,}'
+                 f'{r["gflops_800x1333"]:>17.1f}{r["gflops_800x1067"]:>11.1f}'
+                 f'{r["paper_pq"]:>7.1f}{r["paper_box_ap"]:>8.1f}')
+  return '\n'.join(lines + [f'({rows[0]["source"]})'] if rows else [])
+
+
 def _format_detr(rows):
+  if not rows:
+    return ''
   width = max([16] + [len(r['model']) + 2 for r in rows])
   header = (f'{"model":<{width}}{"params":>14}{"paper":>8}{"diff":>8}{"GFLOPs@800x1333":>17}'
             f'{"@800x1067":>11}{"paper":>8}{"AP":>7}')
@@ -81,7 +107,7 @@ def _format_detr(rows):
                  f'{r["paper_gflops"] or "-":>8}{f"{ap:.1f}" if ap else "-":>7}')
   sources = dict.fromkeys(r['source'] for r in rows)  # In order, once each.
   notes = [f'({source})' for source in sources] + [f'(GFLOPs: {rows[0]["gflops_note"]})']
-  return '\n'.join(lines + notes if rows else [])
+  return '\n'.join(lines + notes)
 
 
 def _format_segmenter(rows):
@@ -124,18 +150,22 @@ def main():
   parser.add_argument('--detr_ablations',
                       default=';'.join(e['model'] for e in detr_stats.ABLATIONS),
                       help='semicolon-separated DETR ablation rows (default: all; empty: none)')
+  parser.add_argument('--detr_panoptic', default=','.join(e['model'] for e in detr_stats.PANOPTIC),
+                      help='comma-separated DETR panoptic rows (default: all; empty: none)')
   args = parser.parse_args()
   rows = vit_rows([m for m in args.models.split(',') if m])
   seg_rows = segmenter_rows([m for m in args.segmenter.split(',') if m])
   detr_table = detr_rows([m for m in args.detr.split(',') if m])
   ablations = detr_rows([m for m in args.detr_ablations.split(';') if m], detr_stats.ABLATIONS)
+  panoptic = panoptic_rows([m for m in args.detr_panoptic.split(',') if m])
   if args.json:
-    print(json.dumps(rows + seg_rows + detr_table + ablations, indent=1))
+    print(json.dumps(rows + seg_rows + detr_table + ablations + panoptic, indent=1))
   else:
     print('\n\n'.join(table for table in (_format(rows) if rows else '',
                                            _format_segmenter(seg_rows),
                                            _format_detr(detr_table),
-                                           _format_detr(ablations)) if table))
+                                           _format_detr(ablations),
+                                           _format_panoptic(panoptic)) if table))
 
 
 if __name__ == '__main__':

@@ -158,3 +158,27 @@ def test_aux_loss_false_drops_the_decoder_layer_losses():
   np.testing.assert_allclose(without, last_layer, rtol=1e-6)
   np.testing.assert_allclose(metrics['loss_ce'], final['loss_ce'], rtol=1e-6)
   assert with_aux > 1.5 * without
+
+
+@pytest.mark.parametrize('arg, message', [
+    ('r50,spatial_pos=sine', "bad value 'spatial_pos=sine' in configs/detr_coco.py:r50,spatial_"
+     "pos=sine: use configs/detr_coco.py:BACKBONE[,epochs=<int>][,enc_layers=<int>][,spatial_pos"
+     "=sine_attention|none|sine_input|learned_attention|sine_attention_decoder]"),
+    ('r50,output_pos=sine', "output_pos=learned_attention|learned_input]"),
+    ('r50,loss=l1', "loss=class_l1_giou|class_l1|class_giou]"),
+    ('r50,enc_layers=-1', 'enc_layers=-1 in configs/detr_coco.py:r50,enc_layers=-1: use 0 or '
+     'more encoder layers'),
+])
+def test_unknown_variants_are_one_line_errors_listing_the_choices(arg, message):
+  with pytest.raises(ValueError) as error:
+    load_config('detr_coco', arg)
+  assert message in str(error.value) and '\n' not in str(error.value)
+
+
+def test_unknown_model_encoding_places_are_one_line_errors():
+  model = models.DETR(num_classes=3, output_pos='everywhere', **TINY)
+  with pytest.raises(UserError) as error:
+    model.init(jax.random.PRNGKey(0), *_images())  # Checked before any computation.
+  # (JAX appends a note on its filtered traceback below the message.)
+  assert str(error.value).splitlines()[0] == (
+      "unknown DETR output_pos 'everywhere': use one of attention, input")

@@ -166,7 +166,8 @@ def test_detr_encoder_size_rows_match_the_paper(table):
 
 
 def test_detr_ablation_rows_are_their_configs(table):
-  ablations = {name: row for name, row in table.items() if name.startswith('DETR-R50 ')}
+  ablations = {name: row for name, row in table.items()
+               if name.startswith('DETR-R50 ') and not name.endswith(' panoptic')}
   assert len(ablations) == 11
   for name, row in ablations.items():
     assert row['config'] == f'configs/detr_coco.py:r50,epochs=300,{name[9:]}'.replace(
@@ -178,3 +179,27 @@ def test_detr_ablation_rows_are_their_configs(table):
       # The encodings' additions are element-wise: within 0.1% of the baseline's multiply-adds.
       assert row['gflops_800x1333'] == pytest.approx(
           table['DETR-R50 enc_layers=6']['gflops_800x1333'], rel=1e-3)
+
+
+def _mask_head_params(d=256, heads=8, fpn=(1024, 512, 256)):
+  """The original's MHAttentionMap (q, k linears) and MaskHeadSmallConv (3x3 convs lay1..lay5
+  and out_lay with GroupNorms, 1x1 adapters from layer3..layer1), counted by hand."""
+  widths = (d + heads, d // 2, d // 4, d // 8, d // 16)
+  attention = 2 * (d * d + d)
+  convs = sum(9 * a * b + b + 2 * b for a, b in zip((widths[0],) + widths[:-1], widths))
+  out = 9 * widths[-1] + 1
+  adapters = sum(c * w + w for c, w in zip(fpn, widths[1:4]))
+  return attention + convs + out + adapters
+
+
+def test_detr_panoptic_rows_count_the_mask_head(table):
+  assert _mask_head_params() == 1_333_657
+  for name, detection in (('DETR-R50', 41_302_368), ('DETR-DC5-R50', 41_302_368),
+                          ('DETR-R101', 60_242_272)):
+    row = table[f'{name} panoptic']
+    assert row['mask_head_params'] == _mask_head_params()
+    # 250 classes instead of 91: 159 more rows of the 256-wide class head (+ bias).
+    assert row['params'] == detection + 159 * 257 + _mask_head_params()
+    assert row['gflops_800x1333'] > table[name]['gflops_800x1333']  # Plus 100 masks at stride 4.
+  assert [(r['paper_pq'], r['paper_box_ap']) for r in table.values() if 'panoptic' in r['model']
+          ] == [(43.4, 38.8), (44.6, 40.2), (45.1, 40.1)]
