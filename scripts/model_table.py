@@ -43,40 +43,43 @@ def vit_rows(variants):
   return rows
 
 
-def segmenter_rows(names):
-  by_name = {entry['model']: entry for entry in segmenter_stats.TABLE}
+def _entries(table, names, what):
+  """The entries of `table` named `names` (their 'model'), in that order."""
+  by_name = {entry['model']: entry for entry in table}
   unknown = [n for n in names if n not in by_name]
   if unknown:
-    raise SystemExit(f'error: unknown Segmenter rows {unknown}: use {sorted(by_name)}')
-  return [segmenter_stats.table_row(by_name[name]) for name in names]
+    raise SystemExit(f'error: unknown {what} rows {unknown}: use {sorted(by_name)}')
+  return [by_name[name] for name in names]
+
+
+def _model_config(config_file, arg):
+  """configs/<config_file>'s get_config(arg).model."""
+  module = config_args.import_beside(os.path.join(CONFIGS, config_file), config_file[:-3])
+  return module.get_config(arg).model
+
+
+def segmenter_rows(names):
+  return [segmenter_stats.table_row(e) for e in _entries(segmenter_stats.TABLE, names,
+                                                          'Segmenter')]
 
 
 def detr_rows(names, table=detr_stats.TABLE):
   """Rows of `table` named `names`, each model built from its configs/detr_coco.py variant;
   rows with the same model (the loss ablations) are counted once."""
-  by_name = {entry['model']: entry for entry in table}
-  unknown = [n for n in names if n not in by_name]
-  if unknown:
-    raise SystemExit(f'error: unknown DETR rows {unknown}: use {sorted(by_name)}')
-  detr_coco = config_args.import_beside(os.path.join(CONFIGS, 'detr_coco.py'), 'detr_coco')
   rows, counted = [], {}
-  for name in names:
-    model = detr_models.build_detr(detr_coco.get_config(by_name[name]['config']).model)
+  for entry in _entries(table, names, 'DETR'):
+    model = detr_models.build_detr(_model_config('detr_coco.py', entry['config']))
     if repr(model) not in counted:
       counted[repr(model)] = detr_stats.counts(model)
-    rows.append(detr_stats.table_row(by_name[name], counted[repr(model)]))
+    rows.append(detr_stats.table_row(entry, counted[repr(model)]))
   return rows
 
 
 def panoptic_rows(names):
   """Rows of the panoptic models named `names`, each built from configs/detr_panoptic.py."""
-  by_name = {entry['model']: entry for entry in detr_stats.PANOPTIC}
-  unknown = [n for n in names if n not in by_name]
-  if unknown:
-    raise SystemExit(f'error: unknown DETR panoptic rows {unknown}: use {sorted(by_name)}')
-  panoptic = config_args.import_beside(os.path.join(CONFIGS, 'detr_panoptic.py'), 'detr_panoptic')
-  return [detr_stats.panoptic_row(by_name[name], panoptic_model.build_detr_panoptic(
-      panoptic.get_config(by_name[name]['config']).model)) for name in names]
+  return [detr_stats.panoptic_row(entry, panoptic_model.build_detr_panoptic(
+      _model_config('detr_panoptic.py', entry['config'])))
+          for entry in _entries(detr_stats.PANOPTIC, names, 'DETR panoptic')]
 
 
 def _format_panoptic(rows):
