@@ -146,16 +146,22 @@ def test_scan_and_loop_load_the_same_npz_and_give_the_same_logits(tmp_path):
   path = str(tmp_path / 'vit.npz')
   weights.write_vit_npz(path, _small_params())
   images = jax.random.uniform(jax.random.PRNGKey(1), (2, 16, 16, 3), minval=-1, maxval=1)
-  logits, written = {}, {}
+  logits, written, attention = {}, {}, {}
   for scan in (False, True):
     model = models.VisionTransformer(**_SMALL, scan=scan)
     fresh = nn.meta.unbox(model.init(jax.random.PRNGKey(5), images))['params']
     loaded = weights.load_vit(fresh, path)
-    logits[scan] = np.asarray(model.apply({'params': loaded}, images))
+    logits[scan], state = model.apply({'params': loaded}, images, mutable='intermediates')
+    blocks = state['intermediates']['Transformer']
+    attention[scan] = (  # What classification.py draws: [layers, batch, heads, T, S].
+        blocks['encoderblock']['MultiHeadDotProductAttention_0']['attention_weights'][0] if scan
+        else np.stack([blocks[f'encoderblock_{i}']['MultiHeadDotProductAttention_0'][
+            'attention_weights'][0] for i in range(_SMALL['num_layers'])]))
     written[scan] = str(tmp_path / f'written_{scan}.npz')
     weights.write_vit_npz(written[scan], loaded)  # Always the official per-layer layout.
   assert np.abs(logits[False]).max() > 0.1
   np.testing.assert_allclose(logits[True], logits[False], atol=1e-6)
+  np.testing.assert_allclose(attention[True], attention[False], atol=1e-6)
   loop_file, scan_file = np.load(written[False]), np.load(written[True])
   assert sorted(scan_file.files) == sorted(loop_file.files) == sorted(np.load(path).files)
   for name in loop_file.files:

@@ -162,9 +162,13 @@ class ClassificationTask(task.Task):
     outputs = {'probabilities': jax.nn.softmax(logits)}
     if self.model.classifier == 'token':  # Where the class token looks, per layer.
       blocks = state['intermediates']['Transformer']
-      outputs['attention'] = jnp.stack([  # [batch, layers, tokens, tokens], heads averaged.
-          blocks[f'encoderblock_{i}']['MultiHeadDotProductAttention_0']['attention_weights'][0]
-          .mean(1) for i in range(self.model.num_layers)], axis=1)
+      if 'encoderblock' in blocks:  # model.scan: [layers, batch, heads, tokens, tokens].
+        stacked = blocks['encoderblock']['MultiHeadDotProductAttention_0']['attention_weights']
+        outputs['attention'] = stacked[0].mean(2).swapaxes(0, 1)
+      else:
+        outputs['attention'] = jnp.stack([  # [batch, layers, tokens, tokens], heads averaged.
+            blocks[f'encoderblock_{i}']['MultiHeadDotProductAttention_0']['attention_weights'][0]
+            .mean(1) for i in range(self.model.num_layers)], axis=1)
     return outputs
 
   def draw(self, batch, outputs):
