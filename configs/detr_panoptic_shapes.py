@@ -66,6 +66,11 @@ def get_config():
   config.loss.mask_weight = 1.0  # Focal.
   config.loss.dice_weight = 1.0
 
+  config.matcher = ml_collections.ConfigDict()  # The matching cost (--set_cost_*).
+  config.matcher.class_weight = 1.0
+  config.matcher.bbox_weight = 5.0
+  config.matcher.giou_weight = 2.0
+
   config.optim = ml_collections.ConfigDict()
   config.optim.name = 'adamw'
   config.optim.lr = 3e-4  # 1e-4.
