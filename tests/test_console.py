@@ -22,7 +22,10 @@ def test_file_only_lines_and_orbax_info_stay_off_the_console():
 
 
 def test_the_log_file_gets_every_line_for_the_length_of_the_run(tmp_path):
-  verbosity = logging.get_verbosity()
+  # The absl logger's own level, restored as it was (often unset): set_verbosity(get_verbosity())
+  # would pin it to WARNING and hide INFO lines from later tests' caplog.
+  absl_logger = logging.get_absl_logger()
+  level = absl_logger.level
   logging.set_verbosity(logging.INFO)  # As the command line sets it (absl's --verbosity).
   try:
     with logs.to_file(str(tmp_path)) as path:
@@ -31,7 +34,7 @@ def test_the_log_file_gets_every_line_for_the_length_of_the_run(tmp_path):
       py_logging.getLogger('some.library').warning('a library warning')
     logging.info('after the run')
   finally:
-    logging.set_verbosity(verbosity)
+    absl_logger.setLevel(level)
   assert path == os.path.join(str(tmp_path), 'train.log')
   text = open(path).read()
   for line in ('a line for the console too', 'the parameter table', 'a library warning'):
