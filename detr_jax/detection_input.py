@@ -66,7 +66,7 @@ DEFAULTS = dict(max_boxes=100, augment='detr', train_scales=tuple(range(480, 801
                 on_bad_image='skip')
 
 
-def _get(input_config, key):
+def setting(input_config, key):
   return input_config.get(key, DEFAULTS.get(key))
 
 
@@ -118,7 +118,7 @@ def num_classes(input_config, split: str) -> int:
 
 def categories(input_config, split: str) -> tuple[list[dict], list[int]]:
   """The split's category dicts ({'id', 'name'}) and its label -> category id list."""
-  layout = _get(input_config, 'category_layout')
+  layout = setting(input_config, 'category_layout')
   kind = input_config.get('source')
   if kind == 'shapes':
     cats = [dict(c) for c in shapes.CATEGORIES]
@@ -159,7 +159,7 @@ def _pack(per_image: list[np.ndarray], per_label: list[np.ndarray], max_boxes: i
 
 def _shapes_source(input_config, split):
   settings = shapes.ShapesSettings.from_config(input_config.get('shapes'))
-  max_boxes = _get(input_config, 'max_boxes')
+  max_boxes = setting(input_config, 'max_boxes')
   if settings.max_objects > max_boxes:
     raise UserError(f'config.input.shapes.max_objects ({settings.max_objects}) exceeds '
                     f'config.input.max_boxes ({max_boxes})')
@@ -170,7 +170,7 @@ def _shapes_source(input_config, split):
   arrays = {'image': data['image'], 'image_id': np.arange(1, len(data['image']) + 1),
             'boxes': data['boxes'] / settings.image_size, 'labels': labels.astype(np.int32),
             'box_mask': data['box_mask']}
-  return input_pipeline.array_source(arrays, _get(input_config, 'shuffle_buffer'))
+  return input_pipeline.array_source(arrays, setting(input_config, 'shuffle_buffer'))
 
 
 def image_dir(input_config, split: str) -> str:
@@ -228,7 +228,7 @@ def _folder_source(input_config, split):
   path = annotation_file(input_config, split)
   images, annotations, cats = _coco_lists(read_json(path), path)
   folder = image_dir(input_config, split)
-  mapping = label_to_category([c['id'] for c in cats], _get(input_config, 'category_layout'))
+  mapping = label_to_category([c['id'] for c in cats], setting(input_config, 'category_layout'))
   _check_num_classes(input_config, mapping, path)
   known = {c['id'] for c in cats}
   sizes, index = [], {}
@@ -268,7 +268,7 @@ def _folder_source(input_config, split):
   logging.info('%s: %d images (%d without boxes), %d boxes; %d crowd annotations are not '
                'training targets', path, len(images), sum(not len(b) for b in per_image),
                len(boxes), len(annotations) - len(targets))
-  boxes, labels, mask = _pack(per_image, per_label, _get(input_config, 'max_boxes'), path)
+  boxes, labels, mask = _pack(per_image, per_label, setting(input_config, 'max_boxes'), path)
   files = [os.path.join(folder, image['file_name']) for image in images]
   arrays = {'image': np.array(files, dtype=str),
             'image_id': np.array([image['id'] for image in images], np.int64),
@@ -277,18 +277,18 @@ def _folder_source(input_config, split):
     missing = [f for f in files if not os.path.exists(f)]
     if missing:
       raise UserError(f'{len(missing)} images listed in {path} are missing, e.g. {missing[0]}')
-    readable = input_pipeline.readable_images(files, _get(input_config, 'on_bad_image'), folder)
+    readable = input_pipeline.readable_images(files, setting(input_config, 'on_bad_image'), folder)
     arrays = {key: value[readable] for key, value in arrays.items()}
   # Paths travel through shuffling and skipping; a file is read only when its example is used.
   return dataclasses.replace(
-      input_pipeline.array_source(arrays, _get(input_config, 'shuffle_buffer')),
+      input_pipeline.array_source(arrays, setting(input_config, 'shuffle_buffer')),
       load=lambda ex: dict(ex, image=tf.io.read_file(ex['image'])))
 
 
 def _tfds_categories(input_config) -> list[dict]:
   name = input_config.get('dataset') or ''
   is_coco = name.startswith('coco/')
-  if not is_coco and _get(input_config, 'category_layout') == 'coco_ids':
+  if not is_coco and setting(input_config, 'category_layout') == 'coco_ids':
     raise UserError(f"category_layout 'coco_ids' maps TFDS labels to COCO category ids, but "
                     f'{name!r} is not a coco/* dataset: use contiguous')
   try:
@@ -306,14 +306,14 @@ def _tfds_source(input_config, split):
     raise UserError('config.input.dataset is not set: e.g. coco/2017')
   source = input_pipeline.tfds_source(
       name, split, input_config.get('data_dir'), decoders={'image': tfds.decode.SkipDecoding()},
-      shuffle_buffer=_get(input_config, 'shuffle_buffer'),
+      shuffle_buffer=setting(input_config, 'shuffle_buffer'),
       hint='Or bring COCO-format data: --config.input.source=coco_folder '
            '--config.input.data_dir=DIR (DIR/<split>/, DIR/annotations/instances_<split>.json).')
   cats, mapping = categories(input_config, split)
   _check_num_classes(input_config, mapping, name)
   # TFDS label i -> training label: through the category id of the i-th category.
   label_of = tf.constant(_to_labels(np.array([c['id'] for c in cats]), mapping), tf.int32)
-  max_boxes = _get(input_config, 'max_boxes')
+  max_boxes = setting(input_config, 'max_boxes')
   read = source.read
   return dataclasses.replace(
       source, read=lambda: read().map(lambda ex: _from_tfds(ex, label_of, max_boxes),
@@ -362,7 +362,7 @@ def _from_tfds(example, label_of, max_boxes: int):
 # ----------------------------------------------------------------------------- preprocessing
 
 
-def _decode(image):
+def decode(image):
   """Encoded bytes -> uint8 [H, W, 3]; pixel arrays pass through."""
   image = tf.convert_to_tensor(image)
   if image.dtype == tf.string:
@@ -370,20 +370,20 @@ def _decode(image):
   return image
 
 
-def _sizes(input_config):
+def padded_sizes(input_config):
   """(pad_size, max_size, common transform settings), checked."""
-  max_size = _get(input_config, 'max_size') or None
+  max_size = setting(input_config, 'max_size') or None
   pad_size = input_config.get('pad_size') or ((max_size, max_size) if max_size else None)
   if not pad_size or len(pad_size) != 2:
     raise UserError('config.input.pad_size (h, w) is needed when max_size is unset: the padded '
                     'image shape must be fixed')
-  augment = _get(input_config, 'augment')
+  augment = setting(input_config, 'augment')
   if augment not in AUGMENTATIONS:
     raise UserError(f'unknown config.input.augment {augment!r}: use one of {AUGMENTATIONS}')
   return tuple(int(s) for s in pad_size), max_size
 
 
-def _rows(x, count: int):
+def fixed_rows(x, count: int):
   """x with exactly `count` rows: zero rows appended or extra rows cut."""
   x = tf.convert_to_tensor(x)[:count]
   x = tf.pad(x, [[0, count - tf.shape(x)[0]]] + [[0, 0]] * (x.shape.rank - 1))
@@ -394,14 +394,14 @@ def _rows(x, count: int):
 def _start(example, max_boxes: int):
   """Decoded float pixels, absolute boxes, mask of real boxes with area, labels (all with
   max_boxes rows), original (h, w)."""
-  image = _decode(example['image'])
+  image = decode(example['image'])
   height, width = tf.shape(image)[0], tf.shape(image)[1]
   scale = tf.cast(tf.stack([width, height, width, height]), tf.float32)
-  boxes = tf.clip_by_value(_rows(tf.cast(example['boxes'], tf.float32), max_boxes), 0.0, 1.0)
+  boxes = tf.clip_by_value(fixed_rows(tf.cast(example['boxes'], tf.float32), max_boxes), 0.0, 1.0)
   boxes *= scale
-  mask = _rows(tf.cast(example['box_mask'], tf.int32), max_boxes)
+  mask = fixed_rows(tf.cast(example['box_mask'], tf.int32), max_boxes)
   mask *= tf.cast(transforms.has_area(boxes), tf.int32)
-  labels = _rows(tf.cast(example['labels'], tf.int32), max_boxes)
+  labels = fixed_rows(tf.cast(example['labels'], tf.int32), max_boxes)
   return tf.cast(image, tf.float32), boxes, mask, labels, tf.stack([height, width])
 
 
@@ -414,13 +414,13 @@ def _finish(image, boxes, mask, labels, pad_size):
 
 def train_preprocess(input_config):
   """fn(raw example, seed [2]) -> a fixed-shape training example."""
-  pad_size, max_size = _sizes(input_config)
-  augment, max_boxes = _get(input_config, 'augment'), _get(input_config, 'max_boxes')
-  scale = _get(input_config, 'eval_scale')
-  settings = dict(scales=tuple(_get(input_config, 'train_scales')), max_size=max_size,
-                  crop_resize_scales=tuple(_get(input_config, 'crop_resize_scales')),
-                  crop_min=_get(input_config, 'crop_min'),
-                  crop_max=_get(input_config, 'crop_max'), fit=pad_size)
+  pad_size, max_size = padded_sizes(input_config)
+  augment, max_boxes = setting(input_config, 'augment'), setting(input_config, 'max_boxes')
+  scale = setting(input_config, 'eval_scale')
+  settings = dict(scales=tuple(setting(input_config, 'train_scales')), max_size=max_size,
+                  crop_resize_scales=tuple(setting(input_config, 'crop_resize_scales')),
+                  crop_min=setting(input_config, 'crop_min'),
+                  crop_max=setting(input_config, 'crop_max'), fit=pad_size)
 
   def preprocess(example, seed):
     image, boxes, mask, labels, _ = _start(example, max_boxes)
@@ -437,8 +437,8 @@ def train_preprocess(input_config):
 def train_example_spec(input_config) -> dict[str, tf.TensorSpec]:
   """What `train_preprocess` yields, from the config alone (no data is read), so a train step
   can be compiled for a machine this one is not (vit_jax.fit_report)."""
-  (height, width), _ = _sizes(input_config)
-  boxes = _get(input_config, 'max_boxes')
+  (height, width), _ = padded_sizes(input_config)
+  boxes = setting(input_config, 'max_boxes')
   return {'image': tf.TensorSpec((height, width, 3), tf.float32),
           'pixel_mask': tf.TensorSpec((height, width), tf.int32),
           'labels': tf.TensorSpec((boxes,), tf.int32),
@@ -449,8 +449,8 @@ def train_example_spec(input_config) -> dict[str, tf.TensorSpec]:
 def eval_preprocess(input_config):
   """fn(raw example) -> a fixed-shape eval example: the short side to eval_scale (long side at
   most max_size), with image_id and the original (h, w)."""
-  pad_size, max_size = _sizes(input_config)
-  scale, max_boxes = _get(input_config, 'eval_scale'), _get(input_config, 'max_boxes')
+  pad_size, max_size = padded_sizes(input_config)
+  scale, max_boxes = setting(input_config, 'eval_scale'), setting(input_config, 'max_boxes')
 
   def preprocess(example):
     image, boxes, mask, labels, orig_size = _start(example, max_boxes)

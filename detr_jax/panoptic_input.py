@@ -40,6 +40,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from detr_jax import detection_input, panoptic_shapes, transforms
+from detr_jax.detection_input import setting  # config.input values with DETR's defaults
 from vit_jax import input_pipeline
 from vit_jax.errors import UserError
 
@@ -50,7 +51,6 @@ COCO_STUFF_IDS = (
     92, 93, 95, 100, 107, 109, 112, 118, 119, 122, 125, 128, 130, 133, 138, 141, 144, 145, 147,
     148, 149, 151, 154, 155, 156, 159, 161, 166, 168, 171, 175, 176, 177, 178, 180, 181, 184, 185,
     186, 187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200)
-_get = detection_input._get  # pylint: disable=protected-access
 
 
 # ----------------------------------------------------------------------------- categories
@@ -67,7 +67,7 @@ def categories(input_config, split: str) -> tuple[list[dict], list[int]]:
     cats = _tfds_categories(input_config)
   else:
     raise UserError(f'unknown config.input.source {kind!r}: use one of {SOURCES}')
-  layout = _get(input_config, 'category_layout')
+  layout = setting(input_config, 'category_layout')
   return cats, detection_input.label_to_category([c['id'] for c in cats], layout)
 
 
@@ -133,7 +133,7 @@ def _slots(per_image_rows: list[dict], max_boxes: int, what: str) -> dict[str, n
 
 def _shapes_source(input_config, split):
   settings = panoptic_shapes.ShapesSettings.from_config(input_config.get('shapes'))
-  max_boxes = _get(input_config, 'max_boxes')
+  max_boxes = setting(input_config, 'max_boxes')
   if settings.max_objects + len(panoptic_shapes.STUFF) > max_boxes:
     raise UserError(f'config.input.max_boxes ({max_boxes}) is below the most segments of a '
                     f'shapes image, max_objects + {len(panoptic_shapes.STUFF)} stuff bands '
@@ -148,7 +148,7 @@ def _shapes_source(input_config, split):
   arrays = {'image': data['image'], 'image_id': np.arange(1, len(data['image']) + 1),
             'panoptic': data['panoptic'], 'segment_ids': slots, 'labels': label_rows,
             'iscrowd': np.zeros_like(real), 'box_mask': real}
-  return input_pipeline.array_source(arrays, _get(input_config, 'shuffle_buffer'))
+  return input_pipeline.array_source(arrays, setting(input_config, 'shuffle_buffer'))
 
 
 def _path(input_config, key: str, split: str, default: list[str], what: str) -> str:
@@ -199,20 +199,20 @@ def _folder_source(input_config, split):
     image_files.append(os.path.join(images, image['file_name']))
     png_files.append(os.path.join(pngs, annotation['file_name']))
     image_ids.append(image['id'])
-  arrays = dict(_slots(rows, _get(input_config, 'max_boxes'), path),
+  arrays = dict(_slots(rows, setting(input_config, 'max_boxes'), path),
                 image=np.array(image_files, str), panoptic=np.array(png_files, str),
                 image_id=np.array(image_ids, np.int64))
   if '://' not in images:  # Cheap to check locally; remote stores fail when read.
     missing = [f for f in image_files + png_files if not os.path.exists(f)]
     if missing:
       raise UserError(f'{len(missing)} files listed in {path} are missing, e.g. {missing[0]}')
-    readable = input_pipeline.readable_images(image_files, _get(input_config, 'on_bad_image'),
+    readable = input_pipeline.readable_images(image_files, setting(input_config, 'on_bad_image'),
                                               images)
     arrays = {key: value[readable] for key, value in arrays.items()}
   logging.info('%s: %d images, %d segments', path, len(arrays['image']),
                int(arrays['box_mask'].sum()))
   return dataclasses.replace(
-      input_pipeline.array_source(arrays, _get(input_config, 'shuffle_buffer')),
+      input_pipeline.array_source(arrays, setting(input_config, 'shuffle_buffer')),
       load=lambda ex: dict(ex, image=tf.io.read_file(ex['image']),
                            panoptic=tf.io.read_file(ex['panoptic'])))
 
@@ -237,12 +237,12 @@ def _tfds_source(input_config, split):
   source = input_pipeline.tfds_source(
       name, split, input_config.get('data_dir'),
       decoders={'image': tfds.decode.SkipDecoding(), 'panoptic_image': tfds.decode.SkipDecoding()},
-      shuffle_buffer=_get(input_config, 'shuffle_buffer'),
+      shuffle_buffer=setting(input_config, 'shuffle_buffer'),
       hint='Or bring COCO panoptic as a folder: --config.input.source=coco_panoptic_folder '
            '--config.input.data_dir=DIR (see detr_jax/panoptic_input.py).')
   cats, mapping = categories(input_config, split)
   label_of = tf.constant(_labels([c['id'] for c in cats], mapping, name), tf.int32)
-  max_boxes = _get(input_config, 'max_boxes')
+  max_boxes = setting(input_config, 'max_boxes')
 
   def convert(example):
     objects = example['panoptic_objects']
@@ -296,8 +296,8 @@ def _mask_boxes(segments, count: int):
 
 def _start(example, max_boxes: int):
   """Decoded image (float), its segment map, boxes and slots (max_boxes rows), original size."""
-  image = tf.cast(detection_input._decode(example['image']), tf.float32)  # pylint: disable=protected-access
-  rows = lambda key: detection_input._rows(tf.cast(example[key], tf.int32), max_boxes)  # pylint: disable=protected-access
+  image = tf.cast(detection_input.decode(example['image']), tf.float32)
+  rows = lambda key: detection_input.fixed_rows(tf.cast(example[key], tf.int32), max_boxes)
   real = rows('box_mask')
   segments = _segment_map(example['panoptic'], rows('segment_ids'), real)
   shape = tf.shape(image)[:2]
@@ -325,12 +325,12 @@ def _finish(image, segments, boxes, mask, labels, iscrowd, pad_size):
 
 def train_preprocess(input_config):
   """fn(raw example, seed [2]) -> a fixed-shape training example."""
-  pad_size, max_size = detection_input._sizes(input_config)  # pylint: disable=protected-access
-  augment, max_boxes = _get(input_config, 'augment'), _get(input_config, 'max_boxes')
-  settings = dict(scales=tuple(_get(input_config, 'train_scales')), max_size=max_size,
-                  crop_resize_scales=tuple(_get(input_config, 'crop_resize_scales')),
-                  crop_min=_get(input_config, 'crop_min'),
-                  crop_max=_get(input_config, 'crop_max'), fit=pad_size)
+  pad_size, max_size = detection_input.padded_sizes(input_config)
+  augment, max_boxes = setting(input_config, 'augment'), setting(input_config, 'max_boxes')
+  settings = dict(scales=tuple(setting(input_config, 'train_scales')), max_size=max_size,
+                  crop_resize_scales=tuple(setting(input_config, 'crop_resize_scales')),
+                  crop_min=setting(input_config, 'crop_min'),
+                  crop_max=setting(input_config, 'crop_max'), fit=pad_size)
 
   def preprocess(example, seed):
     image, segments, boxes, mask, labels, iscrowd, _ = _start(example, max_boxes)
@@ -338,7 +338,7 @@ def train_preprocess(input_config):
       image, boxes, mask, segments = transforms.detr_augment(image, boxes, mask, seed,
                                                              segments=segments, **settings)
     else:
-      image, boxes, segments = transforms.resize(image, boxes, _get(input_config, 'eval_scale'),
+      image, boxes, segments = transforms.resize(image, boxes, setting(input_config, 'eval_scale'),
                                                  max_size, pad_size, segments)
     return _finish(image, segments, boxes, mask, labels, iscrowd, pad_size)
 
@@ -347,13 +347,13 @@ def train_preprocess(input_config):
 
 def eval_preprocess(input_config):
   """fn(raw example) -> a fixed-shape eval example with the ground truth at its original size."""
-  pad_size, max_size = detection_input._sizes(input_config)  # pylint: disable=protected-access
-  scale, max_boxes = _get(input_config, 'eval_scale'), _get(input_config, 'max_boxes')
+  pad_size, max_size = detection_input.padded_sizes(input_config)
+  scale, max_boxes = setting(input_config, 'eval_scale'), setting(input_config, 'max_boxes')
   canvas = tuple(input_config.get('gt_canvas') or pad_size)
 
   def preprocess(example):
     image, segments, boxes, mask, labels, iscrowd, orig_size = _start(example, max_boxes)
-    real = detection_input._rows(tf.cast(example['box_mask'], tf.int32), max_boxes)  # pylint: disable=protected-access
+    real = detection_input.fixed_rows(tf.cast(example['box_mask'], tf.int32), max_boxes)
     with tf.control_dependencies([tf.debugging.assert_less_equal(
         orig_size, tf.constant(canvas, tf.int32),
         message=f'an eval image is larger than config.input.gt_canvas {canvas}: raise it')]):
