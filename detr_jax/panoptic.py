@@ -13,8 +13,11 @@ Selected by `config.task = 'panoptic'` in detr_jax/main.py.
 import functools
 
 import jax.numpy as jnp
+import numpy as np
 
-from detr_jax import detection, mask_losses, panoptic_input, panoptic_model, panoptic_quality
+from detr_jax import (detection, mask_losses, panoptic_input, panoptic_model,
+                      panoptic_postprocess, panoptic_quality, transforms)
+from vit_jax import drawing
 
 MODELS = {'detr_panoptic': panoptic_model.build_detr_panoptic}
 # What eval hands the evaluator besides the predictions: sizes and the ground truth.
@@ -43,6 +46,30 @@ class PanopticTask(detection.DetectionTask):
     outputs = self.model.apply(variables, batch['image'], batch['pixel_mask'], train=False)
     return {'logits': outputs['logits'][-1], 'masks': outputs['masks'],
             'image_id': batch['image_id'], **{k: batch[k] for k in _EVAL_FIELDS}}
+
+  def draw_outputs(self, variables, batch):
+    outputs = self.model.apply(variables, batch['image'], batch['pixel_mask'], train=False)
+    return {'logits': outputs['logits'][-1], 'masks': outputs['masks']}
+
+  def draw(self, batch, outputs):
+    """The ground truth's segments beside the post-processed prediction's, on the eval-size
+    image, each segment in its own colour and named by class (and score) in the legend."""
+    is_thing, names = self._label_kinds
+    pictures = {}
+    for i, image in enumerate(batch['image']):
+      size = tuple(int(s) for s in batch['size'][i])
+      pixels = image[:size[0], :size[1]] * transforms.IMAGENET_STD + transforms.IMAGENET_MEAN
+      pixels = np.clip(pixels, 0, 1)
+      predicted, segments = panoptic_postprocess.panoptic_segments(
+          outputs['logits'][i], outputs['masks'][i], is_thing, size)
+      real = np.flatnonzero(batch['segment_mask'][i] > 0)  # Slot k holds segment id k + 1.
+      true_names = {k + 1: f'{names[batch["segment_labels"][i][k]]} {k + 1}' for k in real}
+      predicted_names = {s['id']: f'{names[s["category_id"]]} {s["id"]} ({s["score"]:.2f})'
+                         for s in segments}
+      truth = drawing.draw_segments(pixels, batch['segments'][i][:size[0], :size[1]], true_names)
+      prediction = drawing.draw_segments(pixels, predicted, predicted_names)
+      pictures[str(i)] = drawing.side_by_side([truth, prediction], ['truth', 'prediction'])
+    return pictures
 
   def evaluator(self, split):
     is_thing, names = self._label_kinds
