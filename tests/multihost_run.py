@@ -3,12 +3,17 @@
 Run by test_multihost.py:  python tests/multihost_run.py PROCESS_ID NUM_PROCESSES PORT WORKDIR
 [KEY=VALUE ...] (PROCESS_ID -1: a plain single-process run, the reference; KEY=VALUE: config
 changes, values as Python literals). Every process logs its metrics, learning rate included.
+save_batches=N among the changes: each process also writes its first N training batches, as the
+loop gets them, to WORKDIR/batches_<process index>.npz.
 """
 
 import ast
+import itertools
+import os
 import sys
 
 import jax
+import numpy as np
 from absl import logging
 
 from helpers import tiny_digits_config
@@ -16,12 +21,8 @@ from vit_jax import train
 from vit_jax.classification import ClassificationTask
 
 
-def main(process_id, num_processes, port, workdir, *changes):
-  logging.set_verbosity(logging.INFO)
-  logging.set_stderrthreshold(logging.INFO)
-  if int(process_id) >= 0:
-    jax.distributed.initialize(f'127.0.0.1:{port}', int(num_processes), int(process_id),
-                               initialization_timeout=60)
+def run_config(*changes):
+  """The run's config with the KEY=VALUE `changes`; also what a test runs in its own process."""
   # SGD, not Adam: Adam turns round-off in gradients that are exactly zero in theory (the key
   # bias) into full-size steps, which would hide real differences behind noise.
   config = tiny_digits_config(**{'model.dropout_rate': 0.0, 'total_steps': 6,
@@ -34,7 +35,22 @@ def main(process_id, num_processes, port, workdir, *changes):
     for parent in parents:
       target = target[parent]
     target[leaf] = ast.literal_eval(value)
+  return config
+
+
+def main(process_id, num_processes, port, workdir, *changes):
+  logging.set_verbosity(logging.INFO)
+  logging.set_stderrthreshold(logging.INFO)
+  if int(process_id) >= 0:
+    jax.distributed.initialize(f'127.0.0.1:{port}', int(num_processes), int(process_id),
+                               initialization_timeout=60)
+  save_batches = [int(c.split('=', 1)[1]) for c in changes if c.startswith('save_batches=')]
+  config = run_config(*(c for c in changes if not c.startswith('save_batches=')))
   train.train_and_evaluate(config, workdir, ClassificationTask(config))
+  if save_batches:
+    batches = list(itertools.islice(ClassificationTask(config).train_input(0), save_batches[0]))
+    np.savez(os.path.join(workdir, f'batches_{jax.process_index()}.npz'),
+             **{f'{key}_{i}': batch[key] for i, batch in enumerate(batches) for key in batch})
   print(f'process {jax.process_index()} of {jax.process_count()} on {jax.device_count()} devices')
 
 

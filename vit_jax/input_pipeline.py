@@ -10,11 +10,16 @@ skipping is cheap) in a fixed order. On top of it:
 - `eval_batches`: every example once, padded with zeros to whole batches, with `_mask` (1 real,
   0 padding); every host yields the same number of batches so that multi-host evals line up.
 
-Each host reads its own part of a split (`tfds.even_splits` or a strided slice), so the same code
-feeds one machine or a pod.
+Which global batches a run sees does not depend on the number of processes for sources that
+can show every host the whole split: in-memory arrays (`read_all`: one global stream, each host
+keeps its rows of every batch) and TFDS datasets prepared in array_record format (`RecordReader`:
+one global order per epoch, each host reads its rows of every batch by index). Other TFDS
+datasets (tfrecord) are read in per-host parts (`tfds.even_splits`), shuffled on each host: their
+batches change with the process count.
 """
 
 import dataclasses
+import functools
 import math
 import multiprocessing.pool
 import os
@@ -52,6 +57,19 @@ class Source:
   load: Callable[[Example], Example] = lambda example: example
 
 
+@dataclasses.dataclass(frozen=True)
+class RecordReader:
+  """A `Source.read` with random access: a split whose records can be read by index (TFDS in
+  array_record). Called, it reads this host's part as any `read` does; `at` reads any records of
+  the whole split, which lets training draw one global order that no process count changes.
+  A task that wraps `read` in a plain function loses the random access (and keeps its own map)."""
+  num_records: int  # Records in the whole split.
+  at: Callable[[tf.data.Dataset], tf.data.Dataset]  # int64 record indices -> raw examples.
+
+  def __call__(self) -> tf.data.Dataset:
+    return self.at(tf.data.Dataset.from_tensor_slices(host_part(self.num_records)))
+
+
 def host_part(num_examples: int, index: Optional[int] = None,
               count: Optional[int] = None) -> np.ndarray:
   """Indices of this host's examples: a strided slice, so sorted lists stay balanced."""
@@ -76,14 +94,22 @@ def array_source(arrays: dict[str, np.ndarray], shuffle_buffer: int = 0) -> Sour
 def tfds_source(name: str, split: str, data_dir: Optional[str] = None,
                 decoders: Optional[dict] = None, shuffle_buffer: int = 10_000,
                 hint: str = '') -> Source:
-  """A TFDS split, `tfds.even_splits` across hosts. Never downloads: a missing dataset is an
-  error that says how to provide it (`hint` adds task-specific advice)."""
+  """A TFDS split: read by index when it is stored in array_record (`RecordReader`), else in
+  `tfds.even_splits` parts, one per host. Never downloads: a missing dataset is an error that
+  says how to provide it (`hint` adds task-specific advice)."""
   where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise UserError(f'dataset {name!r} is neither a TFDS dataset nor built in {where}: build it '
                     f'there or pass --config.input.data_dir=DIR. {hint}'.strip()) from None
+  if tfds.core.FileFormat.ARRAY_RECORD in builder.info.available_file_formats():
+    reader = _array_record_reader(builder, split, decoders)
+    count = jax.process_count()
+    return Source(read=reader, num_examples=len(host_part(reader.num_records)),
+                  global_num_examples=reader.num_records,
+                  max_examples_per_host=math.ceil(reader.num_records / count),
+                  shuffle_buffer=shuffle_buffer)
   parts = tfds.even_splits(split, n=jax.process_count())
 
   def read_part(part):
@@ -100,6 +126,28 @@ def tfds_source(name: str, split: str, data_dir: Optional[str] = None,
   return Source(read=lambda: read_part(local_part), num_examples=counts[jax.process_index()],
                 global_num_examples=sum(counts), max_examples_per_host=max(counts),
                 shuffle_buffer=shuffle_buffer)
+
+
+def _array_record_reader(builder, split: str, decoders: Optional[dict]) -> RecordReader:
+  """Records of a TFDS split in array_record, fetched by index as serialized bytes, then parsed
+  and decoded in tf.data as `as_dataset` does, so examples look the same on both paths."""
+  records = builder.as_data_source(
+      split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES, file_format='array_record')
+  features = builder.info.features
+  parser = tfds.core.example_parser.ExampleParser(features.get_serialized_info())
+
+  def fetch(indices: np.ndarray) -> np.ndarray:
+    # One call per chunk: array_record reads the chunk's records in parallel, without the GIL.
+    return np.array(records.__getitems__(indices.tolist()), dtype=object)
+
+  def at(indices: tf.data.Dataset) -> tf.data.Dataset:
+    raw = indices.batch(64).map(
+        lambda i: tf.ensure_shape(tf.numpy_function(fetch, [i], tf.string, stateful=False), [None]),
+        num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    return raw.map(lambda r: features.decode_example(parser.parse_example(r), decoders=decoders),
+                   num_parallel_calls=tf.data.AUTOTUNE)
+
+  return RecordReader(num_records=len(records), at=at)
 
 
 def _count(ds: tf.data.Dataset) -> int:
@@ -152,19 +200,21 @@ def _decodes(path: str) -> bool:
 
 def train_batches(source: Source, preprocess: Callable[[Example, tf.Tensor], Example],
                   batch_size: int, start_example: int = 0, seed: int = 0,
-                  prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+                  prefetch: int = 2, process_index: Optional[int] = None,
+                  process_count: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
   """This host's part of the global training stream, from global example `start_example`.
 
   `preprocess(example, seed)` gets a stateless seed (shape [2], int64) unique to the example;
-  `batch_size` is the global batch size.
+  `batch_size` is the global batch size. `process_index` and `process_count` (default: jax's)
+  let one process compute what another would read.
   """
-  count = jax.process_count()
+  count = jax.process_count() if process_count is None else process_count
   if batch_size % count:
     raise UserError(f'batch size {batch_size} is not divisible by the {count} hosts')
   if source.num_examples == 0:
     raise UserError('the training split is empty on this host')
   local_batch = batch_size // count
-  host = jax.process_index()
+  host = jax.process_index() if process_index is None else process_index
 
   def shuffled(read):
     return lambda e: read().shuffle(source.shuffle_buffer, seed=seed * 1_000_003 + e,
@@ -181,7 +231,22 @@ def train_batches(source: Source, preprocess: Callable[[Example, tf.Tensor], Exa
     ds = tf.data.Dataset.zip(examples.skip(offset), indices).batch(batch_size, drop_remainder=True)
     ds = ds.map(lambda *batch: tf.nest.map_structure(
         lambda t: t[host * local_batch:(host + 1) * local_batch], batch)).unbatch()
+  elif isinstance(source.read, RecordReader):  # One global order; this host reads its rows.
+    # The k-th example of this host is row host * local_batch + k % local_batch of global batch
+    # k // local_batch: its global index, from which its epoch and record follow (no skipping).
+    indices = tf.data.Dataset.range(2**62).map(
+        lambda k: (start_example + k // local_batch * batch_size + host * local_batch
+                   + k % local_batch))
+    record_of = _record_of(source.read.num_records, seed)
+    records = indices.batch(local_batch).map(
+        lambda i: tf.ensure_shape(tf.numpy_function(record_of, [i], tf.int64, stateful=False),
+                                  [None])).unbatch()
+    ds = tf.data.Dataset.zip(source.read.at(records), indices)
   else:  # This host's own part, shuffled on its own; indices made unique across hosts.
+    logging.info('The training split is read in per-host parts (a TFDS dataset not in '
+                 'array_record, or a task-wrapped read): the global batches depend on the number '
+                 'of processes. Prepare the dataset with file_format=array_record for batches '
+                 'that do not.')
     local_start = start_example // count
     first_epoch, offset = divmod(local_start, source.num_examples)
     examples = tf.data.Dataset.range(first_epoch, 2**62).flat_map(shuffled(source.read))
@@ -190,6 +255,24 @@ def train_batches(source: Source, preprocess: Callable[[Example, tf.Tensor], Exa
   ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch, drop_remainder=True).prefetch(prefetch)
   return _deterministic(ds).as_numpy_iterator()
+
+
+def _record_of(num_records: int, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+  """Global example indices -> record indices: epoch e is one permutation of all records, drawn
+  with seed (seed, e), the same on every host."""
+
+  @functools.lru_cache(maxsize=2)  # The epoch being read and the next one.
+  def order(epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed % 2**63, epoch]).permutation(num_records)
+
+  def record_of(indices: np.ndarray) -> np.ndarray:
+    epochs, offsets = np.divmod(indices, num_records)
+    records = np.empty_like(indices)
+    for epoch in np.unique(epochs):
+      records[epochs == epoch] = order(int(epoch))[offsets[epochs == epoch]]
+    return records
+
+  return record_of
 
 
 def eval_batches(source: Source, preprocess: Callable[[Example], Example],
