@@ -3,11 +3,13 @@
 It knows nothing about labels, boxes or masks: a `Task` supplies the model, the loss, the eval
 outputs, the host-side metric, the pictures of its predictions and the input. The loop does the
 rest: mesh and shardings, sharded init, the jitted train step (with gradient accumulation),
+batches copied to the devices ahead of their step (`config.prefetch_batches`, default 2),
 periodic exact evaluation, orbax checkpoints with resume, clu logging (a few lines on the
 console, every line in `WORKDIR/train.log`, curves and pictures for TensorBoard),
 `WORKDIR/config.json` and `WORKDIR/final_metrics.json`.
 """
 
+import itertools
 import json
 import math
 import os
@@ -28,7 +30,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
 from vit_jax import checkpoint as checkpoint_lib
-from vit_jax import durations, evaluation, logs, optim, sharding
+from vit_jax import durations, evaluation, logs, optim, prefetch, sharding
 from vit_jax import task as task_lib
 from vit_jax import workdir as workdir_lib
 from vit_jax.errors import UserError
@@ -229,6 +231,7 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, 
   steps = durations.resolve(config, task.num_train_examples)  # Epochs in the config -> steps.
   num_steps = steps.total
   accum_steps = checked_accum_steps(config, mesh, rules)
+  prefetch_size = prefetch.checked_size(config.get('prefetch_batches', 2))
   if config.input.batch_size > task.num_train_examples():
     logging.warning('config.input.batch_size %d is larger than the training split (%d '
                     'examples): every step repeats examples.', config.input.batch_size,
@@ -290,7 +293,10 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, 
     if config.get('profile') and jax.process_index() == 0:
       hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
 
-    train_iter = task.train_input(start_example=examples_seen)
+    # Exactly the batches the remaining steps use, each on the devices before its step.
+    train_iter = prefetch.to_devices(
+        itertools.islice(task.train_input(start_example=examples_seen), num_steps - first_step),
+        batch_sharding, prefetch_size)
     pending_metrics = []  # Device scalars since the last log step, averaged when logged.
     unchecked = []  # (step, loss, grad norm) not yet checked for finiteness.
     preemption = _PreemptionNotice()
@@ -298,7 +304,7 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, 
     try:  # Whatever stops the loop, in-flight checkpoints are finished, not lost.
       for step in range(first_step + 1, num_steps + 1):
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          batch = sharding.global_batch(next(train_iter), batch_sharding)
+          batch = next(train_iter)
           state, metrics = train_step(state, batch)
         examples_seen += config.input.batch_size
         pending_metrics.append(metrics)
