@@ -3,8 +3,9 @@
 Run by test_multihost.py:  python tests/multihost_run.py PROCESS_ID NUM_PROCESSES PORT WORKDIR
 [KEY=VALUE ...] (PROCESS_ID -1: a plain single-process run, the reference; KEY=VALUE: config
 changes, values as Python literals). Every process logs its metrics, learning rate included.
-save_batches=N among the changes: each process also writes its first N training batches, as the
-loop gets them, to WORKDIR/batches_<process index>.npz.
+save_batches=N among the changes: each process also writes to WORKDIR/batches_<process index>.npz
+the training batches that the loop gets when it starts at step 0 (N batches) and when it resumes
+at step N // 2 (the N - N // 2 others), under the keys from<step>_<name>_<i>.
 """
 
 import ast
@@ -48,9 +49,12 @@ def main(process_id, num_processes, port, workdir, *changes):
   config = run_config(*(c for c in changes if not c.startswith('save_batches=')))
   train.train_and_evaluate(config, workdir, ClassificationTask(config))
   if save_batches:
-    batches = list(itertools.islice(ClassificationTask(config).train_input(0), save_batches[0]))
-    np.savez(os.path.join(workdir, f'batches_{jax.process_index()}.npz'),
-             **{f'{key}_{i}': batch[key] for i, batch in enumerate(batches) for key in batch})
+    saved = {}
+    for start in (0, save_batches[0] // 2):
+      batches = ClassificationTask(config).train_input(start * config.input.batch_size)
+      for i, batch in enumerate(itertools.islice(batches, save_batches[0] - start)):
+        saved.update({f'from{start}_{key}_{i}': value for key, value in batch.items()})
+    np.savez(os.path.join(workdir, f'batches_{jax.process_index()}.npz'), **saved)
   print(f'process {jax.process_index()} of {jax.process_count()} on {jax.device_count()} devices')
 
 

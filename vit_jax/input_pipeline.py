@@ -50,7 +50,8 @@ class Source:
   shuffle_buffer: int  # Buffer for per-epoch shuffling (the whole split when it fits).
   # In-memory sources can show every host the whole split; training then draws one global
   # stream and each host keeps its slice of every batch: the batches do not depend on the
-  # number of processes. Sources too big for that (TFDS) read only their own part.
+  # number of processes. TFDS sources are too big for that: in array_record, `read` is a
+  # `RecordReader` and each host reads its rows by index; otherwise each reads its own part.
   read_all: Optional[Callable[[], tf.data.Dataset]] = None
   # Per-example work deferred until the example is known to be this host's and not skipped,
   # e.g. reading an image file from its path.
