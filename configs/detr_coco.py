@@ -87,7 +87,13 @@ def get_config(arg='r50'):
   config.input.crop_resize_scales = (400, 500, 600)
   config.input.crop_min, config.input.crop_max = 384, 600
   config.input.eval_scale = 800
-  config.input.pad_size = (1333, 1333)  # Fixed shapes: every image padded here, with a mask.
+  # Fixed shapes: each image zero-padded, with a mask, to the smallest bucket that holds it
+  # (detr_jax/padding_buckets.py); batches are grouped by bucket, 8 batches at a time. The
+  # original pads to each GPU's largest image. () pads every image to pad_size instead.
+  config.input.pad_buckets = ((608, 832), (832, 608), (800, 1088), (1088, 800), (800, 1344),
+                              (1344, 800))
+  config.input.bucket_window = 8
+  config.input.pad_size = (1333, 1333)  # The fixed canvas, when pad_buckets is ().
   config.input.max_boxes = 100  # COCO's most crowded train image has 93 non-crowd boxes.
   config.input.batch_size = 64  # 4 per GPU on 16 V100 (DC5: 1 per GPU on 64).
   config.input.eval_batch_size = 64

@@ -34,6 +34,7 @@ def get_config():
   config.input.eval_scale = 64
   config.input.max_size = 64
   config.input.pad_size = (64, 64)
+  config.input.pad_buckets = ()  # One image size: nothing to bucket.
   config.input.gt_canvas = (64, 64)
   config.input.max_boxes = 5  # Up to 3 things and 2 stuff bands.
   config.input.batch_size = 16

@@ -30,6 +30,7 @@ def get_config():
   config.input.eval_scale = 64
   config.input.max_size = 64
   config.input.pad_size = (64, 64)
+  config.input.pad_buckets = ()  # One image size: nothing to bucket.
   config.input.max_boxes = 4
   config.input.batch_size = 16  # 64.
   config.input.eval_batch_size = 64

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from detr_jax import coco_eval, detection_input, losses, matcher, models, pretrained, transforms
+from detr_jax import (coco_eval, detection_input, losses, matcher, models, padding_buckets,
+                      pretrained, transforms)
 from vit_jax import drawing, task
 from vit_jax.errors import UserError, choose
 
@@ -103,6 +104,30 @@ class DetectionTask(task.Task):
                         f'{train_split!r} categories ({wanted}): give both annotation files the '
                         'same categories list')
     return source
+
+  def train_input(self, start_example):
+    """The plain stream, regrouped by padding bucket when config.input.pad_buckets is set: the
+    window holding `start_example` is rebuilt and its batches before it dropped, so a resume
+    yields exactly the batches an uninterrupted run would have."""
+    buckets = detection_input.pad_buckets(self.config.input)
+    if not buckets or not padding_buckets.single_host(jax.process_count()):
+      return super().train_input(start_example)
+    window = detection_input.setting(self.config.input, 'bucket_window')
+    if not isinstance(window, int) or window < 1:
+      raise UserError(f'config.input.bucket_window {window!r} must be a positive number of '
+                      'batches')
+    batch_size = self.config.input.batch_size
+    first = start_example - start_example % (window * batch_size)
+    return padding_buckets.train_stream(super().train_input(first), buckets, window,
+                                        skip=(start_example - first) // batch_size)
+
+  def eval_input(self, split=None):
+    """The plain eval batches, regrouped so that each holds images of one padding bucket."""
+    batches = super().eval_input(split)
+    buckets = detection_input.pad_buckets(self.config.input)
+    if not buckets or not padding_buckets.single_host(jax.process_count()):
+      return batches
+    return padding_buckets.eval_stream(batches, buckets)
 
   def train_preprocess(self):
     return self.data.train_preprocess(self.config.input)

@@ -22,6 +22,10 @@ config.input fields:
                     the original's sizes (480..800 step 32, 1333, (400, 500, 600), 384, 600, 800)
   pad_size          (h, w) every image is zero-padded to (default (max_size, max_size)); an image
                     the resize leaves bigger is resized down further, aspect kept, to fit
+  pad_buckets       optional ((h, w), ...), multiples of 32: each image padded to the smallest
+                    that holds it, batches grouped by bucket (detr_jax/padding_buckets.py);
+                    pad_size is then unused. Empty (default): every image at pad_size
+  bucket_window     batches regrouped together by bucket (default 8)
   shuffle_buffer
   on_bad_image      coco_folder: skip (default; counted in the log) | stop (one line naming them)
 
@@ -32,7 +36,9 @@ is the source's most crowded image (preprocessing pads to max_boxes). Crowd
 annotations are not training targets (the original's ConvertCocoPolysToMask); images without
 boxes stay (negatives); boxes without area after clipping to the image are dropped.
 
-Preprocessed examples: `image` float32 [pad_h, pad_w, 3] (ImageNet-standardised, zero padding),
+Preprocessed examples: `image` float32 [pad_h, pad_w, 3] (ImageNet-standardised, zero padding;
+with pad_buckets [pad_h, pad_w] is the buckets' canvas, and DetectionTask's streams cut each
+batch down to its bucket),
 `pixel_mask` int32 [pad_h, pad_w] (1 = image), `labels` int32 [max_boxes], `boxes` float32
 [max_boxes, 4] normalised (cx, cy, w, h) of the unpadded resized image, `box_mask` int32
 [max_boxes]; eval adds `image_id` int32 and `orig_size` int32 (h, w).
@@ -46,7 +52,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from detr_jax import shapes, transforms
+from detr_jax import padding_buckets, shapes, transforms
 from vit_jax import input_pipeline
 from vit_jax.errors import UserError
 
@@ -63,7 +69,7 @@ COCO_CATEGORY_IDS = (
 DEFAULTS = dict(max_boxes=100, augment='detr', train_scales=tuple(range(480, 801, 32)),
                 max_size=1333, crop_resize_scales=(400, 500, 600), crop_min=384, crop_max=600,
                 eval_scale=800, category_layout='coco_ids', shuffle_buffer=10_000,
-                on_bad_image='skip')
+                on_bad_image='skip', pad_buckets=(), bucket_window=8)
 
 
 def setting(input_config, key):
@@ -370,10 +376,21 @@ def decode(image):
   return image
 
 
+def pad_buckets(input_config) -> tuple[tuple[int, int], ...]:
+  """config.input.pad_buckets checked, smallest first; () when every image takes pad_size."""
+  buckets = setting(input_config, 'pad_buckets') or ()
+  if not buckets:
+    return ()
+  scales = tuple(setting(input_config, 'train_scales')) + (setting(input_config, 'eval_scale'),)
+  return padding_buckets.check(buckets, setting(input_config, 'max_size'), max(scales))
+
+
 def padded_sizes(input_config):
-  """(pad_size, max_size, common transform settings), checked."""
+  """(pad_size, max_size), checked; with pad_buckets, pad_size is the buckets' canvas."""
   max_size = setting(input_config, 'max_size') or None
-  pad_size = input_config.get('pad_size') or ((max_size, max_size) if max_size else None)
+  buckets = pad_buckets(input_config)
+  pad_size = (padding_buckets.canvas(buckets) if buckets else input_config.get('pad_size') or
+              ((max_size, max_size) if max_size else None))
   if not pad_size or len(pad_size) != 2:
     raise UserError('config.input.pad_size (h, w) is needed when max_size is unset: the padded '
                     'image shape must be fixed')
