@@ -23,6 +23,7 @@ import numpy as np
 
 from vit_jax.errors import UserError
 from vit_jax.attention import MultiHeadAttention
+from vit_jax.models import REMAT_POLICIES, remat_policy_name
 
 # Blocks per stage of torchvision's ResNets.
 RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -237,11 +238,12 @@ class _PostNormLayer(nn.Module):
     return _linear(width, self.mlp_dim, ('mlp', 'embed'), 'linear2', self.dtype)(y)
 
 
+# `train` is positional in the layers' calls: nn.remat keeps only positional arguments static.
 class EncoderLayer(_PostNormLayer):
   """x = norm1(x + attn(q=k=x+pos, v=x)); x = norm2(x + ffn(x))."""
 
   @nn.compact
-  def __call__(self, x, pos, mask, *, train: bool):
+  def __call__(self, x, pos, mask, train: bool):
     y = self.attention('self_attn')(x, query_pos=pos, key_mask=mask, train=train)
     x = self.add_and_norm(x, y, 'norm1', train)
     return self.add_and_norm(x, self.feed_forward(x, train), 'norm2', train)
@@ -251,7 +253,7 @@ class DecoderLayer(_PostNormLayer):
   """Self-attention over the queries, cross-attention to the image, FFN; each post-norm."""
 
   @nn.compact
-  def __call__(self, tgt, query_pos, memory, pos, mask, *, train: bool):
+  def __call__(self, tgt, query_pos, memory, pos, mask, train: bool):
     y = self.attention('self_attn')(tgt, query_pos=query_pos, train=train)
     tgt = self.add_and_norm(tgt, y, 'norm1', train)
     y = self.attention('multihead_attn')(tgt, memory, query_pos=query_pos, key_pos=pos,
@@ -260,33 +262,69 @@ class DecoderLayer(_PostNormLayer):
     return self.add_and_norm(tgt, self.feed_forward(tgt, train), 'norm3', train)
 
 
+def _layer_stack(layer_class, num_layers: int, make_layer, scan: bool, remat: str, name: str,
+                 carry, *broadcast, train: bool, every_output: bool = False):
+  """`carry` through `num_layers` layers of `layer_class`, each called as layer(carry,
+  *broadcast, train) -> the last output, or with `every_output` all of them stacked [L, ...].
+
+  scan: the layers under nn.scan, compiled once whatever the depth; their params stacked on a
+  leading axis named 'layers' under `name` (instead of `{name}_0` ... `{name}_{L-1}`;
+  vit_jax.weights converts between the two). Each layer draws its own dropout; the broadcast
+  inputs (positions, memory, mask) are the same for every layer.
+  remat: a name in vit_jax.models.REMAT_POLICIES.
+  """
+  if remat != 'none':
+    # `train` follows the module, the carry and the broadcast inputs: static under remat.
+    layer_class = nn.remat(layer_class, static_argnums=(2 + len(broadcast),),
+                           policy=REMAT_POLICIES[remat], prevent_cse=not scan)
+  if scan:
+    def step(layer, x, *args):
+      x = layer(x, *args, train)
+      return x, (x if every_output else None)
+    scanned = nn.scan(step, variable_axes={'params': 0, 'intermediates': 0},
+                      split_rngs={'params': True, 'dropout': True},
+                      in_axes=(nn.broadcast,) * len(broadcast), length=num_layers,
+                      metadata_params={nn.PARTITION_NAME: 'layers'})
+    carry, outputs = scanned(make_layer(layer_class, name), carry, *broadcast)
+    return outputs if every_output else carry
+  outputs = []
+  for i in range(num_layers):
+    carry = make_layer(layer_class, f'{name}_{i}')(carry, *broadcast, train)
+    outputs.append(carry)
+  return jnp.stack(outputs) if every_output else carry
+
+
 class Encoder(nn.Module):
-  """A stack of post-norm layers, without a final norm (as the original in post-norm mode)."""
+  """A stack of post-norm layers, without a final norm (as the original in post-norm mode).
+  scan, remat: see _layer_stack."""
   num_layers: int
   layer: functools.partial
+  scan: bool = False
+  remat: str = 'none'
 
   @nn.compact
   def __call__(self, src, pos, mask, *, train: bool):
-    for i in range(self.num_layers):
-      src = self.layer(EncoderLayer, name=f'layers_{i}')(src, pos, mask, train=train)
-    return src
+    if not self.num_layers:  # The encoder-depth ablation's 0: no params, nothing to scan.
+      return src
+    return _layer_stack(EncoderLayer, self.num_layers, self.layer, self.scan, self.remat,
+                        'layers', src, pos, mask, train=train)
 
 
 class Decoder(nn.Module):
   """The final norm is applied to every layer's output. `tgt`: the queries' start (zeros in
-  the original); `query_pos`, `pos`: added at every attention, or None."""
+  the original); `query_pos`, `pos`: added at every attention, or None. scan, remat: see
+  _layer_stack."""
   num_layers: int
   layer: functools.partial
+  scan: bool = False
+  remat: str = 'none'
 
   @nn.compact
   def __call__(self, tgt, query_pos, memory, pos, mask, *, train: bool):
-    norm = _layer_norm('norm')
-    outputs = []
-    for i in range(self.num_layers):
-      tgt = self.layer(DecoderLayer, name=f'layers_{i}')(tgt, query_pos, memory, pos, mask,
-                                                         train=train)
-      outputs.append(norm(tgt))
-    return jnp.stack(outputs)
+    outputs = _layer_stack(DecoderLayer, self.num_layers, self.layer, self.scan, self.remat,
+                           'layers', tgt, query_pos, memory, pos, mask, train=train,
+                           every_output=True)
+    return _layer_norm('norm')(outputs)  # The same norm on every layer's output.
 
 
 # Where positional encodings enter (the paper's positional-encoding ablation): 'attention'
@@ -312,18 +350,21 @@ class Transformer(nn.Module):
   encoder_spatial_pos: str = 'attention'  # One of SPATIAL_POS.
   decoder_spatial_pos: str = 'attention'  # One of SPATIAL_POS.
   output_pos: str = 'attention'  # One of OUTPUT_POS.
+  scan: bool = False  # See _layer_stack.
+  remat: object = 'none'  # A name in vit_jax.models.REMAT_POLICIES (True / False: 'full' / 'none').
 
   @nn.compact
   def __call__(self, src, mask, query_pos, pos, *, train: bool):
     def layer(kind, name):
       return kind(self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype, name=name)
+    remat = remat_policy_name(self.remat)
     src, encoder_pos = _place(src, pos, self.encoder_spatial_pos)
-    memory = Encoder(self.num_encoder_layers, layer, name='encoder')(src, encoder_pos, mask,
-                                                                     train=train)
+    memory = Encoder(self.num_encoder_layers, layer, self.scan, remat, name='encoder')(
+        src, encoder_pos, mask, train=train)
     decoder_memory, decoder_pos = _place(memory, pos, self.decoder_spatial_pos)
     query_pos = jnp.broadcast_to(query_pos.astype(src.dtype), (src.shape[0],) + query_pos.shape)
     tgt, query_pos = _place(jnp.zeros_like(query_pos), query_pos, self.output_pos)
-    hs = Decoder(self.num_decoder_layers, layer, name='decoder')(
+    hs = Decoder(self.num_decoder_layers, layer, self.scan, remat, name='decoder')(
         tgt, query_pos, decoder_memory, decoder_pos, mask, train=train)
     return hs, memory
 
@@ -381,6 +422,11 @@ class DETR(nn.Module):
   encoder_spatial_pos: str = 'attention'
   decoder_spatial_pos: str = 'attention'
   output_pos: str = 'attention'
+  # The transformer's layers under nn.scan (compile time independent of depth; params stacked
+  # on a leading 'layers' axis, see _layer_stack), and what each layer keeps for the backward
+  # pass (a name in vit_jax.models.REMAT_POLICIES; True / False: 'full' / 'none').
+  scan: bool = False
+  remat: object = 'none'
 
   @nn.compact
   def __call__(self, images, pixel_mask, *, train: bool = False, mask_features: bool = False):
@@ -411,7 +457,7 @@ class DETR(nn.Module):
     hs, memory = Transformer(
         self.num_encoder_layers, self.num_decoder_layers, self.num_heads, self.mlp_dim,
         self.dropout_rate, self.dtype, self.encoder_spatial_pos, self.decoder_spatial_pos,
-        self.output_pos, name='transformer')(
+        self.output_pos, self.scan, self.remat, name='transformer')(
             flat(src), mask.reshape(b, h * w), query_pos, flat(pos), train=train)
     d = self.hidden_dim
     logits = _linear(self.num_classes + 1, d, ('embed', 'classes'), 'class_embed', self.dtype,
