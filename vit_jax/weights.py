@@ -165,54 +165,67 @@ class PosembResize:
 
 
 # ----------------------------------------------------------- scanned and per-layer blocks
-# A ViT encoder under nn.scan (model.scan) keeps its blocks' params stacked on a leading
-# 'layers' axis under `encoderblock`; unscanned, and in every checkpoint file, each block has its
-# own `encoderblock_{i}`. Flat names either way: '.../encoderblock/...' or '.../encoderblock_3/...'.
+# A model's repeated blocks under nn.scan (model.scan) keep their params stacked on a leading
+# 'layers' axis under one name (`encoderblock`); unscanned, and in every checkpoint file, each
+# block has its own (`encoderblock_{i}`). Each model names its blocks by a regex of the path
+# that ends in the block name (`layers` below): ViT's `encoderblock`, DETR's
+# `transformer/(?:encoder|decoder)/layers` (its box head's `bbox_embed/layers_{i}` differ in
+# shape and stay apart). Flat names either way: '.../encoderblock/...' or
+# '.../encoderblock_3/...'.
 
-_SCANNED = re.compile(r'(^|.*/)encoderblock/(.+)')
-_PER_LAYER = re.compile(r'(^|.*/)encoderblock_(\d+)/(.+)')
+VIT_LAYERS = 'encoderblock'
 
 
-def is_scanned(flat: dict[str, Any]) -> bool:
-  return any(_SCANNED.fullmatch(k) for k in flat)
+def _scanned(layers: str) -> re.Pattern:
+  return re.compile(rf'(?P<block>(?:^|.*/)(?:{layers}))/(?P<rest>.+)')
 
 
-def stack_layers(flat: dict[str, Any]) -> dict[str, Any]:
+def _per_layer(layers: str) -> re.Pattern:
+  return re.compile(rf'(?P<block>(?:^|.*/)(?:{layers}))_(?P<index>\d+)/(?P<rest>.+)')
+
+
+def is_scanned(flat: dict[str, Any], layers: str = VIT_LAYERS) -> bool:
+  scanned = _scanned(layers)
+  return any(scanned.fullmatch(k) for k in flat)
+
+
+def stack_layers(flat: dict[str, Any], layers: str = VIT_LAYERS) -> dict[str, Any]:
   """Per-layer block params (`encoderblock_{i}/...`, flat) -> stacked (`encoderblock/...`, the
   layer index first); everything else as it is."""
-  out, layers = {}, {}
+  out, stacks, per_layer = {}, {}, _per_layer(layers)
   for key, value in flat.items():
-    match = _PER_LAYER.fullmatch(key)
+    match = per_layer.fullmatch(key)
     if match:
-      layers.setdefault(f'{match[1]}encoderblock/{match[3]}', {})[int(match[2])] = value
+      stacks.setdefault(f'{match["block"]}/{match["rest"]}', {})[int(match['index'])] = value
     else:
       out[key] = value
-  for key, by_index in layers.items():
+  for key, by_index in stacks.items():
     if sorted(by_index) != list(range(len(by_index))):
       raise UserError(f'cannot stack {key}: blocks {sorted(by_index)} are not 0..n-1')
     out[key] = np.stack([np.asarray(by_index[i]) for i in range(len(by_index))])
   return out
 
 
-def unstack_layers(flat: dict[str, Any]) -> dict[str, Any]:
+def unstack_layers(flat: dict[str, Any], layers: str = VIT_LAYERS) -> dict[str, Any]:
   """Stacked block params (`encoderblock/...`, flat) -> one `encoderblock_{i}/...` per layer."""
-  out = {}
+  out, scanned = {}, _scanned(layers)
   for key, value in flat.items():
-    match = _SCANNED.fullmatch(key)
+    match = scanned.fullmatch(key)
     if match:
       value = np.asarray(value)
-      out.update({f'{match[1]}encoderblock_{i}/{match[2]}': value[i] for i in range(len(value))})
+      out.update({f'{match["block"]}_{i}/{match["rest"]}': value[i] for i in range(len(value))})
     else:
       out[key] = value
   return out
 
 
-def match_layer_layout(flat: dict[str, Any], like: dict[str, Any]) -> dict[str, Any]:
+def match_layer_layout(flat: dict[str, Any], like: dict[str, Any],
+                       layers: str = VIT_LAYERS) -> dict[str, Any]:
   """`flat` in the block layout of `like` (scanned or per-layer), both flat."""
-  if is_scanned(like) and not is_scanned(flat):
-    return stack_layers(flat)
-  if is_scanned(flat) and not is_scanned(like):
-    return unstack_layers(flat)
+  if is_scanned(like, layers) and not is_scanned(flat, layers):
+    return stack_layers(flat, layers)
+  if is_scanned(flat, layers) and not is_scanned(like, layers):
+    return unstack_layers(flat, layers)
   return flat
 
 
@@ -242,17 +255,19 @@ def check_fit(loaded: dict[str, Any], wanted: dict[str, Any], source: str, fix: 
 
 def fill(fresh: Params, loaded: Params, *, optional: Iterable[str] = (),
          resize: Optional[PosembResize] = None, source: str = 'the checkpoint',
-         fix: str = 'check config.model against it') -> Params:
+         fix: str = 'check config.model against it', layers: str = VIT_LAYERS) -> Params:
   """`fresh` (the new model's params, host arrays) with every array of `loaded` in its place.
 
   optional: regexes (full match on '/'-joined names) of parameters that need not fit: where the
     checkpoint lacks one or has another shape (a head for other classes) it keeps its fresh
     value; one the model lacks (ViT's pre_logits) is not loaded.
   resize: the position embeddings, resampled to the model's grid when their token counts differ.
+  layers: the regex naming the model's repeated blocks (see stack_layers): a scanned model
+    loads per-layer files and the other way round.
   Each decision is logged once; anything else that does not fit is one UserError naming it.
   """
   wanted = flatten(fresh)
-  have = match_layer_layout(flatten(loaded), wanted)  # A scanned model loads per-layer files.
+  have = match_layer_layout(flatten(loaded), wanted, layers)
   if resize and resize.name in have and resize.name in wanted:
     old, new = np.shape(have[resize.name]), np.shape(wanted[resize.name])
     if old != new and old[-1] == new[-1]:  # Other mismatches are reported by check_fit.
