@@ -8,7 +8,8 @@ OIHW -> HWIO, linears [out, in] -> [in, out]; frozen batch-norm weight/bias/runn
 running_var become `frozen/.../{scale,bias,mean,var}`. HF's `DetrForObjectDetection` keys (timm
 backbone) are first renamed to the official ones, and a bare torchvision ResNet state dict gives
 the backbone alone (the way a COCO run starts from ImageNet weights). Files are read, and the
-converted variables fitted into a model, by `vit_jax.weights`.
+converted variables fitted into a model, by `vit_jax.weights`. Files keep one entry per layer
+(`layers_{i}`); a model with `scan=True` stacks them on loading (DETR_LAYERS).
 
 Panoptic checkpoints (`detr-r50-panoptic-00ce5173.pth`, the DC5 and R101 ones, HF's
 `DetrForSegmentation`) keep the box model under `detr.` and add `bbox_attention.*` and
@@ -26,6 +27,11 @@ from vit_jax import weights
 from vit_jax.errors import UserError
 
 Variables = dict[str, Any]
+
+# The transformer's repeated layers (vit_jax.weights.stack_layers): `transformer/encoder/
+# layers_{i}` per layer, `transformer/encoder/layers` stacked under model.scan; the same in the
+# decoder. The box head's `bbox_embed/layers_{i}` are not a stack.
+DETR_LAYERS = r'transformer/(?:encoder|decoder)/layers'
 
 # HF transformers' DETR names -> the official ones (HF's conversion table, reversed); both the
 # 4.x layout (`conv_encoder.model`, `fc1`, `out_proj`) and the 5.x one (`backbone.model`,
@@ -150,6 +156,7 @@ def fit_variables(fresh: Variables, loaded: Variables, source: str = 'the checkp
   """Fresh variables with every tensor the checkpoint (named `source` in messages) has put in
   its place.
 
+  Per-layer checkpoints fill a scanned model (`scan=True`) and stacked ones a per-layer model.
   A class head of another size (fine-tuning on your own classes) stays freshly initialised; a
   backbone-only checkpoint leaves the transformer and heads fresh. A panoptic model takes a box
   model's checkpoint (the recipe's first stage, or a detection release, as the original's
@@ -165,6 +172,6 @@ def fit_variables(fresh: Variables, loaded: Variables, source: str = 'the checkp
     optional.append(r'params/(bbox_attention|mask_head)/.*')
   elif 'detr' in loaded['params'] and 'detr' not in fresh['params']:
     loaded = {collection: tree['detr'] for collection, tree in loaded.items()}
-  return weights.fill(fresh, loaded, optional=optional, source=source,
+  return weights.fill(fresh, loaded, optional=optional, source=source, layers=DETR_LAYERS,
                       fix='check config.model (backbone_depth, hidden_dim, num_queries, '
                       'dilation, layer counts)')

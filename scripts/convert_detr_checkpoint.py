@@ -4,7 +4,8 @@
   python scripts/convert_detr_checkpoint.py detr-r50-panoptic-00ce5173.pth detr-r50-panoptic.npz
 
 The `.pth` is opened with torch.load(weights_only=True): a file that carries code is refused.
-Use the result (or the `.pth` itself) with --config.init_from=PATH.
+Use the result (or the `.pth` itself) with --config.init_from=PATH. The `.npz` keeps one entry per
+transformer layer, as the `.pth`; a model with `--config.model.scan=True` stacks them on loading.
 """
 
 import argparse
