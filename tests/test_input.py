@@ -33,6 +33,19 @@ def test_hosts_split_examples_without_overlap():
   assert [len(p) for p in parts] == [4, 3, 3]
 
 
+def test_converted_in_memory_source_keeps_one_global_stream():
+  ids = np.arange(20)
+  source = input_pipeline.array_source({'id': ids})
+  converted = input_pipeline.map_examples(source, lambda ex: {'id': 100 + ex['id']})
+  assert converted.read_all is not None
+  plain, shifted = (next(input_pipeline.train_batches(s, lambda ex, seed: ex, 8))['id']
+                    for s in (source, converted))
+  np.testing.assert_array_equal(shifted, 100 + plain)
+  assert not np.array_equal(np.sort(plain), ids[:8])  # Shuffled: the test sees the order.
+  eval_ids = next(input_pipeline.eval_batches(converted, lambda ex: ex, 32))['id']
+  np.testing.assert_array_equal(eval_ids[:20], 100 + ids)
+
+
 def test_digits_split_is_fixed():
   train = classification_input.digits_arrays('train')
   test = classification_input.digits_arrays('test')

@@ -123,6 +123,18 @@ def test_eval_scores_every_example_once(data_dirs):
   assert mask.sum() == NUM_TEST
 
 
+def test_converted_source_keeps_random_access(data_dirs):
+  _, source = _source(data_dirs['array_record'])
+  converted = input_pipeline.map_examples(source, lambda ex: dict(ex, id=-ex['id']))
+  assert isinstance(converted.read, input_pipeline.RecordReader)
+  batches = [list(itertools.islice(input_pipeline.train_batches(
+      s, lambda ex, seed: {'id': ex['id']}, BATCH, seed=SEED), 2)) for s in (source, converted)]
+  for plain, negated in zip(*batches):
+    np.testing.assert_array_equal(negated['id'], -plain['id'])
+  evaluated = next(input_pipeline.eval_batches(converted, lambda ex: {'id': ex['id']}, BATCH))
+  assert np.all(evaluated['id'] <= 0) and len(set(evaluated['id'].tolist())) == BATCH
+
+
 @pytest.mark.parametrize('case', ['tfrecord', 'array_record read wrapped by a task'])
 def test_sources_without_random_access_keep_per_host_parts_and_say_so(data_dirs, case, caplog):
   _, source = _source(data_dirs[case.split()[0]])

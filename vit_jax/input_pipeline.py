@@ -63,12 +63,26 @@ class RecordReader:
   """A `Source.read` with random access: a split whose records can be read by index (TFDS in
   array_record). Called, it reads this host's part as any `read` does; `at` reads any records of
   the whole split, which lets training draw one global order that no process count changes.
-  A task that wraps `read` in a plain function loses the random access (and keeps its own map)."""
+  A task that converts examples keeps it with `map_examples`; wrapping `read` in a plain
+  function loses it (training then reads per-host parts)."""
   num_records: int  # Records in the whole split.
   at: Callable[[tf.data.Dataset], tf.data.Dataset]  # int64 record indices -> raw examples.
 
   def __call__(self) -> tf.data.Dataset:
     return self.at(tf.data.Dataset.from_tensor_slices(host_part(self.num_records)))
+
+
+def map_examples(source: Source, convert: Callable[[Example], Example]) -> Source:
+  """`source` with `convert` applied to every raw example it reads, on every path: a
+  `RecordReader` stays one (wrapping `read` in a plain function would lose the random access)."""
+  mapped = lambda ds: ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+  if isinstance(source.read, RecordReader):
+    at = source.read.at
+    read = dataclasses.replace(source.read, at=lambda indices: mapped(at(indices)))
+  else:
+    read = lambda old=source.read: mapped(old())
+  read_all = None if source.read_all is None else lambda old=source.read_all: mapped(old())
+  return dataclasses.replace(source, read=read, read_all=read_all)
 
 
 def host_part(num_examples: int, index: Optional[int] = None,
