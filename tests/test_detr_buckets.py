@@ -3,6 +3,11 @@ padding beside it), its bucket depends on its size alone, the regrouped streams 
 example once, resume exactly and use a few fixed shapes."""
 
 import itertools
+import json
+import os
+import re
+import subprocess
+import sys
 
 import flax
 import jax
@@ -10,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import load_config
+from helpers import ROOT, load_config
 from detr_jax import detection_input, models, padding_buckets, padding_report
 from detr_jax.detection import DetectionTask
 from vit_jax.errors import UserError
@@ -185,3 +190,20 @@ def test_padding_report_on_hand_counted_sizes():
   # Regrouped, both batches hold one bucket whatever the order.
   assert rows['buckets, batch 2 grouped in windows of 2'].pixels_per_image == 480 * 640
   assert rows['buckets, batch 2 grouped in windows of 2'].shapes == 2
+
+
+def test_padding_report_command_reads_an_annotation_file(tmp_path):
+  images = [{'id': i, 'file_name': f'{i}.jpg', 'height': h, 'width': w}
+            for i, (h, w) in enumerate([(480, 640)] * 3 + [(640, 480)], 1)]
+  path = tmp_path / 'instances.json'
+  path.write_text(json.dumps({'images': images, 'annotations': [], 'categories': []}))
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'scripts', 'detr_padding_report.py'),
+       f'--annotations={path}', '--batch_size=2', '--window=2'],
+      capture_output=True, text=True, check=True, timeout=300)
+  # Eval: 640x480 -> 800x1066 (bucket 800x1088), 480x640 -> 1066x800 (bucket 1088x800).
+  eval_part = result.stdout.split('eval:')[1]
+  assert re.search(r'image itself \(no padding\) +852,800 ', eval_part), result.stdout
+  assert re.search(r'fixed canvas 1333x1333 +1,776,889 +1.00x +1\n', eval_part)
+  # Each image in its own bucket: 870,400 pixels, 2.04x fewer than the canvas, 2 shapes.
+  assert re.search(r'buckets, each image its own +870,400 +2.04x +2\n', eval_part)
