@@ -2,7 +2,9 @@
 
 config.input fields:
   source          tfds | folder | digits
-  dataset         TFDS name (source=tfds), e.g. cifar10, imagenet2012
+  dataset         TFDS name (source=tfds), e.g. cifar10, imagenet2012; prepared in array_record
+                  (`tfds build NAME --file_format=array_record`) it is read by index, and the
+                  training batches do not depend on the number of processes
   data_dir        TFDS data dir (tfds) or the folder root (folder: root/<split>/<class>/*.jpg;
                   the training split's class folders name the classes of every split; a
                   split may take a percent of each class, e.g. train[:98%] and train[98%:])
