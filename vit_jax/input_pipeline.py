@@ -152,7 +152,7 @@ def _array_record_reader(builder, split: str, decoders: Optional[dict]) -> Recor
   parser = tfds.core.example_parser.ExampleParser(features.get_serialized_info())
 
   def fetch(indices: np.ndarray) -> np.ndarray:
-    # One call per chunk: array_record reads the chunk's records in parallel, without the GIL.
+    # One Python call per chunk of records, which array_record reads in one batched read.
     return np.array(records.__getitems__(indices.tolist()), dtype=object)
 
   def at(indices: tf.data.Dataset) -> tf.data.Dataset:
@@ -259,9 +259,9 @@ def train_batches(source: Source, preprocess: Callable[[Example, tf.Tensor], Exa
     ds = tf.data.Dataset.zip(source.read.at(records), indices)
   else:  # This host's own part, shuffled on its own; indices made unique across hosts.
     logging.info('The training split is read in per-host parts (a TFDS dataset not in '
-                 'array_record, or a task-wrapped read): the global batches depend on the number '
-                 'of processes. Prepare the dataset with file_format=array_record for batches '
-                 'that do not.')
+                 'array_record, or a read wrapped without map_examples): the global batches '
+                 'depend on the number of processes. Prepare the dataset with '
+                 'file_format=array_record for batches that do not.')
     local_start = start_example // count
     first_epoch, offset = divmod(local_start, source.num_examples)
     examples = tf.data.Dataset.range(first_epoch, 2**62).flat_map(shuffled(source.read))
