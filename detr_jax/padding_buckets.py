@@ -13,7 +13,7 @@ PyTorch's nearest rule src = floor(dst * in / out) = 32 * dst reads the same mas
 feature cell in every bucket; the sine position embedding is normalised by the unpadded extent;
 attention never reads a padded key. But the backbone's convolutions read the padding next to
 the image: an image's features agree across two buckets only when both leave enough padding
-below and right of it (ResNet-50, measured on random weights: 128 px with zero-mean frozen
+below and right of it (ResNet-50 at quarter width, random weights: 128 px with zero-mean frozen
 batch norm, 256 px with non-zero offsets, where 32 px still moved them by 4-7% of their
 largest value and a bucket the image fills exactly by ~30%). A bucket that fits an image
 snugly is what saves the pixels, so an image must always get the same bucket: its own,
