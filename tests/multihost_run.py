@@ -1,8 +1,9 @@
 """One process of a multi-process digits run on 127.0.0.1 (jax.distributed over gloo).
 
-Run by test_multihost.py:  python tests/multihost_run.py PROCESS_ID NUM_PROCESSES PORT WORKDIR
-[KEY=VALUE ...] (PROCESS_ID -1: a plain single-process run, the reference; KEY=VALUE: config
-changes, values as Python literals). Every process logs its metrics, learning rate included.
+Run by test_multihost.py and test_input_array_record.py:
+  python tests/multihost_run.py PROCESS_ID NUM_PROCESSES PORT WORKDIR [KEY=VALUE ...]
+(PROCESS_ID -1: a plain single-process run, the reference; KEY=VALUE: config changes,
+values as Python literals). Every process logs its metrics, learning rate included.
 save_batches=N among the changes: each process also writes to WORKDIR/batches_<process index>.npz
 the training batches that the loop gets when it starts at step 0 (N batches) and when it resumes
 at step N // 2 (the N - N // 2 others), under the keys from<step>_<name>_<i>.
