@@ -218,10 +218,10 @@ def _tfds_source(input_config, split, shuffle_buffer):
       hint='Or use the ADEChallengeData2016 folder: --config.input.source=folder '
            '--config.input.data_dir=DIR --config.input.train_split=training '
            '--config.input.eval_split=validation.')
-  read = source.read
   table = label_table(input_config.get('reduce_zero_label', False))
   rename = lambda ex: {'image': ex['image'], 'label': ex['annotation']}
-  return dataclasses.replace(source, read=lambda: read().map(rename),
+  # map_examples keeps an array_record source's random access (process-count-invariant batches).
+  return dataclasses.replace(input_pipeline.map_examples(source, rename),
                              load=_label_loader(table))
 
 
