@@ -116,10 +116,10 @@ def test_scanned_transformer_without_encoder_and_decoder_positions():
 def test_scanned_rematerialised_gradients_match_the_per_layer_models():
   inputs = _transformer_inputs()
   # Dropout off: scan draws each layer's dropout from its own key, the loop from its names'.
-  config = dict(_TRANSFORMER, dropout_rate=0.0)
+  config = dict(_TRANSFORMER, num_encoder_layers=1, num_decoder_layers=2, dropout_rate=0.0)
   variables = _random_variables(models.Transformer(**config), *inputs, train=False)
   keys = jax.random.split(jax.random.PRNGKey(4), 2)
-  hs_weights, memory_weights = jax.random.normal(keys[0], (3, 2, 5, 32)), jax.random.normal(
+  hs_weights, memory_weights = jax.random.normal(keys[0], (2, 2, 5, 32)), jax.random.normal(
       keys[1], (2, 6, 32))
 
   def loss_grad(model, params):
@@ -145,11 +145,11 @@ def test_scanned_dropout_follows_the_rng_in_every_layer():
   variables = _random_variables(model, *inputs, train=False)
   run = jax.jit(lambda key: model.apply(variables, *inputs, train=True,
                                        rngs={'dropout': key})[0])
-  first = run(jax.random.PRNGKey(0))
-  evaluated = jax.jit(lambda: model.apply(variables, *inputs, train=False)[0])()
-  np.testing.assert_array_equal(run(jax.random.PRNGKey(0)), first)
-  assert np.abs(run(jax.random.PRNGKey(1)) - first).max() > 0.1
-  assert all(np.abs(first[i] - evaluated[i]).max() > 0.1 for i in range(3))
+  key = functools.partial(jax.random.key, impl='rbg')  # Compiles in half threefry's time.
+  first = run(key(0))
+  np.testing.assert_array_equal(run(key(0)), first)
+  other = run(key(1))
+  assert all(np.abs(other[i] - first[i]).max() > 0.1 for i in range(3))
 
 
 def test_released_checkpoint_fills_scanned_and_per_layer_models_alike(tmp_path):
