@@ -1,5 +1,7 @@
 """ViT: exact parameter counts of the original code, official parameter names, original init."""
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -198,3 +200,38 @@ def test_bfloat16_compute_keeps_float32_params_and_close_loss():
   # bfloat16 has 8 bits of mantissa: 1% on the loss is the expected scale of its rounding.
   assert float(loss_bf16) == pytest.approx(float(loss), rel=1e-2)
   assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads_bf16))
+
+
+def _layer_norm_float64(x, scale, bias, epsilon):
+  x = np.asarray(x, np.float64)
+  centred = x - x.mean(-1, keepdims=True)
+  return centred / np.sqrt((centred**2).mean(-1, keepdims=True) + epsilon) * scale + bias
+
+
+def test_layer_norm_matches_float64_and_flax_gradients():
+  # Off-centre inputs (mean 3, std 5) and a non-trivial scale and bias.
+  x = jnp.asarray(np.random.default_rng(0).normal(3.0, 5.0, (2, 7, 48)), jnp.float32)
+  cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(x.shape), jnp.float32)
+  params = {'scale': jnp.linspace(0.5, 2.0, 48), 'bias': jnp.linspace(-1.0, 1.0, 48)}
+  ours, flax_norm = models.LayerNorm(epsilon=1e-5), nn.LayerNorm(epsilon=1e-5)
+  expected = _layer_norm_float64(x, params['scale'], params['bias'], 1e-5)
+  np.testing.assert_allclose(ours.apply({'params': params}, x), expected, atol=2e-6)
+
+  def grads(module):
+    return jax.grad(lambda p, x: jnp.sum(module.apply({'params': p}, x) * cotangent),
+                    argnums=(0, 1))(params, x)
+  # The hand-written backward pass against autodiff of flax's own LayerNorm.
+  for got, want in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(flax_norm))):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_exact_gelu_is_the_erf_formula_and_its_derivative():
+  x = np.linspace(-6.0, 6.0, 241)
+  erf = np.vectorize(math.erf)
+  cdf = 0.5 * (1 + erf(x / math.sqrt(2)))
+  np.testing.assert_allclose(models.gelu(jnp.asarray(x, jnp.float32), approximate=False),
+                             x * cdf, atol=1e-6)
+  derivative = jax.vmap(jax.grad(lambda v: models.gelu(v, approximate=False)))(
+      jnp.asarray(x, jnp.float32))
+  pdf = np.exp(-x**2 / 2) / math.sqrt(2 * math.pi)
+  np.testing.assert_allclose(derivative, cdf + x * pdf, atol=1e-6)
