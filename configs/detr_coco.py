@@ -101,6 +101,8 @@ def get_config(arg='r50'):
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'detr'
+  config.model.remat = 'none'  # Or a policy name: 'full', 'dots_saveable', ...
+  config.model.scan = False  # True: encoder and decoder layers under nn.scan.
   config.model.num_classes = 91
   config.model.backbone_depth = depth
   config.model.dilation = dilation
@@ -144,6 +146,8 @@ def get_config(arg='r50'):
 
   config.total_epochs = args.epochs
   config.log_every = 100
+  config.prefetch_batches = 2  # Batches on the devices ahead of the step (0 or 1: none).
+  config.draw_examples = 4  # Eval examples drawn to TensorBoard at each eval (0: none).
   config.eval_every_epochs = 10
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 3

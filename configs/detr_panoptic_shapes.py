@@ -43,6 +43,8 @@ def get_config():
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'detr_panoptic'
+  config.model.remat = 'none'  # Or a policy name: 'full', 'dots_saveable', ...
+  config.model.scan = False  # True: encoder and decoder layers under nn.scan.
   config.model.freeze_detr = False  # One stage: the box model trains with the mask head.
   config.model.num_classes = 5
   config.model.backbone_blocks = (1, 1, 1, 1)  # ResNet-50: (3, 4, 6, 3).
@@ -85,6 +87,8 @@ def get_config():
 
   config.total_steps = 2000
   config.log_every = 100
+  config.prefetch_batches = 2  # Batches on the devices ahead of the step (0 or 1: none).
+  config.draw_examples = 4  # Eval examples drawn to TensorBoard at each eval (0: none).
   config.eval_every = 1000
   config.checkpoint_every = 1000
   config.keep_checkpoints = 2

@@ -95,6 +95,8 @@ def get_config(args, crop: int) -> ml_collections.ConfigDict:
       dict(name='warmup_poly', warmup_steps=0, power=0.9, end_value=1e-5))
 
   config.log_every = 100
+  config.prefetch_batches = 2  # Batches on the devices ahead of the step (0 or 1: none).
+  config.draw_examples = 4  # Eval examples drawn to TensorBoard at each eval (0: none).
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 2
   config.init_from = INIT.get(args.variant) or ml_collections.config_dict.placeholder(str)

@@ -50,6 +50,8 @@ def get_config():
   config.model.decoder = 'mask_transformer'
   config.model.decoder_layers = 1
   config.model.num_classes = 4
+  config.model.remat = 'none'  # Or a policy name: 'full', 'dots_saveable', ...
+  config.model.scan = False  # True: encoder blocks under nn.scan.
   config.model.image_size = None  # The crop size.
   config.model.dropout_rate = 0.0
   config.model.drop_path_rate = 0.0  # Paper: 0.1; too little data to need it here.
@@ -69,6 +71,8 @@ def get_config():
 
   config.total_steps = 1500
   config.log_every = 100
+  config.prefetch_batches = 2  # Batches on the devices ahead of the step (0 or 1: none).
+  config.draw_examples = 4  # Eval examples drawn to TensorBoard at each eval (0: none).
   config.eval_every = 500
   config.checkpoint_every = 500
   config.keep_checkpoints = 1

@@ -67,6 +67,8 @@ def get_config():
 
   config.total_epochs = 90
   config.log_every = 50
+  config.prefetch_batches = 2  # Batches on the devices ahead of the step (0 or 1: none).
+  config.draw_examples = 4  # Eval examples drawn to TensorBoard at each eval (0: none).
   config.eval_every = 10_000
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3

@@ -58,6 +58,8 @@ def get_config():
 
   config.total_steps = 1500
   config.log_every = 100
+  config.prefetch_batches = 2  # Batches on the devices ahead of the step (0 or 1: none).
+  config.draw_examples = 4  # Eval examples drawn to TensorBoard at each eval (0: none).
   config.eval_every = 500
   config.checkpoint_every = 500
   config.keep_checkpoints = 2

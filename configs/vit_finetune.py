@@ -115,6 +115,8 @@ def get_config(arg='b16,cifar10'):
 
   config.total_steps = steps
   config.log_every = 10
+  config.prefetch_batches = 2  # Batches on the devices ahead of the step (0 or 1: none).
+  config.draw_examples = 4  # Eval examples drawn to TensorBoard at each eval (0: none).
   config.eval_every = 1000
   config.evals = (('minival', minival_split),)  # Held-out training images, beside the test.
   if args.real:  # The validation images again, scored against their ReaL label sets.

@@ -23,9 +23,9 @@ DOCUMENTED = [
 ]
 # The fields every task reads under the same name; a duration is one of a pair.
 SCHEMA = ['seed', 'init_from', 'profile', 'log_every', 'keep_checkpoints', 'mesh',
-          'sharding_rules', 'input.source', 'input.data_dir', 'input.train_split',
-          'input.eval_split', 'input.batch_size', 'input.eval_batch_size', 'model.name',
-          'optim.name', 'optim.lr', 'optim.schedule.name']
+          'sharding_rules', 'prefetch_batches', 'draw_examples', 'input.source', 'input.data_dir',
+          'input.train_split', 'input.eval_split', 'input.batch_size', 'input.eval_batch_size',
+          'model.name', 'model.scan', 'model.remat', 'optim.name', 'optim.lr', 'optim.schedule.name']
 DURATIONS = [('total_steps', 'total_epochs'), ('eval_every', 'eval_every_epochs'),
              ('checkpoint_every', 'checkpoint_every_epochs')]
 
