@@ -320,10 +320,8 @@ def _tfds_source(input_config, split):
   # TFDS label i -> training label: through the category id of the i-th category.
   label_of = tf.constant(_to_labels(np.array([c['id'] for c in cats]), mapping), tf.int32)
   max_boxes = setting(input_config, 'max_boxes')
-  read = source.read
-  return dataclasses.replace(
-      source, read=lambda: read().map(lambda ex: _from_tfds(ex, label_of, max_boxes),
-                                      num_parallel_calls=tf.data.AUTOTUNE))
+  # map_examples keeps an array_record source's random access (process-count-invariant batches).
+  return input_pipeline.map_examples(source, lambda ex: _from_tfds(ex, label_of, max_boxes))
 
 
 def _log_dropped(image_id, degenerate, extra, max_boxes):

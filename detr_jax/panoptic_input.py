@@ -254,9 +254,7 @@ def _tfds_source(input_config, split):
             'labels': rows(tf.gather(label_of, tf.cast(objects['label'], tf.int32))),
             'iscrowd': rows(objects['is_crowd']), 'box_mask': rows(tf.ones_like(objects['id']))}
 
-  read = source.read
-  return dataclasses.replace(
-      source, read=lambda: read().map(convert, num_parallel_calls=tf.data.AUTOTUNE))
+  return input_pipeline.map_examples(source, convert)  # Keeps array_record's random access.
 
 
 # ----------------------------------------------------------------------------- preprocessing
