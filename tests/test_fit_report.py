@@ -36,19 +36,25 @@ def test_slice_names_map_to_layouts():
   assert fit_report.parse_topology('v5litepod-16').libtpu_name == 'v5e:4x4'
   assert fit_report.parse_topology('v6e-256').libtpu_name == 'v6e:16x16'
   assert fit_report.parse_topology('v5p-128').libtpu_name == 'v5p:4x4x4'
+  # One chip is a host of its own (libtpu's default host is 2x2 chips).
+  for name in ('v5e-1', 'v5e:1x1'):
+    one = fit_report.parse_topology(name)
+    assert (one.libtpu_name, one.options) == ('v5e:1x1', {'chips_per_host_bounds': [1, 1, 1]})
+  assert fit_report.parse_topology('v5e-4').options == {}
   v4 = fit_report.parse_topology('v4-32')
   assert (v4.libtpu_name, v4.options) == ('v4:2x2x4', {'chip_config_name': 'megacore'})
-  with pytest.raises(UserError, match=r"'v5e-12' is not a v5e slice: N is one of \[4, 8, 16"):
+  with pytest.raises(UserError, match=r"'v5e-12' is not a v5e slice: N is one of \[1, 4, 8, 16"):
     fit_report.parse_topology('v5e-12')
-  with pytest.raises(UserError, match=r"unknown topology 'tpu-64'.*v5e-4.*v5e:8x8"):
+  with pytest.raises(UserError, match=r"unknown topology 'tpu-64'.*v5e-1.*v5e:8x8"):
     fit_report.parse_topology('tpu-64')
 
 
 @needs_libtpu
 def test_tpu_slices_have_one_device_per_chip():
   counts = {name: len(fit_report.topology_devices(fit_report.parse_topology(name)))
-            for name in ('v5e-64', 'v6e-256', 'v4-32', 'v5p-128')}
-  assert counts == {'v5e-64': 64, 'v6e-256': 256, 'v4-32': 16, 'v5p-128': 64}
+            for name in ('v5e-1', 'v6e-1', 'v5e-64', 'v6e-256', 'v4-32', 'v5p-128')}
+  assert counts == {'v5e-1': 1, 'v6e-1': 1, 'v5e-64': 64, 'v6e-256': 256, 'v4-32': 16,
+                    'v5p-128': 64}
 
 
 @needs_libtpu
@@ -127,3 +133,18 @@ def test_tpu_too_big_for_hbm_is_the_compilers_verdict():
   assert report['required_bytes'] >= 3 * 64 * 2**26 * 4 * 0.99  # Params and Adam's moments.
   assert 'RESOURCE_EXHAUSTED' in report['compiler_message']
   assert 'does not fit: RESOURCE_EXHAUSTED' in fit_report.describe(report)
+
+
+@needs_libtpu
+def test_tpu_scanned_layers_report_no_flops():
+  # XLA counts a loop's body once: with the layers under nn.scan the count would be one layer's,
+  # so none is reported (and a note says why) rather than a number several times too small.
+  config = load_config('vit_digits')
+  config.model.update(num_layers=2, scan=True)
+  report = fit_report.report(config, *fit_report_script.make_task(config),
+                             fit_report.parse_topology('v5e-4'))
+  assert report['fits'] and report['peak_bytes'] > 0
+  assert report['flops_per_device'] is None and report['xla_step_seconds'] is None
+  assert any('config.model.scan makes the layers a loop' in n for n in report['notes'])
+  text = fit_report.describe(report)
+  assert 'FLOPs per device' not in text and 'note: FLOPs not counted' in text

@@ -36,7 +36,8 @@ _NUM_SLICES = flags.DEFINE_integer('num_slices', 1, 'Slices joined by the data-c
 _JSON = flags.DEFINE_bool('json', False, 'Print the report as one JSON object.')
 
 # Slice shapes (chips) of the 2D generations and of the 3D (twisted-torus) ones.
-LAYOUTS_2D = {4: '2x2', 8: '2x4', 16: '4x4', 32: '4x8', 64: '8x8', 128: '8x16', 256: '16x16'}
+LAYOUTS_2D = {1: '1x1', 4: '2x2', 8: '2x4', 16: '4x4', 32: '4x8', 64: '8x8', 128: '8x16',
+              256: '16x16'}
 LAYOUTS_3D = {4: '2x2x1', 8: '2x2x2', 16: '2x2x4', 32: '2x4x4', 64: '4x4x4', 128: '4x4x8',
               256: '4x8x8', 512: '8x8x8', 1024: '8x8x16', 2048: '8x16x16', 4096: '16x16x16'}
 
@@ -71,7 +72,7 @@ def parse_topology(name: str, num_slices: int = 1) -> Topology:
   generation, sep, count = name.partition('-')
   if ':' in name:
     options = dict(_V4.options) if name.startswith('v4:') else {}
-    return Topology(name, name, options, num_slices)
+    return Topology(name, name, _one_chip_host(name, options), num_slices)
   known = ', '.join(f'{g}-{min(v.layouts) * v.cores_per_chip}' for g, v in GENERATIONS.items())
   if generation not in GENERATIONS or not sep:
     raise UserError(f'unknown topology {name!r}: name a TPU slice as GENERATION-N ({known}, ...) '
@@ -80,8 +81,15 @@ def parse_topology(name: str, num_slices: int = 1) -> Topology:
   sizes = [chips * gen.cores_per_chip for chips in gen.layouts]
   if not count.isdigit() or int(count) not in sizes:
     raise UserError(f'{name!r} is not a {generation} slice: N is one of {sizes}')
-  layout = gen.layouts[int(count) // gen.cores_per_chip]
-  return Topology(name, f'{gen.libtpu_name}:{layout}', dict(gen.options), num_slices)
+  libtpu_name = f'{gen.libtpu_name}:{gen.layouts[int(count) // gen.cores_per_chip]}'
+  return Topology(name, libtpu_name, _one_chip_host(libtpu_name, dict(gen.options)), num_slices)
+
+
+def _one_chip_host(libtpu_name: str, options: dict) -> dict:
+  """libtpu assumes hosts of 2x2 chips; a one-chip slice (v5e-1, v6e-1) is a one-chip host."""
+  if libtpu_name.endswith(':1x1'):
+    options['chips_per_host_bounds'] = [1, 1, 1]
+  return options
 
 
 def topology_devices(topology: Topology) -> list:
@@ -188,7 +196,7 @@ def report(config, task, example_spec: dict, topology: Topology) -> dict:
           abstract_state.opt_state, shardings.opt_state, mesh),
       'predicted_state_bytes': _predicted_bytes(abstract_state, shardings, mesh),
       'lower_seconds': lower_seconds,
-      'notes': _rng_notes(),
+      'notes': _rng_notes() + _scan_notes(config),
   }
   start = time.perf_counter()
   try:
@@ -205,6 +213,8 @@ def report(config, task, example_spec: dict, topology: Topology) -> dict:
   # XLA counts a loop's body once: the accumulation scan's micro-steps are multiplied here (the
   # optimizer update, outside the loop, is then counted accum_steps times: a few tens of FLOPs
   # per parameter against thousands per parameter in each micro-step).
+  if config.model.get('scan', False):  # The layers are a loop too, its trip count unknown here.
+    cost = {}
   estimate = cost.get('optimal_seconds', 0)
   return dict(
       result, fits=True,
@@ -214,7 +224,7 @@ def report(config, task, example_spec: dict, topology: Topology) -> dict:
       state_bytes=memory.alias_size_in_bytes,
       argument_bytes=memory.argument_size_in_bytes,
       temporary_bytes=memory.temp_size_in_bytes,
-      flops_per_device=cost.get('flops', 0) * accum_steps,
+      flops_per_device=cost['flops'] * accum_steps if 'flops' in cost else None,
       xla_step_seconds=estimate * accum_steps if estimate > 0 else None)
 
 
@@ -226,6 +236,14 @@ def _rng_notes() -> list[str]:
     return [f'{jax.config.jax_default_prng_impl} random bits are generated unsharded (dropout '
             f'masks at full size on every device): set LIBTPU_INIT_ARGS={flag} here and in the run']
   return []
+
+
+def _scan_notes(config) -> list[str]:
+  if not config.model.get('scan', False):
+    return []
+  return ["FLOPs not counted: XLA's cost analysis counts a loop's body once, and "
+          'config.model.scan makes the layers a loop (--config.model.scan=False counts them, '
+          'at a longer compile)']
 
 
 def describe(r: dict) -> str:
@@ -243,7 +261,7 @@ def describe(r: dict) -> str:
                f'{_size(r["predicted_params_bytes"])}, optimizer '
                f'{_size(r["predicted_optimizer_bytes"])}; sharding.bytes_per_device)' +
                (f', compiled {_size(r["state_bytes"])} (donated buffers)' if r['fits'] else ''))
-  if r['fits']:
+  if r['fits'] and r['flops_per_device'] is not None:
     lines.append(f'FLOPs per device per step: {r["flops_per_device"]:.3e}' +
                  (f"; XLA's estimated step time {r['xla_step_seconds']:.4f} s"
                   if r['xla_step_seconds'] else ''))
