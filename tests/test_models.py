@@ -28,6 +28,13 @@ def test_parameter_count_equals_original(variant, expected):
   assert _count(model) == expected
 
 
+def test_vit_g14_has_the_scaling_vit_papers_parameter_count():
+  # Scaling Vision Transformers (Zhai et al.), Table 2: ViT-g/14 has 1011M parameters (no head).
+  head = 1408 * 1000 + 1000
+  count = _count(models.build_vit(dict(variant='g/14', num_classes=1000))) - head
+  assert round(count / 1e6) == 1011
+
+
 def test_i21k_checkpoint_layout_count():
   # ViT-B/16 as released for ImageNet-21k: 21843 classes and a 768-wide pre_logits layer.
   model = models.build_vit(dict(variant='B/16', num_classes=21843, representation_size=768))

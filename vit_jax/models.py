@@ -24,6 +24,7 @@ SIZES = {
     'B': dict(hidden_size=768, mlp_dim=3072, num_heads=12, num_layers=12),
     'L': dict(hidden_size=1024, mlp_dim=4096, num_heads=16, num_layers=24),
     'H': dict(hidden_size=1280, mlp_dim=5120, num_heads=16, num_layers=32),
+    'g': dict(hidden_size=1408, mlp_dim=6144, num_heads=16, num_layers=40),  # Scaling ViT, Table 2.
 }
 
 
