@@ -16,8 +16,8 @@ Every timed function runs once to warm up (JAX compiles there), then all of them
 `--repeats` rounds (A, B, A, B, ...), so that a shared machine's load falls on both alike; a
 plain 1024x1024x1024 float32 matmul in XLA and in torch takes part in every round. Prints
 images/s (median over rounds, min-max beside it), the ratio JAX / peer, and the achieved FLOP/s
-as a fraction of the same framework's matmul rate in this run. FLOPs are XLA's count of our
-model (vit_jax.model_stats): 2 per multiply-add, the train step's counted on the whole step.
+as a fraction of the same framework's matmul rate in this run. FLOPs are XLA's cost analysis of
+our model: 2 per multiply-add, the train step's counted on the whole step.
 """
 
 import argparse
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vit_jax import model_stats, models, weights
+from vit_jax import models, weights
 from vit_jax.errors import UserError
 
 TIMM_SIZES = {'Ti': 'tiny', 'S': 'small', 'B': 'base', 'L': 'large', 'H': 'huge'}
