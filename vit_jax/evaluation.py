@@ -6,6 +6,8 @@ host-side metric (accuracy, COCOeval, mIoU) run on one worker thread while train
 The outputs come out of the eval step replicated, so process 0 alone computes the metric and the
 other processes only take part in the device work. The same goes for the pictures of the
 predictions on a few fixed examples (`Task.draw`): one small jitted forward, drawn on the worker.
+Eval batches go to the devices ahead of their step as training's do (`prefetch.to_devices`,
+`config.prefetch_batches`).
 """
 
 import collections
@@ -16,7 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from vit_jax import sharding
+from vit_jax import prefetch
 from vit_jax import task as task_lib
 
 
@@ -26,12 +28,14 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 
 def _score(task: task_lib.Task, eval_step: Callable, state, batch_sharding, split: str,
-           executor: concurrent.futures.Executor) -> concurrent.futures.Future:
-  """Dispatches every eval batch of `split`; a future of its metrics (None off process 0)."""
+           executor: concurrent.futures.Executor,
+           prefetch_size: int) -> concurrent.futures.Future:
+  """Dispatches every eval batch of `split`, each copied to the devices while the step before
+  it runs (up to `prefetch_size` batches ahead); a future of its metrics (None off process 0)."""
   evaluator = task.evaluator(split) if jax.process_index() == 0 else None
   updates = []
-  for local_batch in task.eval_input(split):
-    outputs = eval_step(state, sharding.global_batch(local_batch, batch_sharding))
+  for batch in prefetch.to_devices(task.eval_input(split), batch_sharding, prefetch_size):
+    outputs = eval_step(state, batch)
     if evaluator is not None:
       updates.append(executor.submit(
           lambda o: evaluator.update(jax.tree.map(_to_host, o)), outputs))
@@ -44,12 +48,14 @@ def _score(task: task_lib.Task, eval_step: Callable, state, batch_sharding, spli
 
 
 def evaluate(task: task_lib.Task, eval_step: Callable, state, batch_sharding,
-             split: Optional[str] = None) -> Optional[dict[str, float]]:
+             split: Optional[str] = None, prefetch_size: int = 2) -> Optional[dict[str, float]]:
   """Scores `split` (default: the task's first eval split) once and waits for the metrics;
-  every example counts exactly once (padding is masked out). None off process 0."""
+  every example counts exactly once (padding is masked out). None off process 0.
+  prefetch_size: `config.prefetch_batches` (`prefetch.to_devices`)."""
   split = split or next(iter(task.eval_splits.values()))
   with concurrent.futures.ThreadPoolExecutor(1) as executor:
-    return _score(task, eval_step, state, batch_sharding, split, executor).result()
+    return _score(task, eval_step, state, batch_sharding, split, executor,
+                  prefetch.checked_size(prefetch_size)).result()
 
 
 class BackgroundEvaluation:
@@ -57,10 +63,11 @@ class BackgroundEvaluation:
   first split's predictions) written in step order."""
 
   def __init__(self, task: task_lib.Task, eval_step: Callable, batch_sharding, writer,
-               draw_step: Optional[Callable] = None):
+               draw_step: Optional[Callable] = None, prefetch_size: int = 2):
     """draw_step: jitted (state, examples) -> `task.draw_outputs`, replicated; None: no
-    pictures."""
+    pictures. prefetch_size: `config.prefetch_batches` (`prefetch.to_devices`)."""
     self._task, self._eval_step, self._batch_sharding = task, eval_step, batch_sharding
+    self._prefetch_size = prefetch.checked_size(prefetch_size)
     self._writer, self._draw_step = writer, draw_step
     self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='eval')
     self._pending = collections.deque()  # (step, eval name, future), oldest first.
@@ -71,7 +78,7 @@ class BackgroundEvaluation:
   def start(self, step: int, state) -> None:
     for index, (name, split) in enumerate(self._task.eval_splits.items()):
       metrics = _score(self._task, self._eval_step, state, self._batch_sharding, split,
-                       self._executor)
+                       self._executor, self._prefetch_size)
       pictures = self._draw(state) if index == 0 else None
       # One worker runs in order: `metrics` is done when this runs.
       self._pending.append((step, name, self._executor.submit(

@@ -285,7 +285,8 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, 
         lambda s, b: task.draw_outputs({'params': s.params, **s.model_state}, b),
         in_shardings=(shardings, sharding.replicated(mesh)),
         out_shardings=sharding.replicated(mesh))
-    evals = evaluation.BackgroundEvaluation(task, eval_step, batch_sharding, writer, draw_step)
+    evals = evaluation.BackgroundEvaluation(task, eval_step, batch_sharding, writer, draw_step,
+                                            prefetch_size)
 
     report = periodic_actions.ReportProgress(
         num_train_steps=num_steps, writer=writer, every_steps=config.log_every)
