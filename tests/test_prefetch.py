@@ -1,5 +1,6 @@
 """Batches prefetched to the devices: the same arrays, order and sharding as copying each batch
-when asked for, fetched ahead of their use, errors raised in their turn."""
+when asked for, fetched ahead of their use, errors raised in their turn; in training and in
+evaluation."""
 
 import jax
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from helpers import tiny_digits_config
-from vit_jax import prefetch, train
+from vit_jax import evaluation, prefetch, train
 from vit_jax.classification import ClassificationTask
 from vit_jax.errors import UserError
 
@@ -106,3 +107,84 @@ def test_the_loop_reads_ahead_but_never_past_its_last_step(workdir):
   _CountingTask.taken = 0
   train.train_and_evaluate(config, workdir, _CountingTask(config))
   assert _CountingTask.taken == 4  # Without the bound, 3 batches ahead would read 6.
+
+
+class _VaryingShapesEval:
+  """An eval split of 6 batches whose image shapes change from one to the next (padding
+  buckets), the last one padded; scored by the mean pixel of each real example. Counts the
+  batches read from it."""
+
+  eval_splits = {'eval': 'validation'}
+
+  def __init__(self, fail_after=None):
+    self.host = _host_batches(6)
+    for index, batch in enumerate(self.host):
+      batch['_mask'] = np.ones(8, np.int32)
+      if index == 5:
+        batch['_mask'][3:] = 0  # 43 real examples: the last batch is padded.
+    self.fail_after, self.source = fail_after, None
+
+  def eval_input(self, split):
+    assert split == 'validation'
+
+    def batches():
+      for index, batch in enumerate(self.host):
+        if index == self.fail_after:
+          raise UserError('image 17 does not decode')
+        yield batch
+    self.source = _Counted(batches())
+    return self.source
+
+  def evaluator(self, split):
+    class MeanPixel:
+      def __init__(self):
+        self.means = []
+
+      def update(self, outputs):
+        self.means.extend(outputs['mean'][outputs['_mask'].astype(bool)])
+
+      def result(self):
+        return {'mean_pixel': float(np.mean(self.means)), 'num_examples': len(self.means)}
+    return MeanPixel()
+
+
+class _RecordingWriter:
+  def __init__(self):
+    self.scalars = {}
+
+  def write_scalars(self, step, scalars):
+    self.scalars[step] = scalars
+
+
+@pytest.mark.parametrize('size', [0, 2, 3])
+def test_eval_batches_are_on_the_devices_ahead_of_their_step(size):
+  task, batch_sharding = _VaryingShapesEval(), _batch_sharding()
+  mean_pixel = jax.jit(lambda b: {'mean': b['image'].mean((1, 2, 3)), '_mask': b['_mask']})
+  taken_at_step = []
+
+  def eval_step(state, batch):
+    assert all(isinstance(x, jax.Array) and x.sharding == batch_sharding
+               for x in batch.values())  # Copied before the step asks for it.
+    taken_at_step.append(task.source.taken)
+    return mean_pixel(batch)
+
+  writer = _RecordingWriter()
+  evals = evaluation.BackgroundEvaluation(task, eval_step, batch_sharding, writer,
+                                          prefetch_size=size)
+  evals.start(7, state=None)
+  evals.write_finished(wait=True)
+  evals.close()
+  # Step t runs with batches t+1 .. t+size-1 on the devices too, never more; none past the end.
+  ahead = max(size, 1)
+  assert taken_at_step == [min(t + ahead - 1, 6) for t in range(1, 7)]  # Step t (from 1).
+  means = np.concatenate([b['image'].mean((1, 2, 3))[b['_mask'].astype(bool)] for b in task.host])
+  assert writer.scalars[7]['eval_num_examples'] == 43
+  assert writer.scalars[7]['eval_mean_pixel'] == pytest.approx(means.mean(), rel=1e-5)
+
+
+def test_an_error_reading_an_eval_batch_ahead_is_raised_in_its_turn():
+  task, steps = _VaryingShapesEval(fail_after=2), []
+  with pytest.raises(UserError, match='image 17 does not decode'):
+    evaluation.evaluate(task, lambda state, batch: steps.append(batch), None, _batch_sharding(),
+                        prefetch_size=3)
+  assert len(steps) == 2  # Both batches read before the failure were still scored.

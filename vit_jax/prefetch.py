@@ -1,4 +1,4 @@
-"""Training batches on the devices ahead of the step that uses them (double buffering).
+"""Training and eval batches on the devices ahead of the step that uses them (double buffering).
 
 The jitted step is dispatched asynchronously: while the devices run step t, the host has already
 read batch t+1 and started its host->device copy (`jax.make_array_from_process_local_data`
