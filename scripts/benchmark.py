@@ -4,13 +4,22 @@
   python scripts/benchmark.py --task=detr --size=800x1067 --batch=1
   python scripts/benchmark.py --task=segmenter --model=B/16 --size=512 --batch=1
 
-Peers, on the same weights (their outputs are compared and the largest difference printed):
+Peers, on the same weights (their outputs are compared and the largest difference printed; for
+the train steps, the relative loss difference in the first step and after one update):
   vit        timm's ViT (erf GELU, so ours runs with erf GELU too); inference and train step
              (forward, backward, Adam update).
-  detr       HF transformers' DETR (timm ResNet-50 backbone); inference.
-  segmenter  timm's ViT as the encoder, then our decoder: the original Segmenter code cannot
-             ship, so the peer swaps in timm for the part that costs. Inference up to the
-             patch-level mask logits (the upsampling is left out of both).
+  detr       HF transformers' DETR (timm ResNet-50 backbone, frozen batch norm); inference, and
+             a train step: our DETR task's loss (Hungarian matching by scipy in a host
+             callback, auxiliary losses of every decoder layer) against HF's loss with `labels`
+             (its own matcher), the same loss and matching weights, random boxes as targets,
+             dropout 0; the recipe's AdamW (lr 1e-4, backbone 1e-5, weight decay 1e-4,
+             gradients clipped to norm 0.1; stem and layer1 frozen, without gradients) on both.
+  segmenter  timm's ViT as the encoder plus TorchMaskTransformer below, a torch copy of our
+             decoder (the original Segmenter code cannot ship), its weights converted into ours
+             by the official checkpoint's converter. Inference up to the patch-level mask
+             logits (the upsampling is left out of both); a train step: pixel cross-entropy on
+             the logits upsampled to the image, the recipe's Nesterov SGD (lr 1e-3, momentum
+             0.9), dropout and drop path 0.
 
 Every timed function runs once to warm up (JAX compiles there), then all of them in turn,
 `--repeats` rounds (A, B, A, B, ...), so that a shared machine's load falls on both alike; a
@@ -21,7 +30,9 @@ our model: 2 per multiply-add, the train step's counted on the whole step.
 """
 
 import argparse
+import functools
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -33,6 +44,7 @@ import torch._dynamo  # noqa: F401
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -100,6 +112,52 @@ def _torch_inference(model: torch.nn.Module, *inputs, flops: float) -> Contender
   return Contender(run, flops)
 
 
+def _jax_optimized(loss: Callable, tx: optax.GradientTransformation, params, *batch
+                   ) -> Contender:
+  """`tx` on the gradient of `loss(params, *batch)`, params and optimizer state carried between
+  calls; each call returns the loss it took the gradient of."""
+  def step(p, s, *batch):
+    value, grads = jax.value_and_grad(loss)(p, *batch)
+    updates, s = tx.update(grads, s, p)
+    return optax.apply_updates(p, updates), s, value
+  batch = [jnp.asarray(x) for x in batch]
+  state = [params, tx.init(params)]
+  flops = _jax_flops(step, *state, *batch)
+  compiled = jax.jit(step)
+
+  def run():
+    state[0], state[1], value = compiled(*state, *batch)
+    return float(value)  # Blocks until the step is done.
+  return Contender(run, flops)
+
+
+def _torch_optimized(model: torch.nn.Module, loss: Callable[[], torch.Tensor],
+                     optimizer: torch.optim.Optimizer, flops: float,
+                     clip_norm: Optional[float] = None) -> Contender:
+  """The torch side of `_jax_optimized`: forward + loss, backward, optional clipping, step."""
+  params = [p for group in optimizer.param_groups for p in group['params']]
+
+  def run():
+    model.train()
+    optimizer.zero_grad()
+    value = loss()
+    value.backward()
+    if clip_norm:
+      torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    optimizer.step()
+    return value.item()
+  return Contender(run, flops)
+
+
+def _loss_differences(jax_train: Contender, peer_train: Contender) -> tuple[float, float]:
+  """Relative differences of the two sides' losses in their first two steps, from the same
+  weights: the first checks the loss (and the matching), the second the gradients and the
+  update as well. The second is looser: a first Adam step moves every weight by about the
+  learning rate, even where the gradient is float noise and its sign differs between the two."""
+  first, second = ((jax_train.run(), peer_train.run()) for _ in range(2))
+  return tuple(abs(a - b) / abs(b) for a, b in (first, second))
+
+
 # -------------------------------------------------------------------------------- tasks
 
 
@@ -140,67 +198,215 @@ def vit_rows(args) -> tuple[str, dict]:
                                                              jax_train.flops))}
 
 
+# DETR's loss and matching weights (the original's defaults, configs/detr_coco.py), given to
+# both sides: ours by name, HF's DetrConfig by its names.
+DETR_WEIGHTS = dict(class_weight=1, bbox_weight=5, giou_weight=2)  # Ints: DetrConfig wants ints.
+DETR_EOS_COEF = 0.1
+# The recipe's optimizer (configs/detr_coco.py): AdamW, lr 1e-4 (backbone 1e-5), weight decay
+# 1e-4 on every parameter, gradients clipped to norm 0.1; the stem and layer1 are frozen.
+DETR_FROZEN = r'backbone/(conv1|layer1_\d+)/.*'
+DETR_OPTIM = dict(name='adamw', lr=1e-4, weight_decay=1e-4, wd_mask='.*', grad_clip_norm=0.1,
+                  lr_mults=((r'backbone/.*', 0.1),))
+
+
+def _detr_targets(batch: int, slots: int = 5, num_classes: int = 91):
+  """3-5 random boxes per image, padded to `slots`: labels [B, T], boxes [B, T, 4] (normalised
+  cx, cy, w, h), mask [B, T]."""
+  rng = np.random.default_rng(2)
+  mask = np.arange(slots) < (3 + np.arange(batch) % 3)[:, None]
+  boxes = np.concatenate([rng.uniform(0.25, 0.75, (batch, slots, 2)),
+                          rng.uniform(0.1, 0.4, (batch, slots, 2))], -1).astype(np.float32)
+  return rng.integers(0, num_classes, (batch, slots)), boxes, mask
+
+
+def _detr_jax_train_step(model, variables, images, pixel_mask, targets) -> Contender:
+  """Our DETR task's loss (matching by scipy in a host callback, set loss over all decoder
+  layers) under the recipe's optimizer; only the trainable parameters get gradients."""
+  from detr_jax import losses, matcher
+  from vit_jax import optim
+  flat = weights.flatten(variables['params'])
+  frozen = {k: v for k, v in flat.items() if re.fullmatch(DETR_FROZEN, k)}
+  trainable = weights.unflatten({k: v for k, v in flat.items() if k not in frozen})
+
+  def loss(trainable, images, pixel_mask, labels, boxes, box_mask):
+    params = weights.unflatten({**weights.flatten(trainable), **frozen})
+    outputs = model.apply({'params': params, 'frozen': variables['frozen']}, images, pixel_mask,
+                          train=True)
+    logits, pred_boxes = outputs['logits'], outputs['boxes']
+    per_layer = lambda x: jnp.broadcast_to(x, logits.shape[:1] + x.shape)
+    cost = matcher.matching_cost(logits, pred_boxes, per_layer(labels), per_layer(boxes),
+                                 per_layer(box_mask), **DETR_WEIGHTS)
+    target_query = matcher.hungarian_match(cost, box_mask)
+    return losses.set_loss(logits, pred_boxes, labels, boxes, box_mask, target_query,
+                           eos_coef=DETR_EOS_COEF, **DETR_WEIGHTS)[0]
+  tx, _ = optim.make_optimizer(ml_collections.ConfigDict(DETR_OPTIM), total_steps=1)
+  return _jax_optimized(loss, tx, trainable, images, pixel_mask, *targets)
+
+
+def _detr_torch_train_step(peer, images, pixel_mask, targets, flops: float) -> Contender:
+  """HF's loss (its own Hungarian matcher, auxiliary losses) under the same optimizer as
+  torch DETR's main.py: HF leaves the stem and layer1 without gradients, as the original."""
+  labels = [{'class_labels': torch.from_numpy(l[m]), 'boxes': torch.from_numpy(b[m])}
+            for l, b, m in zip(*targets)]
+  trainable = [(name, p) for name, p in peer.named_parameters() if p.requires_grad]
+  lr, mult = DETR_OPTIM['lr'], dict(DETR_OPTIM['lr_mults'])[r'backbone/.*']
+  optimizer = torch.optim.AdamW(
+      [{'params': [p for name, p in trainable if '.backbone.' not in name]},
+       {'params': [p for name, p in trainable if '.backbone.' in name], 'lr': lr * mult}],
+      lr=lr, weight_decay=DETR_OPTIM['weight_decay'])
+  return _torch_optimized(
+      peer, lambda: peer(pixel_values=images, pixel_mask=pixel_mask, labels=labels).loss,
+      optimizer, flops, clip_norm=DETR_OPTIM['grad_clip_norm'])
+
+
 def detr_rows(args) -> tuple[str, dict]:
   from transformers import DetrConfig, DetrForObjectDetection
   from detr_jax import models as detr_models, pretrained
   height, width = args.size or (800, 1067)
   torch.manual_seed(0)
+  # Dropout off on both sides, so that the train steps' losses compare.
   peer = DetrForObjectDetection(DetrConfig(
       use_timm_backbone=True, backbone='resnet50', use_pretrained_backbone=False,
-      num_labels=91)).eval()
+      num_labels=91, dropout=0.0, auxiliary_loss=True,
+      class_cost=DETR_WEIGHTS['class_weight'], bbox_cost=DETR_WEIGHTS['bbox_weight'],
+      giou_cost=DETR_WEIGHTS['giou_weight'], bbox_loss_coefficient=DETR_WEIGHTS['bbox_weight'],
+      giou_loss_coefficient=DETR_WEIGHTS['giou_weight'], eos_coefficient=DETR_EOS_COEF)).eval()
   variables = pretrained.convert_state_dict({k: v.numpy() for k, v in peer.state_dict().items()})
-  model = detr_models.DETR(num_classes=91)
+  model = detr_models.DETR(num_classes=91, dropout_rate=0.0)
   images = _images(args.batch, (height, width))
   mask = np.ones((args.batch, height, width), np.int32)
   apply = lambda v, x, m: model.apply(v, x, m)
   infer = jax.jit(apply)
   flops = _jax_flops(apply, variables, images, mask)
   jax_infer = Contender(lambda: jax.block_until_ready(infer(variables, images, mask)), flops)
-  peer_infer = _torch_inference(peer, _nchw(images), torch.from_numpy(mask).long(), flops=flops)
+  torch_images, torch_mask = _nchw(images), torch.from_numpy(mask).long()
+  peer_infer = _torch_inference(peer, torch_images, torch_mask, flops=flops)
   difference = np.abs(np.asarray(jax_infer.run()['logits'][-1])
                       - peer_infer.run().logits.numpy()).max()
+  targets = _detr_targets(args.batch)
+  jax_train = _detr_jax_train_step(model, variables, images, mask, targets)
+  peer_train = _detr_torch_train_step(peer, torch_images, torch_mask, targets, jax_train.flops)
+  first, second = _loss_differences(jax_train, peer_train)
   title = (f'DETR-R50, batch {args.batch}, {height}x{width}, float32; peer HF transformers '
-           f'DETR; class logits differ by at most {difference:.1e}')
-  return title, {'inference': (jax_infer, peer_infer)}
+           f'DETR; class logits differ by at most {difference:.1e}; train-step loss differs by '
+           f'{first:.1e} relative, after one AdamW step by {second:.1e}')
+  return title, {'inference': (jax_infer, peer_infer), 'train step': (jax_train, peer_train)}
+
+
+# The recipe's optimizer (configs/segmenter_recipe.py, ADE20K's lr): Nesterov SGD, momentum 0.9,
+# lr 1e-3, no weight decay (the poly schedule left out: one step at a time).
+SEGMENTER_OPTIM = dict(name='nesterov', momentum=0.9, lr=1e-3)
+
+
+class TorchMaskTransformer(torch.nn.Module):
+  """Segmenter's mask transformer in torch, named as the official decoder so that its state
+  dict converts with segmenter_jax.pretrained.convert_official (`num_layers` 0: the linear
+  decoder, `head`)."""
+
+  def __init__(self, width: int, num_heads: int, num_classes: int, num_layers: int):
+    super().__init__()
+    import timm
+    norm = functools.partial(torch.nn.LayerNorm, eps=1e-5)
+    self.num_classes = num_classes
+    if not num_layers:
+      self.head = torch.nn.Linear(width, num_classes)
+      return
+    self.proj_dec = torch.nn.Linear(width, width)
+    self.cls_emb = torch.nn.Parameter(0.02 * torch.randn(1, num_classes, width))
+    self.blocks = torch.nn.ModuleList(  # timm's block is the original's (pre-norm, erf GELU).
+        timm.models.vision_transformer.Block(width, num_heads, qkv_bias=True, norm_layer=norm)
+        for _ in range(num_layers))
+    self.decoder_norm = norm(width)
+    self.proj_patch = torch.nn.Parameter(width**-0.5 * torch.randn(width, width))
+    self.proj_classes = torch.nn.Parameter(width**-0.5 * torch.randn(width, width))
+    self.mask_norm = norm(num_classes)
+
+  def forward(self, x):
+    """[B, N, D] patch tokens -> [B, N, K] mask logits."""
+    if hasattr(self, 'head'):
+      return self.head(x)
+    x = self.proj_dec(x)
+    x = torch.cat([x, self.cls_emb.expand(x.shape[0], -1, -1)], 1)
+    for block in self.blocks:
+      x = block(x)
+    x = self.decoder_norm(x)
+    patches = x[:, :-self.num_classes] @ self.proj_patch
+    classes = x[:, -self.num_classes:] @ self.proj_classes
+    patches = patches / patches.norm(dim=-1, keepdim=True)
+    classes = classes / classes.norm(dim=-1, keepdim=True)
+    return self.mask_norm(patches @ classes.transpose(1, 2))
+
+
+class TorchSegmenter(torch.nn.Module):
+  """timm's ViT encoder + TorchMaskTransformer: images [B, 3, H, W] (H, W multiples of the patch)
+  -> patch-level mask logits [B, K, H/p, W/p]."""
+
+  def __init__(self, encoder: torch.nn.Module, decoder: TorchMaskTransformer, patch_size: int):
+    super().__init__()
+    self.encoder, self.decoder, self.patch_size = encoder, decoder, patch_size
+
+  def forward(self, images):
+    masks = self.decoder(self.encoder.forward_features(images)[:, 1:])
+    grid = (images.shape[2] // self.patch_size, images.shape[3] // self.patch_size)
+    return masks.transpose(1, 2).reshape(masks.shape[0], -1, *grid)
 
 
 def segmenter_rows(args) -> tuple[str, dict]:
-  import functools
   import timm
   from segmenter_jax import models as seg_models, pretrained
-  size = args.size or (512, 512)
-  model = seg_models.build_segmenter(dict(variant=args.model, decoder=args.decoder,
-                                          num_classes=150, image_size=size))
-  encoder = model.encoder
-  peer = timm.models.vision_transformer.VisionTransformer(
-      img_size=size, patch_size=encoder.patch_size, embed_dim=encoder.hidden_size,
-      depth=encoder.num_layers, num_heads=encoder.num_heads, mlp_ratio=encoder.mlp_dim / encoder.hidden_size,
-      num_classes=0, norm_layer=functools.partial(torch.nn.LayerNorm,
-                                                  eps=seg_models.LAYER_NORM_EPSILON)).eval()
-  images = _images(args.batch, size)
-  fresh = nn.meta.unbox(jax.jit(functools.partial(model.init, train=False))(
-      jax.random.PRNGKey(0), images[:1]))['params']
-  params = pretrained.init_encoder_from_timm(
-      fresh, {k: v.numpy() for k, v in peer.state_dict().items()}, encoder.num_heads)
-  ours = lambda p, x: model.apply({'params': p}, x, method=seg_models.Segmenter.patch_logits)
-  decode = jax.jit(lambda p, tokens: model.apply(
-      {'params': p}, tokens, method=lambda m, t: m.decoder(t, train=False)))
-  grid = (size[0] // encoder.patch_size, size[1] // encoder.patch_size)
-  torch_images = _nchw(images)
+  from segmenter_jax.segmentation import pixel_cross_entropy
+  from vit_jax import optim
+  size, num_classes = args.size or (512, 512), 150
+  vit = seg_models.decode_variant(args.model)
+  width, heads, patch = vit['hidden_size'], vit['num_heads'], vit['patch_size']
+  decoder_layers = 2 if args.decoder == 'mask_transformer' else 0
+  if args.decoder not in seg_models.DECODERS:
+    raise UserError(f'unknown decoder {args.decoder!r}: use one of {seg_models.DECODERS}')
+  torch.manual_seed(0)
+  peer = TorchSegmenter(
+      timm.models.vision_transformer.VisionTransformer(
+          img_size=size, patch_size=patch, embed_dim=width, depth=vit['num_layers'],
+          num_heads=heads, mlp_ratio=vit['mlp_dim'] / width, num_classes=0,
+          norm_layer=functools.partial(torch.nn.LayerNorm, eps=seg_models.LAYER_NORM_EPSILON)),
+      TorchMaskTransformer(width, heads, num_classes, decoder_layers), patch).eval()
+  # The peer's weights into ours by the official checkpoint's converter (dropout and drop path
+  # 0 on both sides, so that the train steps' losses compare).
+  net = dict(d_model=width, n_layers=vit['num_layers'], n_heads=heads, d_ff=vit['mlp_dim'],
+             patch_size=patch, image_size=size, n_cls=num_classes,
+             decoder=dict(name=args.decoder, n_layers=decoder_layers, n_heads=heads))
+  params, fields = pretrained.convert_official(peer.state_dict(), {'net_kwargs': net})
+  model = seg_models.build_segmenter(fields)
 
-  def peer_run():
-    with torch.no_grad():
-      tokens = peer.forward_features(torch_images)[:, 1:].numpy()
-    return decode(params, tokens).block_until_ready().reshape((args.batch,) + grid + (-1,))
+  images = _images(args.batch, size)
+  labels = np.random.default_rng(3).integers(0, num_classes, (args.batch,) + size)
+  ours = lambda p, x: model.apply({'params': p}, x, method=seg_models.Segmenter.patch_logits)
   infer = jax.jit(ours)
   flops = _jax_flops(ours, params, images)
-  jax_infer = Contender(lambda: infer(params, images).block_until_ready(), flops)
-  peer_infer = Contender(peer_run, flops)
-  difference = np.abs(np.asarray(jax_infer.run()) - np.asarray(peer_infer.run())).max()
+  jax_images = jnp.asarray(images)
+  jax_infer = Contender(lambda: infer(params, jax_images).block_until_ready(), flops)
+  torch_images, torch_labels = _nchw(images), torch.from_numpy(labels)
+  peer_infer = _torch_inference(peer, torch_images, flops=flops)
+  difference = np.abs(np.asarray(jax_infer.run())
+                      - peer_infer.run().permute(0, 2, 3, 1).numpy()).max()
+
+  # Pixel cross-entropy on the logits upsampled to the image (bilinear, half-pixel).
+  loss = lambda p, x, y: pixel_cross_entropy(model.apply({'params': p}, x, train=True), y)
+  tx, _ = optim.make_optimizer(ml_collections.ConfigDict(SEGMENTER_OPTIM), total_steps=1)
+  jax_train = _jax_optimized(loss, tx, params, images, labels)
+  peer_loss = lambda: torch.nn.functional.cross_entropy(
+      torch.nn.functional.interpolate(peer(torch_images), size=size, mode='bilinear',
+                                      align_corners=False),
+      torch_labels, ignore_index=255)
+  optimizer = torch.optim.SGD(peer.parameters(), lr=SEGMENTER_OPTIM['lr'],
+                              momentum=SEGMENTER_OPTIM['momentum'], nesterov=True)
+  peer_train = _torch_optimized(peer, peer_loss, optimizer, jax_train.flops)
+  first, second = _loss_differences(jax_train, peer_train)
   title = (f'Seg-{args.model} {args.decoder}, batch {args.batch}, {size[0]}x{size[1]}, '
-           f'float32, up to patch-level mask logits; peer timm {timm.__version__} encoder + '
-           f'our decoder; logits differ by at most {difference:.1e}')
-  return title, {'inference': (jax_infer, peer_infer)}
+           f'float32; peer timm {timm.__version__} encoder + a torch copy of our decoder. '
+           f'Inference up to patch-level mask logits: differ by at most {difference:.1e}; '
+           f'train-step loss differs by {first:.1e} relative, after one Nesterov SGD step by '
+           f'{second:.1e}')
+  return title, {'inference': (jax_infer, peer_infer), 'train step': (jax_train, peer_train)}
 
 
 TASKS = {'vit': vit_rows, 'detr': detr_rows, 'segmenter': segmenter_rows}
