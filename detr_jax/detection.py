@@ -110,24 +110,39 @@ class DetectionTask(task.Task):
     window holding `start_example` is rebuilt and its batches before it dropped, so a resume
     yields exactly the batches an uninterrupted run would have."""
     buckets = detection_input.pad_buckets(self.config.input)
-    if not buckets or not padding_buckets.single_host(jax.process_count()):
+    if not buckets:
       return super().train_input(start_example)
-    window = detection_input.setting(self.config.input, 'bucket_window')
-    if not isinstance(window, int) or window < 1:
-      raise UserError(f'config.input.bucket_window {window!r} must be a positive number of '
-                      'batches')
+    window = self._bucket_window()
     batch_size = self.config.input.batch_size
     first = start_example - start_example % (window * batch_size)
     return padding_buckets.train_stream(super().train_input(first), buckets, window,
-                                        skip=(start_example - first) // batch_size)
+                                        skip=(start_example - first) // batch_size,
+                                        **self._bucket_hosts(window))
 
   def eval_input(self, split=None):
     """The plain eval batches, regrouped so that each holds images of one padding bucket."""
     batches = super().eval_input(split)
     buckets = detection_input.pad_buckets(self.config.input)
-    if not buckets or not padding_buckets.single_host(jax.process_count()):
+    if not buckets:
       return batches
-    return padding_buckets.eval_stream(batches, buckets)
+    # One host regroups as it reads; several exchange sizes once per window.
+    window = self._bucket_window() if jax.process_count() > 1 else 1
+    return padding_buckets.eval_stream(batches, buckets, window, **self._bucket_hosts(window))
+
+  def _bucket_window(self) -> int:
+    window = detection_input.setting(self.config.input, 'bucket_window')
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+      raise UserError(f'config.input.bucket_window {window!r} must be a positive number of '
+                      'batches')
+    return window
+
+  @staticmethod
+  def _bucket_hosts(window: int) -> dict:
+    """How the bucket streams see the other hosts: none on one, an all-gather on several."""
+    if jax.process_count() == 1:
+      return {}
+    padding_buckets.say_multi_host(jax.process_count(), window)
+    return dict(process_index=jax.process_index(), gather=padding_buckets.all_processes)
 
   def train_preprocess(self):
     return self.data.train_preprocess(self.config.input)

@@ -25,10 +25,19 @@ always the same examples (those of the plain stream), turned into exactly `windo
 first every full batch of one bucket (in the order they fill), then the few left over, by
 orientation and bucket, padded to the smallest bucket that holds them all (else the canvas).
 So the shapes a run compiles are the buckets plus at most the canvas.
+
+Several hosts: each holds only its rows of every global batch, and a global batch has one shape.
+So once per window the hosts exchange their examples' image sizes (a few ints each, in stream
+order: every host makes the same exchanges in the same order), and each computes the same plan
+of the whole window (`global_plan`): a batch of one bucket once every host has its local batch
+size of examples of that bucket, each host filling its rows with its own; then the leftovers,
+each host's sorted as above, the j-th chunk of every host making the j-th leftover batch. Every
+host emits the same number of batches (the plain stream's) with the same shapes in the same
+order, and one host is the case P = 1 of the same plan. Eval works the same way (`eval_stream`).
 """
 
 import itertools
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 from absl import logging
@@ -85,13 +94,18 @@ def image_sizes(pixel_mask: np.ndarray) -> np.ndarray:
   return np.stack([inside.any(2).sum(1), inside.any(1).sum(1)], 1)
 
 
-def _own(example: dict, buckets: Sequence[Shape]) -> tuple[Shape, dict]:
-  """A canvas-padded example's bucket, and the example cut down to it (a copy, so that the
-  canvas-sized batch it came from is freed while it waits)."""
-  bucket = bucket_of(image_sizes(example['pixel_mask'][None])[0], buckets)
+def _cut(example: dict, bucket: Shape) -> dict:
+  """A canvas-padded example cut down to `bucket` (a copy, so that the canvas-sized batch it
+  came from is freed while it waits)."""
   h, w = bucket
-  return bucket, {key: value[:h, :w].copy() if key in PADDED_KEYS else value
-                  for key, value in example.items()}
+  return {key: value[:h, :w].copy() if key in PADDED_KEYS else value
+          for key, value in example.items()}
+
+
+def _blank(example: dict) -> dict:
+  """A zero example shaped like `example`, its padded arrays empty (`_stack` pads them)."""
+  return {key: np.zeros_like(value[:0, :0] if key in PADDED_KEYS else value)
+          for key, value in example.items()}
 
 
 def _stack(examples: list[dict], shape: Shape) -> dict:
@@ -118,78 +132,152 @@ def _grouping_key(bucket: Shape, buckets: Sequence[Shape]) -> tuple:
   return (bucket[0] > bucket[1], list(buckets).index(bucket) if bucket in buckets else len(buckets))
 
 
-def plan(sizes: Sequence, batch_size: int, buckets: Sequence[Shape]) -> list[tuple[Shape, list]]:
-  """One window: examples with image `sizes` (in stream order) -> len(sizes) / batch_size
-  batches as (shape, example indices): full batches of one bucket in the order they fill, then
-  the rest (by orientation and bucket), each padded to the smallest bucket holding all of its
-  images."""
-  if len(sizes) % batch_size:
-    raise ValueError(f'{len(sizes)} examples do not make whole batches of {batch_size}')
-  waiting: dict[Shape, list[int]] = {}
+def _stream_order(num_processes: int, num_examples: int, local_batch: int):
+  """(process, local index) of a window's examples in global stream order: global batch j is
+  process 0's rows of it, then process 1's, ..."""
+  for first in range(0, num_examples, local_batch):
+    for process in range(num_processes):
+      for k in range(first, first + local_batch):
+        yield process, k
+
+
+Rows = list[list[int]]  # Per process, the local indices of its rows of one batch.
+
+
+def global_plan(sizes, local_batch: int, buckets: Sequence[Shape]) -> list[tuple[Shape, Rows]]:
+  """One window on P processes: `sizes` [P, n, 2], the image sizes of each process's n examples
+  in its stream order -> n / local_batch batches as (shape, rows), the same on every process.
+  Full batches of one bucket, in the order they fill, take `local_batch` examples of that bucket
+  from every process; then the rest, each process's sorted by orientation and bucket, its j-th
+  chunk in the j-th batch, padded to the smallest bucket holding all of that batch's images."""
+  sizes = np.asarray(sizes)
+  num_processes, num_examples = sizes.shape[:2]
+  if num_examples % local_batch:
+    raise ValueError(f'{num_examples} examples do not make whole batches of {local_batch}')
+  own = [[bucket_of(size, buckets) for size in process] for process in sizes]
+  waiting: dict[Shape, Rows] = {}  # Bucket -> each process's examples of it, not yet planned.
   batches = []
-  for i, size in enumerate(sizes):
-    bucket = bucket_of(size, buckets)
-    waiting.setdefault(bucket, []).append(i)
-    if len(waiting[bucket]) == batch_size:
-      batches.append((bucket, waiting.pop(bucket)))
+  for process, k in _stream_order(num_processes, num_examples, local_batch):
+    queues = waiting.setdefault(own[process][k], [[] for _ in range(num_processes)])
+    queues[process].append(k)
+    if all(len(queue) >= local_batch for queue in queues):  # Only this process just got there.
+      batches.append((own[process][k], [queue[:local_batch] for queue in queues]))
+      for queue in queues:
+        del queue[:local_batch]
   # The rest by orientation, then bucket, so that few batches mix landscape and portrait
-  # (those need the canvas).
-  rest = sorted((i for indices in waiting.values() for i in indices),
-                key=lambda i: _grouping_key(bucket_of(sizes[i], buckets), buckets) + (i,))
-  for start in range(0, len(rest), batch_size):
-    chunk = rest[start:start + batch_size]
-    largest = np.max(np.asarray([sizes[i] for i in chunk]), 0)
-    batches.append((bucket_of(largest, buckets), chunk))
+  # (those need the canvas). Every process has the same number left: full batches took
+  # local_batch from each.
+  rest = [sorted((k for queues in waiting.values() for k in queues[process]),
+                 key=lambda k, p=process: _grouping_key(own[p][k], buckets) + (k,))
+          for process in range(num_processes)]
+  for first in range(0, len(rest[0]), local_batch):
+    rows = [process_rest[first:first + local_batch] for process_rest in rest]
+    largest = np.max([sizes[p][k] for p, process_rows in enumerate(rows) for k in process_rows], 0)
+    batches.append((bucket_of(largest, buckets), rows))
   return batches
 
 
+def plan(sizes: Sequence, batch_size: int, buckets: Sequence[Shape]) -> list[tuple[Shape, list]]:
+  """One window on one process: examples with image `sizes` (in stream order) ->
+  len(sizes) / batch_size batches as (shape, example indices) (`global_plan` with P = 1)."""
+  return [(shape, rows[0]) for shape, rows in global_plan([sizes], batch_size, buckets)]
+
+
+def _this_process_only(local_sizes: np.ndarray) -> np.ndarray:
+  return local_sizes[None]
+
+
+def all_processes(local_sizes: np.ndarray) -> np.ndarray:
+  """This process's [n, 2] int sizes -> every process's, [P, n, 2]. A collective: every process
+  calls it at the same point of its stream (the streams pull windows in the same order)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(local_sizes.astype(np.int32)))
+
+
 def train_stream(batches: Iterator[dict], buckets: Sequence[Shape], window: int,
-                 skip: int = 0) -> Iterator[dict]:
-  """Windows of `window` canvas-padded batches, each regrouped by `plan` into as many batches
-  cut to their buckets. `batches` starts at a window's first batch; `skip` batches of the first
-  window are dropped (a resume inside a window). A window's examples wait in host memory at
-  their own bucket's size (COCO, batch 64, window 8: ~6 GB by the report's mean bucket)."""
+                 skip: int = 0, process_index: int = 0,
+                 gather: Callable[[np.ndarray], np.ndarray] = _this_process_only
+                 ) -> Iterator[dict]:
+  """Windows of `window` canvas-padded batches (this process's rows of global batches), each
+  regrouped by `global_plan` into as many batches cut to their buckets. `batches` starts at a
+  window's first batch; `skip` batches of the first window are dropped (a resume inside a
+  window). `gather`: this process's image sizes -> every process's (`all_processes` on several
+  hosts). A window's examples wait in host memory at their own bucket's size (COCO, batch 64,
+  window 8: ~6 GB by the report's mean bucket, shared out among the hosts)."""
   while True:
-    examples, batch_size = [], 0
+    examples, sizes, local_batch = [], [], 0
     for batch in itertools.islice(batches, window):  # One canvas-sized batch in memory at once.
-      batch_size = len(batch['pixel_mask'])
-      examples += [_own(ex, buckets)[1] for ex in _examples(batch)]
+      local_batch = len(batch['pixel_mask'])
+      sizes += list(image_sizes(batch['pixel_mask']))
+      examples += [_cut(ex, bucket_of(size, buckets))
+                   for ex, size in zip(_examples(batch), sizes[-local_batch:])]
     if not examples:
       return
-    sizes = [image_sizes(ex['pixel_mask'][None])[0] for ex in examples]
-    for shape, indices in plan(sizes, batch_size, buckets)[skip:]:
-      yield _stack([examples[i] for i in indices], shape)
+    for shape, rows in global_plan(gather(np.stack(sizes)), local_batch, buckets)[skip:]:
+      yield _stack([examples[k] for k in rows[process_index]], shape)
     skip = 0
 
 
-def eval_stream(batches: Iterable[dict], buckets: Sequence[Shape]) -> Iterator[dict]:
+def eval_stream(batches: Iterable[dict], buckets: Sequence[Shape], window: int = 1,
+                process_index: int = 0,
+                gather: Callable[[np.ndarray], np.ndarray] = _this_process_only
+                ) -> Iterator[dict]:
   """Eval batches (with `_mask`, 1 = real) regrouped so that each batch holds real examples of
-  one bucket, cut to it; the last batch of each bucket is filled with zero examples (`_mask`
-  0). Every real example comes out once, padded to its own bucket."""
-  waiting: dict[Shape, list[dict]] = {}
-  batch_size = 0
-  for batch in batches:
-    batch_size = len(batch['_mask'])
-    for example in _examples(batch):
-      if not example['_mask']:
-        continue  # Filler: every bucket's last batch gets its own.
-      bucket, example = _own(example, buckets)
-      waiting.setdefault(bucket, []).append(example)
-      if len(waiting[bucket]) == batch_size:
-        yield _stack(waiting.pop(bucket), bucket)
-  for bucket, examples in waiting.items():
-    blank = {key: np.zeros_like(value) for key, value in examples[0].items()}
-    yield _stack(examples + [blank] * (batch_size - len(examples)), bucket)
+  one bucket, cut to it, with zero examples (`_mask` 0) where a process has too few. Every real
+  example comes out once, padded to its own bucket.
+
+  One process: a bucket's batch goes out once it is full, and its last one at the end. Several
+  (`gather` as in `train_stream`, once per `window` batches): a bucket's batch goes out once
+  every process has a local batch of it; after each window, also once any process has, the
+  others adding what they have (so that no process holds more than a local batch of a bucket
+  past a window); the rest at the end. Every process emits the same number of batches."""
+  batches = iter(batches)
+  waiting: dict[Shape, list[list]] = {}  # Bucket -> per process: its examples (others: None).
+  blank, local_batch = None, 0
+
+  def emit(bucket):
+    queues = waiting[bucket]
+    mine = queues[process_index][:local_batch]
+    for queue in queues:
+      del queue[:local_batch]
+    if not any(queues):
+      del waiting[bucket]  # Re-created when the bucket comes back: one process's dict order.
+    return _stack(mine + [blank] * (local_batch - len(mine)), bucket)
+
+  while True:
+    examples, sizes = [], []
+    for batch in itertools.islice(batches, window):
+      local_batch = len(batch['_mask'])
+      examples += _examples(batch)
+      # Filler (`_mask` 0) counts as size 0x0: every process skips every process's filler.
+      sizes += list(image_sizes(batch['pixel_mask']) * (batch['_mask'][:, None] > 0))
+    if not examples:
+      break
+    if blank is None:
+      blank = _blank(examples[0])
+    all_sizes = gather(np.stack(sizes))
+    for process, k in _stream_order(len(all_sizes), len(examples), local_batch):
+      if not all_sizes[process][k].all():
+        continue
+      bucket = bucket_of(all_sizes[process][k], buckets)
+      queues = waiting.setdefault(bucket, [[] for _ in all_sizes])
+      queues[process].append(_cut(examples[k], bucket) if process == process_index else None)
+      if all(len(queue) >= local_batch for queue in queues):
+        yield emit(bucket)
+    for bucket in list(waiting):  # Several processes: bound what each holds.
+      while bucket in waiting and max(map(len, waiting[bucket])) >= local_batch:
+        yield emit(bucket)
+  for bucket in list(waiting):
+    while bucket in waiting:
+      yield emit(bucket)
 
 
 _said_multi_host = []
 
 
-def single_host(num_processes: int) -> bool:
-  """Whether regrouping may run: with several hosts each would group its own slice differently,
-  and a global batch has one shape, so they all keep the canvas (logged once)."""
+def say_multi_host(num_processes: int, window: int) -> None:
+  """Logs once how several hosts regroup."""
   if num_processes > 1 and not _said_multi_host:
     _said_multi_host.append(True)
-    logging.info('config.input.pad_buckets: %d hosts, so every batch keeps the canvas (the '
-                 'regrouping is per host and hosts must agree on a batch shape)', num_processes)
-  return num_processes == 1
+    logging.info('config.input.pad_buckets: %d hosts exchange their images\' sizes once per '
+                 '%d batches and plan the same bucketed batches', num_processes, window)
