@@ -52,11 +52,16 @@ def resized(sizes: np.ndarray, scales: np.ndarray, max_size: int) -> np.ndarray:
 
 
 def rows(sizes: np.ndarray, buckets: Sequence, batch_size: int, window: Optional[int],
-         fixed: Sequence[int], per_device: int = 2, seed: int = 0) -> list[Row]:
+         fixed: Sequence[int], per_device: int = 2, seed: int = 0,
+         processes: int = 1) -> list[Row]:
   """Padding schemes on resized image `sizes` taken in a random order (batches of
   `batch_size`). window: training's regrouping of that many batches at a time (the last
-  partial window dropped); None: eval's, over the whole split (each bucket's last batch
-  filled with blank examples, which cost as much as real ones)."""
+  partial window dropped), on `processes` hosts each holding its rows of every batch; None:
+  eval's, over the whole split on one host (each bucket's last batch filled with blank
+  examples, which cost as much as real ones)."""
+  if processes < 1 or batch_size % processes:
+    raise UserError(f'--processes {processes} must be a positive divisor of the batch size '
+                    f'{batch_size}')
   order = np.random.default_rng(seed).permutation(len(sizes))
   sizes = sizes[order]
   buckets = tuple(sorted((tuple(b) for b in buckets), key=lambda s: s[0] * s[1]))
@@ -74,11 +79,14 @@ def rows(sizes: np.ndarray, buckets: Sequence, batch_size: int, window: Optional
                   float((np.prod(shapes, 1) * batches).sum() * batch_size / len(sizes)),
                   len(shapes))
   else:
-    span = window * batch_size
+    span, local = window * batch_size, batch_size // processes
+    # Each host's rows of the window's batches, in its stream order: [processes, window * local].
+    hosts = lambda start: sizes[start:start + span].reshape(window, processes, local, 2).swapaxes(
+        0, 1).reshape(processes, window * local, 2)
     streamed = [shape for start in range(0, len(sizes) - span + 1, span)
-                for shape, _ in padding_buckets.plan(sizes[start:start + span], batch_size,
-                                                     buckets)]
-    grouped = Row(f'buckets, batch {batch_size} grouped in windows of {window}',
+                for shape, _ in padding_buckets.global_plan(hosts(start), local, buckets)]
+    on_hosts = f' on {processes} hosts' if processes > 1 else ''
+    grouped = Row(f'buckets, batch {batch_size} grouped in windows of {window}{on_hosts}',
                   float(np.prod(streamed, 1).mean()) if streamed else float('nan'),
                   len(set(streamed)))
   return [Row('image itself (no padding)', float(np.prod(sizes, 1).mean()), 0),
@@ -90,13 +98,14 @@ def rows(sizes: np.ndarray, buckets: Sequence, batch_size: int, window: Optional
 
 def report(sizes: np.ndarray, buckets: Sequence, *, train_scales: Sequence[int],
            eval_scale: int, max_size: int, batch_size: int, window: int,
-           fixed: Sequence[int], seed: int = 0) -> dict[str, list[Row]]:
+           fixed: Sequence[int], seed: int = 0, processes: int = 1) -> dict[str, list[Row]]:
   """{'train': rows at scales drawn uniformly from train_scales (the multi-scale branch),
-  'eval': rows at eval_scale}."""
+  on `processes` hosts, 'eval': rows at eval_scale}."""
   padding_buckets.check(buckets, max_size, max(tuple(train_scales) + (eval_scale,)))
   draws = np.random.default_rng(seed).choice(np.asarray(train_scales), len(sizes))
   settings = dict(buckets=buckets, batch_size=batch_size, fixed=fixed, seed=seed)
-  return {'train': rows(resized(sizes, draws, max_size), window=window, **settings),
+  return {'train': rows(resized(sizes, draws, max_size), window=window, processes=processes,
+                        **settings),
           'eval': rows(resized(sizes, np.full(len(sizes), eval_scale), max_size), window=None,
                        **settings)}
 
@@ -104,8 +113,10 @@ def report(sizes: np.ndarray, buckets: Sequence, *, train_scales: Sequence[int],
 def format_table(name: str, table: list[Row]) -> str:
   """A table with each row's saving against the fixed canvas."""
   fixed = next(r.pixels_per_image for r in table if r.name.startswith('fixed canvas'))
-  lines = [f'{name}:', f'  {"padding":<44} {"pixels/image":>13} {"vs fixed":>9} {"shapes":>7}']
+  width = max([44] + [len(r.name) for r in table])
+  lines = [f'{name}:', f'  {"padding":<{width}} {"pixels/image":>13} {"vs fixed":>9} '
+           f'{"shapes":>7}']
   for r in table:
-    lines.append(f'  {r.name:<44} {r.pixels_per_image:>13,.0f} '
+    lines.append(f'  {r.name:<{width}} {r.pixels_per_image:>13,.0f} '
                  f'{fixed / r.pixels_per_image:>8.2f}x {r.shapes or "-":>7}')
   return '\n'.join(lines)

@@ -5,6 +5,7 @@ number of batch shapes (compiles).
 
   python scripts/detr_padding_report.py [--annotations=instances_train2017.json]
       [--config=detr_coco.py:r50] [--images=20000] [--batch_size=64] [--window=N]
+      [--processes=P]
 
 Without --annotations the sizes are drawn from an assumed COCO mixture
 (detr_jax/padding_report.py: ASSUMED_COCO_SIZES), not from COCO itself.
@@ -30,6 +31,8 @@ def main(argv=None):
                       help='images drawn from the assumed mixture without --annotations')
   parser.add_argument('--batch_size', type=int, help='default: the config\'s')
   parser.add_argument('--window', type=int, help='default: the config\'s bucket_window')
+  parser.add_argument('--processes', type=int, default=1,
+                      help='hosts sharing each training batch (each regroups its own rows)')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
   try:
@@ -47,7 +50,8 @@ def main(argv=None):
     tables = padding_report.report(
         sizes, buckets, train_scales=setting('train_scales'), eval_scale=setting('eval_scale'),
         max_size=setting('max_size'), batch_size=args.batch_size or config.batch_size,
-        window=args.window or setting('bucket_window'), fixed=(1333, 1333), seed=args.seed)
+        window=args.window or setting('bucket_window'), fixed=(1333, 1333), seed=args.seed,
+        processes=args.processes)
   except UserError as e:
     sys.exit(f'error: {e}')
   print(f'{len(sizes)} images (h x w) from {where}')

@@ -17,9 +17,10 @@ import sys
 import numpy as np
 import pytest
 
-from detr_jax import padding_buckets
+from detr_jax import padding_buckets, padding_report
 from helpers import ROOT
 from test_detr_buckets import _augmented_shapes_task, _canvas_batch
+from vit_jax.errors import UserError
 
 # Sorted by area; the canvas is 96x96.
 BUCKETS = ((32, 96), (96, 32), (64, 96), (96, 64))
@@ -226,6 +227,25 @@ def test_eval_scores_every_example_once_at_its_own_bucket_on_every_process(num_p
   if num_processes == 1:
     assert len(streams[0]) == full
   assert all(sum(batch['_mask'].sum() for batch in batches) > 0 for batches in zip(*streams))
+
+
+def test_padding_report_on_hosts_on_hand_counted_sizes():
+  landscape, portrait = (480, 640), (640, 480)
+  sizes = np.array([portrait, landscape, landscape, portrait])
+  report = lambda processes: padding_report.rows(
+      sizes, (landscape, portrait), batch_size=2, window=2, fixed=(1333, 1333),
+      seed=0, processes=processes)[-1]
+  # One host: each window's two batches hold one orientation each.
+  assert report(1).pixels_per_image == 480 * 640
+  # Two hosts take alternate rows: the order (seed 0: images 2, 0, 1, 3, so landscape,
+  # portrait, landscape, portrait) gives host 0 both landscape images and host 1 both portrait
+  # ones, so no batch can hold one bucket: both take the 640x640 canvas.
+  np.testing.assert_array_equal(np.random.default_rng(0).permutation(4), [2, 0, 1, 3])
+  row = report(2)
+  assert (row.name, row.pixels_per_image, row.shapes) == (
+      'buckets, batch 2 grouped in windows of 2 on 2 hosts', 640 * 640, 1)
+  with pytest.raises(UserError, match='positive divisor of the batch size 2'):
+    report(3)
 
 
 def _free_port():
