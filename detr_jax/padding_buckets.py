@@ -33,7 +33,10 @@ of the whole window (`global_plan`): a batch of one bucket once every host has i
 size of examples of that bucket, each host filling its rows with its own; then the leftovers,
 each host's sorted as above, the j-th chunk of every host making the j-th leftover batch. Every
 host emits the same number of batches (the plain stream's) with the same shapes in the same
-order, and one host is the case P = 1 of the same plan. Eval works the same way (`eval_stream`).
+order, and one host is the case P = 1 of the same plan. The exchange is a device all-gather, so
+once per window the host waits for the step in flight. Eval (`eval_stream`) exchanges sizes the
+same way but never pads an image beyond its bucket: a host short of a bucket fills its rows of
+that bucket's batch with blank examples.
 """
 
 import itertools
@@ -41,6 +44,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from vit_jax.errors import UserError
 
@@ -190,7 +194,6 @@ def _this_process_only(local_sizes: np.ndarray) -> np.ndarray:
 def all_processes(local_sizes: np.ndarray) -> np.ndarray:
   """This process's [n, 2] int sizes -> every process's, [P, n, 2]. A collective: every process
   calls it at the same point of its stream (the streams pull windows in the same order)."""
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return np.asarray(multihost_utils.process_allgather(local_sizes.astype(np.int32)))
 
 
