@@ -108,11 +108,12 @@ def test_attention_dropout_drops_weights_and_rescales_the_kept():
   assert np.all(np.abs(dropped.mean(0) - clean) < 5 * standard_error)
 
 
-def _autodiff_attend(query, key, value, key_mask, dropout_scale):
+def _autodiff_attend(query, key, value, key_mask, kept, keep_rate):
   """The plain formula, differentiated by JAX: the reference for `attend`'s written gradient."""
   logits = jnp.where(key_mask, jnp.einsum('bnth,bnsh->bnts', query, key),
                      jnp.finfo(jnp.float32).min)
-  return jnp.einsum('bnts,bnsh->bnth', jax.nn.softmax(logits, axis=-1) * dropout_scale, value)
+  weights = jnp.where(kept, jax.nn.softmax(logits, axis=-1) / keep_rate, 0)
+  return jnp.einsum('bnts,bnsh->bnth', weights, value)
 
 
 def test_attend_gradient_matches_autodiff_with_key_mask_and_dropout():
@@ -121,9 +122,9 @@ def test_attend_gradient_matches_autodiff_with_key_mask_and_dropout():
                        for n in (QUERIES, KEYS, KEYS))
   key_mask = _inputs()['key_mask'][:, None, None, :].copy()
   key_mask[1] = False  # No key at all: uniform weights, and still no gradient through the mask.
-  dropout_scale = (rng.uniform(size=(BATCH, HEADS, QUERIES, KEYS)) > 0.3) / 0.7
+  kept = rng.uniform(size=(BATCH, HEADS, QUERIES, KEYS)) > 0.3
   cotangent = rng.normal(size=(BATCH, HEADS, QUERIES, 8)).astype(np.float32)
-  pullback = lambda f: jax.vjp(lambda q, k, v: f(q, k, v, key_mask, dropout_scale),
+  pullback = lambda f: jax.vjp(lambda q, k, v: f(q, k, v, key_mask, kept, 0.7),
                                query, key, value)
   out, grads = (lambda y, pull: (y, pull(cotangent)))(*pullback(attend))
   expected_out, expected_grads = (lambda y, pull: (y, pull(cotangent)))(
