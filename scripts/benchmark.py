@@ -202,6 +202,10 @@ def vit_rows(args) -> tuple[str, dict]:
 # both sides: ours by name, HF's DetrConfig by its names.
 DETR_WEIGHTS = dict(class_weight=1, bbox_weight=5, giou_weight=2)  # Ints: DetrConfig wants ints.
 DETR_EOS_COEF = 0.1
+# DETR-R50: timm's ResNet-50 (bottleneck blocks per stage as ours with backbone_blocks None),
+# 6 encoder and 6 decoder layers. The test takes a smaller model: compiling the whole train step
+# takes longer than a test may on a loaded 2-core machine.
+DETR_SIZE = dict(timm_backbone='resnet50', backbone_blocks=None, layers=6)
 # The recipe's optimizer (configs/detr_coco.py): AdamW, lr 1e-4 (backbone 1e-5), weight decay
 # 1e-4 on every parameter, gradients clipped to norm 0.1; the stem and layer1 are frozen.
 DETR_FROZEN = r'backbone/(conv1|layer1_\d+)/.*'
@@ -266,13 +270,17 @@ def detr_rows(args) -> tuple[str, dict]:
   torch.manual_seed(0)
   # Dropout off on both sides, so that the train steps' losses compare.
   peer = DetrForObjectDetection(DetrConfig(
-      use_timm_backbone=True, backbone='resnet50', use_pretrained_backbone=False,
-      num_labels=91, dropout=0.0, auxiliary_loss=True,
+      use_timm_backbone=True, backbone=DETR_SIZE['timm_backbone'], use_pretrained_backbone=False,
+      num_labels=91, encoder_layers=DETR_SIZE['layers'], decoder_layers=DETR_SIZE['layers'],
+      dropout=0.0,
+      auxiliary_loss=True,
       class_cost=DETR_WEIGHTS['class_weight'], bbox_cost=DETR_WEIGHTS['bbox_weight'],
       giou_cost=DETR_WEIGHTS['giou_weight'], bbox_loss_coefficient=DETR_WEIGHTS['bbox_weight'],
       giou_loss_coefficient=DETR_WEIGHTS['giou_weight'], eos_coefficient=DETR_EOS_COEF)).eval()
   variables = pretrained.convert_state_dict({k: v.numpy() for k, v in peer.state_dict().items()})
-  model = detr_models.DETR(num_classes=91, dropout_rate=0.0)
+  model = detr_models.DETR(num_classes=91, backbone_blocks=DETR_SIZE['backbone_blocks'],
+                           num_encoder_layers=DETR_SIZE['layers'],
+                           num_decoder_layers=DETR_SIZE['layers'], dropout_rate=0.0)
   images = _images(args.batch, (height, width))
   mask = np.ones((args.batch, height, width), np.int32)
   apply = lambda v, x, m: model.apply(v, x, m)
@@ -287,7 +295,9 @@ def detr_rows(args) -> tuple[str, dict]:
   jax_train = _detr_jax_train_step(model, variables, images, mask, targets)
   peer_train = _detr_torch_train_step(peer, torch_images, torch_mask, targets, jax_train.flops)
   first, second = _loss_differences(jax_train, peer_train)
-  title = (f'DETR-R50, batch {args.batch}, {height}x{width}, float32; peer HF transformers '
+  name = 'R50' if DETR_SIZE['backbone_blocks'] is None else (
+      f"{DETR_SIZE['timm_backbone']} backbone, {DETR_SIZE['layers']}+{DETR_SIZE['layers']} layers")
+  title = (f'DETR-{name}, batch {args.batch}, {height}x{width}, float32; peer HF transformers '
            f'DETR; class logits differ by at most {difference:.1e}; train-step loss differs by '
            f'{first:.1e} relative, after one AdamW step by {second:.1e}')
   return title, {'inference': (jax_infer, peer_infer), 'train step': (jax_train, peer_train)}
