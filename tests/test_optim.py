@@ -174,6 +174,24 @@ def test_zero_multiplier_freezes_a_group():
   assert not np.allclose(ours['backbone']['kernel'], start['backbone']['kernel'])
 
 
+def test_frozen_group_stays_out_of_the_clipping_norm_like_torch():
+  # DETR's recipe: the stem and layer1 frozen (requires_grad False in the original: no gradient,
+  # so clip_grad_norm_ sees only the trained parameters), AdamW with clipping at 0.1.
+  clip = 0.1
+
+  class ClippedAdamW(torch.optim.AdamW):
+    def step(self):
+      torch.nn.utils.clip_grad_norm_(self.param_groups[0]['params'], clip)
+      super().step()
+
+  ours, theirs = _run_both(
+      dict(name='adamw', lr=1e-2, weight_decay=1e-4, wd_mask='.*', grad_clip_norm=clip,
+           lr_mults=(('backbone/.*', 0.0),)),
+      lambda t: ClippedAdamW([v for k, v in t.items() if k.startswith('head')], lr=1e-2,
+                             weight_decay=1e-4, eps=1e-8))
+  _assert_close(ours, theirs)
+
+
 def test_accum_steps_leave_the_optimizer_alone():
   """Accumulation is the train loop's (tests/test_accumulation.py): with accum_steps set, the
   optimizer still updates on every call and its state holds no gradient accumulator."""

@@ -13,7 +13,9 @@ config.optim fields (see configs/ for complete examples):
                   others: L2 added to the gradient (torch SGD / Adam semantics)
   wd_mask         regex over parameter paths ('a/b/kernel') that are decayed
   grad_clip_norm  global-norm clipping before anything else (None: off)
-  lr_mults        ((regex, multiplier), ...): first match wins; 0 freezes; e.g. DETR's backbone
+  lr_mults        ((regex, multiplier), ...): first match wins; e.g. DETR's backbone. 0 freezes:
+                  the group's gradients are zeroed first, so they stay out of the clipping norm
+                  (torch's frozen parameters have no gradient) and XLA drops their computation
   accum_steps     read by the train loop: micro-batches per step, their gradients summed in one
                   buffer before the single update (no accumulator in the optimizer state)
 """
@@ -106,7 +108,10 @@ def make_optimizer(optim, total_steps: int, epochs: Optional[durations.Epochs] =
   wd = float(optim.get('weight_decay', 0.0) or 0.0)
   wd_mask = regex_mask(optim.get('wd_mask', r'.*/kernel'))
 
+  lr_mults = tuple(optim.get('lr_mults', ()) or ())
   chain = []
+  if any(float(mult) == 0 for _, mult in lr_mults):
+    chain.append(optax.masked(optax.set_to_zero(), _frozen_mask(lr_mults)))
   if optim.get('grad_clip_norm'):
     chain.append(optax.clip_by_global_norm(float(optim.grad_clip_norm)))
   if name == 'adamw':
@@ -124,24 +129,31 @@ def make_optimizer(optim, total_steps: int, epochs: Optional[durations.Epochs] =
       chain.append(optax.sgd(schedule, momentum=momentum, nesterov=name == 'nesterov',
                              accumulator_dtype=_dtype(optim.get('accumulator_dtype'))))
 
-  lr_mults = tuple(optim.get('lr_mults', ()) or ())
   if lr_mults:
     chain.append(_scale_by_group(lr_mults))
   return optax.chain(*chain), schedule
 
 
+def _group_of(lr_mults, path) -> Optional[int]:
+  """The index of the first lr_mults regex the parameter's path matches (None: no match)."""
+  name = param_path(path)
+  return next((i for i, (regex, _) in enumerate(lr_mults) if re.fullmatch(regex, name)), None)
+
+
+def _frozen_mask(lr_mults) -> Callable:
+  def frozen(path, _):
+    group = _group_of(lr_mults, path)
+    return group is not None and float(lr_mults[group][1]) == 0
+  return lambda params: jax.tree_util.tree_map_with_path(frozen, params)
+
+
 def _scale_by_group(lr_mults) -> optax.GradientTransformation:
   """Multiplies each parameter's update by the multiplier of the first regex its path matches."""
-  patterns = [(re.compile(regex), float(mult)) for regex, mult in lr_mults]
-
   def label(path, _):
-    name = param_path(path)
-    for index, (pattern, _) in enumerate(patterns):
-      if pattern.fullmatch(name):
-        return f'group_{index}'
-    return 'default'
+    group = _group_of(lr_mults, path)
+    return 'default' if group is None else f'group_{group}'
 
-  transforms = {f'group_{i}': optax.scale(mult) for i, (_, mult) in enumerate(patterns)}
+  transforms = {f'group_{i}': optax.scale(float(mult)) for i, (_, mult) in enumerate(lr_mults)}
   transforms['default'] = optax.identity()
   return optax.multi_transform(
       transforms, lambda params: jax.tree_util.tree_map_with_path(label, params))
