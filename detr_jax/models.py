@@ -23,7 +23,7 @@ import numpy as np
 
 from vit_jax.errors import UserError
 from vit_jax.attention import MultiHeadAttention
-from vit_jax.models import REMAT_POLICIES, remat_policy_name
+from vit_jax.models import REMAT_POLICIES, LayerNorm, remat_policy_name
 
 # Blocks per stage of torchvision's ResNets.
 RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -202,7 +202,7 @@ class LearnedPositionEmbedding(nn.Module):
 
 
 def _layer_norm(name):
-  return nn.LayerNorm(epsilon=1e-5, name=name)  # PyTorch's eps (Flax's default is 1e-6).
+  return LayerNorm(epsilon=1e-5, name=name)  # PyTorch's eps (Flax's default is 1e-6).
 
 
 def _linear(features, fan_in, names, name, dtype, xavier=True):

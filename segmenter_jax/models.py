@@ -109,7 +109,7 @@ class MaskTransformer(nn.Module):
           self.mlp_dim or 4 * width, self.num_heads, self.dropout_rate, self.dropout_rate,
           LAYER_NORM_EPSILON, gelu_approximate=False, dtype=self.dtype, drop_path_rate=rate,
           weight_init='timm', name=f'blocks_{i}')(x, train)
-    x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name='decoder_norm')(x)
+    x = vit_models.LayerNorm(LAYER_NORM_EPSILON, self.dtype, name='decoder_norm')(x)
     patches, classes = x[:, :-k], x[:, -k:]
     # Raw (d, d) parameters used as x @ P (no bias), initialised d^-0.5 * randn: into the space
     # where patches and classes are compared.
@@ -124,9 +124,9 @@ class MaskTransformer(nn.Module):
     self.sow('intermediates', 'patch_features', patches)
     self.sow('intermediates', 'class_features', classes)
     self.sow('intermediates', 'scores', scores)
-    return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name='mask_norm',
-                        scale_init=_partitioned(nn.initializers.ones, ('classes',)),
-                        bias_init=_partitioned(_zeros, ('classes',)))(scores)
+    return vit_models.LayerNorm(LAYER_NORM_EPSILON, self.dtype, name='mask_norm',
+                                scale_init=_partitioned(nn.initializers.ones, ('classes',)),
+                                bias_init=_partitioned(_zeros, ('classes',)))(scores)
 
 
 class Segmenter(nn.Module):

@@ -8,7 +8,7 @@ map them to mesh axes (see `sharding.py`).
 
 import functools
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -164,11 +164,13 @@ class LayerNorm(nn.Module):
   """
   epsilon: float = 1e-6
   dtype: Optional[jnp.dtype] = None  # None: the input's and params' promoted dtype.
+  scale_init: Callable = nn.initializers.ones
+  bias_init: Callable = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param('scale', nn.initializers.ones, x.shape[-1:])
-    bias = self.param('bias', nn.initializers.zeros, x.shape[-1:])
+    scale = self.param('scale', self.scale_init, x.shape[-1:])
+    bias = self.param('bias', self.bias_init, x.shape[-1:])
     dtype = self.dtype or jnp.result_type(x, scale)
     y = normalize(x.astype(jnp.promote_types(x.dtype, jnp.float32)), self.epsilon)
     return (y * scale + bias).astype(dtype)
