@@ -190,6 +190,11 @@ def test_frozen_group_stays_out_of_the_clipping_norm_like_torch():
       lambda t: ClippedAdamW([v for k, v in t.items() if k.startswith('head')], lr=1e-2,
                              weight_decay=1e-4, eps=1e-8))
   _assert_close(ours, theirs)
+  # The optimizer state is laid out as without freezing: checkpoints keep their array names.
+  state = lambda mults: optim.make_optimizer(ml_collections.ConfigDict(dict(
+      name='adamw', lr=1e-2, grad_clip_norm=clip, lr_mults=mults)), 3)[0].init(ours)
+  assert (jax.tree.structure(state((('backbone/.*', 0.0),)))
+          == jax.tree.structure(state((('backbone/.*', 0.5),))))
 
 
 def test_accum_steps_leave_the_optimizer_alone():

@@ -110,8 +110,6 @@ def make_optimizer(optim, total_steps: int, epochs: Optional[durations.Epochs] =
 
   lr_mults = tuple(optim.get('lr_mults', ()) or ())
   chain = []
-  if any(float(mult) == 0 for _, mult in lr_mults):
-    chain.append(optax.masked(optax.set_to_zero(), _frozen_mask(lr_mults)))
   if optim.get('grad_clip_norm'):
     chain.append(optax.clip_by_global_norm(float(optim.grad_clip_norm)))
   if name == 'adamw':
@@ -131,7 +129,20 @@ def make_optimizer(optim, total_steps: int, epochs: Optional[durations.Epochs] =
 
   if lr_mults:
     chain.append(_scale_by_group(lr_mults))
-  return optax.chain(*chain), schedule
+  transformation = optax.chain(*chain)
+  if any(float(mult) == 0 for _, mult in lr_mults):
+    transformation = _frozen_first(transformation, _frozen_mask(lr_mults))
+  return transformation, schedule
+
+
+def _frozen_first(inner: optax.GradientTransformation, frozen: Callable
+                  ) -> optax.GradientTransformation:
+  """`inner` on gradients whose frozen parameters' entries are zeros. Its state is `inner`'s
+  alone, so checkpoints are the same with or without frozen groups."""
+  def update(updates, state, params=None):
+    updates = jax.tree.map(lambda u, f: jnp.zeros_like(u) if f else u, updates, frozen(updates))
+    return inner.update(updates, state, params)
+  return optax.GradientTransformation(inner.init, update)
 
 
 def _group_of(lr_mults, path) -> Optional[int]:
