@@ -153,16 +153,19 @@ def test_adam_matches_torch():
   _assert_close(ours, theirs)
 
 
-def test_clipping_matches_torch_clip_grad_norm():
-  clip = 0.5
-
-  class ClippedSGD(torch.optim.SGD):
+def _clipped(optimizer_class, clip: float):
+  """A torch optimizer whose step first clips its parameters' gradients to global norm `clip`."""
+  class Clipped(optimizer_class):
     def step(self):
       torch.nn.utils.clip_grad_norm_(self.param_groups[0]['params'], clip)
       super().step()
+  return Clipped
 
+
+def test_clipping_matches_torch_clip_grad_norm():
+  clip = 0.5
   ours, theirs = _run_both(dict(name='sgd', lr=0.1, grad_clip_norm=clip),
-                           lambda t: ClippedSGD(t.values(), lr=0.1))
+                           lambda t: _clipped(torch.optim.SGD, clip)(t.values(), lr=0.1))
   _assert_close(ours, theirs)
 
 
@@ -178,17 +181,12 @@ def test_frozen_group_stays_out_of_the_clipping_norm_like_torch():
   # DETR's recipe: the stem and layer1 frozen (requires_grad False in the original: no gradient,
   # so clip_grad_norm_ sees only the trained parameters), AdamW with clipping at 0.1.
   clip = 0.1
-
-  class ClippedAdamW(torch.optim.AdamW):
-    def step(self):
-      torch.nn.utils.clip_grad_norm_(self.param_groups[0]['params'], clip)
-      super().step()
-
   ours, theirs = _run_both(
       dict(name='adamw', lr=1e-2, weight_decay=1e-4, wd_mask='.*', grad_clip_norm=clip,
            lr_mults=(('backbone/.*', 0.0),)),
-      lambda t: ClippedAdamW([v for k, v in t.items() if k.startswith('head')], lr=1e-2,
-                             weight_decay=1e-4, eps=1e-8))
+      lambda t: _clipped(torch.optim.AdamW, clip)(
+          [v for k, v in t.items() if k.startswith('head')], lr=1e-2, weight_decay=1e-4,
+          eps=1e-8))
   _assert_close(ours, theirs)
   # The optimizer state is laid out as without freezing: checkpoints keep their array names.
   state = lambda mults: optim.make_optimizer(ml_collections.ConfigDict(dict(

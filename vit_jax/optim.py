@@ -108,7 +108,6 @@ def make_optimizer(optim, total_steps: int, epochs: Optional[durations.Epochs] =
   wd = float(optim.get('weight_decay', 0.0) or 0.0)
   wd_mask = regex_mask(optim.get('wd_mask', r'.*/kernel'))
 
-  lr_mults = tuple(optim.get('lr_mults', ()) or ())
   chain = []
   if optim.get('grad_clip_norm'):
     chain.append(optax.clip_by_global_norm(float(optim.grad_clip_norm)))
@@ -127,6 +126,7 @@ def make_optimizer(optim, total_steps: int, epochs: Optional[durations.Epochs] =
       chain.append(optax.sgd(schedule, momentum=momentum, nesterov=name == 'nesterov',
                              accumulator_dtype=_dtype(optim.get('accumulator_dtype'))))
 
+  lr_mults = tuple(optim.get('lr_mults', ()) or ())
   if lr_mults:
     chain.append(_scale_by_group(lr_mults))
   transformation = optax.chain(*chain)
