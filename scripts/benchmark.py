@@ -21,6 +21,9 @@ the train steps, the relative loss difference in the first step and after one up
              the logits upsampled to the image, the recipe's Nesterov SGD (lr 1e-3, momentum
              0.9), dropout and drop path 0.
 
+The process runs with the train loop's host-memory setting (`vit_jax.host_memory`: freed memory
+is reused, not mapped afresh each step), which both sides get alike.
+
 Every timed function runs once to warm up (JAX compiles there), then all of them in turn,
 `--repeats` rounds (A, B, A, B, ...), so that a shared machine's load falls on both alike; a
 plain 1024x1024x1024 float32 matmul in XLA and in torch takes part in every round. Prints
@@ -48,7 +51,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from vit_jax import models, weights
+from vit_jax import host_memory, models, weights
 from vit_jax.errors import UserError
 
 TIMM_SIZES = {'Ti': 'tiny', 'S': 'small', 'B': 'base', 'L': 'large', 'H': 'huge'}
@@ -496,4 +499,5 @@ def main(argv: Optional[list[str]] = None):
 
 
 if __name__ == '__main__':
+  host_memory.reuse_freed_memory_on_cpu()  # As vit_jax.cli does; before JAX starts.
   main()

@@ -20,7 +20,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vit_jax import logs, task, train
+from vit_jax import host_memory, logs, task, train
 from vit_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -75,6 +75,7 @@ def run(make_task: Callable[[object], task.Task]) -> None:
   def main(argv):
     if len(argv) > 1:
       _fail(f'unexpected arguments {argv[1:]}: use --config=... --workdir=...')
+    host_memory.reuse_freed_memory_on_cpu()  # Before JAX starts its client's threads.
     if _COMPILATION_CACHE.value:
       jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
     if _DISTRIBUTED.value:
