@@ -23,7 +23,7 @@ import numpy as np
 
 from vit_jax.errors import UserError
 from vit_jax.attention import MultiHeadAttention
-from vit_jax.models import REMAT_POLICIES, LayerNorm, remat_policy_name
+from vit_jax.models import REMAT_POLICIES, LayerNorm, conv_general_dilated, remat_policy_name
 
 # Blocks per stage of torchvision's ResNets.
 RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -73,6 +73,7 @@ def _conv(features, kernel, stride=1, dilation=1, name=None, dtype=jnp.float32):
   pad = dilation * (kernel - 1) // 2
   return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
                  kernel_dilation=(dilation, dilation), use_bias=False, dtype=dtype,
+                 conv_general_dilated=conv_general_dilated,
                  kernel_init=_partitioned(nn.initializers.variance_scaling(2.0, 'fan_out',
                                                                            'normal'),
                                           (None, None, 'conv_in', 'conv_out')),
@@ -448,6 +449,7 @@ class DETR(nn.Module):
       pos = sine_position_embedding(mask, self.hidden_dim // 2)
     pos = pos.astype(self.dtype)
     src = nn.Conv(self.hidden_dim, (1, 1), dtype=self.dtype, name='input_proj',
+                  conv_general_dilated=conv_general_dilated,
                   kernel_init=_partitioned(_torch_uniform(c), (None, None, None, 'embed')),
                   bias_init=_partitioned(_torch_uniform(c), ('embed',)))(features)
     query_pos = self.param('query_embed', _partitioned(nn.initializers.normal(1.0),

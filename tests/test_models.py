@@ -1,5 +1,6 @@
 """ViT: exact parameter counts of the original code, official parameter names, original init."""
 
+import functools
 import math
 
 import flax.linen as nn
@@ -242,3 +243,29 @@ def test_exact_gelu_is_the_erf_formula_and_its_derivative():
       jnp.asarray(x, jnp.float32))
   pdf = np.exp(-x**2 / 2) / math.sqrt(2 * math.pi)
   np.testing.assert_allclose(derivative, cdf + x * pdf, atol=1e-6)
+
+
+@pytest.mark.parametrize('kernel,stride,padding', [
+    (1, 1, 0), (1, 2, 0), (3, 1, 1), (1, 1, 1)])
+def test_conv_as_matmul_equals_xla_convolution_and_its_gradients(kernel, stride, padding):
+  """1x1 kernels run as a channel matmul of the strided input (odd sizes too); others, and a
+  padded 1x1, are lax's convolution. Values and both gradients to float32 round-off."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 13, 11, 24)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, 24, 16)), jnp.float32)
+  dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ('NHWC', 'HWIO', 'NHWC'))
+  pad = ((padding, padding),) * 2
+
+  def loss(conv, x, w):
+    y = conv(x, w, (stride, stride), pad, dimension_numbers=dims)
+    return jnp.sum(jnp.sin(y)), y
+  (_, ours), grads = jax.value_and_grad(
+      functools.partial(loss, models.conv_general_dilated), (0, 1), has_aux=True)(x, w)
+  (_, xla), want = jax.value_and_grad(
+      functools.partial(loss, jax.lax.conv_general_dilated), (0, 1), has_aux=True)(x, w)
+  assert ours.shape == xla.shape
+  jaxpr = str(jax.make_jaxpr(functools.partial(loss, models.conv_general_dilated))(x, w))
+  assert ('conv_general_dilated' in jaxpr) == (kernel > 1 or padding > 0)
+  np.testing.assert_allclose(ours, xla, rtol=1e-5, atol=1e-5)
+  for g, h in zip(grads, want):
+    np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-4)
