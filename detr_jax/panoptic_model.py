@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from detr_jax import models
 from vit_jax.errors import UserError
+from vit_jax.models import conv_general_dilated
 
 
 def _group_norm(channels: int, name: str):
@@ -108,7 +109,7 @@ class MaskHead(nn.Module):
     def conv(features, kernel, name):
       pad = kernel // 2
       return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)),
-                     dtype=self.dtype, name=name,
+                     dtype=self.dtype, name=name, conv_general_dilated=conv_general_dilated,
                      kernel_init=nn.with_logical_partitioning(
                          _kaiming_uniform_a1(), (None, None, 'conv_in', 'conv_out')),
                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros,

@@ -367,7 +367,8 @@ class ResidualUnit(nn.Module):
   @nn.compact
   def __call__(self, x):
     out_features = self.features * 4
-    conv = functools.partial(StdConv, use_bias=False, kernel_init=_CONV_KERNEL_INIT)
+    conv = functools.partial(StdConv, use_bias=False, kernel_init=_CONV_KERNEL_INIT,
+                             conv_general_dilated=conv_general_dilated)
     residual = x
     if x.shape[-1] != out_features or self.strides != (1, 1):
       residual = conv(out_features, (1, 1), self.strides, name='conv_proj')(residual)
