@@ -329,8 +329,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   runs a 1x1 convolution's weight gradient at ~15 GFLOP/s on one core against ~100 for the
   matmul's (DETR-R50's train step spent 3 of its 8 s there). nn.Conv(conv_general_dilated=...)."""
   pointwise = (rhs.ndim == 4 and rhs.shape[:2] == (1, 1) and feature_group_count == 1
-               and all(p == (0, 0) for p in padding) and not any(
-                   d != 1 for d in (lhs_dilation or ()))
+               and all(p == (0, 0) for p in padding)
+               and all(d == 1 for d in lhs_dilation or ())
                and dimension_numbers == jax.lax.conv_dimension_numbers(
                    lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC')))
   if not pointwise:
