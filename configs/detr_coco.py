@@ -27,7 +27,7 @@ model: --config.init_from=detr-r50-e632da11.pth.
 
 import ml_collections
 
-from vit_jax import config_args
+from vit_jax.framework import config_args
 
 # Backbone name -> (ResNet depth, dilated last stage).
 BACKBONES = {'r50': (50, False), 'dc5_r50': (50, True), 'r101': (101, False),

@@ -5,8 +5,8 @@
   python -m detr_jax.main --config=configs/detr_panoptic.py:r50,stage=masks --workdir=MASKS \
       --config.init_from=boxes.npz   # or a released detr-r50-panoptic-00ce5173.pth
 
-boxes.npz: stage 1's variables, `vit_jax.weights.write_npz('boxes.npz', {'params': s['params'],
-**s['model_state']})` with `s = vit_jax.checkpoint.load_state('BOXES')`.
+boxes.npz: stage 1's variables, `vit_jax.framework.weights.write_npz('boxes.npz', {'params': s['params'],
+**s['model_state']})` with `s = vit_jax.framework.checkpoint.load_state('BOXES')`.
 
 The argument is BACKBONE[,stage=boxes|masks][,epochs=N]: r50, dc5_r50 or r101 (the released
 panoptic models: PQ 43.4, 44.6, 45.1).
@@ -23,7 +23,7 @@ Expects TFDS coco/2017_panoptic (--config.input.data_dir=DIR) or a COCO panoptic
 
 import ml_collections
 
-from vit_jax import config_args
+from vit_jax.framework import config_args
 
 BACKBONES = ('r50', 'dc5_r50', 'r101')
 STAGES = ('boxes', 'masks')

@@ -14,7 +14,7 @@ Data: ADEChallengeData2016 (images/ and annotations/ with training/ and validati
 but its annotations are the 2017 instance masks (100 categories), not these 150 classes.
 """
 
-from vit_jax import config_args
+from vit_jax.framework import config_args
 
 recipe = config_args.import_beside(__file__, 'segmenter_recipe')
 

@@ -10,7 +10,7 @@ createTrainIdLabelImgs), or *_labelIds.png, mapped to train ids when loaded; 2,9
 val images, all 1024 x 2048.
 """
 
-from vit_jax import config_args
+from vit_jax.framework import config_args
 
 recipe = config_args.import_beside(__file__, 'segmenter_recipe')
 

@@ -10,7 +10,7 @@ ImageSets/SegmentationContext/{train,val}.txt; 4,996 train and 5,104 val images.
 60 classes including background (the "PC-60" protocol).
 """
 
-from vit_jax import config_args
+from vit_jax.framework import config_args
 
 recipe = config_args.import_beside(__file__, 'segmenter_recipe')
 

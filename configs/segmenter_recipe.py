@@ -15,7 +15,7 @@ permutation, so a smaller subset lies inside a larger one), for as many epochs a
 
 import ml_collections
 
-from vit_jax import config_args
+from vit_jax.framework import config_args
 
 SIZES = {'t': 'Ti', 's': 'S', 'b': 'B', 'l': 'L'}
 PATCHES = (8, 16, 32)
@@ -81,7 +81,7 @@ def get_config(args, crop: int) -> ml_collections.ConfigDict:
   config.model.decoder_dropout_rate = 0.1
   config.model.decoder_drop_path_rate = 0.0
   config.model.dtype = 'float32'
-  config.model.remat = 'none'  # Or 'full', 'dots_saveable', ...: see vit_jax/models.py.
+  config.model.remat = 'none'  # Or 'full', 'dots_saveable', ...: see vit_jax/classification/vit.py.
   config.model.scan = False  # True: encoder blocks under nn.scan.
 
   config.optim = ml_collections.ConfigDict()

@@ -19,7 +19,7 @@ the head starts at zero and the position embeddings are zoomed to the 384 px gri
 
 import ml_collections
 
-from vit_jax import config_args
+from vit_jax.framework import config_args
 
 # name -> (variant, original i21k file, AugReg i21k file)
 MODELS = {

@@ -8,17 +8,17 @@ global-norm clip 1 (the rest as configs/vit_finetune.py).
 The argument is MODEL,TASK[,upstream=i21k|augreg] (MODEL as in vit_finetune.py). The run trains
 on train800 + val200 and reports the task's test split; val200 is the held-out 'minival' eval.
 Splits and labels follow google-research/task_adaptation's loaders (TFDS names and slices below;
-labels not in TFDS's `label` feature come from vit_jax/vtab.py). The paper's VTAB figure is the
+labels not in TFDS's `label` feature come from vit_jax/classification/vtab.py). The paper's VTAB figure is the
 mean test accuracy over the 19 tasks (scripts/reproduce.py vit-table2 averages the 19 runs).
 Known gap: task_adaptation scales dSprites' 0/1 pixels to 0/255; this pipeline reads them as
 stored.
 """
 
-from vit_jax import config_args
+from vit_jax.framework import config_args
 
 finetune = config_args.import_beside(__file__, 'vit_finetune')
 
-# task -> (TFDS dataset, train800, val200, test split, classes, label rule in vit_jax/vtab.py).
+# task -> (TFDS dataset, train800, val200, test split, classes, label rule in vit_jax/classification/vtab.py).
 TASKS = {
     # Natural.
     'caltech101': ('caltech101', 'train[:800]', 'train[2754:2954]', 'test', 102, None),

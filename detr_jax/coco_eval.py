@@ -17,8 +17,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from detr_jax import detection_input, shapes
-from vit_jax import task
-from vit_jax.errors import UserError
+from vit_jax.framework import task
+from vit_jax.framework.errors import UserError
 
 METRICS = ('AP', 'AP50', 'AP75', 'AP_small', 'AP_medium', 'AP_large')
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from detr_jax import (coco_eval, detection_input, losses, matcher, models, padding_buckets,
                       pretrained, transforms)
-from vit_jax import drawing, task
-from vit_jax.errors import UserError, choose
+from vit_jax.framework import drawing, task
+from vit_jax.framework.errors import choose, UserError
 
 # Pixel-space shape used to create the parameters (they do not depend on the image size).
 _INIT_SHAPE = (1, 64, 64)

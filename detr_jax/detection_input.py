@@ -53,8 +53,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from detr_jax import padding_buckets, shapes, transforms
-from vit_jax import input_pipeline
-from vit_jax.errors import UserError
+from vit_jax.framework import input_pipeline
+from vit_jax.framework.errors import UserError
 
 SOURCES = ('shapes', 'coco_folder', 'tfds')
 LAYOUTS = ('coco_ids', 'contiguous')
@@ -451,7 +451,7 @@ def train_preprocess(input_config):
 
 def train_example_spec(input_config) -> dict[str, tf.TensorSpec]:
   """What `train_preprocess` yields, from the config alone (no data is read), so a train step
-  can be compiled for a machine this one is not (vit_jax.fit_report)."""
+  can be compiled for a machine this one is not (vit_jax.framework.fit_report)."""
   (height, width), _ = padded_sizes(input_config)
   boxes = setting(input_config, 'max_boxes')
   return {'image': tf.TensorSpec((height, width, 3), tf.float32),

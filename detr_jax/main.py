@@ -6,8 +6,8 @@ masks, PQ; configs/detr_panoptic*.py).
 
 from detr_jax.detection import DetectionTask
 from detr_jax.panoptic import PanopticTask
-from vit_jax import cli
-from vit_jax.errors import choose
+from vit_jax.framework import cli
+from vit_jax.framework.errors import choose
 
 TASKS = {'detection': DetectionTask, 'panoptic': PanopticTask}
 

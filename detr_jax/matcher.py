@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 from scipy import optimize
 
 from detr_jax import box_ops
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 
 def cost_bound(*, class_weight=1., bbox_weight=5., giou_weight=2.) -> float:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from detr_jax import models
-from vit_jax import model_stats
+from vit_jax.framework import model_stats
 
 # Paper Table 1 (COCO val): trainable parameters, GFLOPs (multiply-adds) and box AP at 500
 # epochs; `config` is the configs/detr_coco.py argument that builds the model.

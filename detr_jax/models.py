@@ -21,9 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.errors import UserError
-from vit_jax.attention import MultiHeadAttention
-from vit_jax.models import REMAT_POLICIES, LayerNorm, conv_general_dilated, remat_policy_name
+from vit_jax.framework.errors import UserError
+from vit_jax.layers.attention import MultiHeadAttention
+from vit_jax.layers.convolution import conv_general_dilated
+from vit_jax.layers.normalization import LayerNorm
+from vit_jax.layers.remat import REMAT_POLICIES, remat_policy_name
 
 # Blocks per stage of torchvision's ResNets.
 RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -270,9 +272,9 @@ def _layer_stack(layer_class, num_layers: int, make_layer, scan: bool, remat: st
 
   scan: the layers under nn.scan, compiled once whatever the depth; their params stacked on a
   leading axis named 'layers' under `name` (instead of `{name}_0` ... `{name}_{L-1}`;
-  vit_jax.weights converts between the two). Each layer draws its own dropout; the broadcast
+  vit_jax.framework.weights converts between the two). Each layer draws its own dropout; the broadcast
   inputs (positions, memory, mask) are the same for every layer.
-  remat: a name in vit_jax.models.REMAT_POLICIES.
+  remat: a name in vit_jax.classification.vit.REMAT_POLICIES.
   """
   if remat != 'none':
     # `train` follows the module, the carry and the broadcast inputs: static under remat.
@@ -352,7 +354,7 @@ class Transformer(nn.Module):
   decoder_spatial_pos: str = 'attention'  # One of SPATIAL_POS.
   output_pos: str = 'attention'  # One of OUTPUT_POS.
   scan: bool = False  # See _layer_stack.
-  remat: object = 'none'  # A name in vit_jax.models.REMAT_POLICIES (True / False: 'full' / 'none').
+  remat: object = 'none'  # A name in vit_jax.classification.vit.REMAT_POLICIES (True / False: 'full' / 'none').
 
   @nn.compact
   def __call__(self, src, mask, query_pos, pos, *, train: bool):
@@ -425,7 +427,7 @@ class DETR(nn.Module):
   output_pos: str = 'attention'
   # The transformer's layers under nn.scan (compile time independent of depth; params stacked
   # on a leading 'layers' axis, see _layer_stack), and what each layer keeps for the backward
-  # pass (a name in vit_jax.models.REMAT_POLICIES; True / False: 'full' / 'none').
+  # pass (a name in vit_jax.classification.vit.REMAT_POLICIES; True / False: 'full' / 'none').
   scan: bool = False
   remat: object = 'none'
 

@@ -46,7 +46,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 STRIDE = 32  # DETR-R50's output stride: bucket sides are multiples of it (the mask rule).
 # Arrays padded to the canvas in a preprocessed batch (panoptic data adds segments).

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from detr_jax import detection_input, padding_buckets, transforms
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 # Not measured: COCO 2017 is not downloadable here. An assumed mixture of (height, width) with
 # weights, from the facts that nearly all COCO images have a long side of 640 and most are

@@ -17,7 +17,7 @@ import numpy as np
 
 from detr_jax import (detection, mask_losses, panoptic_input, panoptic_model,
                       panoptic_postprocess, panoptic_quality, transforms)
-from vit_jax import drawing
+from vit_jax.framework import drawing
 
 MODELS = {'detr_panoptic': panoptic_model.build_detr_panoptic}
 # What eval hands the evaluator besides the predictions: sizes and the ground truth.

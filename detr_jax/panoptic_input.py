@@ -41,8 +41,8 @@ import tensorflow_datasets as tfds
 
 from detr_jax import detection_input, panoptic_shapes, transforms
 from detr_jax.detection_input import setting  # config.input values with DETR's defaults
-from vit_jax import input_pipeline
-from vit_jax.errors import UserError
+from vit_jax.framework import input_pipeline
+from vit_jax.framework.errors import UserError
 
 SOURCES = ('shapes', 'coco_panoptic_folder', 'tfds')
 # COCO panoptic's 53 stuff categories; TFDS coco/2017_panoptic's labels are the 80 thing ids

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from detr_jax import models
-from vit_jax.errors import UserError
-from vit_jax.models import conv_general_dilated
+from vit_jax.framework.errors import UserError
+from vit_jax.layers.convolution import conv_general_dilated
 
 
 def _group_norm(channels: int, name: str):

@@ -23,7 +23,7 @@ from absl import logging
 import numpy as np
 
 from detr_jax import panoptic_postprocess
-from vit_jax import task
+from vit_jax.framework import task
 
 IOU_THRESHOLD = 0.5
 IGNORED_SHARE = 0.5  # An unmatched prediction more than this much VOID or crowd is no FP.

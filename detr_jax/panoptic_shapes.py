@@ -1,4 +1,4 @@
-"""The offline panoptic dataset: generated scenes (vit_jax/shapes.py) as things and stuff.
+"""The offline panoptic dataset: generated scenes (vit_jax/framework/scenes.py) as things and stuff.
 
 Stuff: the background is two bands, `sky` above a random horizon and `ground` below it, greyish
 (light and dark). Things: the scene's rectangles, ellipses and triangles, each class in its own
@@ -14,9 +14,9 @@ import zlib
 
 import numpy as np
 
-from vit_jax import shapes
+from vit_jax.framework import scenes
 
-THINGS = shapes.SHAPES
+THINGS = scenes.SHAPES
 STUFF = ('sky', 'ground')
 # COCO panoptic's category fields; ids from 1, things first.
 CATEGORIES = tuple({'id': i + 1, 'name': name, 'isthing': int(name in THINGS)}
@@ -27,14 +27,14 @@ _NOISE_SEED = 1  # The ground band's noise: a stream of its own beside the scene
 
 
 @dataclasses.dataclass(frozen=True)
-class ShapesSettings(shapes.ShapesSettings):
+class ShapesSettings(scenes.ShapesSettings):
   """`config.input.shapes`; up to max_objects things plus the two stuff bands per image."""
   image_size: int = 64
   min_object_size: int = 12
   max_object_size: int = 28
 
 
-class _Drawing(shapes.Drawing):
+class _Drawing(scenes.Drawing):
   """Draws the sky and ground colours and the horizon with the background; things in hues."""
 
   def __init__(self, image_size: int):
@@ -65,14 +65,14 @@ def generate(settings: ShapesSettings, split: str) -> dict[str, np.ndarray]:
   slot, 1-based); category int32 [N, R] (ids of CATEGORIES) and segment_mask int32 [N, R]
   (1 = real slot, first), R = max_objects + 2: the things in drawing order, then sky, ground.
   """
-  n, size, slots = shapes.split_size(settings, split), settings.image_size, settings.max_objects
+  n, size, slots = scenes.split_size(settings, split), settings.image_size, settings.max_objects
   out = {'image': np.zeros((n, size, size, 3), np.uint8),
          'panoptic': np.zeros((n, size, size), np.int32),
          'category': np.zeros((n, slots + 2), np.int32),
          'segment_mask': np.zeros((n, slots + 2), np.int32)}
   drawing = _Drawing(size)
   noise_rng = np.random.default_rng([settings.seed, _NOISE_SEED, zlib.crc32(split.encode())])
-  for i, scene in enumerate(shapes.scenes(settings, split, drawing)):
+  for i, scene in enumerate(scenes.scenes(settings, split, drawing)):
     ids = np.zeros((size, size), np.int32)
     for slot, drawn in enumerate(scene.objects):
       ids[drawn.y:drawn.y + drawn.height, drawn.x:drawn.x + drawn.width][drawn.mask] = slot + 1

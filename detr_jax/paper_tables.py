@@ -1,5 +1,5 @@
 """The DETR paper's tables (Carion et al., ECCV 2020, arXiv 2005.12872) as rows for
-vit_jax/reproduce.py: Table 1 (COCO val2017 box AP of the four released models, 500 epochs) and
+vit_jax/framework/reproduce.py: Table 1 (COCO val2017 box AP of the four released models, 500 epochs) and
 the panoptic table (PQ of the three released panoptic models).
 
 Each Table 1 row evaluates the released weights (dl.fbaipublicfiles.com/detr) with
@@ -11,7 +11,7 @@ PQ (panopticapi's arithmetic) on COCO panoptic val2017.
 
 from detr_jax.detection import DetectionTask
 from detr_jax.panoptic import PanopticTask
-from vit_jax.reproduce import Row, Table, Weights
+from vit_jax.framework.reproduce import Row, Table, Weights
 
 SOURCE = ('DETR paper (arXiv 2005.12872) Table 1 and its panoptic table, transcribed by hand '
           '(AP and AP50 also in the README / hubconf.py): check a figure against the PDF')

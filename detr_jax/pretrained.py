@@ -8,7 +8,7 @@ OIHW -> HWIO, linears [out, in] -> [in, out]; frozen batch-norm weight/bias/runn
 running_var become `frozen/.../{scale,bias,mean,var}`. HF's `DetrForObjectDetection` keys (timm
 backbone) are first renamed to the official ones, and a bare torchvision ResNet state dict gives
 the backbone alone (the way a COCO run starts from ImageNet weights). Files are read, and the
-converted variables fitted into a model, by `vit_jax.weights`. Files keep one entry per layer
+converted variables fitted into a model, by `vit_jax.framework.weights`. Files keep one entry per layer
 (`layers_{i}`); a model with `scan=True` stacks them on loading (DETR_LAYERS).
 
 Panoptic checkpoints (`detr-r50-panoptic-00ce5173.pth`, the DC5 and R101 ones, HF's
@@ -23,12 +23,12 @@ from typing import Any
 import flax
 import numpy as np
 
-from vit_jax import weights
-from vit_jax.errors import UserError
+from vit_jax.framework import weights
+from vit_jax.framework.errors import UserError
 
 Variables = dict[str, Any]
 
-# The transformer's repeated layers (vit_jax.weights.stack_layers): `transformer/encoder/
+# The transformer's repeated layers (vit_jax.framework.weights.stack_layers): `transformer/encoder/
 # layers_{i}` per layer, `transformer/encoder/layers` stacked under model.scan; the same in the
 # decoder. The box head's `bbox_embed/layers_{i}` are not a stack.
 DETR_LAYERS = r'transformer/(?:encoder|decoder)/layers'

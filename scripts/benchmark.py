@@ -21,7 +21,7 @@ the train steps, the relative loss difference in the first step and after one up
              the logits upsampled to the image, the recipe's Nesterov SGD (lr 1e-3, momentum
              0.9), dropout and drop path 0.
 
-The process runs with the train loop's host-memory setting (`vit_jax.host_memory`: freed memory
+The process runs with the train loop's host-memory setting (`vit_jax.framework.host_memory`: freed memory
 is reused, not mapped afresh each step), which both sides get alike.
 
 Every timed function runs once to warm up (JAX compiles there), then all of them in turn,
@@ -41,7 +41,7 @@ import tempfile
 import time
 from typing import Callable, Optional
 
-import torch  # torch and its triton before TensorFlow (vit_jax.weights): see tests/conftest.py.
+import torch  # torch and its triton before TensorFlow (vit_jax.framework.weights): see tests/conftest.py.
 import torch._dynamo  # noqa: F401
 
 import flax.linen as nn
@@ -51,8 +51,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from vit_jax import host_memory, models, weights
-from vit_jax.errors import UserError
+from vit_jax.classification import vit, vit_weights
+from vit_jax.framework import host_memory, weights
+from vit_jax.framework.errors import UserError
 
 TIMM_SIZES = {'Ti': 'tiny', 'S': 'small', 'B': 'base', 'L': 'large', 'H': 'huge'}
 MATMUL_SIZE, MATMULS_PER_CALL = 1024, 8  # ~0.1 s per timed call on a quiet 2-core CPU.
@@ -172,7 +173,7 @@ def vit_rows(args) -> tuple[str, dict]:
                     f'with SIZE in {sorted(TIMM_SIZES)} (timm has no same-named hybrids)')
   image_size = args.size or (224, 224)
   # timm's numerics: erf GELU; its init (random head, so that the outputs compare something).
-  model = models.build_vit(dict(variant=args.model, num_classes=1000, gelu_approximate=False,
+  model = vit.build_vit(dict(variant=args.model, num_classes=1000, gelu_approximate=False,
                                 weight_init='timm'))
   images = _images(args.batch, image_size)
   labels = np.arange(args.batch) % 1000
@@ -181,7 +182,7 @@ def vit_rows(args) -> tuple[str, dict]:
                            pretrained=False, img_size=image_size)
   with tempfile.TemporaryDirectory() as directory:  # The same weights, as the parity tests.
     path = os.path.join(directory, 'vit.npz')
-    weights.write_vit_npz(path, params)
+    vit_weights.write_vit_npz(path, params)
     timm.models.vision_transformer._load_weights(peer, path)
 
   apply = lambda p, x: model.apply({'params': p}, x)
@@ -230,7 +231,7 @@ def _detr_jax_train_step(model, variables, images, pixel_mask, targets) -> Conte
   """Our DETR task's loss (matching by scipy in a host callback, set loss over all decoder
   layers) under the recipe's optimizer; only the trainable parameters get gradients."""
   from detr_jax import losses, matcher
-  from vit_jax import optim
+  from vit_jax.framework import optim
   flat = weights.flatten(variables['params'])
   frozen = {k: v for k, v in flat.items() if re.fullmatch(DETR_FROZEN, k)}
   trainable = weights.unflatten({k: v for k, v in flat.items() if k not in frozen})
@@ -268,7 +269,8 @@ def _detr_torch_train_step(peer, images, pixel_mask, targets, flops: float) -> C
 
 def detr_rows(args) -> tuple[str, dict]:
   from transformers import DetrConfig, DetrForObjectDetection
-  from detr_jax import models as detr_models, pretrained
+  from detr_jax import models as detr_models
+  from detr_jax import pretrained
   height, width = args.size or (800, 1067)
   torch.manual_seed(0)
   # Dropout off on both sides, so that the train steps' losses compare.
@@ -366,25 +368,26 @@ class TorchSegmenter(torch.nn.Module):
 
 def segmenter_rows(args) -> tuple[str, dict]:
   import timm
-  from segmenter_jax import models as seg_models, pretrained
+  from segmenter_jax import models as seg_models
+  from segmenter_jax import pretrained
   from segmenter_jax.segmentation import pixel_cross_entropy
-  from vit_jax import optim
+  from vit_jax.framework import optim
   size, num_classes = args.size or (512, 512), 150
-  vit = seg_models.decode_variant(args.model)
-  width, heads, patch = vit['hidden_size'], vit['num_heads'], vit['patch_size']
+  size = seg_models.decode_variant(args.model)
+  width, heads, patch = size['hidden_size'], size['num_heads'], size['patch_size']
   decoder_layers = 2 if args.decoder == 'mask_transformer' else 0
   if args.decoder not in seg_models.DECODERS:
     raise UserError(f'unknown decoder {args.decoder!r}: use one of {seg_models.DECODERS}')
   torch.manual_seed(0)
   peer = TorchSegmenter(
       timm.models.vision_transformer.VisionTransformer(
-          img_size=size, patch_size=patch, embed_dim=width, depth=vit['num_layers'],
-          num_heads=heads, mlp_ratio=vit['mlp_dim'] / width, num_classes=0,
+          img_size=size, patch_size=patch, embed_dim=width, depth=size['num_layers'],
+          num_heads=heads, mlp_ratio=size['mlp_dim'] / width, num_classes=0,
           norm_layer=functools.partial(torch.nn.LayerNorm, eps=seg_models.LAYER_NORM_EPSILON)),
       TorchMaskTransformer(width, heads, num_classes, decoder_layers), patch).eval()
   # The peer's weights into ours by the official checkpoint's converter (dropout and drop path
   # 0 on both sides, so that the train steps' losses compare).
-  net = dict(d_model=width, n_layers=vit['num_layers'], n_heads=heads, d_ff=vit['mlp_dim'],
+  net = dict(d_model=width, n_layers=size['num_layers'], n_heads=heads, d_ff=size['mlp_dim'],
              patch_size=patch, image_size=size, n_cls=num_classes,
              decoder=dict(name=args.decoder, n_layers=decoder_layers, n_heads=heads))
   params, fields = pretrained.convert_official(peer.state_dict(), {'net_kwargs': net})
@@ -499,5 +502,5 @@ def main(argv: Optional[list[str]] = None):
 
 
 if __name__ == '__main__':
-  host_memory.reuse_freed_memory_on_cpu()  # As vit_jax.cli does; before JAX starts.
+  host_memory.reuse_freed_memory_on_cpu()  # As vit_jax.framework.cli does; before JAX starts.
   main()

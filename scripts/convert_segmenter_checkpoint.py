@@ -20,8 +20,8 @@ import jax
 import numpy as np
 
 from segmenter_jax import pretrained
-from vit_jax import weights
-from vit_jax.errors import UserError
+from vit_jax.framework import weights
+from vit_jax.framework.errors import UserError
 
 
 def main():

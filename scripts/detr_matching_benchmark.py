@@ -22,7 +22,7 @@ import scipy.optimize
 
 from detr_jax import matcher
 from detr_jax.detection import DetectionTask
-from vit_jax import model_stats, optim, train
+from vit_jax.framework import model_stats, optim, train
 
 
 def _load_config(path):

@@ -16,8 +16,8 @@ import os
 import sys
 
 from detr_jax import detection_input, padding_report
-from vit_jax import reproduce
-from vit_jax.errors import UserError
+from vit_jax.framework import reproduce
+from vit_jax.framework.errors import UserError
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 

@@ -38,8 +38,9 @@ from PIL import Image
 
 from detr_jax import detection_input
 from segmenter_jax import segmentation_input
-from vit_jax import classification_input, input_pipeline, reproduce
-from vit_jax.errors import UserError
+from vit_jax.classification import input as classification_input
+from vit_jax.framework import input_pipeline, reproduce
+from vit_jax.framework.errors import UserError
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 TASKS = ('vit', 'detr', 'segmenter')

@@ -21,10 +21,11 @@ import jax
 import jax.numpy as jnp
 
 from detr_jax import model_stats as detr_stats
-from segmenter_jax import model_stats as segmenter_stats
 from detr_jax import models as detr_models
 from detr_jax import panoptic_model
-from vit_jax import config_args, model_stats, models
+from segmenter_jax import model_stats as segmenter_stats
+from vit_jax.classification import vit
+from vit_jax.framework import config_args, model_stats
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
@@ -32,7 +33,7 @@ CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def vit_rows(variants):
   rows = []
   for variant in variants:
-    model = models.build_vit(dict(variant=variant, num_classes=1000))
+    model = vit.build_vit(dict(variant=variant, num_classes=1000))
     image = lambda size: jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     family = variant.rpartition('+')[2].split('/')[0]
     paper = None if '+' in variant else model_stats.VIT_PAPER_PARAMS.get(family)

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from detr_jax import models as detr_models
-from vit_jax import models, sharding
+from vit_jax.classification import vit
+from vit_jax.framework import sharding
 
 TENSOR_PARALLEL = 4  # The 'model' axis of the FSDP + TP meshes.
 STRATEGIES = {
@@ -36,7 +37,7 @@ def abstract_variables(name: str, image_size: int = 224):
   if name.startswith(DETR):
     model = detr_models.build_detr(dict(num_classes=91, backbone_depth=int(name[len(DETR):])))
     return jax.eval_shape(model.init, rng, images, jax.ShapeDtypeStruct(images.shape[:3], bool))
-  return jax.eval_shape(models.build_vit(dict(variant=name, num_classes=1000)).init, rng, images)
+  return jax.eval_shape(vit.build_vit(dict(variant=name, num_classes=1000)).init, rng, images)
 
 
 def report(name: str, devices: int, strategy: str) -> dict:

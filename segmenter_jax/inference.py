@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 

@@ -4,7 +4,7 @@
 """
 
 from segmenter_jax.segmentation import SegmentationTask
-from vit_jax import cli
+from vit_jax.framework import cli
 
 if __name__ == '__main__':
   cli.run(SegmentationTask)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from vit_jax import task
+from vit_jax.framework import task
 
 IGNORE_INDEX = 255
 

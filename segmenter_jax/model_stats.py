@@ -1,13 +1,13 @@
 """Parameters and multiply-adds of Segmenter models, and the published figures beside them.
 
-Counted from shapes with vit_jax.model_stats (no weights are materialised), as multiply-adds.
+Counted from shapes with vit_jax.framework.model_stats (no weights are materialised), as multiply-adds.
 """
 
 import jax
 import jax.numpy as jnp
 
 from segmenter_jax import models
-from vit_jax import model_stats
+from vit_jax.framework import model_stats
 
 
 def _images(size: int) -> jax.ShapeDtypeStruct:

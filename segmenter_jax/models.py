@@ -54,8 +54,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax import models as vit_models
-from vit_jax.errors import UserError
+from vit_jax.classification import vit as vit_models
+from vit_jax.framework.errors import UserError
+from vit_jax.layers import normalization, remat
 
 # Segmenter's numerics: torch LayerNorm and GELU defaults (reference/segmenter.md §1.3).
 LAYER_NORM_EPSILON = 1e-5
@@ -109,7 +110,7 @@ class MaskTransformer(nn.Module):
           self.mlp_dim or 4 * width, self.num_heads, self.dropout_rate, self.dropout_rate,
           LAYER_NORM_EPSILON, gelu_approximate=False, dtype=self.dtype, drop_path_rate=rate,
           weight_init='timm', name=f'blocks_{i}')(x, train)
-    x = vit_models.LayerNorm(LAYER_NORM_EPSILON, self.dtype, name='decoder_norm')(x)
+    x = normalization.LayerNorm(LAYER_NORM_EPSILON, self.dtype, name='decoder_norm')(x)
     patches, classes = x[:, :-k], x[:, -k:]
     # Raw (d, d) parameters used as x @ P (no bias), initialised d^-0.5 * randn: into the space
     # where patches and classes are compared.
@@ -124,7 +125,7 @@ class MaskTransformer(nn.Module):
     self.sow('intermediates', 'patch_features', patches)
     self.sow('intermediates', 'class_features', classes)
     self.sow('intermediates', 'scores', scores)
-    return vit_models.LayerNorm(LAYER_NORM_EPSILON, self.dtype, name='mask_norm',
+    return normalization.LayerNorm(LAYER_NORM_EPSILON, self.dtype, name='mask_norm',
                                 scale_init=_partitioned(nn.initializers.ones, ('classes',)),
                                 bias_init=_partitioned(_zeros, ('classes',)))(scores)
 
@@ -218,7 +219,7 @@ def build_segmenter(model_config) -> Segmenter:
       num_layers=kwargs['num_layers'], num_heads=kwargs['num_heads'], mlp_dim=kwargs['mlp_dim'],
       classifier='token_unpooled', dropout_rate=kwargs['dropout_rate'],
       attention_dropout_rate=kwargs['dropout_rate'], layer_norm_epsilon=LAYER_NORM_EPSILON,
-      gelu_approximate=False, dtype=dtype, remat=vit_models.remat_policy_name(kwargs['remat']),
+      gelu_approximate=False, dtype=dtype, remat=remat.remat_policy_name(kwargs['remat']),
       scan=bool(kwargs['scan']),
       distilled=bool(kwargs['distilled']), drop_path_rate=kwargs['drop_path_rate'],
       weight_init='timm', posemb_grid=_grid(kwargs['image_size'], kwargs['patch_size']))

@@ -1,5 +1,5 @@
 """The Segmenter paper's ADE20K tables (Strudel et al., ICCV 2021, arXiv 2105.05633v3) as rows
-for vit_jax/reproduce.py: Table 3 (backbones and patch sizes, mIoU and images/s), Table 4 (mIoU
+for vit_jax/framework/reproduce.py: Table 3 (backbones and patch sizes, mIoU and images/s), Table 4 (mIoU
 by object size), Table 5 (Seg-S/16 trained on 4k ... 20k images) and Table 6 (single- and
 multi-scale mIoU of the released models).
 
@@ -14,12 +14,12 @@ averaged).
 
 from segmenter_jax import metrics
 from segmenter_jax.segmentation import SegmentationTask
-from vit_jax.reproduce import Row, Speed, Table, Training, Unavailable, Weights
+from vit_jax.framework.reproduce import Row, Speed, Table, Training, Unavailable, Weights
 
 SOURCE = ('Segmenter paper (arXiv 2105.05633v3) as quoted by third-party write-ups (mIoU of '
           'Tables 3-5) and the released models\' README (Table 6 rows); "-": the figure is not '
           'recorded here, read it from the PDF. Paper images/s are V100 figures; ours are timed '
-          'on this device (vit_jax.reproduce.images_per_second)')
+          'on this device (vit_jax.framework.reproduce.images_per_second)')
 URL = 'https://www.rocq.inria.fr/cluster-willow/rstrudel/segmenter/checkpoints/ade20k/'
 # Released model -> (folder of its checkpoint.pth and variant.yml, config variant, crop).
 RELEASED = {

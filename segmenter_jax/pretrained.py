@@ -10,7 +10,7 @@
   1000-class `head` and DeiT's `head_dist`), anything else is an error.
 - `load_pretrained`: any of the above (or a converted `.npz`) by file, for `config.init_from`.
 
-Files are read, and the converted params fitted into a model, by `vit_jax.weights`.
+Files are read, and the converted params fitted into a model, by `vit_jax.framework.weights`.
 
 Official names -> ours (reference/segmenter.md §5.3; H heads, hd = d / H):
   encoder.cls_token / dist_token / pos_embed -> encoder/cls / dist /
@@ -39,8 +39,9 @@ import yaml
 from absl import logging
 
 from segmenter_jax import models
-from vit_jax import weights
-from vit_jax.errors import UserError
+from vit_jax.classification import vit_weights
+from vit_jax.framework import weights
+from vit_jax.framework.errors import UserError
 
 Params = dict[str, Any]
 
@@ -56,7 +57,7 @@ _BLOCK_LEAVES = {
     'attn.proj': 'MultiHeadDotProductAttention_0/out',
     'mlp.fc1': 'MlpBlock_0/Dense_0', 'mlp.fc2': 'MlpBlock_0/Dense_1'}
 _PARAM_LEAF = {'weight': 'kernel', 'bias': 'bias'}
-_POSEMB = f'encoder/{weights.VIT_POSEMB}'
+_POSEMB = f'encoder/{vit_weights.VIT_POSEMB}'
 _DECODER = (r'decoder/.*',)  # Stays fresh when only the encoder comes from a checkpoint.
 
 
@@ -221,7 +222,7 @@ def _fill(params: Params, loaded: dict[str, np.ndarray], source: str,
   the model's square grid) bilinearly, align_corners off, as Segmenter does."""
   prefix_tokens = sum(name in params['encoder'] for name in ('cls', 'dist'))
   return weights.fill(
-      params, loaded, optional=optional, source=source,
+      params, loaded, optional=optional, source=source, layers=vit_weights.VIT_LAYERS,
       resize=weights.PosembResize(_POSEMB, prefix_tokens, 'bilinear', grid),
       fix='check config.model (variant, decoder, num_classes, image_size)')
 
@@ -240,7 +241,7 @@ def init_encoder_from_vit(params: Params, npz_path: str,
 
 def _encoder_from_vit(params: Params, official: dict[str, np.ndarray], source: str,
                       grid: Optional[tuple[int, int]]) -> Params:
-  restored = weights.from_official_vit(official)
+  restored = vit_weights.from_official_vit(official)
   for name in ('head', 'pre_logits'):
     if name in restored:
       logging.info('Dropping %s from %s: Segmenter has its own decoder.', name, source)

@@ -18,8 +18,8 @@ import numpy as np
 import optax
 
 from segmenter_jax import inference, metrics, models, pretrained, segmentation_input
-from vit_jax import drawing, task
-from vit_jax.errors import UserError, choose
+from vit_jax.framework import drawing, task
+from vit_jax.framework.errors import choose, UserError
 
 IGNORE_INDEX = segmentation_input.IGNORE_INDEX
 MODELS = {'segmenter': models.build_segmenter}  # config.model.name -> builder.

@@ -72,8 +72,8 @@ from absl import logging
 from PIL import Image
 
 from segmenter_jax import augment, shapes
-from vit_jax import input_pipeline
-from vit_jax.errors import UserError
+from vit_jax.framework import input_pipeline
+from vit_jax.framework.errors import UserError
 
 SOURCES = ('shapes', 'tfds', 'folder', 'pascal_context', 'cityscapes')
 NORMALIZATIONS = ('vit', 'deit')
@@ -356,7 +356,7 @@ def train_preprocess(input_config):
 
 def train_example_spec(input_config) -> dict[str, tf.TensorSpec]:
   """What `train_preprocess` yields, from the config alone (no data is read), so a train step
-  can be compiled for a machine this one is not (vit_jax.fit_report)."""
+  can be compiled for a machine this one is not (vit_jax.framework.fit_report)."""
   crop, _ = _settings(input_config)
   return {'image': tf.TensorSpec((crop, crop, 3), tf.float32),
           'label': tf.TensorSpec((crop, crop), tf.int32)}

@@ -1,4 +1,4 @@
-"""The offline segmentation dataset: generated scenes (vit_jax/shapes.py) as label maps.
+"""The offline segmentation dataset: generated scenes (vit_jax/framework/scenes.py) as label maps.
 
 Objects never touch (at least one background pixel between their boxes), so every pixel belongs
 to exactly one shape or to the background, and the label map is exactly the set of pixels
@@ -17,10 +17,10 @@ import functools
 
 import numpy as np
 
-from vit_jax import shapes
-from vit_jax.shapes import split_size
+from vit_jax.framework import scenes
+from vit_jax.framework.scenes import split_size
 
-CLASSES = ('background',) + shapes.SHAPES
+CLASSES = ('background',) + scenes.SHAPES
 # class_colours: each class's hue (degrees), drawn within +- _HUE_JITTER.
 _CLASS_HUES = {'rectangle': 0.0, 'ellipse': 120.0, 'triangle': 240.0}
 _HUE_JITTER = 20.0
@@ -29,7 +29,7 @@ OBJECT_FIELDS = ('label', 'x', 'y', 'width', 'height', 'apex', 'apex_on_top')
 
 
 @dataclasses.dataclass(frozen=True)
-class ShapesSettings(shapes.ShapesSettings):
+class ShapesSettings(scenes.ShapesSettings):
   """`config.input.shapes`; the defaults are an easy task for a small Segmenter."""
   image_size: int = 32
   min_object_size: int = 12
@@ -37,7 +37,7 @@ class ShapesSettings(shapes.ShapesSettings):
   class_colours: bool = True  # Each class its own hue; False: colours say nothing.
 
 
-class _Drawing(shapes.Drawing):
+class _Drawing(scenes.Drawing):
   """Segmenter's scenes: every object draws an apex (used by triangles only) and keeps clear of
   the others' whole boxes; with class_colours, class hues on a greyish background."""
 
@@ -50,15 +50,15 @@ class _Drawing(shapes.Drawing):
     return _hsv(rng.uniform(0, 360), rng.uniform(0, 0.25), rng.uniform(0.2, 0.9))  # Greyish.
 
   def outline(self, rng, kind: int, width: int) -> tuple[float, int]:
-    return shapes.triangle_apex(rng, width)
+    return scenes.triangle_apex(rng, width)
 
   def colour(self, rng, kind: int, background: np.ndarray) -> np.ndarray:
     if not self.class_colours:
       return super().colour(rng, kind, background)
-    return _hsv(_CLASS_HUES[shapes.SHAPES[kind]] + rng.uniform(-_HUE_JITTER, _HUE_JITTER),
+    return _hsv(_CLASS_HUES[scenes.SHAPES[kind]] + rng.uniform(-_HUE_JITTER, _HUE_JITTER),
                 rng.uniform(0.6, 1.0), rng.uniform(0.5, 1.0))  # Saturated, in the class's hue.
 
-  def footprint(self, drawn: shapes.SceneObject) -> tuple[int, int, int, int]:
+  def footprint(self, drawn: scenes.SceneObject) -> tuple[int, int, int, int]:
     return drawn.box
 
 
@@ -76,11 +76,11 @@ def generate(settings: ShapesSettings, split: str) -> dict[str, np.ndarray]:
          'label': np.zeros((n, size, size), np.uint8),
          'objects': np.zeros((n, settings.max_objects, len(OBJECT_FIELDS))),
          'num_objects': np.zeros((n,), np.int32)}
-  for i, scene in enumerate(shapes.scenes(settings, split, _Drawing(settings.class_colours))):
+  for i, scene in enumerate(scenes.scenes(settings, split, _Drawing(settings.class_colours))):
     out['image'][i] = scene.image
     out['num_objects'][i] = len(scene.objects)
     for slot, drawn in enumerate(scene.objects):
-      label = CLASSES.index(shapes.SHAPES[drawn.kind])
+      label = CLASSES.index(scenes.SHAPES[drawn.kind])
       x, y, w, h = drawn.x, drawn.y, drawn.width, drawn.height
       out['label'][i, y:y + h, x:x + w][drawn.mask] = label
       out['objects'][i, slot] = (label, x, y, w, h, drawn.apex, drawn.apex_on_top)

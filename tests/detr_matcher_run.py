@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from detr_jax import losses, matcher
-from vit_jax import sharding
+from vit_jax.framework import sharding
 
 MESHES = {
     'data8': ((('data', 8),), (('batch', 'data'),)),

@@ -12,8 +12,8 @@ import jax
 
 from detr_jax.detection import DetectionTask
 from helpers import load_config
-from vit_jax import optim, sharding, train
-from vit_jax.classification import ClassificationTask
+from vit_jax.classification.task import ClassificationTask
+from vit_jax.framework import optim, sharding, train
 
 
 

@@ -14,8 +14,8 @@ import jax
 import tensorflow as tf
 
 from helpers import tiny_digits_config
-from vit_jax import optim, sharding, train
-from vit_jax.classification import ClassificationTask
+from vit_jax.classification.task import ClassificationTask
+from vit_jax.framework import optim, sharding, train
 
 STRATEGIES = {
     'single': ((('data', 1), ('model', 1)), (('batch', 'data'),)),

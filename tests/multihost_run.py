@@ -19,8 +19,8 @@ import numpy as np
 from absl import logging
 
 from helpers import tiny_digits_config
-from vit_jax import train
-from vit_jax.classification import ClassificationTask
+from vit_jax.classification.task import ClassificationTask
+from vit_jax.framework import train
 
 
 def run_config(*changes):

@@ -16,9 +16,9 @@ import pytest
 from detr_jax.detection import DetectionTask
 from helpers import load_config, tiny_digits_config
 from segmenter_jax.segmentation import IGNORE_INDEX, SegmentationTask
-from vit_jax import optim, train
-from vit_jax.classification import ClassificationTask
-from vit_jax.errors import UserError
+from vit_jax.classification.task import ClassificationTask
+from vit_jax.framework import optim, train
+from vit_jax.framework.errors import UserError
 
 # float32, on params after the step: an element may differ by round-off relative to the largest
 # element of its tensor (a sum in another order), so the absolute tolerance scales with it.

@@ -1,4 +1,4 @@
-"""vit_jax.attention against torch.nn.MultiheadAttention on the same weights."""
+"""vit_jax.layers.attention against torch.nn.MultiheadAttention on the same weights."""
 
 import torch  # Before TensorFlow-linked imports: see tests/conftest.py.
 
@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax.attention import MultiHeadAttention, attend
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
+from vit_jax.layers.attention import attend, MultiHeadAttention
 
 WIDTH, HEADS, QUERIES, KEYS, BATCH = 16, 4, 5, 7, 2
 

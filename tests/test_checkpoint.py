@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 
-from vit_jax import checkpoint
+from vit_jax.framework import checkpoint
 
 
 def _state(seed):

@@ -9,8 +9,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from helpers import load_config
-from vit_jax import durations, models, optim
-from vit_jax.classification import ClassificationTask
+from vit_jax.classification import vit
+from vit_jax.classification.task import ClassificationTask
+from vit_jax.framework import durations, optim
 
 # Every config with each argument its docstring and the README document.
 DOCUMENTED = [
@@ -128,5 +129,5 @@ def test_i21k_recipe_matches_paper():
   assert (config.optim.schedule.name, config.optim.schedule.warmup_steps,
           config.optim.schedule.end_value) == ('warmup_linear', 10_000, 1e-5)
   assert config.model.dropout_rate == 0.1 and config.model.head_bias_init == -10.0
-  model = models.build_vit(config.model)
+  model = vit.build_vit(config.model)
   assert model.representation_size == 768 and model.num_classes == 21843

@@ -1,4 +1,4 @@
-"""What goes to the console and what only to WORKDIR/train.log (vit_jax/logs.py). The digits
+"""What goes to the console and what only to WORKDIR/train.log (vit_jax/framework/logs.py). The digits
 main job (test_train.test_digits_main_job_reaches_95_percent) counts its console lines up to the
 first progress line and checks what the start-up lines say."""
 
@@ -7,10 +7,10 @@ import os
 
 from absl import logging
 
-from vit_jax import logs
+from vit_jax.framework import logs
 
 
-def record(level=py_logging.INFO, pathname='vit_jax/train.py', **attributes):
+def record(level=py_logging.INFO, pathname='vit_jax/framework/train.py', **attributes):
   return py_logging.makeLogRecord(dict(levelno=level, pathname=pathname, msg='m', **attributes))
 
 

@@ -14,7 +14,7 @@ from transformers.models.detr.modeling_detr import DetrLearnedPositionEmbedding
 
 from detr_jax import detection, models
 from helpers import load_config
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 # A tiny DETR in place of R50 (the variants' fields are what is tested).
 TINY = dict(backbone_blocks=(1, 1, 1, 1), backbone_width=8, backbone_norm='group', hidden_dim=32,

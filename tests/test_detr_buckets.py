@@ -18,7 +18,7 @@ import pytest
 from helpers import ROOT, load_config
 from detr_jax import detection_input, models, padding_buckets, padding_report
 from detr_jax.detection import DetectionTask
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 COCO_BUCKETS = load_config('detr_coco', 'r50').input.pad_buckets
 TINY = dict(backbone_blocks=(1, 1, 1, 1), backbone_width=8, hidden_dim=32, num_heads=4,

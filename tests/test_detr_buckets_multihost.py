@@ -20,7 +20,7 @@ import pytest
 from detr_jax import padding_buckets, padding_report
 from helpers import ROOT
 from test_detr_buckets import _augmented_shapes_task, _canvas_batch
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 # Sorted by area; the canvas is 96x96.
 BUCKETS = ((32, 96), (96, 32), (64, 96), (96, 64))

@@ -14,7 +14,7 @@ from pycocotools import coco, cocoeval
 from detr_jax import coco_eval, detection_input
 from test_detr_input import FIXTURE_ANNOTATIONS, mock_coco, mock_coco_examples, \
     write_coco_folder
-from vit_jax import input_pipeline
+from vit_jax.framework import input_pipeline
 
 
 def _eval_batches(config, split, batch_size):

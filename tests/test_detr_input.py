@@ -16,8 +16,8 @@ from PIL import Image
 from helpers import load_config
 from detr_jax import detection_input, shapes, transforms
 from detr_jax.detection import DetectionTask
-from vit_jax import input_pipeline
-from vit_jax.errors import UserError
+from vit_jax.framework import input_pipeline
+from vit_jax.framework.errors import UserError
 
 # A small COCO-format split: non-contiguous image ids, categories listed out of order, a crowd
 # region, a zero-width box, a box outside its image, a box half outside, an image without boxes.

@@ -17,7 +17,7 @@ from scipy.spatial import distance
 import detr_matcher_run
 from detr_jax import matcher
 from helpers import ROOT
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 
 def _np_xyxy(b):

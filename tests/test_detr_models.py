@@ -16,7 +16,7 @@ from transformers import DetrConfig, DetrForObjectDetection
 
 from detr_jax import models, pretrained
 from helpers import ROOT, write_code_carrying_pickle
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 
 def _abstract_variables(**fields):

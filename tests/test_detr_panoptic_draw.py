@@ -4,7 +4,7 @@ prediction's, on the drawn eval examples of the generated shapes."""
 import numpy as np
 
 from detr_jax import panoptic
-from vit_jax import drawing
+from vit_jax.framework import drawing
 from helpers import load_config
 
 NUM_QUERIES, STRIDE = 4, 4

@@ -12,7 +12,7 @@ import tensorflow as tf
 import torch
 
 from detr_jax import panoptic_input, panoptic_shapes, transforms
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 SETTINGS = dict(num_train=6, num_eval=6, image_size=48, max_objects=3, min_object_size=10,
                 max_object_size=20)

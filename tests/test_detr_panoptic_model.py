@@ -21,8 +21,8 @@ from transformers.models.detr.modeling_detr import DetrMHAttentionMap
 from detr_jax import mask_losses, models, panoptic_model, pretrained
 from helpers import ROOT
 from test_detr_models import _official_state_dict, randomise_hf_detr
-from vit_jax import optim
-from vit_jax.errors import UserError
+from vit_jax.framework import optim
+from vit_jax.framework.errors import UserError
 
 # A small panoptic DETR for the fast tests: mask-head widths 72, 32, 16, 8, 4.
 _TINY = dict(num_classes=4, backbone_blocks=(1, 1, 1, 1), backbone_width=8, hidden_dim=64,

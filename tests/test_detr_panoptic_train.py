@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from detr_jax import main, panoptic
-from vit_jax import optim
-from vit_jax.errors import UserError
+from vit_jax.framework import optim
+from vit_jax.framework.errors import UserError
 from helpers import load_config, run_module
 
 

@@ -1,5 +1,5 @@
 """DETR's transformer under nn.scan (model.scan): the same outputs and gradients as the per-layer
-model on the same weights (stacked by vit_jax.weights), and released per-layer checkpoints load
+model on the same weights (stacked by vit_jax.framework.weights), and released per-layer checkpoints load
 into either."""
 
 import functools
@@ -13,8 +13,8 @@ import torch
 
 from detr_jax import models, panoptic_model, pretrained
 from test_detr_models import _official_state_dict
-from vit_jax import weights
-from vit_jax.errors import UserError
+from vit_jax.framework import weights
+from vit_jax.framework.errors import UserError
 
 # Encoder and decoder depths differ, so that a mix-up of the two stacks shows.
 _SMALL = dict(num_classes=3, backbone_blocks=(1, 1, 1, 1), backbone_width=8, hidden_dim=32,

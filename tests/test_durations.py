@@ -4,8 +4,8 @@ batch size."""
 import ml_collections
 import pytest
 
-from vit_jax import durations
-from vit_jax.errors import UserError
+from vit_jax.framework import durations
+from vit_jax.framework.errors import UserError
 
 COCO_TRAIN = 118_287
 

@@ -6,9 +6,9 @@ import re
 import pytest
 
 from helpers import assert_one_line_error, run_module, tiny_digits_config
-from vit_jax import sharding, train
-from vit_jax.classification import ClassificationTask
-from vit_jax.errors import UserError
+from vit_jax.classification.task import ClassificationTask
+from vit_jax.framework import sharding, train
+from vit_jax.framework.errors import UserError
 
 
 def _main(*args):

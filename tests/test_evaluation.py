@@ -10,8 +10,8 @@ import optax
 import pytest
 
 from helpers import tiny_digits_config
-from vit_jax import evaluation, sharding, train
-from vit_jax.classification import ClassificationTask
+from vit_jax.classification.task import ClassificationTask
+from vit_jax.framework import evaluation, sharding, train
 
 
 class MetricWaitsForTraining(ClassificationTask):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from helpers import load_config, run_module, ROOT
-from vit_jax import fit_report, sharding
-from vit_jax.errors import UserError
+from vit_jax.framework import fit_report, sharding
+from vit_jax.framework.errors import UserError
 
 # scripts/fit_report.py: the command, which picks the task by config.model.name.
 _spec = importlib.util.spec_from_file_location('fit_report_script',

@@ -1,4 +1,4 @@
-"""vit_jax.host_memory: on the CPU a step's scratch memory is the last step's pages, not new ones.
+"""vit_jax.framework.host_memory: on the CPU a step's scratch memory is the last step's pages, not new ones.
 
 The kernel's own count of the process's minor page faults is the reference: each fresh page
 touched is one fault.
@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-from vit_jax import host_memory
+from vit_jax.framework import host_memory
 
 # glibc alone: a worker thread mallocs, touches and frees 128 MB, then a second thread does the
 # same; prints the page faults of the second thread's round.
 _THREADS = r'''
 import ctypes, resource, sys, threading
-from vit_jax import host_memory
+from vit_jax.framework import host_memory
 if sys.argv[1] == 'reuse':
   assert host_memory.reuse_freed_memory_on_cpu()
 libc = ctypes.CDLL(None)
@@ -40,7 +40,7 @@ print(faults() - before)
 # prints the scratch in pages and the page faults of all 20 runs.
 _STEPS = r'''
 import resource, sys
-from vit_jax import host_memory
+from vit_jax.framework import host_memory
 if sys.argv[1] == 'reuse':
   assert host_memory.reuse_freed_memory_on_cpu()
 import jax, jax.numpy as jnp

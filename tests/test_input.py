@@ -10,9 +10,10 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from helpers import tiny_digits_config
-from vit_jax import classification_input, input_pipeline, train
-from vit_jax.classification import ClassificationTask
-from vit_jax.errors import UserError
+from vit_jax.classification import input as classification_input
+from vit_jax.classification.task import ClassificationTask
+from vit_jax.framework import input_pipeline, train
+from vit_jax.framework.errors import UserError
 
 
 def test_eval_scores_every_example_exactly_once():

@@ -14,8 +14,9 @@ from helpers import tiny_digits_config
 from mesh_run import train_losses
 from multihost_run import run_config
 from test_multihost import _run_two_processes
-from vit_jax import classification_input, input_pipeline, train
-from vit_jax.classification import ClassificationTask
+from vit_jax.classification import input as classification_input
+from vit_jax.classification.task import ClassificationTask
+from vit_jax.framework import input_pipeline, train
 
 NAME = 'tiny_array_record_images'
 NUM_TRAIN, NUM_TEST, BATCH, SEED = 37, 11, 8, 3

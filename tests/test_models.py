@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import models, weights
-from vit_jax.errors import UserError
+from vit_jax.classification import vit, vit_weights
+from vit_jax.framework import weights
+from vit_jax.framework.errors import UserError
+from vit_jax.layers import activations, convolution, normalization
 
 
 def _count(model, size=224):
@@ -25,25 +27,25 @@ def _count(model, size=224):
     ('H/14', 632_045_800), ('R+Ti/16', 6_337_704), ('R26+S/32', 36_431_912),
     ('R26+B/32', 101_383_976), ('R50+B/16', 98_659_112), ('R50+L/32', 328_994_856)])
 def test_parameter_count_equals_original(variant, expected):
-  model = models.build_vit(dict(variant=variant, num_classes=1000))
+  model = vit.build_vit(dict(variant=variant, num_classes=1000))
   assert _count(model) == expected
 
 
 def test_vit_g14_has_the_scaling_vit_papers_parameter_count():
   # Scaling Vision Transformers (Zhai et al.), Table 2: ViT-g/14 has 1011M parameters (no head).
   head = 1408 * 1000 + 1000
-  count = _count(models.build_vit(dict(variant='g/14', num_classes=1000))) - head
+  count = _count(vit.build_vit(dict(variant='g/14', num_classes=1000))) - head
   assert round(count / 1e6) == 1011
 
 
 def test_i21k_checkpoint_layout_count():
   # ViT-B/16 as released for ImageNet-21k: 21843 classes and a 768-wide pre_logits layer.
-  model = models.build_vit(dict(variant='B/16', num_classes=21843, representation_size=768))
+  model = vit.build_vit(dict(variant='B/16', num_classes=21843, representation_size=768))
   assert _count(model) == 103_186_515
 
 
 def test_parameter_names_follow_official_checkpoint():
-  model = models.build_vit(dict(variant='Ti/16', num_classes=10))
+  model = vit.build_vit(dict(variant='Ti/16', num_classes=10))
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
   names = {jax.tree_util.keystr(p, simple=True, separator='/'): x.shape
            for p, x in jax.tree_util.tree_flatten_with_path(nn.meta.unbox(params))[0]}
@@ -71,7 +73,7 @@ def test_parameter_names_follow_official_checkpoint():
 
 
 def test_original_initialisation():
-  model = models.build_vit(dict(variant='S/16', num_classes=5, head_bias_init=-10.0))
+  model = vit.build_vit(dict(variant='S/16', num_classes=5, head_bias_init=-10.0))
   params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))['params']
   assert not np.any(params['head']['kernel']) and np.all(params['head']['bias'] == -10.0)
   assert not np.any(params['cls'])
@@ -89,7 +91,7 @@ def test_original_initialisation():
                                                ('unpooled', (2, 4, 7)),
                                                ('token_unpooled', (2, 5, 7))])
 def test_pooling(classifier, shape):
-  model = models.VisionTransformer(num_classes=7, patch_size=4, hidden_size=8, num_layers=1,
+  model = vit.VisionTransformer(num_classes=7, patch_size=4, hidden_size=8, num_layers=1,
                                    num_heads=2, mlp_dim=16, classifier=classifier)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 3)))
   assert model.apply(variables, jnp.ones((2, 8, 8, 3))).shape == shape
@@ -97,7 +99,7 @@ def test_pooling(classifier, shape):
 
 def test_unknown_variant_is_a_clear_error():
   with pytest.raises(UserError, match='unknown ViT variant'):
-    models.build_vit(dict(variant='X/16', num_classes=10))
+    vit.build_vit(dict(variant='X/16', num_classes=10))
 
 
 _SMALL = dict(num_classes=10, patch_size=4, hidden_size=32, num_layers=3, num_heads=4, mlp_dim=64)
@@ -105,7 +107,7 @@ _SMALL = dict(num_classes=10, patch_size=4, hidden_size=32, num_layers=3, num_he
 
 def _small_params():
   """Fixed weights of a small per-layer ViT, every tensor random (the head too)."""
-  params = nn.meta.unbox(models.VisionTransformer(**_SMALL).init(
+  params = nn.meta.unbox(vit.VisionTransformer(**_SMALL).init(
       jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))['params']
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
@@ -115,20 +117,20 @@ def _small_params():
 
 def _in_layout(params, scan: bool):
   flat = weights.flatten(params)
-  return weights.unflatten(weights.stack_layers(flat) if scan else flat)
+  return weights.unflatten(weights.stack_layers(flat, vit_weights.VIT_LAYERS) if scan else flat)
 
 
 def _loss_and_grads(**model_options):
   """Loss and per-layer gradients of the small ViT on fixed weights, with `model_options`."""
   images = jax.random.uniform(jax.random.PRNGKey(1), (4, 16, 16, 3), minval=-1, maxval=1)
-  model = models.VisionTransformer(**_SMALL, **model_options)
+  model = vit.VisionTransformer(**_SMALL, **model_options)
   params = _in_layout(_small_params(), model_options.get('scan', False))
 
   def loss(p):
     logits = model.apply({'params': p}, images, train=True)
     return -jax.nn.log_softmax(logits)[:, 3].mean()
   value, grads = jax.jit(jax.value_and_grad(loss))(params)
-  return value, weights.unflatten(weights.unstack_layers(weights.flatten(grads)))
+  return value, weights.unflatten(weights.unstack_layers(weights.flatten(grads), vit_weights.VIT_LAYERS))
 
 
 @pytest.mark.parametrize('options', [
@@ -143,7 +145,7 @@ def test_remat_and_scan_leave_loss_and_gradients_unchanged(options):
 
 
 def test_scanned_blocks_are_stacked_on_a_named_layers_axis():
-  model = models.VisionTransformer(**_SMALL, scan=True)
+  model = vit.VisionTransformer(**_SMALL, scan=True)
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
   block = variables['params']['Transformer']['encoderblock']
   assert nn.meta.unbox(block)['MlpBlock_0']['Dense_0']['kernel'].shape == (3, 32, 64)
@@ -154,13 +156,13 @@ def test_scanned_blocks_are_stacked_on_a_named_layers_axis():
 
 def test_scan_and_loop_load_the_same_npz_and_give_the_same_logits(tmp_path):
   path = str(tmp_path / 'vit.npz')
-  weights.write_vit_npz(path, _small_params())
+  vit_weights.write_vit_npz(path, _small_params())
   images = jax.random.uniform(jax.random.PRNGKey(1), (2, 16, 16, 3), minval=-1, maxval=1)
   logits, written, attention = {}, {}, {}
   for scan in (False, True):
-    model = models.VisionTransformer(**_SMALL, scan=scan)
+    model = vit.VisionTransformer(**_SMALL, scan=scan)
     fresh = nn.meta.unbox(model.init(jax.random.PRNGKey(5), images))['params']
-    loaded = weights.load_vit(fresh, path)
+    loaded = vit_weights.load_vit(fresh, path)
     logits[scan], state = model.apply({'params': loaded}, images, mutable='intermediates')
     blocks = state['intermediates']['Transformer']
     attention[scan] = (  # What classification.py draws: [layers, batch, heads, T, S].
@@ -168,7 +170,7 @@ def test_scan_and_loop_load_the_same_npz_and_give_the_same_logits(tmp_path):
         else np.stack([blocks[f'encoderblock_{i}']['MultiHeadDotProductAttention_0'][
             'attention_weights'][0] for i in range(_SMALL['num_layers'])]))
     written[scan] = str(tmp_path / f'written_{scan}.npz')
-    weights.write_vit_npz(written[scan], loaded)  # Always the official per-layer layout.
+    vit_weights.write_vit_npz(written[scan], loaded)  # Always the official per-layer layout.
   assert np.abs(logits[False]).max() > 0.1
   np.testing.assert_allclose(logits[True], logits[False], atol=1e-6)
   np.testing.assert_allclose(attention[True], attention[False], atol=1e-6)
@@ -185,7 +187,7 @@ def test_segmenter_encoder_scans_with_per_layer_drop_path():
   images = jax.random.uniform(jax.random.PRNGKey(1), (8, 16, 16, 3), minval=-1, maxval=1)
   loop, scan = (segmenter_models.build_segmenter(dict(fields, scan=s)) for s in (False, True))
   params = nn.meta.unbox(loop.init(jax.random.PRNGKey(0), images, train=False))['params']
-  scan_params = weights.unflatten(weights.stack_layers(weights.flatten(params)))
+  scan_params = weights.unflatten(weights.stack_layers(weights.flatten(params), vit_weights.VIT_LAYERS))
   np.testing.assert_allclose(scan.apply({'params': scan_params}, images, train=False),
                              loop.apply({'params': params}, images, train=False), atol=1e-6)
   # Training: the scanned layers' drop-path rates are 0, 0.25, 0.5, so whole examples differ
@@ -200,7 +202,7 @@ def test_segmenter_encoder_scans_with_per_layer_drop_path():
 
 def test_unknown_remat_policy_is_a_one_line_error_listing_the_choices():
   with pytest.raises(UserError, match=r"unknown model.remat 'dots'.*'dots_saveable'.*'full'"):
-    models.build_vit(dict(variant='Ti/16', num_classes=10, remat='dots'))
+    vit.build_vit(dict(variant='Ti/16', num_classes=10, remat='dots'))
 
 
 def test_bfloat16_compute_keeps_float32_params_and_close_loss():
@@ -221,7 +223,7 @@ def test_layer_norm_matches_float64_and_flax_gradients():
   x = jnp.asarray(np.random.default_rng(0).normal(3.0, 5.0, (2, 7, 48)), jnp.float32)
   cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(x.shape), jnp.float32)
   params = {'scale': jnp.linspace(0.5, 2.0, 48), 'bias': jnp.linspace(-1.0, 1.0, 48)}
-  ours, flax_norm = models.LayerNorm(epsilon=1e-5), nn.LayerNorm(epsilon=1e-5)
+  ours, flax_norm = normalization.LayerNorm(epsilon=1e-5), nn.LayerNorm(epsilon=1e-5)
   expected = _layer_norm_float64(x, params['scale'], params['bias'], 1e-5)
   np.testing.assert_allclose(ours.apply({'params': params}, x), expected, atol=2e-6)
 
@@ -237,9 +239,9 @@ def test_exact_gelu_is_the_erf_formula_and_its_derivative():
   x = np.linspace(-6.0, 6.0, 241)
   erf = np.vectorize(math.erf)
   cdf = 0.5 * (1 + erf(x / math.sqrt(2)))
-  np.testing.assert_allclose(models.gelu(jnp.asarray(x, jnp.float32), approximate=False),
+  np.testing.assert_allclose(activations.gelu(jnp.asarray(x, jnp.float32), approximate=False),
                              x * cdf, atol=1e-6)
-  derivative = jax.vmap(jax.grad(lambda v: models.gelu(v, approximate=False)))(
+  derivative = jax.vmap(jax.grad(lambda v: activations.gelu(v, approximate=False)))(
       jnp.asarray(x, jnp.float32))
   pdf = np.exp(-x**2 / 2) / math.sqrt(2 * math.pi)
   np.testing.assert_allclose(derivative, cdf + x * pdf, atol=1e-6)
@@ -260,11 +262,11 @@ def test_conv_as_matmul_equals_xla_convolution_and_its_gradients(kernel, stride,
     y = conv(x, w, (stride, stride), pad, dimension_numbers=dims)
     return jnp.sum(jnp.sin(y)), y
   (_, ours), grads = jax.value_and_grad(
-      functools.partial(loss, models.conv_general_dilated), (0, 1), has_aux=True)(x, w)
+      functools.partial(loss, convolution.conv_general_dilated), (0, 1), has_aux=True)(x, w)
   (_, xla), want = jax.value_and_grad(
       functools.partial(loss, jax.lax.conv_general_dilated), (0, 1), has_aux=True)(x, w)
   assert ours.shape == xla.shape
-  jaxpr = str(jax.make_jaxpr(functools.partial(loss, models.conv_general_dilated))(x, w))
+  jaxpr = str(jax.make_jaxpr(functools.partial(loss, convolution.conv_general_dilated))(x, w))
   assert ('conv_general_dilated' in jaxpr) == (kernel > 1 or padding > 0)
   np.testing.assert_allclose(ours, xla, rtol=1e-5, atol=1e-5)
   for g, h in zip(grads, want):

@@ -11,7 +11,7 @@ import time
 import jax
 import numpy as np
 
-from vit_jax import checkpoint
+from vit_jax.framework import checkpoint
 from helpers import ROOT, assert_prediction_pictures
 from mesh_run import train_losses
 

@@ -10,8 +10,8 @@ import optax
 import pytest
 import torch
 
-from vit_jax import durations, optim
-from vit_jax.errors import UserError
+from vit_jax.framework import durations, optim
+from vit_jax.framework.errors import UserError
 
 LR, WARMUP, TOTAL = 0.03, 50, 500
 

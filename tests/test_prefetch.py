@@ -8,9 +8,9 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from helpers import tiny_digits_config
-from vit_jax import evaluation, prefetch, train
-from vit_jax.classification import ClassificationTask
-from vit_jax.errors import UserError
+from vit_jax.classification.task import ClassificationTask
+from vit_jax.framework import evaluation, prefetch, train
+from vit_jax.framework.errors import UserError
 
 
 def _batch_sharding():

@@ -9,7 +9,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from helpers import load_config
-from vit_jax import classification, evaluation, reproduce, sharding
+from vit_jax.classification import task as classification
+from vit_jax.framework import evaluation, reproduce, sharding
 
 
 def test_label_sets_become_masks_and_an_empty_set_an_empty_mask():

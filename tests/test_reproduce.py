@@ -15,8 +15,9 @@ from helpers import ROOT
 from segmenter_jax import metrics as seg_metrics
 from segmenter_jax import paper_tables as seg_tables
 from segmenter_jax import segmentation_input, shapes
-from vit_jax import paper_tables as vit_tables
-from vit_jax import reproduce, weights
+from vit_jax.classification import paper_tables as vit_tables
+from vit_jax.classification import vit_weights
+from vit_jax.framework import reproduce, weights
 
 CONFIGS = os.path.join(ROOT, 'configs')
 TINY_VIT = (('model.variant', None), ('model.patch_size', 8), ('model.hidden_size', 8),
@@ -65,7 +66,7 @@ def test_vit_table2_evaluates_released_weights_and_reads_runs(tmp_path):
     params = constant_head(table.make_task(config), ('head',), c)
     path = tmp_path / 'weights' / 'imagenet21k+imagenet2012' / 'ViT-L_16.npz'
     path.parent.mkdir(parents=True)
-    weights.write_vit_npz(str(path), params)  # The official layout, as gs://vit_models has it.
+    vit_weights.write_vit_npz(str(path), params)  # The official layout, as gs://vit_models has it.
     os.makedirs(tmp_path / 'runs' / 'l16_cifar10')
     with open(tmp_path / 'runs' / 'l16_cifar10' / 'final_metrics.json', 'w') as f:
       json.dump({'accuracy': 0.9905, 'step': 10000}, f)
@@ -124,7 +125,7 @@ def test_vtab_config_covers_the_tables_tasks():
 
 def test_vtab_label_rules_on_hand_made_examples():
   import tensorflow as tf
-  from vit_jax import vtab
+  from vit_jax.classification import vtab
   clevr = {'objects': {'size': tf.zeros([5]), 'pixel_coords': tf.constant(
       [[0., 0., 9.2], [0., 0., 8.7], [0., 0., 11.]])}}
   assert int(vtab.clevr_count(clevr)) == 2  # 5 objects: class 2 of 3..10.
@@ -285,7 +286,7 @@ def test_detr_tables_say_why_rows_are_empty(tmp_path):
 def test_vtab_task_preprocessing_takes_the_label_from_the_rule():
   import tensorflow as tf
   from helpers import load_config
-  from vit_jax import classification
+  from vit_jax.classification import task as classification
   config = load_config('vit_vtab', 'l16,clevr_count')
   reproduce.set_fields(config, TINY_VIT)
   task = classification.ClassificationTask(config)

@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from segmenter_jax import augment, segmentation, segmentation_input, shapes
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 
 def input_config(**fields):

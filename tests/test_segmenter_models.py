@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from segmenter_jax import models, pretrained
-from vit_jax import models as vit_models
-from vit_jax.errors import UserError
+from vit_jax.classification import vit as vit_models
+from vit_jax.framework.errors import UserError
+from vit_jax.layers import position_embeddings
 
 
 def official_shapes(d, layers, patch, grid, n_cls, decoder, decoder_layers=2, distilled=False,
@@ -165,7 +166,7 @@ def test_encoder_matches_timm_with_padding_and_position_embedding_resize(distill
 def test_position_embedding_resize_is_torch_bilinear_both_ways():
   pos = np.random.default_rng(0).standard_normal((1, 2 + 6 * 4, 5)).astype(np.float32)
   for new in ((9, 7), (3, 2)):  # Upsampling and downsampling (no antialiasing in torch).
-    ours = vit_models.resize_position_embeddings(jnp.asarray(pos), (6, 4), new, 2)
+    ours = position_embeddings.resize_position_embeddings(jnp.asarray(pos), (6, 4), new, 2)
     expected = torch_resize_pos_embed(torch.from_numpy(pos), (6, 4), new, 2).numpy()
     np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-6)
 

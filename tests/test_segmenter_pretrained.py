@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from helpers import ROOT, write_code_carrying_pickle
 from segmenter_jax import models, pretrained
 from test_segmenter_models import official_shapes, torch_resize_pos_embed
-from vit_jax import models as vit_models
-from vit_jax import weights
-from vit_jax.errors import UserError
+from vit_jax.classification import vit as vit_models
+from vit_jax.classification import vit_weights
+from vit_jax.framework import weights
+from vit_jax.framework.errors import UserError
 
 # Tiny official-layout models: width 64 (so the decoder has 64 // 64 = 1 head), 2 encoder heads.
 D, LAYERS, HEADS, PATCH, CROP, CLASSES = 64, 2, 2, 8, 32, 5
@@ -273,7 +274,7 @@ def _vit_npz(path, seed=0):
   rng = np.random.default_rng(seed)
   params = jax.tree.map(lambda x: (0.1 * rng.standard_normal(x.shape)).astype(np.float32),
                         nn.meta.unbox(shapes))
-  weights.write_vit_npz(path, params)
+  vit_weights.write_vit_npz(path, params)
   return params
 
 

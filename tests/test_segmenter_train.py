@@ -15,8 +15,9 @@ from PIL import Image
 from helpers import assert_one_line_error, assert_prediction_pictures, load_config, run_module
 from segmenter_jax import segmentation
 from test_segmenter_metrics import mmseg_mean_iou
-from vit_jax import evaluation, optim, sharding, train, weights
-from vit_jax.errors import UserError
+from vit_jax.classification import vit_weights
+from vit_jax.framework import evaluation, optim, sharding, train
+from vit_jax.framework.errors import UserError
 
 TINY = {'input.shapes.num_train': 64, 'input.shapes.num_eval': 20, 'input.batch_size': 8,
         'input.eval_batch_size': 8, 'model.hidden_size': 16, 'model.num_layers': 1,
@@ -203,7 +204,7 @@ def test_init_from_a_vit_npz_fills_the_encoder(tmp_path):
   rng = np.random.default_rng(0)
   vit = jax.tree.map(lambda x: x + rng.normal(size=x.shape).astype(x.dtype), fresh['encoder'])
   path = str(tmp_path / 'vit.npz')
-  weights.write_vit_npz(path, vit)
+  vit_weights.write_vit_npz(path, vit)
   loaded = task.pretrained_params(fresh, path)
   jax.tree.map(np.testing.assert_array_equal, loaded['encoder'], vit)
   jax.tree.map(np.testing.assert_array_equal, loaded['decoder'], fresh['decoder'])

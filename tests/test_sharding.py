@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, assert_one_line_error, run_module
-from vit_jax import models, sharding
-from vit_jax.errors import UserError
+from vit_jax.classification import vit
+from vit_jax.framework import sharding
+from vit_jax.framework.errors import UserError
 
 # float32 reductions run in a different order on different meshes; observed differences are
 # ~1e-7 relative, the tolerance leaves room for other CPUs.
@@ -97,7 +98,7 @@ def test_fsdp_shards_detr_backbone_convolutions():
 
 
 def test_hybrid_stem_convolutions_carry_channel_axis_names():
-  model = models.build_vit(dict(variant='R+Ti/16', num_classes=10, num_layers=1))
+  model = vit.build_vit(dict(variant='R+Ti/16', num_classes=10, num_layers=1))
   specs = flax.linen.get_partition_spec(
       jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))['params']
   conv = jax.sharding.PartitionSpec(None, None, 'conv_in', 'conv_out')
@@ -111,7 +112,7 @@ MISSPELT_RULES = (('batch', 'data'), ('embd', 'data'))
 
 
 def test_rule_for_an_axis_the_model_does_not_have_is_an_error():
-  model = models.VisionTransformer(num_classes=10, patch_size=4, hidden_size=32, num_layers=1,
+  model = vit.VisionTransformer(num_classes=10, patch_size=4, hidden_size=32, num_layers=1,
                                    num_heads=4, mlp_dim=64)
   abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
   mesh = sharding.make_mesh((('data', -1),))

@@ -1,4 +1,4 @@
-"""The pictures of predictions (vit_jax/drawing.py) on hand-made cases, and the examples each eval
+"""The pictures of predictions (vit_jax/framework/drawing.py) on hand-made cases, and the examples each eval
 draws. That every task's training writes them to TensorBoard is checked by the main-job tests
 (test_train, test_detr_train, test_segmenter_train) with `helpers.event_images`."""
 
@@ -8,8 +8,9 @@ import optax
 import pytest
 
 from helpers import tiny_digits_config
-from vit_jax import classification_input, drawing, evaluation, sharding, train
-from vit_jax.classification import ClassificationTask
+from vit_jax.classification import input as classification_input
+from vit_jax.classification.task import ClassificationTask
+from vit_jax.framework import drawing, evaluation, sharding, train
 
 TITLE = drawing.with_caption(np.zeros((0, 1, 3), np.uint8), ['title']).shape[0]  # Header rows.
 

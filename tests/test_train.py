@@ -17,9 +17,10 @@ from PIL import Image
 
 from helpers import (ROOT, assert_one_line_error, assert_prediction_pictures, load_config,
                      run_module, tiny_digits_config)
-from vit_jax import checkpoint, classification_input, optim, train
-from vit_jax.classification import ClassificationTask
-from vit_jax.errors import UserError
+from vit_jax.classification import input as classification_input
+from vit_jax.classification.task import ClassificationTask
+from vit_jax.framework import checkpoint, optim, train
+from vit_jax.framework.errors import UserError
 
 
 class Preempted(Exception):

@@ -18,9 +18,11 @@ from detr_jax.detection import DetectionTask
 from helpers import RunsCode, load_config, tiny_digits_config, write_code_carrying_pickle
 from test_detr_models import _official_state_dict
 from test_segmenter_models import torch_resize_pos_embed
-from vit_jax import checkpoint, models, train, weights
-from vit_jax.classification import ClassificationTask
-from vit_jax.errors import UserError
+from vit_jax.classification import vit, vit_weights
+from vit_jax.classification.task import ClassificationTask
+from vit_jax.framework import checkpoint, train, weights
+from vit_jax.framework.errors import UserError
+from vit_jax.layers import position_embeddings
 
 
 def random_params(model, image_size, seed=0, channels=3):
@@ -37,38 +39,38 @@ def random_params(model, image_size, seed=0, channels=3):
 
 
 def test_save_writes_official_names_and_load_reads_them_back(tmp_path):
-  model = models.build_vit(dict(variant='Ti/16', num_classes=10, representation_size=192))
+  model = vit.build_vit(dict(variant='Ti/16', num_classes=10, representation_size=192))
   params = random_params(model, 32)
   path = str(tmp_path / 'vit.npz')
-  weights.write_vit_npz(path, params)
+  vit_weights.write_vit_npz(path, params)
   keys = set(np.load(path).files)
   block = 'Transformer/encoderblock_3'
   assert {f'{block}/LayerNorm_0/scale', f'{block}/MultiHeadDotProductAttention_1/query/kernel',
           f'{block}/LayerNorm_2/bias', f'{block}/MlpBlock_3/Dense_1/kernel',
           'Transformer/posembed_input/pos_embedding', 'cls', 'pre_logits/kernel'} <= keys
-  loaded = weights.read_vit_npz(path)
+  loaded = vit_weights.read_vit_npz(path)
   jax.tree.map(np.testing.assert_array_equal, loaded, params)
 
 
 def test_hybrid_group_norms_are_stored_as_in_official_files(tmp_path):
-  model = models.build_vit(dict(variant='R26+S/32', num_classes=10))
+  model = vit.build_vit(dict(variant='R26+S/32', num_classes=10))
   params = random_params(model, 64)
   path = str(tmp_path / 'hybrid.npz')
-  weights.write_vit_npz(path, params)
+  vit_weights.write_vit_npz(path, params)
   files = np.load(path)
   assert files['gn_root/scale'].shape == (1, 1, 1, 64)
   assert files['block2/unit1/gn_proj/bias'].shape == (1, 1, 1, 512)
-  jax.tree.map(np.testing.assert_array_equal, weights.read_vit_npz(path), params)
+  jax.tree.map(np.testing.assert_array_equal, vit_weights.read_vit_npz(path), params)
 
 
 def _logits_here_and_in_timm(variant, timm_name, directory, seed=0):
   """Random weights saved with our saver, loaded by timm's official-format loader; the logits
   of both models on the same images."""
   # timm's ViT uses erf GELU; the same model here is ours with gelu_approximate=False.
-  model = models.build_vit(dict(variant=variant, num_classes=1000, gelu_approximate=False))
+  model = vit.build_vit(dict(variant=variant, num_classes=1000, gelu_approximate=False))
   params = random_params(model, 224, seed=seed)
   path = str(directory / 'weights.npz')
-  weights.write_vit_npz(path, params)
+  vit_weights.write_vit_npz(path, params)
   reference = timm.create_model(timm_name, pretrained=False).eval()
   timm.models.vision_transformer._load_weights(reference, path)
   images = np.random.default_rng(seed + 1).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
@@ -86,7 +88,7 @@ def test_logits_match_timm_on_the_same_weights(tmp_path):
 def test_zoom_resize_matches_corner_aligned_bilinear():
   rng = np.random.default_rng(0)
   posemb = rng.standard_normal((1, 1 + 14 * 14, 8)).astype(np.float32)
-  resized = weights.resize_posemb(posemb, (24, 24))
+  resized = position_embeddings.resize_posemb(posemb, (24, 24))
   # Independent computation: torch's bilinear with align_corners=True samples the same points
   # (output i at input i * (14 - 1) / (24 - 1)) as scipy.ndimage.zoom(order=1).
   grid = torch.from_numpy(posemb[0, 1:].reshape(14, 14, 8).transpose(2, 0, 1))[None]
@@ -100,7 +102,7 @@ def test_zoom_resize_matches_corner_aligned_bilinear():
 
 def test_bilinear_resize_matches_torch_half_pixel():
   posemb = np.random.default_rng(0).standard_normal((1, 16, 4)).astype(np.float32)
-  resized = weights.resize_posemb(posemb, (8, 8), num_prefix_tokens=0, method='bilinear')
+  resized = position_embeddings.resize_posemb(posemb, (8, 8), num_prefix_tokens=0, method='bilinear')
   grid = torch.from_numpy(posemb[0].reshape(4, 4, 4).transpose(2, 0, 1))[None]
   expected = torch.nn.functional.interpolate(grid, size=(8, 8), mode='bilinear',
                                              align_corners=False)[0].numpy()
@@ -108,7 +110,7 @@ def test_bilinear_resize_matches_torch_half_pixel():
 
 
 def _tiny(num_classes, representation_size=None):
-  return models.VisionTransformer(num_classes=num_classes, patch_size=4, hidden_size=16,
+  return vit.VisionTransformer(num_classes=num_classes, patch_size=4, hidden_size=16,
                                   num_layers=1, num_heads=2, mlp_dim=32,
                                   representation_size=representation_size)
 
@@ -116,10 +118,10 @@ def _tiny(num_classes, representation_size=None):
 def test_fine_tune_start_resets_head_drops_pre_logits_resizes_posemb(tmp_path, caplog):
   upstream = random_params(_tiny(21843, representation_size=16), 16)  # 4x4 grid
   path = str(tmp_path / 'upstream.npz')
-  weights.write_vit_npz(path, upstream)
+  vit_weights.write_vit_npz(path, upstream)
   fresh = nn.meta.unbox(_tiny(10).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
   with caplog.at_level(logging.INFO):
-    params = weights.load_vit(fresh['params'], path)
+    params = vit_weights.load_vit(fresh['params'], path)
   assert caplog.messages == [  # Each decision once.
       'Resizing position embeddings (1, 17, 16) -> (1, 65, 16) (grid (8, 8), zoom).',
       f'Keeping 2 tensors as initialised: checkpoint {path} has other shapes for them '
@@ -131,18 +133,18 @@ def test_fine_tune_start_resets_head_drops_pre_logits_resizes_posemb(tmp_path, c
   assert not np.any(params['head']['kernel']) and params['head']['kernel'].shape == (16, 10)
   np.testing.assert_array_equal(
       params['Transformer']['posembed_input']['pos_embedding'],
-      weights.resize_posemb(upstream['Transformer']['posembed_input']['pos_embedding'], (8, 8)))
+      position_embeddings.resize_posemb(upstream['Transformer']['posembed_input']['pos_embedding'], (8, 8)))
   np.testing.assert_array_equal(params['embedding']['kernel'], upstream['embedding']['kernel'])
 
 
 def test_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path):
   path = str(tmp_path / 'other.npz')
-  other = models.VisionTransformer(num_classes=10, patch_size=4, hidden_size=24, num_layers=1,
+  other = vit.VisionTransformer(num_classes=10, patch_size=4, hidden_size=24, num_layers=1,
                                    num_heads=2, mlp_dim=32)
-  weights.write_vit_npz(path, random_params(other, 16))
+  vit_weights.write_vit_npz(path, random_params(other, 16))
   fresh = nn.meta.unbox(_tiny(10).init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))
   with pytest.raises(UserError, match='does not fit the model.*shape differs'):
-    weights.load_vit(fresh['params'], path)
+    vit_weights.load_vit(fresh['params'], path)
 
 
 def test_training_starts_from_init_from(tmp_path):
@@ -151,7 +153,7 @@ def test_training_starts_from_init_from(tmp_path):
   task = ClassificationTask(config)
   source = random_params(task.model, 16, channels=1)
   path = str(tmp_path / 'start.npz')
-  weights.write_vit_npz(path, source)
+  vit_weights.write_vit_npz(path, source)
   config.init_from = path
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(config, workdir, ClassificationTask(config))
@@ -172,7 +174,7 @@ def test_npz_carrying_a_pickle_is_refused_without_running_it(tmp_path):
   path = str(tmp_path / 'evil.npz')
   np.savez(path, **{'embedding/kernel': np.array([RunsCode(str(marker))], dtype=object)})
   with pytest.raises(UserError, match='cannot read checkpoint'):
-    weights.read_vit_npz(path)
+    vit_weights.read_vit_npz(path)
   assert not marker.exists()
 
 
@@ -234,7 +236,7 @@ def test_original_detr_training_checkpoint_with_args_loads_through_the_task(tmp_
 @pytest.mark.parametrize('prefix', [0, 1, 2], ids=['none', 'class', 'class+distillation'])
 def test_zoom_resize_keeps_any_number_of_prefix_tokens(prefix):
   posemb = np.random.default_rng(prefix).standard_normal((1, prefix + 5 * 5, 3))
-  resized = weights.resize_posemb(posemb.astype(np.float32), (7, 9), prefix)
+  resized = position_embeddings.resize_posemb(posemb.astype(np.float32), (7, 9), prefix)
   np.testing.assert_array_equal(resized[:, :prefix], posemb[:, :prefix].astype(np.float32))
   expected = scipy.ndimage.zoom(posemb[0, prefix:].reshape(5, 5, 3), (7 / 5, 9 / 5, 1), order=1)
   np.testing.assert_allclose(resized[0, prefix:].reshape(7, 9, 3), expected, atol=1e-6)
@@ -243,14 +245,14 @@ def test_zoom_resize_keeps_any_number_of_prefix_tokens(prefix):
 @pytest.mark.parametrize('prefix', [0, 1, 2], ids=['none', 'class', 'class+distillation'])
 def test_bilinear_resize_matches_segmenters_torch_resize(prefix):
   posemb = np.random.default_rng(prefix).standard_normal((1, prefix + 6 * 6, 4)).astype(np.float32)
-  resized = weights.resize_posemb(posemb, (4, 5), prefix, method='bilinear')
+  resized = position_embeddings.resize_posemb(posemb, (4, 5), prefix, method='bilinear')
   expected = torch_resize_pos_embed(torch.from_numpy(posemb), (6, 6), (4, 5), prefix).numpy()
   np.testing.assert_allclose(resized, expected, atol=1e-6)
 
 
 def test_resize_of_a_grid_that_is_not_square_says_so():
   with pytest.raises(UserError, match=r'the 8 others are not a square grid'):
-    weights.resize_posemb(np.zeros((1, 10, 4)), (3, 3), num_prefix_tokens=2)
+    position_embeddings.resize_posemb(np.zeros((1, 10, 4)), (3, 3), num_prefix_tokens=2)
 
 
 # ------------------------------------------------------------------------------------ fill
@@ -261,7 +263,8 @@ def test_fill_lists_missing_unexpected_and_mismatched_in_one_line():
            **{f'block_{i}': {'bias': np.zeros(1)} for i in range(5)}}
   loaded = {'a': {'kernel': np.ones((3, 3))}, 'c': np.ones(2), 'd': np.ones(2)}
   with pytest.raises(UserError) as error:
-    weights.fill(fresh, loaded, source='checkpoint x.npz', fix='check config.model')
+    weights.fill(fresh, loaded, source='checkpoint x.npz', fix='check config.model',
+                 layers='encoderblock')
   assert str(error.value) == (
       'checkpoint x.npz does not fit the model (missing: b, block_0/bias, block_1/bias and 3 '
       'more; unexpected: c, d; shape differs: a/kernel (3, 3) vs (2, 3)): check config.model')

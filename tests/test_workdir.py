@@ -10,12 +10,12 @@ import sys
 import pytest
 
 from helpers import ROOT
-from vit_jax import workdir as workdir_lib
-from vit_jax.errors import UserError
+from vit_jax.framework import workdir as workdir_lib
+from vit_jax.framework.errors import UserError
 
 HOLD_LOCK = '''
 import sys, time
-from vit_jax import workdir
+from vit_jax.framework import workdir
 with workdir.RunLock(sys.argv[1]):
   print('locked', flush=True)
   time.sleep(600)

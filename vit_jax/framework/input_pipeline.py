@@ -32,7 +32,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 Example = dict[str, tf.Tensor]
 

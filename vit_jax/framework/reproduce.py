@@ -10,7 +10,7 @@ A table is a list of rows. A row is one figure of the paper and says how ours is
   Unavailable(reason)  nothing was published to evaluate and nothing here can train it
 
 A row that cannot be filled says why in one line (no weights at PATH, no data: ..., no workdir
-...). The task packages define their tables (vit_jax/paper_tables.py, detr_jax/paper_tables.py,
+...). The task packages define their tables (vit_jax/classification/paper_tables.py, detr_jax/paper_tables.py,
 segmenter_jax/paper_tables.py); `scripts/reproduce.py TABLE` is the command line.
 """
 
@@ -25,9 +25,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vit_jax import evaluation, model_stats, sharding, weights
-from vit_jax import task as task_lib
-from vit_jax.errors import UserError
+from vit_jax.framework import evaluation, model_stats, sharding, weights
+from vit_jax.framework import task as task_lib
+from vit_jax.framework.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,15 +7,20 @@ map them to mesh axes (see `sharding.py`).
 """
 
 import functools
-import math
-from typing import Callable, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.attention import MultiHeadAttention
-from vit_jax.errors import UserError
+from vit_jax.classification.resnet import resnet_stem
+from vit_jax.framework.errors import UserError
+from vit_jax.layers.activations import gelu
+from vit_jax.layers.attention import MultiHeadAttention
+from vit_jax.layers.initializers import partitioned, torch_default
+from vit_jax.layers.normalization import LayerNorm
+from vit_jax.layers.position_embeddings import resize_position_embeddings
+from vit_jax.layers.remat import REMAT_POLICIES, remat_policy_name
 
 # Width, MLP width, heads and depth of each size (ViT paper, Table 1; Ti from DeiT).
 SIZES = {
@@ -56,9 +61,6 @@ def decode_variant(variant: str) -> dict:
   return fields
 
 
-def _partitioned(init, names):
-  return nn.with_logical_partitioning(init, names)
-
 
 # The original initialisers (reference/vit.md §2.3).
 _xavier = nn.initializers.xavier_uniform()
@@ -75,24 +77,6 @@ def _check_weight_init(weight_init: str) -> None:
     raise UserError(f'unknown weight_init {weight_init!r}: use one of {WEIGHT_INITS}')
 
 
-def _torch_default(fan_in: int):
-  """PyTorch's default Conv/Linear init, weights and biases alike: U(+-1/sqrt(fan_in))."""
-  bound = 1 / math.sqrt(fan_in)
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-def resize_position_embeddings(posemb, old_grid: tuple[int, int], new_grid: tuple[int, int],
-                               num_prefix_tokens: int):
-  """(1, prefix + gh*gw, D) on `old_grid` -> the same on `new_grid`, as Segmenter and timm 0.4.12
-  do: bilinear at pixel centres (torch align_corners=False), no antialiasing; the prefix rows
-  (class / distillation tokens) are kept as they are."""
-  prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
-  grid = grid.reshape(old_grid + grid.shape[-1:])
-  grid = jax.image.resize(grid, tuple(new_grid) + grid.shape[-1:], 'bilinear', antialias=False)
-  return jnp.concatenate([prefix, grid.reshape((1, -1, grid.shape[-1])).astype(prefix.dtype)],
-                         axis=1)
-
-
 class AddPositionEmbs(nn.Module):
   """Learned position embeddings, one row per token (class token included), BERT init.
 
@@ -104,7 +88,7 @@ class AddPositionEmbs(nn.Module):
 
   @nn.compact
   def __call__(self, x, grid: Optional[tuple[int, int]] = None):
-    init = _partitioned(nn.initializers.normal(stddev=0.02), (None, None, 'embed'))
+    init = partitioned(nn.initializers.normal(stddev=0.02), (None, None, 'embed'))
     if self.grid is None:
       return x + self.param('pos_embedding', init, (1,) + x.shape[1:]).astype(x.dtype)
     stored, grid = tuple(self.grid), tuple(grid or self.grid)
@@ -116,64 +100,6 @@ class AddPositionEmbs(nn.Module):
     if grid != stored:
       pos_embedding = resize_position_embeddings(pos_embedding, stored, grid, prefix)
     return x + pos_embedding.astype(x.dtype)
-
-
-def gelu(x, approximate: bool = True):
-  """GELU; tanh-approximated (the original ViT's) or exact. The exact one is computed as
-  x (1 + erf(x / sqrt 2)) / 2, torch's formula: jax.nn.gelu writes it with erfc, which XLA on CPU
-  lowers to two rational branches, an exp and two divides, about 2.5x the time of erf's single
-  rational (the two agree to 1e-6 on N(0, 2) inputs)."""
-  if approximate:
-    return nn.gelu(x, approximate=True)
-  return 0.5 * x * (1 + jax.lax.erf(x * (1 / math.sqrt(2))))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def normalize(x, epsilon: float):
-  """(x - mean) / sqrt(variance + epsilon) over the last axis, in x's dtype (float32 or wider),
-  the variance in two passes (as torch)."""
-  return _normalize_forward(x, epsilon)[0]
-
-
-def _normalize_forward(x, epsilon):
-  centred = x - x.mean(axis=-1, keepdims=True)
-  inverse_std = jax.lax.rsqrt(jnp.square(centred).mean(axis=-1, keepdims=True) + epsilon)
-  y = centred * inverse_std
-  return y, (y, inverse_std)
-
-
-def _normalize_backward(epsilon, residuals, grad):
-  # The textbook gradient from the output and the per-token 1/std: two row means and one
-  # elementwise pass; autodiff of the forward keeps the centred input too and takes more passes.
-  del epsilon
-  y, inverse_std = residuals
-  return (inverse_std * (grad - grad.mean(axis=-1, keepdims=True)
-                         - y * (grad * y).mean(axis=-1, keepdims=True)),)
-
-
-normalize.defvjp(_normalize_forward, _normalize_backward)
-
-
-class LayerNorm(nn.Module):
-  """LayerNorm over the last axis, with flax's parameter names (`scale`, `bias`), initialisers
-  and dtype rule, statistics in float32.
-
-  Normalises, then scales: flax multiplies the scale into the per-token 1/std first, a tensor
-  of the input's full size that XLA on CPU materialises and keeps for the backward pass; here
-  the backward pass keeps the normalised input and the per-token 1/std (see `normalize`).
-  """
-  epsilon: float = 1e-6
-  dtype: Optional[jnp.dtype] = None  # None: the input's and params' promoted dtype.
-  scale_init: Callable = nn.initializers.ones
-  bias_init: Callable = nn.initializers.zeros
-
-  @nn.compact
-  def __call__(self, x):
-    scale = self.param('scale', self.scale_init, x.shape[-1:])
-    bias = self.param('bias', self.bias_init, x.shape[-1:])
-    dtype = self.dtype or jnp.result_type(x, scale)
-    y = normalize(x.astype(jnp.promote_types(x.dtype, jnp.float32)), self.epsilon)
-    return (y * scale + bias).astype(dtype)
 
 
 class MlpBlock(nn.Module):
@@ -189,14 +115,14 @@ class MlpBlock(nn.Module):
     width = x.shape[-1]
     kernel, bias = (_timm_kernel, _zeros) if self.weight_init == 'timm' else (_xavier, _mlp_bias)
     x = nn.Dense(self.mlp_dim, dtype=self.dtype,
-                 kernel_init=_partitioned(kernel, ('embed', 'mlp')),
-                 bias_init=_partitioned(bias, ('mlp',)))(x)
+                 kernel_init=partitioned(kernel, ('embed', 'mlp')),
+                 bias_init=partitioned(bias, ('mlp',)))(x)
     x = gelu(x, self.gelu_approximate)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'mlp'))
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     x = nn.Dense(width, dtype=self.dtype,
-                 kernel_init=_partitioned(kernel, ('mlp', 'embed')),
-                 bias_init=_partitioned(bias, ('embed',)))(x)
+                 kernel_init=partitioned(kernel, ('mlp', 'embed')),
+                 bias_init=partitioned(bias, ('embed',)))(x)
     return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
 
@@ -245,33 +171,12 @@ class Encoder1DBlock(nn.Module):
     return nn.with_logical_constraint(x + y, ('batch', 'length', 'act_embed'))
 
 
-# model.remat: what a block keeps for the backward pass, the rest recomputed (less memory,
-# more compute); a policy of jax.checkpoint_policies by name. True / False are 'full' / 'none'.
-REMAT_POLICIES = {
-    'none': None,  # No rematerialisation: everything kept.
-    'full': jax.checkpoint_policies.nothing_saveable,  # Only the block inputs kept.
-    'nothing_saveable': jax.checkpoint_policies.nothing_saveable,
-    'dots_saveable': jax.checkpoint_policies.dots_saveable,
-    'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    'everything_saveable': jax.checkpoint_policies.everything_saveable,
-}
-
-
-def remat_policy_name(remat) -> str:
-  """model.remat (a policy name, or the older bool) -> a key of REMAT_POLICIES."""
-  if remat is None or isinstance(remat, bool):
-    return 'full' if remat else 'none'
-  if not isinstance(remat, str) or remat not in REMAT_POLICIES:
-    raise UserError(f'unknown model.remat {remat!r}: use one of {sorted(REMAT_POLICIES)}')
-  return remat
-
-
 class Encoder(nn.Module):
   """Position embeddings, dropout, a stack of blocks and the final LayerNorm.
 
   scan: the blocks under nn.scan, one block compiled once whatever the depth; their params
   stacked on a leading axis named 'layers' under `encoderblock` (instead of `encoderblock_0`,
-  ..., `encoderblock_{n-1}`; vit_jax.weights converts between the two and loads either into
+  ..., `encoderblock_{n-1}`; vit_jax.framework.weights converts between the two and loads either into
   either).
   """
   num_layers: int
@@ -319,97 +224,6 @@ class Encoder(nn.Module):
         x = block(*fields, drop_path_rate=rate, weight_init=self.weight_init,
                   name=f'encoderblock_{i}')(x, train)
     return LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm')(x)
-
-
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         precision=None, preferred_element_type=None):
-  """lax.conv_general_dilated, with a 1x1 kernel (NHWC input, HWIO kernel, no padding, one
-  group) run as a matmul over the channels of the strided input: the same sums, and XLA on CPU
-  runs a 1x1 convolution's weight gradient at ~15 GFLOP/s on one core against ~100 for the
-  matmul's (DETR-R50's train step spent 3 of its 8 s there). nn.Conv(conv_general_dilated=...)."""
-  pointwise = (rhs.ndim == 4 and rhs.shape[:2] == (1, 1) and feature_group_count == 1
-               and all(p == (0, 0) for p in padding)
-               and all(d == 1 for d in lhs_dilation or ())
-               and dimension_numbers == jax.lax.conv_dimension_numbers(
-                   lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC')))
-  if not pointwise:
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-        feature_group_count, precision=precision, preferred_element_type=preferred_element_type)
-  (sh, sw) = window_strides
-  return jnp.einsum('bhwi,io->bhwo', lhs[:, ::sh, ::sw], rhs[0, 0], precision=precision,
-                    preferred_element_type=preferred_element_type)
-
-
-# Flax's default conv init, with the channel axes named so that FSDP can shard them.
-_CONV_KERNEL_INIT = _partitioned(nn.initializers.lecun_normal(),
-                                 (None, None, 'conv_in', 'conv_out'))
-
-
-class StdConv(nn.Conv):
-  """Convolution with weight standardisation (BiT): each output filter to zero mean, unit std."""
-
-  def param(self, name, *args, **kwargs):
-    value = super().param(name, *args, **kwargs)
-    if name == 'kernel':
-      value = value - jnp.mean(value, axis=(0, 1, 2))
-      value = value / (jnp.std(value, axis=(0, 1, 2)) + 1e-5)
-    return value
-
-
-class ResidualUnit(nn.Module):
-  """Bottleneck unit: 1x1, 3x3 (with the stride), 1x1 to 4x width, each followed by GroupNorm;
-  the last GroupNorm starts at zero so that the unit starts as its shortcut."""
-  features: int
-  strides: tuple[int, int] = (1, 1)
-
-  @nn.compact
-  def __call__(self, x):
-    out_features = self.features * 4
-    conv = functools.partial(StdConv, use_bias=False, kernel_init=_CONV_KERNEL_INIT,
-                             conv_general_dilated=conv_general_dilated)
-    residual = x
-    if x.shape[-1] != out_features or self.strides != (1, 1):
-      residual = conv(out_features, (1, 1), self.strides, name='conv_proj')(residual)
-      residual = nn.GroupNorm(name='gn_proj')(residual)
-    y = nn.relu(nn.GroupNorm(name='gn1')(conv(self.features, (1, 1), name='conv1')(x)))
-    y = conv(self.features, (3, 3), self.strides, name='conv2')(y)
-    y = nn.relu(nn.GroupNorm(name='gn2')(y))
-    y = conv(out_features, (1, 1), name='conv3')(y)
-    y = nn.GroupNorm(name='gn3', scale_init=nn.initializers.zeros)(y)
-    return nn.relu(residual + y)
-
-
-class ResNetStage(nn.Module):
-  """`block_size` bottleneck units unit1..unitN; the first carries the stride."""
-  block_size: int
-  features: int
-  first_strides: tuple[int, int]
-
-  @nn.compact
-  def __call__(self, x):
-    for unit in range(self.block_size):
-      strides = self.first_strides if unit == 0 else (1, 1)
-      x = ResidualUnit(self.features, strides, name=f'unit{unit + 1}')(x)
-    return x
-
-
-def resnet_stem(x, num_layers: tuple[int, ...], width_factor: int = 1):
-  """The hybrid's ResNet: 7x7/2 root, 3x3/2 max-pool, bottleneck stages block1..blockN.
-
-  Called inside `VisionTransformer.__call__`, so its modules sit at the top of the parameter
-  tree (`conv_root`, `gn_root`, `block1/unit1/...`) as in the official checkpoints.
-  """
-  width = int(64 * width_factor)
-  x = StdConv(width, (7, 7), (2, 2), use_bias=False, kernel_init=_CONV_KERNEL_INIT,
-              name='conv_root')(x)
-  x = nn.relu(nn.GroupNorm(name='gn_root')(x))
-  x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
-  for stage, block_size in enumerate(num_layers):
-    x = ResNetStage(block_size, width * 2**stage, (1, 1) if stage == 0 else (2, 2),
-                    name=f'block{stage + 1}')(x)
-  return x
 
 
 class VisionTransformer(nn.Module):
@@ -463,15 +277,15 @@ class VisionTransformer(nn.Module):
     p = self.patch_size
     fan_in = p * p * x.shape[-1]
     x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
-                kernel_init=_partitioned(_torch_default(fan_in) if timm_init
+                kernel_init=partitioned(torch_default(fan_in) if timm_init
                                          else nn.initializers.lecun_normal(),
                                          (None, None, None, 'embed')),
-                bias_init=_partitioned(_torch_default(fan_in) if timm_init else _zeros,
+                bias_init=partitioned(torch_default(fan_in) if timm_init else _zeros,
                                        ('embed',)), name='embedding')(x)
     n, h, w, c = x.shape
     x = x.reshape(n, h * w, c)
     if self.classifier in ('token', 'token_unpooled'):
-      token_init = _partitioned(_timm_kernel if timm_init else _zeros, (None, None, 'embed'))
+      token_init = partitioned(_timm_kernel if timm_init else _zeros, (None, None, 'embed'))
       tokens = [self.param('cls', token_init, (1, 1, c))]
       if self.distilled:
         tokens.append(self.param('dist', token_init, (1, 1, c)))
@@ -489,15 +303,15 @@ class VisionTransformer(nn.Module):
 
     if self.representation_size is not None:
       x = nn.Dense(self.representation_size, dtype=self.dtype, name='pre_logits',
-                   kernel_init=_partitioned(nn.initializers.lecun_normal(), ('embed', 'mlp')),
-                   bias_init=_partitioned(_zeros, ('mlp',)))(x)
+                   kernel_init=partitioned(nn.initializers.lecun_normal(), ('embed', 'mlp')),
+                   bias_init=partitioned(_zeros, ('mlp',)))(x)
       x = jnp.tanh(x)
     if self.num_classes is None:
       return x
     return nn.Dense(self.num_classes, name='head', dtype=jnp.float32,
-                    kernel_init=_partitioned(_timm_kernel if timm_init else _zeros,
+                    kernel_init=partitioned(_timm_kernel if timm_init else _zeros,
                                              ('embed', 'classes')),
-                    bias_init=_partitioned(nn.initializers.constant(self.head_bias_init),
+                    bias_init=partitioned(nn.initializers.constant(self.head_bias_init),
                                            ('classes',)))(x)
 
 

@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vit_jax import durations
-from vit_jax.errors import UserError
+from vit_jax.framework import durations
+from vit_jax.framework.errors import UserError
 
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw')
 SCHEDULES = ('constant', 'warmup_cosine', 'warmup_linear', 'warmup_poly', 'warmup_step')

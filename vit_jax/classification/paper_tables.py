@@ -1,5 +1,5 @@
 """The ViT paper's tables (Dosovitskiy et al., ICLR 2021, arXiv 2010.11929) as rows for
-vit_jax/reproduce.py: Table 2 (comparison with the state of the art) and Table 5 (top-1 per
+vit_jax/framework/reproduce.py: Table 2 (comparison with the state of the art) and Table 5 (top-1 per
 pre-training dataset and model).
 
 What was published: the ImageNet-21k pre-trained models and their ImageNet fine-tunes at 384 px
@@ -9,8 +9,8 @@ configs/vit_finetune.py (VTAB with configs/vit_vtab.py) and read the run's final
 JFT-300M and ImageNet-1k pre-trained models were never released.
 """
 
-from vit_jax.classification import REAL_DATASET, ClassificationTask
-from vit_jax.reproduce import Row, Table, Training, Unavailable, Weights
+from vit_jax.classification.task import ClassificationTask, REAL_DATASET
+from vit_jax.framework.reproduce import Row, Table, Training, Unavailable, Weights
 
 SOURCE = ('ViT paper (arXiv 2010.11929v2) Tables 2 and 5, transcribed by hand: check a figure '
           'against the PDF before quoting a difference')

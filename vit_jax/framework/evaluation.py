@@ -18,8 +18,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from vit_jax import prefetch
-from vit_jax import task as task_lib
+from vit_jax.framework import prefetch
+from vit_jax.framework import task as task_lib
 
 
 def _to_host(x: jax.Array) -> np.ndarray:

@@ -29,11 +29,11 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
-from vit_jax import checkpoint as checkpoint_lib
-from vit_jax import durations, evaluation, logs, optim, prefetch, sharding
-from vit_jax import task as task_lib
-from vit_jax import workdir as workdir_lib
-from vit_jax.errors import UserError
+from vit_jax.framework import checkpoint as checkpoint_lib
+from vit_jax.framework import durations, evaluation, logs, optim, prefetch, sharding
+from vit_jax.framework import task as task_lib
+from vit_jax.framework import workdir as workdir_lib
+from vit_jax.framework.errors import UserError
 
 Batch = task_lib.Batch
 
@@ -140,7 +140,7 @@ def make_train_step(task: task_lib.Task, tx: optax.GradientTransformation, sched
 
 def jit_train_step(task: task_lib.Task, tx, schedule, accum_steps: int, shardings: TrainState,
                    batch_sharding):
-  """The train step as the loop runs it (also compiled ahead of time by vit_jax.fit_report)."""
+  """The train step as the loop runs it (also compiled ahead of time by vit_jax.framework.fit_report)."""
   return jax.jit(make_train_step(task, tx, schedule, accum_steps),
                  in_shardings=(shardings, batch_sharding),
                  out_shardings=(shardings, None), donate_argnums=0)

@@ -23,7 +23,7 @@ import optax
 from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 
 def make_mesh(axes: Sequence[tuple[str, int]], devices=None) -> jax.sharding.Mesh:

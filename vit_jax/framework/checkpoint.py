@@ -17,7 +17,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 
 class Checkpointer:

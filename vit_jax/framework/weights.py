@@ -1,14 +1,10 @@
-"""Pretrained weights: reading `.npz` / `.pth` files, fitting them into a fresh model, and ViT's
-official `.npz` layout. (Train-state checkpoints of a run are `vit_jax.checkpoint`, orbax.)
+"""Pretrained weights: reading `.npz` / `.pth` files and fitting them into a fresh model.
+(Train-state checkpoints of a run are `vit_jax.framework.checkpoint`, orbax.)
 
-Every task loads the same way: a rename table turns the file's names into ours (ViT's below,
-DETR's and Segmenter's in their packages), then `fill` puts the loaded arrays into the fresh
-params, resizing position embeddings to the model's grid and logging each decision once.
-
-Official ViT files (gs://vit_models/imagenet21k, augreg, ...) store '/'-joined keys with pre-Linen
-module numbering: inside an encoder block `LayerNorm_0`, `MultiHeadDotProductAttention_1`,
-`LayerNorm_2`, `MlpBlock_3`, where Linen counts per class (`LayerNorm_1`, `..._0`, `MlpBlock_0`).
-Hybrid checkpoints store GroupNorm scale and bias as (1, 1, 1, C).
+Every model loads the same way: a rename table turns the file's names into ours (ViT's in
+`vit_jax.classification.vit_weights`, DETR's and Segmenter's in their packages), then `fill` puts
+the loaded arrays into the fresh params, resizing position embeddings to the model's grid and
+logging each decision once.
 """
 
 import argparse
@@ -19,20 +15,15 @@ import zipfile
 from typing import Any, Iterable, Optional
 
 import flax.linen as nn
-import jax.numpy as jnp
 import numpy as np
-import scipy.ndimage
 import tensorflow as tf
 from absl import logging
 from flax import traverse_util
 
-from vit_jax import models
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
+from vit_jax.layers.position_embeddings import resize_posemb
 
 Params = dict[str, Any]
-
-VIT_POSEMB = 'Transformer/posembed_input/pos_embedding'
-
 
 def flatten(tree: Params) -> dict[str, Any]:
   """{'a': {'b': x}} -> {'a/b': x}; logical-partitioning boxes are unboxed."""
@@ -107,7 +98,7 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
 
 # -------------------------------------------------------------------- torch attention layout
 # torch fuses the q, k, v projections into one (3d, d) weight (nn.MultiheadAttention's
-# in_proj_*, timm's attn.qkv); vit_jax.attention keeps them apart and per head.
+# in_proj_*, timm's attn.qkv); vit_jax.layers.attention keeps them apart and per head.
 
 
 def split_torch_qkv(value: np.ndarray, num_heads: int) -> dict[str, np.ndarray]:
@@ -128,37 +119,11 @@ def torch_out_projection(weight: np.ndarray, num_heads: int) -> np.ndarray:
 # ------------------------------------------------------------------- position embeddings
 
 
-def resize_posemb(posemb: np.ndarray, new_grid: tuple[int, int], num_prefix_tokens: int = 1,
-                  method: str = 'zoom') -> np.ndarray:
-  """(1, prefix + g*g, D) -> (1, prefix + new_grid[0] * new_grid[1], D); the prefix rows (class
-  token, DeiT's distillation token, or none) are kept as they are.
-
-  'zoom' is the original ViT's: scipy.ndimage.zoom(order=1), bilinear through the corner
-  pixels. 'bilinear' samples at pixel centres (torch align_corners=False), as Segmenter and
-  timm do.
-  """
-  tokens = posemb.shape[1] - num_prefix_tokens
-  side = int(round(np.sqrt(tokens)))
-  if side * side != tokens:
-    raise UserError(f'cannot resize position embeddings {posemb.shape} with {num_prefix_tokens} '
-                    f'prefix tokens: the {tokens} others are not a square grid')
-  new_grid = tuple(new_grid)
-  if method == 'bilinear':
-    return np.asarray(models.resize_position_embeddings(
-        jnp.asarray(posemb), (side, side), new_grid, num_prefix_tokens))
-  if method != 'zoom':
-    raise UserError(f'unknown position-embedding resize {method!r}: use zoom or bilinear')
-  grid = posemb[0, num_prefix_tokens:].reshape(side, side, -1)
-  grid = scipy.ndimage.zoom(grid, (new_grid[0] / side, new_grid[1] / side, 1), order=1)
-  return np.concatenate([posemb[:, :num_prefix_tokens], grid.reshape(1, -1, grid.shape[-1])],
-                        axis=1).astype(posemb.dtype)
-
-
 @dataclasses.dataclass(frozen=True)
 class PosembResize:
   """Where a model keeps its position embeddings and how a checkpoint's are fitted to them.
   grid: the model's patch grid; None means square."""
-  name: str = VIT_POSEMB
+  name: str
   num_prefix_tokens: int = 1
   method: str = 'zoom'
   grid: Optional[tuple[int, int]] = None
@@ -173,9 +138,6 @@ class PosembResize:
 # shape and stay apart). Flat names either way: '.../encoderblock/...' or
 # '.../encoderblock_3/...'.
 
-VIT_LAYERS = 'encoderblock'
-
-
 def _scanned(layers: str) -> re.Pattern:
   return re.compile(rf'(?P<block>(?:^|.*/)(?:{layers}))/(?P<rest>.+)')
 
@@ -184,12 +146,12 @@ def _per_layer(layers: str) -> re.Pattern:
   return re.compile(rf'(?P<block>(?:^|.*/)(?:{layers}))_(?P<index>\d+)/(?P<rest>.+)')
 
 
-def is_scanned(flat: dict[str, Any], layers: str = VIT_LAYERS) -> bool:
+def is_scanned(flat: dict[str, Any], layers: str) -> bool:
   scanned = _scanned(layers)
   return any(scanned.fullmatch(k) for k in flat)
 
 
-def stack_layers(flat: dict[str, Any], layers: str = VIT_LAYERS) -> dict[str, Any]:
+def stack_layers(flat: dict[str, Any], layers: str) -> dict[str, Any]:
   """Per-layer block params (`encoderblock_{i}/...`, flat) -> stacked (`encoderblock/...`, the
   layer index first); everything else as it is."""
   out, stacks, per_layer = {}, {}, _per_layer(layers)
@@ -206,7 +168,7 @@ def stack_layers(flat: dict[str, Any], layers: str = VIT_LAYERS) -> dict[str, An
   return out
 
 
-def unstack_layers(flat: dict[str, Any], layers: str = VIT_LAYERS) -> dict[str, Any]:
+def unstack_layers(flat: dict[str, Any], layers: str) -> dict[str, Any]:
   """Stacked block params (`encoderblock/...`, flat) -> one `encoderblock_{i}/...` per layer."""
   out, scanned = {}, _scanned(layers)
   for key, value in flat.items():
@@ -220,7 +182,7 @@ def unstack_layers(flat: dict[str, Any], layers: str = VIT_LAYERS) -> dict[str, 
 
 
 def match_layer_layout(flat: dict[str, Any], like: dict[str, Any],
-                       layers: str = VIT_LAYERS) -> dict[str, Any]:
+                       layers: str) -> dict[str, Any]:
   """`flat` in the block layout of `like` (scanned or per-layer), both flat."""
   if is_scanned(like, layers) and not is_scanned(flat, layers):
     return stack_layers(flat, layers)
@@ -255,7 +217,7 @@ def check_fit(loaded: dict[str, Any], wanted: dict[str, Any], source: str, fix: 
 
 def fill(fresh: Params, loaded: Params, *, optional: Iterable[str] = (),
          resize: Optional[PosembResize] = None, source: str = 'the checkpoint',
-         fix: str = 'check config.model against it', layers: str = VIT_LAYERS) -> Params:
+         fix: str = 'check config.model against it', layers: str) -> Params:
   """`fresh` (the new model's params, host arrays) with every array of `loaded` in its place.
 
   optional: regexes (full match on '/'-joined names) of parameters that need not fit: where the
@@ -299,85 +261,3 @@ def fill(fresh: Params, loaded: Params, *, optional: Iterable[str] = (),
   out = dict(wanted)
   out.update({k: np.asarray(v, dtype=np.asarray(wanted[k]).dtype) for k, v in have.items()})
   return unflatten(out)
-
-
-# -------------------------------------------------------------------- ViT's official layout
-
-# Encoder-block children in creation order, Linen name -> pre-Linen name.
-_BLOCK_TO_PRE_LINEN = {
-    'LayerNorm_0': 'LayerNorm_0',
-    'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttention_1',
-    'LayerNorm_1': 'LayerNorm_2',
-    'MlpBlock_0': 'MlpBlock_3',
-}
-_PREFIXES = ('opt/target/', 'params/')
-
-
-def _natural_key(name: str):
-  return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', name)]
-
-
-def _to_linen(tree: Params) -> Params:
-  """Renumbers `Class_N` children per class in natural order (pre-Linen counted per parent)."""
-  out, counters = {}, {}
-  for name in sorted(tree, key=_natural_key):
-    value = tree[name]
-    match = re.fullmatch(r'(.+)_(\d+)', name)
-    if match and isinstance(value, dict) and not match.group(1).startswith(('encoderblock',)):
-      cls = match.group(1)
-      name = f'{cls}_{counters.get(cls, 0)}'
-      counters[cls] = counters.get(cls, 0) + 1
-    out[name] = _to_linen(value) if isinstance(value, dict) else value
-  return out
-
-
-def _squeeze_group_norms(tree: Params) -> Params:
-  """(1, 1, 1, C) GroupNorm parameters of hybrid checkpoints -> (C,)."""
-  return {name: _squeeze_group_norms(v) if isinstance(v, dict)
-          else (v.reshape(-1) if name in ('scale', 'bias') and v.ndim == 4 else v)
-          for name, v in tree.items()}
-
-
-def from_official_vit(flat: dict[str, np.ndarray]) -> Params:
-  """The arrays of an official (or our) ViT `.npz` as a parameter tree with our Linen names."""
-  for prefix in _PREFIXES:
-    if any(k.startswith(prefix) for k in flat):
-      flat = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
-  # i21k+i1k fine-tuned files keep an empty pre_logits entry.
-  flat = {k: v for k, v in flat.items() if v.size or not k.startswith('pre_logits')}
-  return _squeeze_group_norms(_to_linen(unflatten(flat)))
-
-
-def to_official_vit(params: Params) -> dict[str, np.ndarray]:
-  """Our ViT params with official names (pre-Linen block names, hybrid GroupNorm as 1x1x1xC),
-  as vision_transformer, big_vision and timm's loaders read them (a scanned encoder's blocks
-  are written per layer)."""
-  out = {}
-  for key, value in unstack_layers(flatten(params)).items():
-    value, parts = np.asarray(value), key.split('/')
-    if len(parts) > 2 and parts[0] == 'Transformer' and parts[1].startswith('encoderblock_'):
-      parts[2] = _BLOCK_TO_PRE_LINEN.get(parts[2], parts[2])
-    if re.fullmatch(r'gn_\w+|gn\d', parts[-2] if len(parts) > 1 else '') and value.ndim == 1:
-      value = value.reshape(1, 1, 1, -1)
-    out['/'.join(parts)] = value
-  return out
-
-
-def read_vit_npz(path: str) -> Params:
-  """An official (or our) ViT `.npz`, local or gs://, as our parameter tree."""
-  return from_official_vit(read_npz(path))
-
-
-def write_vit_npz(path: str, params: Params) -> None:
-  """Our ViT params as an official-layout `.npz` (timm's loader reads it)."""
-  write_npz(path, to_official_vit(params))
-
-
-def load_vit(fresh: Params, path: str, posemb_resize: str = 'zoom') -> Params:
-  """ViT fine-tuning start: `fresh` filled from the `.npz` at `path`. A head for another class
-  count stays as initialised (zeros), pre_logits goes when the model has no representation
-  layer, and the position embeddings are resized to the model's grid."""
-  return fill(fresh, read_vit_npz(path), optional=(r'head/.*', r'pre_logits/.*'),
-              resize=PosembResize(VIT_POSEMB, 1 if 'cls' in fresh else 0, posemb_resize),
-              source=f'checkpoint {path}',
-              fix='check config.model (variant, classifier, representation_size)')

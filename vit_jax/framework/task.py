@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
-from vit_jax import input_pipeline
-from vit_jax.errors import UserError
+from vit_jax.framework import input_pipeline
+from vit_jax.framework.errors import UserError
 
 Batch = dict[str, Any]
 
@@ -114,7 +114,7 @@ class Task(abc.ABC):
 
   def draw(self, batch: Batch, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Host: pictures of the predictions for the real examples of `batch` (host numpy), given
-    `draw_outputs` on them: name -> uint8 (H, W, 3) image (see vit_jax.drawing). Default: none."""
+    `draw_outputs` on them: name -> uint8 (H, W, 3) image (see vit_jax.framework.drawing). Default: none."""
     return {}
 
   # What the base owns.

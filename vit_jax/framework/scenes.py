@@ -16,7 +16,7 @@ import zlib
 
 import numpy as np
 
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 SHAPES = ('rectangle', 'ellipse', 'triangle')
 # Smallest per-channel contrast between an object and the background colour.

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from vit_jax import cli, durations, optim, sharding, train
-from vit_jax.errors import UserError
+from vit_jax.framework import cli, durations, optim, sharding, train
+from vit_jax.framework.errors import UserError
 
 _TOPOLOGY = flags.DEFINE_string(
     'topology', None, 'TPU slice: v5e-64, v6e-256 (chips), v4-32, v5p-128 (TensorCores), or '

@@ -13,7 +13,7 @@ from typing import IO, Optional
 import jax
 from absl import logging
 
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 LOCK_FILE = 'run.lock'
 

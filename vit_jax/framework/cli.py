@@ -20,8 +20,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vit_jax import host_memory, logs, task, train
-from vit_jax.errors import UserError
+from vit_jax.framework import host_memory, logs, task, train
+from vit_jax.framework.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/vit_digits.py (configs/x.py:arg passes arg).',
@@ -69,7 +69,7 @@ def _initialize_distributed() -> None:
 
 def run(make_task: Callable[[object], task.Task]) -> None:
   """Parses flags, builds the task from the config and trains it."""
-  # Required here, not at import: vit_jax.fit_report shares --config but has no workdir.
+  # Required here, not at import: vit_jax.framework.fit_report shares --config but has no workdir.
   flags.mark_flags_as_required(['config', 'workdir'])
 
   def main(argv):

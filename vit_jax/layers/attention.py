@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 _xavier = nn.initializers.xavier_uniform()
 

@@ -9,8 +9,10 @@ import numpy as np
 import optax
 import tensorflow as tf
 
-from vit_jax import classification_input, drawing, models, task, vtab, weights
-from vit_jax.errors import choose
+from vit_jax.classification import input as classification_input
+from vit_jax.classification import vit, vit_weights, vtab
+from vit_jax.framework import drawing, task
+from vit_jax.framework.errors import choose
 
 
 def sigmoid_xent(logits: jax.Array, one_hot: jax.Array) -> jax.Array:
@@ -20,7 +22,7 @@ def sigmoid_xent(logits: jax.Array, one_hot: jax.Array) -> jax.Array:
 
 # config.loss.name -> per-example loss of (logits, one-hot labels).
 LOSSES = {'softmax_xent': optax.softmax_cross_entropy, 'sigmoid_xent': sigmoid_xent}
-MODELS = {'vit': models.build_vit}  # config.model.name -> builder.
+MODELS = {'vit': vit.build_vit}  # config.model.name -> builder.
 # ImageNet ReaL (Beyer et al. 2020): the 50,000 ImageNet validation images with re-assessed
 # label sets (TFDS `real_label`) beside the original label (`original_label`).
 REAL_DATASET = 'imagenet2012_real'
@@ -83,7 +85,7 @@ class ClassificationTask(task.Task):
     return self.model.init({'params': rng}, jnp.zeros((1, size, size, channels)), train=False)
 
   def pretrained_params(self, params, path):
-    return weights.load_vit(params, path, self.config.get('posemb_resize', 'zoom'))
+    return vit_weights.load_vit(params, path, self.config.get('posemb_resize', 'zoom'))
 
   def loss(self, variables, batch, rng, normalizers):
     logits = self.model.apply(variables, batch['image'], train=True, rngs={'dropout': rng})
@@ -118,7 +120,7 @@ class ClassificationTask(task.Task):
     return classification_input.make_source(inputs, split, self.config.model.num_classes)
 
   def _with_label(self, preprocess):
-    """`preprocess` after `config.input.label`'s rule (a VTAB task's label, vit_jax/vtab.py)
+    """`preprocess` after `config.input.label`'s rule (a VTAB task's label, vit_jax/classification/vtab.py)
     has made the example's `label`; `preprocess` itself without one."""
     rule = self.config.input.get('label')
     if not rule:

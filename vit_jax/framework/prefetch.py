@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from jax.sharding import NamedSharding
 
-from vit_jax import sharding
-from vit_jax.errors import UserError
+from vit_jax.framework import sharding
+from vit_jax.framework.errors import UserError
 
 Batch = dict[str, Any]
 

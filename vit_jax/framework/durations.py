@@ -18,7 +18,7 @@ import functools
 import math
 from typing import Callable, Optional
 
-from vit_jax.errors import UserError
+from vit_jax.framework.errors import UserError
 
 
 class Epochs:

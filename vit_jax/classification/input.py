@@ -31,8 +31,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from vit_jax import input_pipeline
-from vit_jax.errors import UserError
+from vit_jax.framework import input_pipeline
+from vit_jax.framework.errors import UserError
 
 AUGMENTATIONS = ('inception_crop', 'flip', 'pad_crop', 'none')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
@@ -215,7 +215,7 @@ def train_preprocess(input_config):
 
 def train_example_spec(input_config) -> dict[str, tf.TensorSpec]:
   """What `train_preprocess` yields, from the config alone (no data is read), so a train step
-  can be compiled for a machine this one is not (vit_jax.fit_report)."""
+  can be compiled for a machine this one is not (vit_jax.framework.fit_report)."""
   size, channels = input_config.image_size, input_config.get('channels', 3)
   return {'image': tf.TensorSpec((size, size, channels), tf.float32),
           'label': tf.TensorSpec((), tf.int32)}

@@ -1,0 +1,1 @@
+"""Image classification: the task, its input, and its models (ViT and the ResNet hybrids)."""
