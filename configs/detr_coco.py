@@ -27,7 +27,7 @@ model: --config.init_from=detr-r50-e632da11.pth.
 
 import ml_collections
 
-from vit_jax.framework import config_args
+from vit_jax.framework import config_args, loop_config
 
 # Backbone name -> (ResNet depth, dilated last stage).
 BACKBONES = {'r50': (50, False), 'dc5_r50': (50, True), 'r101': (101, False),
@@ -70,7 +70,8 @@ def get_config(arg='r50'):
   depth, dilation = BACKBONES[args.backbone]
   position_embedding, encoder_pos, decoder_pos = SPATIAL_POS[args.spatial_pos]
   bbox_weight, giou_weight = LOSSES[args.loss]
-  config = ml_collections.ConfigDict()
+  config = loop_config.defaults()
+  config.task = 'detection'
   config.seed = 42
 
   config.input = ml_collections.ConfigDict()
@@ -131,7 +132,6 @@ def get_config(arg='r50'):
   config.matcher.bbox_weight = 5.0
   config.matcher.giou_weight = 2.0
 
-  config.optim = ml_collections.ConfigDict()
   config.optim.name = 'adamw'
   config.optim.lr = 1e-4
   config.optim.weight_decay = 1e-4
@@ -139,21 +139,12 @@ def get_config(arg='r50'):
   config.optim.grad_clip_norm = 0.1
   # Backbone at 1e-5; the stem and layer1 frozen, as the original.
   config.optim.lr_mults = ((r'backbone/(conv1|layer1_\d+)/.*', 0.0), (r'backbone/.*', 0.1))
-  config.optim.accum_steps = 1
   config.optim.schedule = ml_collections.ConfigDict(dict(
       name='warmup_step', warmup_steps=0, decay_factor=0.1,
       boundary_epochs=(LR_DROP.get(args.epochs, args.epochs * 2 // 3),)))
 
   config.total_epochs = args.epochs
-  config.log_every = 100
-  config.prefetch_batches = 2  # Batches on the devices ahead of the step (0 or 1: none).
-  config.draw_examples = 4  # Eval examples drawn to TensorBoard at each eval (0: none).
   config.eval_every_epochs = 10
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 3
-  config.init_from = ml_collections.config_dict.placeholder(str)
-  config.profile = False
-
-  config.mesh = (('data', -1), ('model', 1))
-  config.sharding_rules = (('batch', 'data'),)
   return config

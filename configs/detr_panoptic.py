@@ -42,7 +42,7 @@ def get_config(arg='r50'):
   config.input.gt_canvas = (640, 640)  # COCO images are at most 640 x 640.
   config.input.eval_batch_size = 8  # Eval hands 100 masks at stride 4 per image to the host.
 
-  config.model.name = 'detr_panoptic'
+  config.model.name = 'detr'
   config.model.num_classes = 250  # Category ids up to 200; the original's "large enough".
   config.model.freeze_detr = args.stage == 'masks'
 

@@ -14,10 +14,11 @@ stuff 0.923) on the 128 validation images after the 2000 steps, in 12 min 56 s; 
 
 import ml_collections
 
+from vit_jax.framework import loop_config
+
 
 def get_config():
-  config = ml_collections.ConfigDict()
-  config.seed = 0
+  config = loop_config.defaults()
   config.task = 'panoptic'
 
   config.input = ml_collections.ConfigDict()
@@ -42,7 +43,7 @@ def get_config():
   config.input.shuffle_buffer = 2048
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'detr_panoptic'
+  config.model.name = 'detr'
   config.model.remat = 'none'  # Or a policy name: 'full', 'dots_saveable', ...
   config.model.scan = False  # True: encoder and decoder layers under nn.scan.
   config.model.freeze_detr = False  # One stage: the box model trains with the mask head.
@@ -74,27 +75,15 @@ def get_config():
   config.matcher.bbox_weight = 5.0
   config.matcher.giou_weight = 2.0
 
-  config.optim = ml_collections.ConfigDict()
   config.optim.name = 'adamw'
   config.optim.lr = 3e-4  # 1e-4.
   config.optim.weight_decay = 1e-4
   config.optim.wd_mask = '.*'
   config.optim.grad_clip_norm = 0.1
-  config.optim.lr_mults = ()
-  config.optim.accum_steps = 1
   config.optim.schedule = ml_collections.ConfigDict(dict(
       name='warmup_step', warmup_steps=100, decay_factor=0.1, boundary_fractions=(0.8,)))
 
   config.total_steps = 2000
-  config.log_every = 100
-  config.prefetch_batches = 2  # Batches on the devices ahead of the step (0 or 1: none).
-  config.draw_examples = 4  # Eval examples drawn to TensorBoard at each eval (0: none).
   config.eval_every = 1000
   config.checkpoint_every = 1000
-  config.keep_checkpoints = 2
-  config.init_from = ml_collections.config_dict.placeholder(str)
-  config.profile = False
-
-  config.mesh = (('data', -1), ('model', 1))
-  config.sharding_rules = (('batch', 'data'),)
   return config

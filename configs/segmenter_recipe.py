@@ -15,7 +15,7 @@ permutation, so a smaller subset lies inside a larger one), for as many epochs a
 
 import ml_collections
 
-from vit_jax.framework import config_args
+from vit_jax.framework import config_args, loop_config
 
 SIZES = {'t': 'Ti', 's': 'S', 'b': 'B', 'l': 'L'}
 PATCHES = (8, 16, 32)
@@ -54,8 +54,8 @@ def get_config(args, crop: int) -> ml_collections.ConfigDict:
   """Everything the datasets share, for the parsed `args` at `crop`; the caller sets its row:
   input (source, data_dir, splits, label layout, img_scale, batch sizes, eval_stride,
   shuffle_buffer), model.num_classes, optim.lr and the durations."""
-  config = ml_collections.ConfigDict()
-  config.seed = 0
+  config = loop_config.defaults()
+  config.task = 'segmentation'
 
   config.input = ml_collections.ConfigDict()
   config.input.data_dir = ml_collections.config_dict.placeholder(str)
@@ -84,24 +84,13 @@ def get_config(args, crop: int) -> ml_collections.ConfigDict:
   config.model.remat = 'none'  # Or 'full', 'dots_saveable', ...: see vit_jax/classification/vit.py.
   config.model.scan = False  # True: encoder blocks under nn.scan.
 
-  config.optim = ml_collections.ConfigDict()
   config.optim.name = 'nesterov'  # timm's "sgd" is Nesterov SGD.
   config.optim.momentum = 0.9
   config.optim.weight_decay = 0.0
   config.optim.grad_clip_norm = None
-  config.optim.accum_steps = 1
-  config.optim.lr_mults = ()
   config.optim.schedule = ml_collections.ConfigDict(
       dict(name='warmup_poly', warmup_steps=0, power=0.9, end_value=1e-5))
 
-  config.log_every = 100
-  config.prefetch_batches = 2  # Batches on the devices ahead of the step (0 or 1: none).
-  config.draw_examples = 4  # Eval examples drawn to TensorBoard at each eval (0: none).
   config.checkpoint_every_epochs = 1
-  config.keep_checkpoints = 2
   config.init_from = INIT.get(args.variant) or ml_collections.config_dict.placeholder(str)
-  config.profile = False
-
-  config.mesh = (('data', -1), ('model', 1))
-  config.sharding_rules = (('batch', 'data'),)
   return config

@@ -11,10 +11,12 @@ trains in minutes; the eval split is 256 images never seen in training.
 
 import ml_collections
 
+from vit_jax.framework import loop_config
+
 
 def get_config():
-  config = ml_collections.ConfigDict()
-  config.seed = 0
+  config = loop_config.defaults()
+  config.task = 'segmentation'
 
   config.input = ml_collections.ConfigDict()
   config.input.source = 'shapes'
@@ -58,27 +60,16 @@ def get_config():
   config.model.decoder_dropout_rate = 0.0
   config.model.dtype = 'float32'
 
-  config.optim = ml_collections.ConfigDict()
   config.optim.name = 'nesterov'
   config.optim.momentum = 0.9
   config.optim.lr = 0.05  # Paper: 1e-3 from ImageNet weights; here from scratch.
   config.optim.weight_decay = 0.0
   config.optim.grad_clip_norm = None
-  config.optim.accum_steps = 1
-  config.optim.lr_mults = ()
   config.optim.schedule = ml_collections.ConfigDict(
       dict(name='warmup_poly', warmup_steps=0, power=0.9, end_value=1e-5))
 
   config.total_steps = 1500
-  config.log_every = 100
-  config.prefetch_batches = 2  # Batches on the devices ahead of the step (0 or 1: none).
-  config.draw_examples = 4  # Eval examples drawn to TensorBoard at each eval (0: none).
   config.eval_every = 500
   config.checkpoint_every = 500
   config.keep_checkpoints = 1
-  config.init_from = ml_collections.config_dict.placeholder(str)
-  config.profile = False
-
-  config.mesh = (('data', -1), ('model', 1))
-  config.sharding_rules = (('batch', 'data'),)
   return config

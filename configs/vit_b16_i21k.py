@@ -12,10 +12,12 @@ use --config.input.source=folder --config.input.data_dir=ROOT with ROOT/train/<c
 
 import ml_collections
 
+from vit_jax.framework import loop_config
+
 
 def get_config():
-  config = ml_collections.ConfigDict()
-  config.seed = 0
+  config = loop_config.defaults()
+  config.task = 'classification'
 
   config.input = ml_collections.ConfigDict()
   config.input.source = 'tfds'
@@ -52,7 +54,6 @@ def get_config():
   config.loss = ml_collections.ConfigDict()
   config.loss.name = 'sigmoid_xent'  # Multi-label ImageNet-21k; goes with the -10 head bias.
 
-  config.optim = ml_collections.ConfigDict()
   config.optim.name = 'adamw'
   config.optim.lr = 1e-3
   config.optim.b1 = 0.9
@@ -61,20 +62,12 @@ def get_config():
   config.optim.wd_mask = r'.*/kernel'
   config.optim.grad_clip_norm = 1.0
   config.optim.accum_steps = 1  # Raise to fit the batch of 4096 in less memory.
-  config.optim.lr_mults = ()
   config.optim.schedule = ml_collections.ConfigDict(
       dict(name='warmup_linear', warmup_steps=10_000, end_value=1e-5))
 
   config.total_epochs = 90
   config.log_every = 50
-  config.prefetch_batches = 2  # Batches on the devices ahead of the step (0 or 1: none).
-  config.draw_examples = 4  # Eval examples drawn to TensorBoard at each eval (0: none).
   config.eval_every = 10_000
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3
-  config.init_from = ml_collections.config_dict.placeholder(str)
-  config.profile = False
-
-  config.mesh = (('data', -1), ('model', 1))
-  config.sharding_rules = (('batch', 'data'),)
   return config

@@ -8,10 +8,12 @@ download; it reaches ~99% test accuracy in under 3 minutes on a 2-core CPU.
 
 import ml_collections
 
+from vit_jax.framework import loop_config
+
 
 def get_config():
-  config = ml_collections.ConfigDict()
-  config.seed = 0
+  config = loop_config.defaults()
+  config.task = 'classification'
 
   config.input = ml_collections.ConfigDict()
   config.input.source = 'digits'
@@ -45,27 +47,15 @@ def get_config():
   config.loss = ml_collections.ConfigDict()
   config.loss.name = 'softmax_xent'
 
-  config.optim = ml_collections.ConfigDict()
   config.optim.name = 'adamw'
   config.optim.lr = 1e-3
   config.optim.weight_decay = 1e-4
   config.optim.wd_mask = r'.*/kernel'
   config.optim.grad_clip_norm = 1.0
-  config.optim.accum_steps = 1
-  config.optim.lr_mults = ()
   config.optim.schedule = ml_collections.ConfigDict(
       dict(name='warmup_cosine', warmup_steps=100, end_value=0.0))
 
   config.total_steps = 1500
-  config.log_every = 100
-  config.prefetch_batches = 2  # Batches on the devices ahead of the step (0 or 1: none).
-  config.draw_examples = 4  # Eval examples drawn to TensorBoard at each eval (0: none).
   config.eval_every = 500
   config.checkpoint_every = 500
-  config.keep_checkpoints = 2
-  config.init_from = ml_collections.config_dict.placeholder(str)
-  config.profile = False
-
-  config.mesh = (('data', -1), ('model', 1))
-  config.sharding_rules = (('batch', 'data'),)
   return config

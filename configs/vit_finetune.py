@@ -19,7 +19,7 @@ the head starts at zero and the position embeddings are zoomed to the 384 px gri
 
 import ml_collections
 
-from vit_jax.framework import config_args
+from vit_jax.framework import config_args, loop_config
 
 # name -> (variant, original i21k file, AugReg i21k file)
 MODELS = {
@@ -58,8 +58,8 @@ def get_config(arg='b16,cifar10'):
   variant, original_file, augreg_file = MODELS[args.model]
   classes, train_split, minival_split, eval_split, steps, warmup, lr = DATASETS[args.dataset]
 
-  config = ml_collections.ConfigDict()
-  config.seed = 0
+  config = loop_config.defaults()
+  config.task = 'classification'
   folder, upstream_file = {'i21k': ('imagenet21k', original_file),
                            'augreg': ('augreg', augreg_file)}[args.upstream]
   if upstream_file:
@@ -101,7 +101,6 @@ def get_config(arg='b16,cifar10'):
   config.loss = ml_collections.ConfigDict()
   config.loss.name = 'softmax_xent'
 
-  config.optim = ml_collections.ConfigDict()
   config.optim.name = 'momentum'
   config.optim.lr = lr
   config.optim.momentum = 0.9
@@ -109,22 +108,14 @@ def get_config(arg='b16,cifar10'):
   config.optim.weight_decay = 0.0
   config.optim.grad_clip_norm = 1.0
   config.optim.accum_steps = 1  # The original used 8 to fit 8 V100s; raise it if memory is short.
-  config.optim.lr_mults = ()
   config.optim.schedule = ml_collections.ConfigDict(
       dict(name='warmup_cosine', warmup_steps=warmup, end_value=0.0))
 
   config.total_steps = steps
   config.log_every = 10
-  config.prefetch_batches = 2  # Batches on the devices ahead of the step (0 or 1: none).
-  config.draw_examples = 4  # Eval examples drawn to TensorBoard at each eval (0: none).
   config.eval_every = 1000
   config.evals = (('minival', minival_split),)  # Held-out training images, beside the test.
   if args.real:  # The validation images again, scored against their ReaL label sets.
     config.evals += (('real', 'imagenet2012_real:validation'),)
   config.checkpoint_every = 1000
-  config.keep_checkpoints = 2
-  config.profile = False
-
-  config.mesh = (('data', -1), ('model', 1))
-  config.sharding_rules = (('batch', 'data'),)
   return config

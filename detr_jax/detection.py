@@ -15,21 +15,22 @@ import numpy as np
 from detr_jax import (coco_eval, detection_input, losses, matcher, models, padding_buckets,
                       pretrained, transforms)
 from vit_jax.framework import drawing, task
-from vit_jax.framework.errors import choose, UserError
+from vit_jax.framework.errors import UserError
 
 # Pixel-space shape used to create the parameters (they do not depend on the image size).
 _INIT_SHAPE = (1, 64, 64)
-MODELS = {'detr': models.build_detr}  # config.model.name -> builder.
+# The predictions drawn to TensorBoard: at most this many, each scoring at least this.
+DRAW_TOP_K, DRAW_THRESHOLD = 10, 0.5
 
 
 class DetectionTask(task.Task):
   """DETR trained with the Hungarian set loss and scored by COCO AP."""
-  models = MODELS
-  data = detection_input  # The input module: make_source, categories, num_classes, *_preprocess.
+  MODELS = {'detr': models.build_detr}
+  INPUT = detection_input  # The input module: make_source, categories, num_classes, *_preprocess.
 
   def __init__(self, config):
     super().__init__(config)
-    self.model = choose('config.model.name', config.model.name, self.models)(config.model)
+    self.model = self.build_model()
     max_boxes, queries = config.input.max_boxes, self.model.num_queries
     if max_boxes > queries:
       raise UserError(f'config.input.max_boxes ({max_boxes}) exceeds config.model.num_queries '
@@ -87,18 +88,18 @@ class DetectionTask(task.Task):
     return coco_eval.CocoEvaluator(ground_truth, label_to_category)
 
   def make_source(self, split):
-    source = self.data.make_source(self.config.input, split)
+    source = self.INPUT.make_source(self.config.input, split)
     if split == self.config.input.train_split:
       # After the source: a folder's annotation file is read once, its categories then cached.
-      needed, have = self.data.num_classes(self.config.input, split), self.model.num_classes
+      needed, have = self.INPUT.num_classes(self.config.input, split), self.model.num_classes
       if needed > have:  # detr issues #23, #108: the most common fine-tuning mistake.
         raise UserError(f'the {split!r} data has labels 0..{needed - 1} but config.model.'
                         f'num_classes is {have}: set --config.model.num_classes={needed} (the '
                         'largest label + 1; DETR adds the no-object class itself)')
     else:  # Labels are positions in the label -> category list: it must be training's.
       train_split = self.config.input.train_split
-      wanted = self.data.categories(self.config.input, train_split)[1]
-      found = self.data.categories(self.config.input, split)[1]
+      wanted = self.INPUT.categories(self.config.input, train_split)[1]
+      found = self.INPUT.categories(self.config.input, split)[1]
       if found != wanted:
         raise UserError(f'the {split!r} categories (label -> id {found}) differ from the '
                         f'{train_split!r} categories ({wanted}): give both annotation files the '
@@ -145,15 +146,18 @@ class DetectionTask(task.Task):
     return dict(process_index=jax.process_index(), gather=padding_buckets.all_processes)
 
   def train_preprocess(self):
-    return self.data.train_preprocess(self.config.input)
+    return self.INPUT.train_preprocess(self.config.input)
+
+  def train_example_spec(self):
+    return self.INPUT.train_example_spec(self.config.input)
 
   def eval_preprocess(self, split):
-    return self.data.eval_preprocess(self.config.input)
+    return self.INPUT.eval_preprocess(self.config.input)
 
   @functools.cached_property
   def class_names(self) -> list[str]:
     """Label -> category name (the training split's categories)."""
-    categories, label_to_category = self.data.categories(
+    categories, label_to_category = self.INPUT.categories(
         self.config.input, self.config.input.train_split)
     names = {c['id']: c['name'] for c in categories}
     return [names.get(i, str(i)) for i in label_to_category]
@@ -163,10 +167,8 @@ class DetectionTask(task.Task):
     return {'logits': outputs['logits'][-1], 'boxes': outputs['boxes'][-1]}
 
   def draw(self, batch, outputs):
-    """Ground truth beside the predictions scoring at least config.draw_threshold (default 0.5),
-    the best config.draw_top_k (default 10), on the eval-size image."""
-    threshold = float(self.config.get('draw_threshold', 0.5))
-    top_k = int(self.config.get('draw_top_k', 10))
+    """Ground truth beside the best `DRAW_TOP_K` predictions scoring at least `DRAW_THRESHOLD`,
+    on the eval-size image."""
     pictures = {}
     for i, image in enumerate(batch['image']):
       inside = batch['pixel_mask'][i] > 0  # The image without its padding.
@@ -179,5 +181,5 @@ class DetectionTask(task.Task):
           np.zeros((1, real.sum(), 2)), batch['boxes'][i][real][None], size[None])
       pictures[str(i)] = drawing.draw_detections(
           np.clip(pixels, 0, 1), true_boxes[0], batch['labels'][i][real], boxes[0], labels[0],
-          scores[0], self.class_names, threshold, top_k)
+          scores[0], self.class_names, DRAW_THRESHOLD, DRAW_TOP_K)
     return pictures

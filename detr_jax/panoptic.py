@@ -7,7 +7,7 @@ matched queries (detr_jax/mask_losses.py). Eval post-processes each image as the
 (detr_jax/panoptic_postprocess.py) and scores PQ / SQ / RQ over the split as panopticapi does
 (detr_jax/panoptic_quality.py).
 
-Selected by `config.task = 'panoptic'` in detr_jax/main.py.
+Selected by `config.task = 'panoptic'` (vit_jax/framework/registry.py).
 """
 
 import functools
@@ -19,7 +19,6 @@ from detr_jax import (detection, mask_losses, panoptic_input, panoptic_model,
                       panoptic_postprocess, panoptic_quality, transforms)
 from vit_jax.framework import drawing
 
-MODELS = {'detr_panoptic': panoptic_model.build_detr_panoptic}
 # What eval hands the evaluator besides the predictions: sizes and the ground truth.
 _EVAL_FIELDS = ('size', 'orig_size', 'panoptic', 'segment_labels', 'segment_crowd',
                 'segment_mask')
@@ -27,8 +26,8 @@ _EVAL_FIELDS = ('size', 'orig_size', 'panoptic', 'segment_labels', 'segment_crow
 
 class PanopticTask(detection.DetectionTask):
   """DETR with masks, trained with the set and mask losses and scored by PQ."""
-  models = MODELS
-  data = panoptic_input
+  MODELS = {'detr': panoptic_model.build_detr_panoptic}
+  INPUT = panoptic_input
 
   def loss(self, variables, batch, rng, normalizers):
     outputs = self.model.apply(variables, batch['image'], batch['pixel_mask'], train=True,

@@ -343,6 +343,15 @@ def train_preprocess(input_config):
   return preprocess
 
 
+def train_example_spec(input_config) -> dict[str, tf.TensorSpec]:
+  """What `train_preprocess` yields, from the config alone: detection's example plus the
+  segment map and crowd flags (vit_jax.framework.fit_report)."""
+  (height, width), _ = detection_input.padded_sizes(input_config)
+  return dict(detection_input.train_example_spec(input_config),
+              iscrowd=tf.TensorSpec((setting(input_config, 'max_boxes'),), tf.int32),
+              segments=tf.TensorSpec((height, width), tf.int32))
+
+
 def eval_preprocess(input_config):
   """fn(raw example) -> a fixed-shape eval example with the ground truth at its original size."""
   pad_size, max_size = detection_input.padded_sizes(input_config)

@@ -373,21 +373,21 @@ def segmenter_rows(args) -> tuple[str, dict]:
   from segmenter_jax.segmentation import pixel_cross_entropy
   from vit_jax.framework import optim
   size, num_classes = args.size or (512, 512), 150
-  size = seg_models.decode_variant(args.model)
-  width, heads, patch = size['hidden_size'], size['num_heads'], size['patch_size']
+  encoder = seg_models.decode_variant(args.model)
+  width, heads, patch = encoder['hidden_size'], encoder['num_heads'], encoder['patch_size']
   decoder_layers = 2 if args.decoder == 'mask_transformer' else 0
   if args.decoder not in seg_models.DECODERS:
     raise UserError(f'unknown decoder {args.decoder!r}: use one of {seg_models.DECODERS}')
   torch.manual_seed(0)
   peer = TorchSegmenter(
       timm.models.vision_transformer.VisionTransformer(
-          img_size=size, patch_size=patch, embed_dim=width, depth=size['num_layers'],
-          num_heads=heads, mlp_ratio=size['mlp_dim'] / width, num_classes=0,
+          img_size=size, patch_size=patch, embed_dim=width, depth=encoder['num_layers'],
+          num_heads=heads, mlp_ratio=encoder['mlp_dim'] / width, num_classes=0,
           norm_layer=functools.partial(torch.nn.LayerNorm, eps=seg_models.LAYER_NORM_EPSILON)),
       TorchMaskTransformer(width, heads, num_classes, decoder_layers), patch).eval()
   # The peer's weights into ours by the official checkpoint's converter (dropout and drop path
   # 0 on both sides, so that the train steps' losses compare).
-  net = dict(d_model=width, n_layers=size['num_layers'], n_heads=heads, d_ff=size['mlp_dim'],
+  net = dict(d_model=width, n_layers=encoder['num_layers'], n_heads=heads, d_ff=encoder['mlp_dim'],
              patch_size=patch, image_size=size, n_cls=num_classes,
              decoder=dict(name=args.decoder, n_layers=decoder_layers, n_heads=heads))
   params, fields = pretrained.convert_official(peer.state_dict(), {'net_kwargs': net})

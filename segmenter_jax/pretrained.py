@@ -52,11 +52,6 @@ UNUSED_OFFICIAL = ('encoder.head.weight', 'encoder.head.bias', 'encoder.head_dis
 NORMALIZATION = {'vit': dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
                  'deit': dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))}
 
-_BLOCK_LEAVES = {
-    'norm1': 'LayerNorm_0', 'norm2': 'LayerNorm_1',
-    'attn.proj': 'MultiHeadDotProductAttention_0/out',
-    'mlp.fc1': 'MlpBlock_0/Dense_0', 'mlp.fc2': 'MlpBlock_0/Dense_1'}
-_PARAM_LEAF = {'weight': 'kernel', 'bias': 'bias'}
 _POSEMB = f'encoder/{vit_weights.VIT_POSEMB}'
 _DECODER = (r'decoder/.*',)  # Stays fresh when only the encoder comes from a checkpoint.
 
@@ -123,51 +118,25 @@ def input_normalization(variant_yml: dict) -> dict:
   return NORMALIZATION[norm]
 
 
-def _block(prefix: str, key: str, value: np.ndarray, num_heads: int) -> dict[str, np.ndarray]:
-  """One tensor of a timm/Segmenter block (`key` relative to the block) -> our leaves."""
-  module, leaf = key.rsplit('.', 1)
-  if module == 'attn.qkv':
-    return {f'{prefix}/MultiHeadDotProductAttention_0/{name}': part
-            for name, part in weights.split_torch_qkv(value, num_heads).items()}
-  if module not in _BLOCK_LEAVES:
-    raise KeyError(key)
-  target = f'{prefix}/{_BLOCK_LEAVES[module]}'
-  if module.startswith('norm'):
-    return {f'{target}/{"scale" if leaf == "weight" else "bias"}': value}
-  if module == 'attn.proj' and leaf == 'weight':
-    return {f'{target}/kernel': weights.torch_out_projection(value, num_heads)}
-  return {f'{target}/{_PARAM_LEAF[leaf]}': value.T if leaf == 'weight' else value}
-
-
 def _encoder_leaves(key: str, value: np.ndarray, num_heads: int) -> dict[str, np.ndarray]:
   """One tensor of a timm-layout ViT state dict (no prefix) -> our `encoder/...` leaves."""
-  block = re.fullmatch(r'blocks\.(\d+)\.(.+)', key)
-  if block:
-    return _block(f'encoder/Transformer/encoderblock_{block[1]}', block[2], value, num_heads)
-  simple = {'cls_token': 'encoder/cls', 'dist_token': 'encoder/dist',
-            'pos_embed': _POSEMB,
-            'patch_embed.proj.bias': 'encoder/embedding/bias',
-            'norm.weight': 'encoder/Transformer/encoder_norm/scale',
-            'norm.bias': 'encoder/Transformer/encoder_norm/bias'}
-  if key in simple:
-    return {simple[key]: value}
-  if key == 'patch_embed.proj.weight':
-    return {'encoder/embedding/kernel': value.transpose(2, 3, 1, 0)}
-  raise KeyError(key)
+  return {f'encoder/{name}': leaf
+          for name, leaf in vit_weights.timm_vit_leaves(key, value, num_heads).items()}
 
 
 def _decoder_leaves(key: str, value: np.ndarray, num_heads: int) -> dict[str, np.ndarray]:
   """One tensor of the official decoder (no prefix) -> our `decoder/...` leaves."""
   block = re.fullmatch(r'blocks\.(\d+)\.(.+)', key)
   if block:
-    return _block(f'decoder/blocks_{block[1]}', block[2], value, num_heads)
+    return vit_weights.timm_block_leaves(f'decoder/blocks_{block[1]}', block[2], value, num_heads)
   if key in ('cls_emb', 'proj_patch', 'proj_classes'):
     return {f'decoder/{key}': value}  # Used as x @ P: no transpose.
   module, leaf = key.rsplit('.', 1)
   if module in ('decoder_norm', 'mask_norm'):
     return {f'decoder/{module}/{"scale" if leaf == "weight" else "bias"}': value}
   if module in ('head', 'proj_dec'):
-    return {f'decoder/{module}/{_PARAM_LEAF[leaf]}': value.T if leaf == 'weight' else value}
+    return {f'decoder/{module}/{"kernel" if leaf == "weight" else "bias"}':
+            value.T if leaf == 'weight' else value}
   raise KeyError(key)
 
 
@@ -220,10 +189,10 @@ def _fill(params: Params, loaded: dict[str, np.ndarray], source: str,
           grid: Optional[tuple[int, int]], optional: tuple[str, ...] = ()) -> Params:
   """params filled from `loaded` (flat), the position embeddings resized to `grid` (default:
   the model's square grid) bilinearly, align_corners off, as Segmenter does."""
-  prefix_tokens = sum(name in params['encoder'] for name in ('cls', 'dist'))
   return weights.fill(
       params, loaded, optional=optional, source=source, layers=vit_weights.VIT_LAYERS,
-      resize=weights.PosembResize(_POSEMB, prefix_tokens, 'bilinear', grid),
+      resize=weights.PosembResize(_POSEMB, vit_weights.prefix_tokens(params['encoder']),
+                                  'bilinear', grid),
       fix='check config.model (variant, decoder, num_classes, image_size)')
 
 

@@ -19,10 +19,9 @@ import optax
 
 from segmenter_jax import inference, metrics, models, pretrained, segmentation_input
 from vit_jax.framework import drawing, task
-from vit_jax.framework.errors import choose, UserError
+from vit_jax.framework.errors import UserError
 
 IGNORE_INDEX = segmentation_input.IGNORE_INDEX
-MODELS = {'segmenter': models.build_segmenter}  # config.model.name -> builder.
 
 
 def pixel_cross_entropy(logits: jax.Array, labels: jax.Array,
@@ -40,6 +39,7 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array,
 
 class SegmentationTask(task.Task):
   """Segmenter trained with pixel cross-entropy and scored by mIoU."""
+  MODELS = {'segmenter': models.build_segmenter}
 
   def __init__(self, config):
     super().__init__(config)
@@ -53,7 +53,7 @@ class SegmentationTask(task.Task):
                       f'{self.stride} and {self.scales}')
     model_config = dict(config.model)
     model_config['image_size'] = model_config.get('image_size') or self.crop_size
-    self.model = choose('config.model.name', config.model.name, MODELS)(model_config)
+    self.model = self.build_model(model_config)
     self.num_classes = int(model_config['num_classes'])
     self.class_names = segmentation_input.class_names(inputs, self.num_classes)
     self.mean, self.std = segmentation_input.normalization(inputs)
@@ -108,6 +108,9 @@ class SegmentationTask(task.Task):
 
   def train_preprocess(self):
     return segmentation_input.train_preprocess(self.config.input)
+
+  def train_example_spec(self):
+    return segmentation_input.train_example_spec(self.config.input)
 
   def eval_preprocess(self, split):
     return segmentation_input.eval_preprocess(self.config.input, self.eval_geometry)

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from detr_jax import main, panoptic
-from vit_jax.framework import optim
+from detr_jax import panoptic
+from vit_jax.framework import optim, registry
 from vit_jax.framework.errors import UserError
 from helpers import load_config, run_module
 
@@ -37,8 +37,11 @@ def test_the_task_is_chosen_by_config_task():
   config = load_config('detr_panoptic_shapes')
   config.task = 'instance'
   with pytest.raises(UserError, match=r"unknown config.task 'instance': choose one of "
-                                      r"\['detection', 'panoptic'\]"):
-    main.make_task(config)
+                                      r"\['classification', 'detection', 'panoptic', "
+                                      r"'segmentation'\]"):
+    registry.make_task(config)
+  config.task = 'panoptic'
+  assert isinstance(registry.make_task(config), panoptic.PanopticTask)
 
 
 @pytest.fixture(scope='module')

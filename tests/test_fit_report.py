@@ -8,20 +8,15 @@ step with libtpu on PYTHONPATH only (pip install --target, inside .venv); locall
 """
 
 import importlib.util
+import inspect
 import os
 
 import numpy as np
 import pytest
 
 from helpers import load_config, run_module, ROOT
-from vit_jax.framework import fit_report, sharding
+from vit_jax.framework import fit_report, registry, sharding
 from vit_jax.framework.errors import UserError
-
-# scripts/fit_report.py: the command, which picks the task by config.model.name.
-_spec = importlib.util.spec_from_file_location('fit_report_script',
-                                               os.path.join(ROOT, 'scripts', 'fit_report.py'))
-fit_report_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fit_report_script)
 
 needs_libtpu = pytest.mark.skipif(
     importlib.util.find_spec('libtpu') is None,
@@ -75,18 +70,41 @@ def test_unknown_topology_is_one_line_error():
   assert result.stderr.strip().splitlines()[-1].startswith("error: unknown topology 'v5x-64'")
 
 
-@pytest.mark.parametrize('name,task', [('vit_digits', 'vit'), ('detr_shapes', 'detr'),
-                                       ('segmenter_shapes', 'segmenter')])
-def test_example_spec_is_what_the_stream_yields(name, task):
+@pytest.mark.parametrize('name', ['vit_digits', 'detr_shapes', 'detr_panoptic_shapes',
+                                  'segmenter_shapes'])
+def test_example_spec_is_what_the_stream_yields(name):
   config = load_config(name)
   config.input.batch_size = 2
   if 'shapes' in config.input:  # A few generated scenes: the shapes do not depend on the count.
     config.input.shapes.num_train = config.input.shuffle_buffer = 8
-  assert config.model.name == task
-  built, spec = fit_report_script.make_task(config)
+  built = registry.make_task(config)
   batch = next(built.train_input(start_example=0))
   assert {k: (v.shape[1:], v.dtype) for k, v in batch.items()} == {
-      k: (tuple(s.shape), np.dtype(s.dtype.as_numpy_dtype)) for k, s in spec.items()}
+      k: (tuple(s.shape), np.dtype(s.dtype.as_numpy_dtype))
+      for k, s in built.train_example_spec().items()}
+
+
+def _config_files():
+  """Every config in configs/ that is a config (get_config callable without arguments), not a
+  module the others import."""
+  names = []
+  for file in sorted(os.listdir(os.path.join(ROOT, 'configs'))):
+    spec = importlib.util.spec_from_file_location(file[:-3], os.path.join(ROOT, 'configs', file))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parameters = inspect.signature(module.get_config).parameters.values()
+    if all(p.default is not p.empty for p in parameters):
+      names.append(file[:-3])
+  return names
+
+
+@pytest.mark.parametrize('name', _config_files())
+def test_every_config_names_a_task_with_an_example_spec(name):
+  # What the fit report builds before compiling: the task and its training example's shapes,
+  # from the config alone (COCO, ImageNet and ADE20K are not here).
+  config = load_config(name)
+  spec = registry.make_task(config).train_example_spec()
+  assert spec['image'].shape[-1] in (1, 3) and len(spec['image'].shape) == 3
 
 
 @needs_libtpu
@@ -97,7 +115,7 @@ def test_tpu_small_vit_fits_v5e_4_under_fsdp():
   config.model.update(num_layers=1, hidden_size=512, mlp_dim=1024, num_heads=4)
   config.sharding_rules = FSDP
   config.optim.accum_steps = 2
-  report = fit_report.report(config, *fit_report_script.make_task(config),
+  report = fit_report.report(config, registry.make_task(config),
                              fit_report.parse_topology('v5e-4'))
   assert report['fits'] and report['devices'] == 4 and report['mesh'] == {'data': 4, 'model': 1}
   assert report['available_bytes'] == V5E_AVAILABLE_HBM
@@ -125,7 +143,7 @@ def test_tpu_too_big_for_hbm_is_the_compilers_verdict():
   config = load_config('vit_digits')
   config.model.num_layers = 1
   config.model.num_classes = 2**26  # A 64 x 2^26 head: 16 GiB of float32 params alone.
-  report = fit_report.report(config, *fit_report_script.make_task(config),
+  report = fit_report.report(config, registry.make_task(config),
                              fit_report.parse_topology('v5e-8'))
   assert not report['fits']
   assert report['available_bytes'] == V5E_AVAILABLE_HBM
@@ -141,10 +159,22 @@ def test_tpu_scanned_layers_report_no_flops():
   # so none is reported (and a note says why) rather than a number several times too small.
   config = load_config('vit_digits')
   config.model.update(num_layers=2, scan=True)
-  report = fit_report.report(config, *fit_report_script.make_task(config),
+  report = fit_report.report(config, registry.make_task(config),
                              fit_report.parse_topology('v5e-4'))
   assert report['fits'] and report['peak_bytes'] > 0
   assert report['flops_per_device'] is None and report['xla_step_seconds'] is None
   assert any('config.model.scan makes the layers a loop' in n for n in report['notes'])
   text = fit_report.describe(report)
   assert 'FLOPs per device' not in text and 'note: FLOPs not counted' in text
+
+
+@needs_libtpu
+def test_tpu_panoptic_config_compiles():
+  # DETR's panoptic task (masks, the mask head and its losses) through the registry, compiled
+  # for one v5e chip: the fit report takes any config.
+  config = load_config('detr_panoptic_shapes')
+  config.input.batch_size = 2
+  report = fit_report.report(config, registry.make_task(config),
+                             fit_report.parse_topology('v5e-1'))
+  assert report['fits'] and 0 < report['peak_bytes'] < report['available_bytes']
+  assert report['flops_per_device'] > 0

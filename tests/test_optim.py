@@ -64,7 +64,7 @@ def test_step_decay_at_a_fraction_of_the_run_as_detr(step, drops):
 @pytest.mark.parametrize('batch_size, drop_step', [(64, 739_294), (32, 1_478_588)])
 def test_step_decay_in_epochs_follows_the_batch_size(batch_size, drop_step):
   # DETR: x0.1 at epoch 400 of COCO's 118,287 images, whatever the batch size.
-  epochs = durations.Epochs(lambda: 118_287, batch_size)
+  epochs = durations.Epochs(118_287, batch_size)
   schedule = optim.make_schedule(
       LR, dict(name='warmup_step', warmup_epochs=1, boundary_epochs=(400,)), 10**7, epochs)
   assert drop_step == math.ceil(400 * 118_287 / batch_size)

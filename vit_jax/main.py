@@ -1,7 +1,9 @@
-"""Train a ViT classifier: python -m vit_jax.main --config=configs/vit_digits.py --workdir=DIR"""
+"""Train a classifier: python -m vit_jax.main --config=configs/vit_digits.py --workdir=DIR
 
-from vit_jax.classification.task import ClassificationTask
+The config names the task and the model (vit_jax/framework/registry.py).
+"""
+
 from vit_jax.framework import cli
 
 if __name__ == '__main__':
-  cli.run(ClassificationTask)
+  cli.run()

@@ -22,7 +22,6 @@ def sigmoid_xent(logits: jax.Array, one_hot: jax.Array) -> jax.Array:
 
 # config.loss.name -> per-example loss of (logits, one-hot labels).
 LOSSES = {'softmax_xent': optax.softmax_cross_entropy, 'sigmoid_xent': sigmoid_xent}
-MODELS = {'vit': vit.build_vit}  # config.model.name -> builder.
 # ImageNet ReaL (Beyer et al. 2020): the 50,000 ImageNet validation images with re-assessed
 # label sets (TFDS `real_label`) beside the original label (`original_label`).
 REAL_DATASET = 'imagenet2012_real'
@@ -71,11 +70,12 @@ class Accuracy(task.Evaluator):
 
 class ClassificationTask(task.Task):
   """ViT (or any image -> logits model) trained with cross-entropy and scored by accuracy."""
+  MODELS = {'vit': vit.build_vit}
 
   def __init__(self, config):
     super().__init__(config)
     self.xent = choose('config.loss.name', config.loss.name, LOSSES)
-    self.model = choose('config.model.name', config.model.name, MODELS)(config.model)
+    self.model = self.build_model()
 
   def per_example_loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
     return self.xent(logits, jax.nn.one_hot(labels, logits.shape[-1]))
@@ -131,6 +131,9 @@ class ClassificationTask(task.Task):
 
   def train_preprocess(self):
     return self._with_label(classification_input.train_preprocess(self.config.input))
+
+  def train_example_spec(self):
+    return classification_input.train_example_spec(self.config.input)
 
   def eval_preprocess(self, split):
     inputs, _ = self._input_config(split)

@@ -232,8 +232,10 @@ class VisionTransformer(nn.Module):
   classifier: 'token' (class token, prepended before the position embeddings are added),
   'gap' (mean over patch tokens), 'unpooled' / 'token_unpooled' (every token after the final
   LayerNorm, for dense heads such as Segmenter's decoders).
-  distilled: DeiT's distillation token `dist` after the class token ([cls, dist, patches]);
-  only with 'token_unpooled'.
+  distilled: DeiT's distillation token `dist` after the class token ([cls, dist, patches]),
+  with 'token' or 'token_unpooled'. With 'token' its own head `head_dist` reads it: training
+  returns (head logits, head_dist logits), inference their mean (as DeiT and timm); without
+  a head the representation is the mean of the two tokens.
   posemb_grid: the patch grid the position embeddings are stored for; other grids get them
   resized on the fly (see AddPositionEmbs). None: fixed by the input seen at init.
   """
@@ -266,9 +268,10 @@ class VisionTransformer(nn.Module):
     if self.classifier not in ('token', 'gap', 'unpooled', 'token_unpooled'):
       raise UserError(f'unknown classifier {self.classifier!r}: use token, gap, unpooled '
                       'or token_unpooled')
-    if self.distilled and self.classifier != 'token_unpooled':
-      raise UserError(f'a distillation token needs classifier token_unpooled, not '
-                      f'{self.classifier!r}')
+    if self.distilled and (self.classifier not in ('token', 'token_unpooled')
+                           or self.representation_size is not None):
+      raise UserError(f'a distillation token needs classifier token or token_unpooled (not '
+                      f'{self.classifier!r}) and no representation_size')
     _check_weight_init(self.weight_init)
     timm_init = self.weight_init == 'timm'
     x = images
@@ -296,6 +299,8 @@ class VisionTransformer(nn.Module):
                 tuple(self.posemb_grid) if self.posemb_grid else None, self.scan,
                 name='Transformer')(x, train=train, grid=(h, w))
 
+    if self.classifier == 'token' and self.distilled:
+      return self._distilled_heads(x[:, 0], x[:, 1], train)
     if self.classifier == 'token':
       x = x[:, 0]
     elif self.classifier == 'gap':
@@ -308,11 +313,20 @@ class VisionTransformer(nn.Module):
       x = jnp.tanh(x)
     if self.num_classes is None:
       return x
-    return nn.Dense(self.num_classes, name='head', dtype=jnp.float32,
-                    kernel_init=partitioned(_timm_kernel if timm_init else _zeros,
-                                             ('embed', 'classes')),
+    return self._head('head')(x)
+
+  def _head(self, name: str) -> nn.Dense:
+    return nn.Dense(self.num_classes, name=name, dtype=jnp.float32,
+                    kernel_init=partitioned(_timm_kernel if self.weight_init == 'timm'
+                                             else _zeros, ('embed', 'classes')),
                     bias_init=partitioned(nn.initializers.constant(self.head_bias_init),
-                                           ('classes',)))(x)
+                                           ('classes',)))
+
+  def _distilled_heads(self, cls_token, dist_token, train: bool):
+    if self.num_classes is None:
+      return (cls_token + dist_token) / 2
+    logits, dist_logits = self._head('head')(cls_token), self._head('head_dist')(dist_token)
+    return (logits, dist_logits) if train else (logits + dist_logits) / 2
 
 
 def build_vit(model_config) -> VisionTransformer:

@@ -14,13 +14,13 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vit_jax.framework import host_memory, logs, task, train
+from vit_jax.framework import host_memory, logs, registry, train
 from vit_jax.framework.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -42,7 +42,7 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     "steps again; '' turns it off.")
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
 
@@ -67,31 +67,31 @@ def _initialize_distributed() -> None:
   joined.set()
 
 
-def run(make_task: Callable[[object], task.Task]) -> None:
-  """Parses flags, builds the task from the config and trains it."""
+def run() -> None:
+  """Parses flags, builds the task the config names (vit_jax.framework.registry) and trains it."""
   # Required here, not at import: vit_jax.framework.fit_report shares --config but has no workdir.
   flags.mark_flags_as_required(['config', 'workdir'])
 
   def main(argv):
     if len(argv) > 1:
-      _fail(f'unexpected arguments {argv[1:]}: use --config=... --workdir=...')
+      fail(f'unexpected arguments {argv[1:]}: use --config=... --workdir=...')
     host_memory.reuse_freed_memory_on_cpu()  # Before JAX starts its client's threads.
     if _COMPILATION_CACHE.value:
       jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
     if _DISTRIBUTED.value:
       _initialize_distributed()
     logs.quiet_console()
-    config = _loaded_config()
+    config = loaded_config()
     try:
       overrides = ' '.join(a for a in sys.argv[1:] if a.startswith('--config.'))
       logging.info('Config: %s%s (every value goes to WORKDIR/config.json).',
                    config_flags.get_config_filename(flags.FLAGS['config']),
                    f' {overrides}' if overrides else '')
-      final = train.train_and_evaluate(config, _WORKDIR.value, make_task(config))
+      final = train.train_and_evaluate(config, _WORKDIR.value, registry.make_task(config))
       if jax.process_index() == 0:
         _say_where_the_results_are(_WORKDIR.value, final['step'])
     except UserError as e:
-      _fail(str(e))
+      fail(str(e))
     except train.Preempted as e:
       print(str(e), file=sys.stderr)
       sys.exit(128 + e.signal)  # The conventional status of a job ended by a signal.
@@ -100,7 +100,7 @@ def run(make_task: Callable[[object], task.Task]) -> None:
             'same command again to continue', file=sys.stderr)
       sys.exit(128 + signal.SIGINT)
 
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=parse_flags)
 
 
 def _say_where_the_results_are(workdir: str, step: int) -> None:
@@ -109,7 +109,7 @@ def _say_where_the_results_are(workdir: str, step: int) -> None:
         f'tensorboard --logdir {workdir}', flush=True)
 
 
-def _loaded_config():
+def loaded_config():
   """The config; config_flags defers an OSError from loading the file (a missing file, or one
   the file itself opens) to the config's first use, so it is turned into one line here."""
   config = _CONFIG.value
@@ -117,22 +117,22 @@ def _loaded_config():
     config.get('seed')
   except OSError as e:
     reason = str(e).strip().splitlines()[-1].strip()
-    _fail(f'cannot load config file {config_flags.get_config_filename(flags.FLAGS["config"])!r}: '
+    fail(f'cannot load config file {config_flags.get_config_filename(flags.FLAGS["config"])!r}: '
           f'{reason}; pass --config=configs/<name>.py (see configs/)')
   return config
 
 
-def _parse_flags(argv):
+def parse_flags(argv):
   """absl's parser, with a flag or config-override error turned into one line."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(_flag_error(str(e)) if str(e) else type(e).__name__)
+    fail(_flag_error(str(e)) if str(e) else type(e).__name__)
   except Exception as e:  # pylint: disable=broad-except
     config_file = _raised_in_config_file(e, argv)
     if config_file:  # The config file's get_config failed: its own message.
       message = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
-      _fail(f'{config_file}: {type(e).__name__}: {(message.strip().splitlines() or [""])[0]}')
+      fail(f'{config_file}: {type(e).__name__}: {(message.strip().splitlines() or [""])[0]}')
     if not isinstance(e, (KeyError, AttributeError)):
       raise
     # ml_collections: an override of a key that is not there.
@@ -144,7 +144,7 @@ def _parse_flags(argv):
     key = next((o for o in overrides if bad and o.endswith('.' + bad.group(1))), '--config')
     suggestion = re.search(r'Did you mean "(\w+)"', message)
     hint = f' (did you mean {suggestion.group(1)!r}?)' if suggestion else ''
-    _fail(f'unknown config key in {key}{hint}: only keys the config file defines can be set')
+    fail(f'unknown config key in {key}{hint}: only keys the config file defines can be set')
 
 
 def _raised_in_config_file(error: Exception, argv) -> Optional[str]:

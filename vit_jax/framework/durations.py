@@ -14,23 +14,17 @@ ceil(e * examples / batch_size). Each duration is a pair of fields; a config set
 """
 
 import dataclasses
-import functools
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 from vit_jax.framework.errors import UserError
 
 
+@dataclasses.dataclass(frozen=True)
 class Epochs:
-  """Epochs -> steps; counts the training examples only when some duration is in epochs."""
-
-  def __init__(self, num_train_examples: Callable[[], int], batch_size: int):
-    self._num_train_examples = num_train_examples
-    self.batch_size = int(batch_size)
-
-  @functools.cached_property
-  def num_train_examples(self) -> int:
-    return int(self._num_train_examples())
+  """Epochs -> steps, for a training set of `num_train_examples` (global) and a global batch."""
+  num_train_examples: int
+  batch_size: int
 
   def to_steps(self, epochs: float) -> int:
     return math.ceil(epochs * self.num_train_examples / self.batch_size)
@@ -59,10 +53,9 @@ def in_steps(section, steps_key: str, epochs_key: str, epochs: Optional[Epochs],
   return epochs.to_steps(in_epochs)
 
 
-def resolve(config, num_train_examples: Callable[[], int]) -> Steps:
-  """The loop's step counts for `config`; `num_train_examples()` (the global training set
-  size) is called only if a duration is given in epochs."""
-  epochs = Epochs(num_train_examples, config.input.batch_size)
+def resolve(config, num_train_examples: int) -> Steps:
+  """The loop's step counts for `config`, whose global training set has `num_train_examples`."""
+  epochs = Epochs(int(num_train_examples), int(config.input.batch_size))
 
   def required(steps_key, epochs_key):
     steps = in_steps(config, steps_key, epochs_key, epochs)

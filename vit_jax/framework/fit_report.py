@@ -19,14 +19,13 @@ import json
 import os
 import re
 import time
-from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from vit_jax.framework import cli, durations, optim, sharding, train
+from vit_jax.framework import cli, durations, optim, registry, sharding, train
 from vit_jax.framework.errors import UserError
 
 _TOPOLOGY = flags.DEFINE_string(
@@ -161,9 +160,9 @@ def _predicted_bytes(abstract_tree, shardings, mesh) -> int:
   return sharding.bytes_per_device(abstract_tree, specs, dict(mesh.shape))
 
 
-def report(config, task, example_spec: dict, topology: Topology) -> dict:
+def report(config, task, topology: Topology) -> dict:
   """Compiles `task`'s train step under `config` for `topology`; the compiler's verdict and
-  numbers, per device. `example_spec`: one training example's tf.TensorSpecs."""
+  numbers, per device. The batch's shapes are the task's `train_example_spec()`."""
   devices = topology_devices(topology)
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.logical_rules(config.sharding_rules)
@@ -171,7 +170,7 @@ def report(config, task, example_spec: dict, topology: Topology) -> dict:
   accum_steps = train.checked_accum_steps(config, mesh, rules)
   # The schedule's length only sets constants in the step: epochs are counted as one step each,
   # so no data is read.
-  steps = durations.resolve(config, lambda: config.input.batch_size)
+  steps = durations.resolve(config, config.input.batch_size)
   rng = jax.random.PRNGKey(config.seed)  # Eager ops run here, outside the slice's mesh.
   with nn.logical_axis_rules(rules):
     tx, schedule = optim.make_optimizer(config.optim, steps.total, steps.epochs)
@@ -179,7 +178,7 @@ def report(config, task, example_spec: dict, topology: Topology) -> dict:
     batch_sharding = sharding.batch_sharding(mesh, rules)
     batch = {name: jax.ShapeDtypeStruct((config.input.batch_size,) + tuple(spec.shape),
                                         spec.dtype.as_numpy_dtype, sharding=batch_sharding)
-             for name, spec in example_spec.items()}
+             for name, spec in task.train_example_spec().items()}
     step = train.jit_train_step(task, tx, schedule, accum_steps, shardings, batch_sharding)
     start = time.perf_counter()
     with jax.set_mesh(mesh):  # Lowering only: no array is made on the abstract devices.
@@ -270,22 +269,21 @@ def describe(r: dict) -> str:
   return '\n'.join(lines)
 
 
-def run(make_task: Callable) -> None:
-  """The command line: `make_task(config)` -> (task, its training example's spec)."""
+def run() -> None:
+  """The command line: the task the config names (vit_jax.framework.registry), compiled."""
   flags.mark_flags_as_required(['config', 'topology'])
 
   def main(argv):
     if len(argv) > 1:
-      cli._fail(f'unexpected arguments {argv[1:]}: use --config=... --topology=...')
+      cli.fail(f'unexpected arguments {argv[1:]}: use --config=... --topology=...')
     # Only compiling happens here: the host's own accelerators (if any) are left alone.
     jax.config.update('jax_platforms', 'cpu')
-    config = cli._loaded_config()
+    config = cli.loaded_config()
     try:
       topology = parse_topology(_TOPOLOGY.value, _NUM_SLICES.value)
-      task, example_spec = make_task(config)
-      result = report(config, task, example_spec, topology)
+      result = report(config, registry.make_task(config), topology)
     except UserError as e:
-      cli._fail(str(e))
+      cli.fail(str(e))
     print(json.dumps(result) if _JSON.value else describe(result), flush=True)
 
-  app.run(main, flags_parser=cli._parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

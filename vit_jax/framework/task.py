@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from vit_jax.framework import input_pipeline
-from vit_jax.framework.errors import UserError
+from vit_jax.framework.errors import UserError, choose
 
 Batch = dict[str, Any]
 
@@ -39,9 +39,9 @@ class Task(abc.ABC):
   """What a task hands the loop. Batches are dicts of arrays with the example axis first.
 
   `config.input` gives `train_split`, `eval_split`, `batch_size` and `eval_batch_size`;
-  `config.evals` (optional) names more eval splits, e.g. (('minival', 'train[98%:]'),), scored
-  at the same steps, their metrics prefixed with their names; `config.draw_examples` (optional,
-  default 4) how many examples of the first eval split `draw` pictures at each eval.
+  `config.evals` names more eval splits, e.g. (('minival', 'train[98%:]'),), scored at the same
+  steps, their metrics prefixed with their names; `config.draw_examples` how many examples of
+  the first eval split `draw` pictures at each eval (defaults: vit_jax.framework.loop_config).
 
   Gradient accumulation: the loop may split a global batch into micro-batches, sum their
   gradients and make one update. So that the sum equals one step on the whole batch, `loss`
@@ -51,9 +51,17 @@ class Task(abc.ABC):
   loop sums the shares.
   """
 
+  # config.model.name -> builder(model config) -> Flax module: the models this task trains.
+  MODELS: dict[str, Callable] = {}
+
   def __init__(self, config):
     self.config = config
     self._eval_sources: dict[str, input_pipeline.Source] = {}
+
+  def build_model(self, model_config=None):
+    """The model `config.model.name` names, built from `model_config` (default config.model)."""
+    return choose('config.model.name', self.config.model.name, self.MODELS)(
+        self.config.model if model_config is None else model_config)
 
   # What a task supplies.
 
@@ -102,6 +110,11 @@ class Task(abc.ABC):
   def eval_preprocess(self, split: str) -> Callable:
     """raw example -> eval example (fixed shapes)."""
 
+  @abc.abstractmethod
+  def train_example_spec(self) -> dict[str, tf.TensorSpec]:
+    """One training example's shapes and dtypes, from the config alone (no data is read): the
+    fit report compiles the train step for them."""
+
   def check_batch(self, batch: Batch, split: str) -> None:
     """Checks a host batch before it goes to the devices (e.g. label ranges); raise UserError."""
 
@@ -136,7 +149,7 @@ class Task(abc.ABC):
   @property
   def eval_splits(self) -> dict[str, str]:
     """Eval name -> split: 'eval' for `input.eval_split`, then `config.evals`."""
-    extra = dict(self.config.get('evals') or ())
+    extra = dict(self.config.evals)
     if 'eval' in extra:
       raise UserError("config.evals cannot name an eval 'eval': that is config.input.eval_split")
     return {'eval': self.config.input.eval_split, **extra}
@@ -158,10 +171,10 @@ class Task(abc.ABC):
         self.config.input.eval_batch_size), split)
 
   def drawn_examples(self) -> Batch | None:
-    """The first `config.draw_examples` (default 4; 0: none) examples of this host's first eval
-    batch, host numpy with `_mask`: the same examples at every eval. None when nothing is drawn."""
-    num = min(int(self.config.get('draw_examples', 4) or 0), self.config.input.eval_batch_size)
-    if num <= 0 or type(self).draw is Task.draw:
+    """The first `config.draw_examples` (0: none) examples of this host's first eval batch, host
+    numpy with `_mask`: the same examples at every eval. None when nothing is drawn."""
+    num = min(int(self.config.draw_examples or 0), self.config.input.eval_batch_size)
+    if num <= 0:
       return None
     batch = next(iter(self.eval_input()), None)
     return None if batch is None else jax.tree.map(lambda x: np.asarray(x)[:num], batch)

@@ -9,6 +9,7 @@ console, every line in `WORKDIR/train.log`, curves and pictures for TensorBoard)
 `WORKDIR/config.json` and `WORKDIR/final_metrics.json`.
 """
 
+import dataclasses
 import itertools
 import json
 import math
@@ -225,134 +226,172 @@ def train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, f
 
 
 def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, float]:
-  mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.logical_rules(config.sharding_rules)
-  sharding.check_rules(rules, mesh)
-  steps = durations.resolve(config, task.num_train_examples)  # Epochs in the config -> steps.
-  num_steps = steps.total
-  accum_steps = checked_accum_steps(config, mesh, rules)
-  prefetch_size = prefetch.checked_size(config.get('prefetch_batches', 2))
-  if config.input.batch_size > task.num_train_examples():
-    logging.warning('config.input.batch_size %d is larger than the training split (%d '
-                    'examples): every step repeats examples.', config.input.batch_size,
-                    task.num_train_examples())
-  task.check_inputs()
+  plan = _plan(config, task)
   if jax.process_index() == 0:  # Every value of the run's config, resolved.
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
   writer = _make_writer(workdir)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    tx, schedule = optim.make_optimizer(config.optim, num_steps, steps.epochs)
+  with jax.set_mesh(plan.mesh), nn.logical_axis_rules(plan.rules):
+    tx, schedule = optim.make_optimizer(config.optim, plan.steps.total, plan.steps.epochs)
     rng = jax.random.PRNGKey(config.seed)
-    abstract_state, shardings = state_shardings(task, tx, rng, mesh, rules)
-    batch_sharding = sharding.batch_sharding(mesh, rules)
-
+    abstract_state, shardings = state_shardings(task, tx, rng, plan.mesh, plan.rules)
+    batch_sharding = sharding.batch_sharding(plan.mesh, plan.rules)
     checkpointer = checkpoint_lib.Checkpointer(
-        os.path.join(workdir, 'checkpoints'), steps.checkpoint_every, config.keep_checkpoints)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract_state, shardings)
-    restored = checkpointer.restore_latest(target)
-    if restored is None:
-      _check_init_from(config.get('init_from'))
-      state = jax.jit(lambda r: init_state(task, tx, r), out_shardings=shardings)(rng)
-      if config.get('init_from'):
-        variables = multihost_utils.process_allgather(
-            {'params': state.params, **state.model_state}, tiled=True)
-        variables = task.pretrained_variables(variables, config.init_from)
-        params = variables.pop('params')
-        state = state.replace(params=jax.device_put(params, shardings.params),
-                              model_state=jax.device_put(variables, shardings.model_state))
-      examples_seen = 0
-    else:
-      step, state, meta = restored
-      examples_seen = int(meta['examples_seen'])
-      logging.info('Resumed from %s at step %d (%d examples seen).', workdir, step, examples_seen)
-
+        os.path.join(workdir, 'checkpoints'), plan.steps.checkpoint_every,
+        config.keep_checkpoints)
+    state, examples_seen = _restore_or_initialize(config, workdir, task, tx, rng, abstract_state,
+                                                  shardings, checkpointer)
     first_step = int(jax.device_get(state.step))
-    _log_start(config, workdir, task, state.params, mesh, steps, first_step)
+    _log_start(config, workdir, task, state.params, plan, first_step)
     if first_step == 0:
       logging.info('Parameters:\n%s', parameter_overview.get_parameter_overview(
           state.params, include_stats=jax.process_count() == 1), **logs.FILE_ONLY)
       writer.write_hparams(_flatten_config(config))
 
-    train_step = jit_train_step(task, tx, schedule, accum_steps, shardings, batch_sharding)
-    eval_step = jax.jit(
-        lambda s, b: dict(task.eval_outputs({'params': s.params, **s.model_state}, b),
-                          _mask=b['_mask']),
-        in_shardings=(shardings, batch_sharding), out_shardings=sharding.replicated(mesh))
-    draw_step = jax.jit(  # The few drawn examples' predictions (Task.draw_outputs).
-        lambda s, b: task.draw_outputs({'params': s.params, **s.model_state}, b),
-        in_shardings=(shardings, sharding.replicated(mesh)),
-        out_shardings=sharding.replicated(mesh))
+    train_step = jit_train_step(task, tx, schedule, plan.accum_steps, shardings, batch_sharding)
+    eval_step, draw_step = _eval_steps(task, shardings, batch_sharding, plan.mesh)
     evals = evaluation.BackgroundEvaluation(task, eval_step, batch_sharding, writer, draw_step,
-                                            prefetch_size)
-
-    report = periodic_actions.ReportProgress(
-        num_train_steps=num_steps, writer=writer, every_steps=config.log_every)
-    hooks = [report]
-    if config.get('profile') and jax.process_index() == 0:
-      hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
-
-    # Exactly the batches the remaining steps use, each on the devices before its step.
-    train_iter = prefetch.to_devices(
-        itertools.islice(task.train_input(start_example=examples_seen), num_steps - first_step),
-        batch_sharding, prefetch_size)
-    pending_metrics = []  # Device scalars since the last log step, averaged when logged.
-    unchecked = []  # (step, loss, grad norm) not yet checked for finiteness.
-    preemption = _PreemptionNotice()
+                                            plan.prefetch_size)
     start_time = time.time()
     try:  # Whatever stops the loop, in-flight checkpoints are finished, not lost.
-      for step in range(first_step + 1, num_steps + 1):
-        with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          batch = next(train_iter)
-          state, metrics = train_step(state, batch)
-        examples_seen += config.input.batch_size
-        pending_metrics.append(metrics)
-        unchecked.append((step, metrics['loss'], metrics['grad_norm']))
-        for hook in hooks:
-          hook(step)
-        last = step == num_steps
-        preempted = preemption.reached(step)
-        # The run's first step too: the first progress line comes as soon as training runs.
-        log_now = step % config.log_every == 0 or last or step == first_step + 1
-        save_now = checkpointer.is_due(step) or last or preempted
-        if log_now or save_now:  # Never log or save a state that went non-finite.
-          _stop_if_not_finite(jax.device_get(unchecked))
-          unchecked = []
-        if log_now:
-          averaged = jax.tree.map(lambda *x: np.mean(x), *jax.device_get(pending_metrics))
-          writer.write_scalars(step, {f'train_{k}' if k != 'learning_rate' else k: v
-                                      for k, v in _scalars(averaged).items()})
-          pending_metrics = []
-        if save_now:  # Before the eval: an eval that fails must not cost the step.
-          checkpointer.save(step, state, {'examples_seen': examples_seen})
-        if (step % steps.eval_every == 0 or last) and not preempted:
-          with report.timed('eval'):
-            evals.start(step, state)
-        evals.write_finished()
-        if preempted:
-          raise Preempted(step, preemption.signal)
-
-      if first_step == num_steps:  # Resumed at the end: report the final state again.
-        evals.start(num_steps, state)
-      evals.write_finished(wait=True)
+      _loop(config, workdir, plan, task, state, examples_seen, train_step, batch_sharding, evals,
+            checkpointer, writer)
     finally:
-      preemption.close()
       evals.close()
       checkpointer.wait()
       checkpointer.close()
       writer.flush()
 
   eval_metrics = evals.final_metrics()
-  final = dict(eval_metrics, step=num_steps)
+  final = dict(eval_metrics, step=plan.steps.total)
   _write_json(os.path.join(workdir, 'final_metrics.json'), final)
   if jax.process_index() == 0:
-    summary = (f'Finished {num_steps - first_step} steps in {time.time() - start_time:.1f} s. '
-               'Final eval: ' + ', '.join(f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items())))
+    summary = (f'Finished {plan.steps.total - first_step} steps in '
+               f'{time.time() - start_time:.1f} s. Final eval: '
+               + ', '.join(f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items())))
     logging.info(summary, **logs.FILE_ONLY)  # The console has it from print.
     print(summary, flush=True)
   return final
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """What the config asks of the loop, checked before anything is built or written."""
+  mesh: jax.sharding.Mesh
+  rules: Any
+  steps: durations.Steps
+  num_train_examples: int
+  accum_steps: int
+  prefetch_size: int
+
+
+def _plan(config, task: task_lib.Task) -> _Plan:
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.logical_rules(config.sharding_rules)
+  sharding.check_rules(rules, mesh)
+  num_train_examples = task.num_train_examples()
+  if config.input.batch_size > num_train_examples:
+    logging.warning('config.input.batch_size %d is larger than the training split (%d '
+                    'examples): every step repeats examples.', config.input.batch_size,
+                    num_train_examples)
+  plan = _Plan(mesh, rules, durations.resolve(config, num_train_examples), num_train_examples,
+               checked_accum_steps(config, mesh, rules),
+               prefetch.checked_size(config.prefetch_batches))
+  task.check_inputs()
+  return plan
+
+
+def _restore_or_initialize(config, workdir: str, task: task_lib.Task, tx, rng, abstract_state,
+                           shardings: TrainState, checkpointer) -> tuple[TrainState, int]:
+  """(state, examples seen): the workdir's last checkpoint, else a fresh state (filled from
+  `config.init_from` when set)."""
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract_state, shardings)
+  restored = checkpointer.restore_latest(target)
+  if restored is not None:
+    step, state, meta = restored
+    logging.info('Resumed from %s at step %d (%d examples seen).', workdir, step,
+                 int(meta['examples_seen']))
+    return state, int(meta['examples_seen'])
+  _check_init_from(config.init_from)
+  state = jax.jit(lambda r: init_state(task, tx, r), out_shardings=shardings)(rng)
+  if config.init_from:
+    variables = multihost_utils.process_allgather(
+        {'params': state.params, **state.model_state}, tiled=True)
+    variables = task.pretrained_variables(variables, config.init_from)
+    params = variables.pop('params')
+    state = state.replace(params=jax.device_put(params, shardings.params),
+                          model_state=jax.device_put(variables, shardings.model_state))
+  return state, 0
+
+
+def _eval_steps(task: task_lib.Task, shardings: TrainState, batch_sharding, mesh):
+  """(eval step, draw step), jitted: the task's eval outputs of a sharded batch with its mask,
+  and its `draw_outputs` on the few replicated drawn examples."""
+  variables = lambda s: {'params': s.params, **s.model_state}
+  eval_step = jax.jit(lambda s, b: dict(task.eval_outputs(variables(s), b), _mask=b['_mask']),
+                      in_shardings=(shardings, batch_sharding),
+                      out_shardings=sharding.replicated(mesh))
+  draw_step = jax.jit(lambda s, b: task.draw_outputs(variables(s), b),
+                      in_shardings=(shardings, sharding.replicated(mesh)),
+                      out_shardings=sharding.replicated(mesh))
+  return eval_step, draw_step
+
+
+def _loop(config, workdir: str, plan: _Plan, task: task_lib.Task, state: TrainState,
+          examples_seen: int, train_step, batch_sharding, evals, checkpointer, writer) -> None:
+  """The steps from the state's to the last: train, log, check, save, evaluate, and stop at a
+  preemption notice with the step saved."""
+  num_steps, first_step = plan.steps.total, int(jax.device_get(state.step))
+  report = periodic_actions.ReportProgress(
+      num_train_steps=num_steps, writer=writer, every_steps=config.log_every)
+  hooks = [report]
+  if config.profile and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
+  # Exactly the batches the remaining steps use, each on the devices before its step.
+  train_iter = prefetch.to_devices(
+      itertools.islice(task.train_input(start_example=examples_seen), num_steps - first_step),
+      batch_sharding, plan.prefetch_size)
+  pending_metrics = []  # Device scalars since the last log step, averaged when logged.
+  unchecked = []  # (step, loss, grad norm) not yet checked for finiteness.
+  preemption = _PreemptionNotice()
+  try:
+    for step in range(first_step + 1, num_steps + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, metrics = train_step(state, next(train_iter))
+      examples_seen += config.input.batch_size
+      pending_metrics.append(metrics)
+      unchecked.append((step, metrics['loss'], metrics['grad_norm']))
+      for hook in hooks:
+        hook(step)
+      last = step == num_steps
+      preempted = preemption.reached(step)
+      # The run's first step too: the first progress line comes as soon as training runs.
+      log_now = step % config.log_every == 0 or last or step == first_step + 1
+      save_now = checkpointer.is_due(step) or last or preempted
+      if log_now or save_now:  # Never log or save a state that went non-finite.
+        _stop_if_not_finite(jax.device_get(unchecked))
+        unchecked = []
+      if log_now:
+        averaged = jax.tree.map(lambda *x: np.mean(x), *jax.device_get(pending_metrics))
+        writer.write_scalars(step, {f'train_{k}' if k != 'learning_rate' else k: v
+                                    for k, v in _scalars(averaged).items()})
+        pending_metrics = []
+      if save_now:  # Before the eval: an eval that fails must not cost the step.
+        checkpointer.save(step, state, {'examples_seen': examples_seen})
+      if (step % plan.steps.eval_every == 0 or last) and not preempted:
+        with report.timed('eval'):
+          evals.start(step, state)
+      evals.write_finished()
+      if preempted:
+        raise Preempted(step, preemption.signal)
+
+    if first_step == num_steps:  # Resumed at the end: report the final state again.
+      evals.start(num_steps, state)
+    evals.write_finished(wait=True)
+  finally:
+    preemption.close()
 
 
 class _ConsoleWriter(metric_writers.LoggingWriter):
@@ -374,18 +413,19 @@ def _make_writer(workdir: str) -> metric_writers.MetricWriter:
   return metric_writers.AsyncMultiWriter(writers)
 
 
-def _log_start(config, workdir: str, task: task_lib.Task, params, mesh, steps,
+def _log_start(config, workdir: str, task: task_lib.Task, params, plan: _Plan,
                first_step: int) -> None:
   """The few start-up lines a person reads: model, data, steps, where everything goes."""
   count = sum(x.size for x in jax.tree.leaves(params))
   devices = jax.devices()
   logging.info('Model %s: %s parameters; mesh %s over %d %s device(s), %d process(es).',
                config.model.get('variant') or config.model.name, f'{count:,}',
-               dict(mesh.shape), len(devices), devices[0].platform, jax.process_count())
+               dict(plan.mesh.shape), len(devices), devices[0].platform, jax.process_count())
   evals = ', '.join(f'{name} {split!r}: {task.eval_source(split).global_num_examples:,}'
                     for name, split in task.eval_splits.items())
-  logging.info('Data: %s training examples; %s.', f'{task.num_train_examples():,}', evals)
-  epochs = steps.total * config.input.batch_size / max(task.num_train_examples(), 1)
+  logging.info('Data: %s training examples; %s.', f'{plan.num_train_examples:,}', evals)
+  steps = plan.steps
+  epochs = steps.total * config.input.batch_size / max(plan.num_train_examples, 1)
   logging.info('Steps %d..%d, %d examples each (%.1f epochs); eval every %d, checkpoint every %d.',
                first_step + 1, steps.total, config.input.batch_size, epochs, steps.eval_every,
                steps.checkpoint_every)

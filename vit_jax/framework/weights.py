@@ -111,6 +111,13 @@ def split_torch_qkv(value: np.ndarray, num_heads: int) -> dict[str, np.ndarray]:
           for name, part in zip(('query', 'key', 'value'), np.split(value, 3))}
 
 
+def join_torch_qkv(parts: list[np.ndarray]) -> np.ndarray:
+  """split_torch_qkv's inverse: [query, key, value] kernels (d, heads, d/heads) or biases
+  (heads, d/heads) -> the fused (3d, d) weight or (3d,) bias."""
+  return np.concatenate([part.reshape(part.shape[0], -1).T if part.ndim == 3
+                         else part.reshape(-1) for part in parts])
+
+
 def torch_out_projection(weight: np.ndarray, num_heads: int) -> np.ndarray:
   """The (d, d) output projection weight -> our (heads, d/heads, d) kernel."""
   return weight.T.reshape(num_heads, -1, weight.shape[0])

@@ -1,0 +1,55 @@
+"""Every key the train loop reads, with its one default: a recipe config starts from `defaults()`
+and sets only what its paper's table says (and what it deliberately changes); `--config.KEY=VALUE`
+reaches every key here whether or not the recipe mentions it.
+
+Configs are data loaded by path (config_flags): this module needs nothing but ml_collections.
+"""
+
+import ml_collections
+
+_placeholder = ml_collections.config_dict.placeholder
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """The loop's keys; `task`, `model`, `input` and the optimizer's `name`, `lr` and `schedule`
+  are the recipe's to set."""
+  config = ml_collections.ConfigDict()
+  config.task = _placeholder(str)  # A name in vit_jax.framework.registry.TASKS.
+  config.seed = 0
+
+  # Durations: each in steps or in epochs (vit_jax.framework.durations), one of the pair.
+  config.total_steps = _placeholder(int)
+  config.total_epochs = _placeholder(float)
+  config.eval_every = _placeholder(int)
+  config.eval_every_epochs = _placeholder(float)
+  config.checkpoint_every = _placeholder(int)
+  config.checkpoint_every_epochs = _placeholder(float)
+  config.evals = ()  # More eval splits beside input.eval_split: (('minival', 'train[98%:]'),).
+
+  config.log_every = 100
+  config.keep_checkpoints = 2
+  config.init_from = _placeholder(str)  # Pretrained weights a new run starts from.
+  config.prefetch_batches = 2  # Batches on the devices ahead of the step (0 or 1: none).
+  config.draw_examples = 4  # Eval examples drawn to TensorBoard at each eval (0: none).
+  config.profile = False  # A profile of a few steps after the first, for TensorBoard.
+
+  # Devices: mesh axes (-1: the rest), and logical axis -> mesh axis rules (sharding.py).
+  config.mesh = (('data', -1), ('model', 1))
+  config.sharding_rules = (('batch', 'data'),)
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = _placeholder(str)  # sgd, momentum, nesterov, adam, adamw (optim.py).
+  config.optim.lr = _placeholder(float)
+  config.optim.schedule = ml_collections.ConfigDict(dict(name='constant'))
+  config.optim.weight_decay = 0.0
+  config.optim.wd_mask = r'.*/kernel'  # Regex of the parameters that decay.
+  config.optim.grad_clip_norm = _placeholder(float)  # None: no clipping.
+  config.optim.lr_mults = ()  # ((regex, multiplier), ...); 0 freezes.
+  config.optim.accum_steps = 1  # Micro-batches per step, gradients summed before one update.
+  config.optim.b1 = 0.9  # Adam's.
+  config.optim.b2 = 0.999
+  config.optim.eps = 1e-8
+  config.optim.momentum = 0.9  # momentum's and nesterov's.
+  config.optim.mu_dtype = _placeholder(str)  # Adam's first moment; None: the params'.
+  config.optim.accumulator_dtype = _placeholder(str)  # Momentum's; None: the params'.
+  return config
