@@ -15,9 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import ROOT, load_config
+from helpers import ROOT, augmented_shapes_task, canvas_batch, load_config
 from detr_jax import detection_input, models, padding_buckets, padding_report
-from detr_jax.detection import DetectionTask
 from vit_jax.framework.errors import UserError
 
 COCO_BUCKETS = load_config('detr_coco', 'r50').input.pad_buckets
@@ -94,19 +93,6 @@ def test_the_bucket_is_the_smallest_that_holds_the_image(size, bucket):
   assert padding_buckets.bucket_of(size, buckets) == bucket
 
 
-def _canvas_batch(sizes, ids, canvas=(96, 96)):
-  """Eval-like canvas-padded examples of image `sizes`, pixels and boxes keyed by their ids."""
-  n = len(sizes)
-  batch = {'image': np.zeros((n,) + canvas + (3,), np.float32),
-           'pixel_mask': np.zeros((n,) + canvas, np.int32),
-           'boxes': np.tile(np.asarray(ids, np.float32)[:, None, None], (1, 2, 4)),
-           'image_id': np.asarray(ids, np.int32), '_mask': (np.asarray(ids) > 0).astype(np.int32)}
-  for i, ((h, w), image_id) in enumerate(zip(sizes, ids)):
-    batch['image'][i, :h, :w] = image_id
-    batch['pixel_mask'][i, :h, :w] = image_id > 0
-  return batch
-
-
 def test_eval_batches_hold_one_bucket_and_every_example_once_whatever_the_batching():
   buckets = ((32, 96), (96, 32), (64, 96), (96, 64))
   rng = np.random.default_rng(0)
@@ -117,7 +103,7 @@ def test_eval_batches_hold_one_bucket_and_every_example_once_whatever_the_batchi
     padded = -(-13 // batch_size) * batch_size  # eval_batches' zero examples after the split.
     all_sizes = [sizes[i] for i in order] + [(0, 0)] * (padded - 13)
     all_ids = [ids[i] for i in order] + [0] * (padded - 13)
-    plain = [_canvas_batch(all_sizes[i:i + batch_size], all_ids[i:i + batch_size])
+    plain = [canvas_batch(all_sizes[i:i + batch_size], all_ids[i:i + batch_size])
              for i in range(0, padded, batch_size)]
     seen = []
     for batch in padding_buckets.eval_stream(iter(plain), buckets):
@@ -134,19 +120,8 @@ def test_eval_batches_hold_one_bucket_and_every_example_once_whatever_the_batchi
     assert sorted(seen) == ids
 
 
-def _augmented_shapes_task(**input_fields):
-  config = load_config('detr_shapes')
-  fields = dict(augment='detr', train_scales=(32, 48, 64), max_size=96,
-                crop_resize_scales=(48, 64), crop_min=24, crop_max=56, pad_size=(96, 96),
-                batch_size=8, pad_buckets=((32, 96), (96, 32), (64, 96), (96, 64)),
-                bucket_window=4)
-  config.input.update(dict(fields, **input_fields))
-  config.input.shapes.update(num_train=64)
-  return DetectionTask(config)
-
-
 def test_train_stream_resumes_exactly_with_one_bucket_per_batch_and_few_shapes():
-  task = _augmented_shapes_task()
+  task = augmented_shapes_task()
   buckets = detection_input.pad_buckets(task.config.input)
   batches = list(itertools.islice(task.train_input(0), 16))  # Two epochs.
   shapes = set()
@@ -159,7 +134,7 @@ def test_train_stream_resumes_exactly_with_one_bucket_per_batch_and_few_shapes()
     assert shape == padding_buckets.bucket_of(sizes.max(0), buckets)
   assert shapes <= set(buckets) | {(96, 96)} and len(shapes) >= 3
   # A window holds exactly the plain stream's examples (the boxes identify them).
-  plain = list(itertools.islice(_augmented_shapes_task(pad_buckets=()).train_input(0), 4))
+  plain = list(itertools.islice(augmented_shapes_task(pad_buckets=()).train_input(0), 4))
   key = lambda bs: sorted(b.tobytes() for batch in bs for b in batch['boxes'])
   assert key(plain) == key(batches[:4])
   # Resuming inside a window (at step 6) gives exactly the remaining batches.

@@ -9,8 +9,6 @@ python tests/test_detr_buckets_multihost.py PROCESS_ID PORT OUTPUT.npz).
 
 import collections
 import itertools
-import os
-import socket
 import subprocess
 import sys
 
@@ -18,8 +16,7 @@ import numpy as np
 import pytest
 
 from detr_jax import padding_buckets, padding_report
-from helpers import ROOT
-from test_detr_buckets import _augmented_shapes_task, _canvas_batch
+from helpers import augmented_shapes_task, canvas_batch, free_port, multihost_env
 from vit_jax.framework.errors import UserError
 
 # Sorted by area; the canvas is 96x96.
@@ -120,7 +117,7 @@ def test_processes_emit_equal_shapes_and_each_example_once_at_its_bucket_when_ro
   local = batch_size // num_processes
   ids = np.arange(1, batch_size * num_batches + 1)
   sizes = [SIZES[i] for i in rng.choice(len(SIZES), len(ids), p=[.3, .2, .2, .1, .1, .1])]
-  plain = [_canvas_batch(sizes[i:i + batch_size], ids[i:i + batch_size], (96, 96))
+  plain = [canvas_batch(sizes[i:i + batch_size], ids[i:i + batch_size], (96, 96))
            for i in range(0, len(ids), batch_size)]
   rows = _rows(plain, num_processes)
   gathers = _simulated_gathers(rows, window)
@@ -173,7 +170,7 @@ def _eval_rows(sizes, ids, batch_size, num_processes):
   for part in parts:
     part_sizes = [sizes[i] for i in part] + [(0, 0)] * (count - len(part))
     part_ids = [ids[i] for i in part] + [0] * (count - len(part))
-    streams.append([_canvas_batch(part_sizes[i:i + local], part_ids[i:i + local], (96, 96))
+    streams.append([canvas_batch(part_sizes[i:i + local], part_ids[i:i + local], (96, 96))
                     for i in range(0, count, local)])
   return streams
 
@@ -248,19 +245,12 @@ def test_padding_report_on_hosts_on_hand_counted_sizes():
     report(3)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 TRAIN_BATCHES, RESUME_AT = 8, 6  # Two windows of 4; the resume is inside the second.
 
 
 def test_two_jax_processes_emit_equal_shapes_and_together_one_process_examples(tmp_path):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-             PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, 'tests')]))
-  port = _free_port()
+  env = multihost_env(1)
+  port = free_port()
   outputs = [str(tmp_path / f'{p}.npz') for p in range(2)]
   jobs = [subprocess.Popen([sys.executable, __file__, str(p), str(port), outputs[p]], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -274,7 +264,7 @@ def test_two_jax_processes_emit_equal_shapes_and_together_one_process_examples(t
     assert job.returncode == 0, err[-3000:]
   saved = [dict(np.load(path)) for path in outputs]
 
-  task = _augmented_shapes_task()
+  task = augmented_shapes_task()
   one = list(itertools.islice(task.train_input(0), TRAIN_BATCHES))
 
   def key(batch, i):  # An example by its own pixels and boxes.
@@ -312,7 +302,7 @@ def _run_process(process_id, port, output):
   """One of the two processes: its train batches from the start and resumed, its eval batches."""
   import jax  # pylint: disable=g-import-not-at-top
   jax.distributed.initialize(f'127.0.0.1:{port}', 2, int(process_id), initialization_timeout=60)
-  task = _augmented_shapes_task()
+  task = augmented_shapes_task()
   saved = {}
   for j, batch in enumerate(itertools.islice(task.train_input(0), TRAIN_BATCHES)):
     saved.update({f'train_{k}_{j}': v for k, v in batch.items()})

@@ -12,8 +12,7 @@ import torch
 from pycocotools import coco, cocoeval
 
 from detr_jax import coco_eval, detection_input
-from test_detr_input import FIXTURE_ANNOTATIONS, mock_coco, mock_coco_examples, \
-    write_coco_folder
+from helpers import COCO_FIXTURE_ANNOTATIONS, mock_coco, mock_coco_examples, write_coco_folder
 from vit_jax.framework import input_pipeline
 
 
@@ -39,7 +38,7 @@ def _perfect_outputs(batch, num_classes, queries=6):
 
 # The fixture without its zero-width and (partly) outside boxes, which no prediction can match
 # in the official AP; the crowd region, the negative image and the odd ids stay.
-CLEAN = tuple(a for a in FIXTURE_ANNOTATIONS if a['id'] not in (5, 6, 7))
+CLEAN = tuple(a for a in COCO_FIXTURE_ANNOTATIONS if a['id'] not in (5, 6, 7))
 
 
 @pytest.mark.parametrize('layout', ['coco_ids', 'contiguous'])

@@ -10,59 +10,12 @@ import numpy as np
 import pytest
 import scipy.ndimage
 import tensorflow as tf
-import tensorflow_datasets as tfds
-from PIL import Image
 
-from helpers import load_config
+from helpers import load_config, mock_coco, mock_coco_examples, write_coco_folder
 from detr_jax import detection_input, shapes, transforms
 from detr_jax.detection import DetectionTask
 from vit_jax.framework import input_pipeline
 from vit_jax.framework.errors import UserError
-
-# A small COCO-format split: non-contiguous image ids, categories listed out of order, a crowd
-# region, a zero-width box, a box outside its image, a box half outside, an image without boxes.
-FIXTURE_IMAGES = [
-    {'id': 7, 'file_name': 'a.png', 'width': 40, 'height': 30},
-    {'id': 42, 'file_name': 'sub/b.jpg', 'width': 32, 'height': 48},
-    {'id': 1000, 'file_name': 'c.png', 'width': 36, 'height': 36},
-]
-FIXTURE_CATEGORIES = [{'id': 7, 'name': 'bird'}, {'id': 1, 'name': 'cat'},
-                      {'id': 3, 'name': 'dog'}]
-FIXTURE_ANNOTATIONS = [
-    {'id': 1, 'image_id': 7, 'category_id': 3, 'bbox': [2, 3, 10, 8], 'area': 80, 'iscrowd': 0},
-    {'id': 2, 'image_id': 7, 'category_id': 7, 'bbox': [20, 5, 15, 20], 'area': 300,
-     'iscrowd': 0},
-    {'id': 3, 'image_id': 7, 'category_id': 1, 'bbox': [0, 0, 6, 6], 'area': 36, 'iscrowd': 1},
-    {'id': 4, 'image_id': 42, 'category_id': 1, 'bbox': [4, 6, 20, 30], 'area': 600,
-     'iscrowd': 0},
-    {'id': 5, 'image_id': 42, 'category_id': 3, 'bbox': [3, 3, 0, 5], 'area': 0, 'iscrowd': 0},
-    {'id': 6, 'image_id': 42, 'category_id': 7, 'bbox': [40, 50, 10, 10], 'area': 100,
-     'iscrowd': 0},
-    {'id': 7, 'image_id': 42, 'category_id': 7, 'bbox': [25, 40, 20, 20], 'area': 400,
-     'iscrowd': 0},
-]
-
-
-def write_coco_folder(root, split='val', annotations=tuple(FIXTURE_ANNOTATIONS)):
-  """Writes root/<split>/ images (boxes painted in) and root/annotations/instances_<split>.json;
-  returns an input config for it."""
-  rng = np.random.default_rng(0)
-  for image in FIXTURE_IMAGES:
-    pixels = np.full((image['height'], image['width'], 3), 60, np.uint8)
-    for ann in annotations:
-      if ann['image_id'] == image['id'] and not ann['iscrowd']:
-        x, y, w, h = ann['bbox']
-        pixels[y:y + h, x:x + w] = rng.integers(120, 256, 3)
-    path = os.path.join(root, split, image['file_name'])
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(pixels).save(path)
-  os.makedirs(os.path.join(root, 'annotations'), exist_ok=True)
-  with open(os.path.join(root, 'annotations', f'instances_{split}.json'), 'w') as f:
-    json.dump({'images': FIXTURE_IMAGES, 'annotations': list(annotations),
-               'categories': FIXTURE_CATEGORIES}, f)
-  return ml_collections.ConfigDict(dict(
-      source='coco_folder', data_dir=str(root), category_layout='coco_ids', max_boxes=4,
-      augment='none', eval_scale=48, max_size=64, pad_size=(64, 64)))
 
 
 def raw_examples(source):
@@ -177,45 +130,6 @@ def test_folder_eval_examples(tmp_path):
   assert batch['pixel_mask'][1].sum() == 43 * 64
   assert batch['pixel_mask'][1, :64, :43].all() and not batch['pixel_mask'][1, :, 43:].any()
   np.testing.assert_array_equal(batch['image'][1, :, 43:], 0)  # Zero padding, after normalising.
-
-
-def _coco_features():
-  return tfds.builder('coco/2017').info.features
-
-
-def mock_coco_examples():
-  """Hand-made TFDS coco/2017 examples: (example, expected raw fields)."""
-  rng = np.random.default_rng(1)
-  return [
-      {'image': rng.integers(0, 256, (20, 30, 3), dtype=np.uint8), 'image/filename': 'x.jpg',
-       'image/id': 139, 'objects': {
-           'bbox': np.array([[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0],
-                             [0.3, 0.3, 0.3, 0.9], [0.2, 0.1, 0.4, 0.5]], np.float32),
-           'label': np.array([0, 11, 5, 79]), 'is_crowd': np.array([False, True, False, False]),
-           'area': np.array([10, 600, 0, 20]), 'id': np.array([1, 2, 3, 4])}},
-      {'image': rng.integers(0, 256, (16, 12, 3), dtype=np.uint8), 'image/filename': 'y.jpg',
-       'image/id': 285, 'objects': {
-           'bbox': np.zeros((0, 4), np.float32), 'label': np.zeros(0, np.int64),
-           'is_crowd': np.zeros(0, bool), 'area': np.zeros(0, np.int64),
-           'id': np.zeros(0, np.int64)}},
-  ]
-
-
-def mock_coco(examples):
-  """tfds.testing.mock_data serving `examples` as coco/2017, encoded and decoded by TFDS'
-  own features (its random mock gives objects fields of different lengths)."""
-
-  def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
-    del split, read_config, kwargs
-    features = self.info.features
-    encoded = [features.encode_example(ex) for ex in examples]
-    spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.tf_dtype),
-                                 features.get_serialized_info())
-    ds = tf.data.Dataset.from_generator(lambda: iter(encoded), output_signature=spec)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(len(examples)))
-    return ds.map(lambda ex: features.decode_example(ex, decoders=decoders))
-
-  return tfds.testing.mock_data(as_dataset_fn=as_dataset)
 
 
 def test_tfds_coco_gives_coco_category_ids(caplog):

@@ -15,7 +15,8 @@ import torchvision
 from transformers import DetrConfig, DetrForObjectDetection
 
 from detr_jax import models, pretrained
-from helpers import ROOT, write_code_carrying_pickle
+from helpers import (ROOT, official_detr_state_dict, randomise_hf_detr,
+                     write_code_carrying_pickle)
 from vit_jax.framework.errors import UserError
 
 
@@ -40,22 +41,6 @@ def test_parameter_counts_match_the_original(depth, trainable, buffers):
                    if k.startswith(('backbone/conv1/', 'backbone/layer1_'))])
   assert _count(variables['params']) - frozen == trainable
   assert _count(variables['frozen']) == buffers
-
-
-def randomise_hf_detr(model):
-  """An HF DETR model with every tensor random, batch-norm statistics and batch- and group-norm
-  (the panoptic head's `.norm.`) affine terms included, so that each weight matters."""
-  generator = torch.Generator().manual_seed(1)
-  with torch.no_grad():
-    for key, tensor in model.state_dict().items():
-      noise = torch.randn(tensor.shape, generator=generator)
-      if key.endswith('running_var'):
-        tensor.copy_(noise.abs() + 0.5)
-      elif tensor.ndim == 1 and ('backbone' in key or '.norm.' in key):
-        tensor.copy_((1.0 if key.endswith('weight') else 0.0) + 0.1 * noise)
-      elif tensor.ndim <= 2:
-        tensor.add_(0.02 * noise)
-  return model
 
 
 def _randomised_hf_detr(dilation: bool, num_labels: int = 5):
@@ -96,32 +81,8 @@ def test_mask_downsampling_follows_pytorchs_nearest_rule(size_in, size_out):
                                                        (size_out, size_out + 1)), expected)
 
 
-def _official_state_dict():
-  """A random state dict in the layout of `detr-r50-e632da11.pth` (torch's own transformer
-  layers use the same names as DETR's; torchvision's ResNet is the backbone)."""
-  state = {}
-  for kind, count in (('encoder', 6), ('decoder', 6)):
-    layer_class = (torch.nn.TransformerEncoderLayer if kind == 'encoder'
-                   else torch.nn.TransformerDecoderLayer)
-    for i in range(count):
-      for key, value in layer_class(256, 8, 2048).state_dict().items():
-        state[f'transformer.{kind}.layers.{i}.{key}'] = value
-  state['transformer.decoder.norm.weight'] = torch.ones(256)
-  state['transformer.decoder.norm.bias'] = torch.zeros(256)
-  state['class_embed.weight'], state['class_embed.bias'] = torch.randn(92, 256), torch.randn(92)
-  for i, (out, inp) in enumerate([(256, 256), (256, 256), (4, 256)]):
-    state[f'bbox_embed.layers.{i}.weight'] = torch.randn(out, inp)
-    state[f'bbox_embed.layers.{i}.bias'] = torch.randn(out)
-  state['query_embed.weight'] = torch.randn(100, 256)
-  state['input_proj.weight'], state['input_proj.bias'] = torch.randn(256, 2048, 1, 1), torch.randn(256)
-  for key, value in torchvision.models.resnet50().state_dict().items():
-    if not key.startswith('fc.') and not key.endswith('num_batches_tracked'):
-      state[f'backbone.0.body.{key}'] = value
-  return state
-
-
 def test_official_layout_converts_completely(tmp_path):
-  state = _official_state_dict()
+  state = official_detr_state_dict()
   assert len(state) == 458  # reference/detr.md §5.
   path = str(tmp_path / 'detr-r50.pth')
   torch.save({'model': state}, path)
@@ -136,7 +97,7 @@ def test_official_layout_converts_completely(tmp_path):
 
 
 def test_fine_tuning_on_new_classes_keeps_a_fresh_head():
-  state = {k: v.numpy() for k, v in _official_state_dict().items()}
+  state = {k: v.numpy() for k, v in official_detr_state_dict().items()}
   model = models.DETR(num_classes=3, num_encoder_layers=6)
   fresh = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), jnp.ones((1, 64, 64)))
   fresh = jax.device_get(flax.linen.meta.unbox(fresh))
@@ -169,7 +130,7 @@ def test_a_pickle_that_carries_code_is_refused(tmp_path):
 
 
 def test_mismatched_checkpoint_names_the_tensors():
-  state = {k: v.numpy() for k, v in _official_state_dict().items()}
+  state = {k: v.numpy() for k, v in official_detr_state_dict().items()}
   model = models.DETR(num_classes=91, hidden_dim=128, num_heads=8, mlp_dim=256)
   fresh = jax.device_get(flax.linen.meta.unbox(
       model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), jnp.ones((1, 64, 64)))))
@@ -179,7 +140,7 @@ def test_mismatched_checkpoint_names_the_tensors():
 
 def test_converter_script_writes_what_init_from_reads(tmp_path):
   source, output = str(tmp_path / 'detr.pth'), str(tmp_path / 'detr.npz')
-  state = _official_state_dict()
+  state = official_detr_state_dict()
   torch.save({'model': state}, source)
   script = os.path.join(ROOT, 'scripts', 'convert_detr_checkpoint.py')
   result = subprocess.run([sys.executable, script, source, output], capture_output=True,

@@ -19,8 +19,7 @@ from transformers import DetrConfig, DetrForSegmentation
 from transformers.models.detr.modeling_detr import DetrMHAttentionMap
 
 from detr_jax import mask_losses, models, panoptic_model, pretrained
-from helpers import ROOT
-from test_detr_models import _official_state_dict, randomise_hf_detr
+from helpers import ROOT, official_detr_state_dict, randomise_hf_detr
 from vit_jax.framework import optim
 from vit_jax.framework.errors import UserError
 
@@ -128,7 +127,7 @@ def _released_panoptic_state_dict(depth: int):
   """A random state dict in the layout of the released detr-r50/-dc5/-r101-panoptic `.pth`
   files: the box model (250 classes) under `detr.`, then MHAttentionMap and MaskHeadSmallConv
   with the original's widths (264, 128, 64, 32, 16; adapters from 1024, 512, 256 channels)."""
-  state = {f'detr.{k}': v for k, v in _official_state_dict().items()}
+  state = {f'detr.{k}': v for k, v in official_detr_state_dict().items()}
   state['detr.class_embed.weight'], state['detr.class_embed.bias'] = (torch.randn(251, 256),
                                                                       torch.randn(251))
   if depth == 101:

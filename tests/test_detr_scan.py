@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from detr_jax import models, panoptic_model, pretrained
-from test_detr_models import _official_state_dict
+from helpers import official_detr_state_dict
 from vit_jax.framework import weights
 from vit_jax.framework.errors import UserError
 
@@ -153,7 +153,7 @@ def test_scanned_dropout_follows_the_rng_in_every_layer():
 
 
 def test_released_checkpoint_fills_scanned_and_per_layer_models_alike(tmp_path):
-  state = _official_state_dict()  # detr-r50-e632da11.pth's layout, random weights.
+  state = official_detr_state_dict()  # detr-r50-e632da11.pth's layout, random weights.
   path = str(tmp_path / 'detr-r50.pth')
   torch.save({'model': state}, path)
   loaded = pretrained.load_variables(path)

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from helpers import tiny_digits_config
+from helpers import run_two_processes, tiny_digits_config
 from mesh_run import train_losses
 from multihost_run import run_config
-from test_multihost import _run_two_processes
 from vit_jax.classification import input as classification_input
 from vit_jax.classification.task import ClassificationTask
 from vit_jax.framework import input_pipeline, train
@@ -161,7 +160,7 @@ def test_two_processes_train_like_one_and_resume_to_the_same_batches(data_dirs, 
   train.train_and_evaluate(config, single, ClassificationTask(config))
 
   multi = str(tmp_path / 'multi')
-  _run_two_processes(multi, *changes, 'save_batches=6')
+  run_two_processes(multi, *changes, 'save_batches=6')
   # Cross-process all-reduces sum in another order: float32 round-off only.
   np.testing.assert_allclose(train_losses(multi), train_losses(single), rtol=1e-5)
   # Each process got its rows of the one-process batches, from step 0 and resumed at step 3.

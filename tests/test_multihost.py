@@ -1,9 +1,7 @@
 """Two processes of 2 CPU devices each (jax.distributed on 127.0.0.1) train the digits ViT like
 one process of 4 devices: same loss trajectory, same final parameters."""
 
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -12,49 +10,19 @@ import jax
 import numpy as np
 
 from vit_jax.framework import checkpoint
-from helpers import ROOT, assert_prediction_pictures
+from helpers import (MULTIHOST_SCRIPT, ROOT, assert_prediction_pictures, free_port, multihost_env,
+                     run_two_processes)
 from mesh_run import train_losses
-
-SCRIPT = os.path.join(ROOT, 'tests', 'multihost_run.py')
-
-
-def _env(devices):
-  return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-              PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, 'tests')]))
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def _run_two_processes(workdir, *changes):
-  """stdout and stderr of each of two processes of 2 devices, after both ended well."""
-  port = _free_port()
-  jobs = [subprocess.Popen([sys.executable, SCRIPT, str(i), '2', str(port), workdir, *changes],
-                           env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-          for i in range(2)]
-  outputs = []
-  try:
-    for job in jobs:
-      outputs.append(job.communicate(timeout=300))
-  finally:
-    for job in jobs:
-      job.kill()
-  for job, (out, err) in zip(jobs, outputs):
-    assert job.returncode == 0, err[-3000:]
-  return outputs
 
 
 def test_two_processes_match_one(tmp_path):
   single = str(tmp_path / 'single')
-  reference = subprocess.run([sys.executable, SCRIPT, '-1', '1', '0', single], env=_env(4),
-                             capture_output=True, text=True, timeout=300)
+  reference = subprocess.run([sys.executable, MULTIHOST_SCRIPT, '-1', '1', '0', single],
+                             env=multihost_env(4), capture_output=True, text=True, timeout=300)
   assert reference.returncode == 0, reference.stderr[-3000:]
 
   multi = str(tmp_path / 'multi')
-  outputs = _run_two_processes(multi, 'draw_examples=2')  # Both hosts run the drawing forward.
+  outputs = run_two_processes(multi, 'draw_examples=2')  # Both hosts run the drawing forward.
   assert 'process 0 of 2 on 4 devices' in outputs[0][0]
   assert 'process 1 of 2 on 4 devices' in outputs[1][0]
   assert_prediction_pictures(multi, steps=[6], count=2)  # Drawn by process 0.
@@ -70,8 +38,8 @@ def test_uneven_host_splits_give_every_host_the_same_steps_and_schedule(tmp_path
   # 1437 training digits: the hosts hold 719 and 718. 0.0334 epochs of batch 16 are
   # 1437 * 0.0334 / 16 = 2.9998 -> 3 steps; from a host's own count times 2 they would be
   # 3.0018 -> 4 steps on host 0 and 2.9977 -> 3 on host 1, and the run would hang at the end.
-  outputs = _run_two_processes(str(tmp_path), 'total_steps=None', 'total_epochs=0.0334',
-                               'input.batch_size=16', 'optim.schedule.warmup_steps=2')
+  outputs = run_two_processes(str(tmp_path), 'total_steps=None', 'total_epochs=0.0334',
+                              'input.batch_size=16', 'optim.schedule.warmup_steps=2')
   rates = [re.findall(r'\[(\d+)\].*learning_rate=([0-9.e-]+)', err) for _, err in outputs]
   assert [step for step, _ in rates[0]] == ['1', '2', '3']
   assert rates[0] == rates[1]
@@ -82,9 +50,9 @@ def test_a_process_that_never_joins_is_a_clear_error_not_a_hang(tmp_path):
   started = time.time()
   result = subprocess.run(
       [sys.executable, '-m', 'vit_jax.main', '--config=configs/vit_digits.py',
-       f'--workdir={tmp_path}', '--distributed', f'--coordinator_address=127.0.0.1:{_free_port()}',
+       f'--workdir={tmp_path}', '--distributed', f'--coordinator_address=127.0.0.1:{free_port()}',
        '--num_processes=2', '--process_id=0', '--distributed_timeout=5'],
-      cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=120)
+      cwd=ROOT, env=multihost_env(1), capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith('error: not every process joined jax.distributed within 5 s'), last

@@ -7,30 +7,10 @@ import jax
 import numpy as np
 import pytest
 
+from helpers import mmseg_mean_iou
 from segmenter_jax import metrics
 
 K = 5  # Class 4 appears nowhere; class 3 is predicted but never labelled.
-
-
-def mmseg_mean_iou(predictions, labels, num_classes, ignore_index=255):
-  """mmseg.core.mean_iou: per image intersect_and_union with torch.histc-like histograms,
-  areas summed over the dataset, IoU = I / U, nanmean."""
-  total = {k: np.zeros(num_classes) for k in ('intersect', 'union', 'pred', 'label')}
-  for pred, label in zip(predictions, labels):
-    keep = label != ignore_index
-    pred, label = pred[keep], label[keep]
-    intersect = pred[pred == label]
-    hist = lambda x: np.histogram(x, bins=num_classes, range=(0, num_classes - 1))[0]
-    area_intersect, area_pred, area_label = hist(intersect), hist(pred), hist(label)
-    total['intersect'] += area_intersect
-    total['union'] += area_pred + area_label - area_intersect
-    total['pred'] += area_pred
-    total['label'] += area_label
-  with np.errstate(divide='ignore', invalid='ignore'):
-    iou = total['intersect'] / total['union']
-    acc = total['intersect'] / total['label']
-  return {'iou': iou, 'miou': np.nanmean(iou), 'mean_accuracy': np.nanmean(acc),
-          'pixel_accuracy': total['intersect'].sum() / total['label'].sum()}
 
 
 def hand_made_maps():

@@ -13,57 +13,11 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from helpers import official_segmenter_shapes, torch_resize_pos_embed
 from segmenter_jax import models, pretrained
 from vit_jax.classification import vit as vit_models
 from vit_jax.framework.errors import UserError
 from vit_jax.layers import position_embeddings
-
-
-def official_shapes(d, layers, patch, grid, n_cls, decoder, decoder_layers=2, distilled=False,
-                    d_ff=None):
-  """Key -> shape of an official Segmenter state dict (reference/segmenter.md §5.2), written
-  out from the table: the ImageNet heads included."""
-  d_ff = d_ff or 4 * d
-  prefix = 2 if distilled else 1
-  shapes = {'encoder.cls_token': (1, 1, d)}
-  if distilled:
-    shapes['encoder.dist_token'] = (1, 1, d)
-  shapes['encoder.pos_embed'] = (1, prefix + grid[0] * grid[1], d)
-  shapes['encoder.patch_embed.proj.weight'] = (d, 3, patch, patch)
-  shapes['encoder.patch_embed.proj.bias'] = (d,)
-  if distilled:
-    shapes.update({'encoder.head_dist.weight': (1000, d), 'encoder.head_dist.bias': (1000,)})
-
-  def block(p):
-    return {f'{p}.norm1.weight': (d,), f'{p}.norm1.bias': (d,),
-            f'{p}.attn.qkv.weight': (3 * d, d), f'{p}.attn.qkv.bias': (3 * d,),
-            f'{p}.attn.proj.weight': (d, d), f'{p}.attn.proj.bias': (d,),
-            f'{p}.norm2.weight': (d,), f'{p}.norm2.bias': (d,),
-            f'{p}.mlp.fc1.weight': (d_ff, d), f'{p}.mlp.fc1.bias': (d_ff,),
-            f'{p}.mlp.fc2.weight': (d, d_ff), f'{p}.mlp.fc2.bias': (d,)}
-  for i in range(layers):
-    shapes.update(block(f'encoder.blocks.{i}'))
-  shapes.update({'encoder.norm.weight': (d,), 'encoder.norm.bias': (d,),
-                 'encoder.head.weight': (1000, d), 'encoder.head.bias': (1000,)})
-  if decoder == 'linear':
-    shapes.update({'decoder.head.weight': (n_cls, d), 'decoder.head.bias': (n_cls,)})
-  else:
-    shapes.update({'decoder.cls_emb': (1, n_cls, d), 'decoder.proj_patch': (d, d),
-                   'decoder.proj_classes': (d, d)})
-    for i in range(decoder_layers):
-      shapes.update(block(f'decoder.blocks.{i}'))
-    shapes.update({'decoder.proj_dec.weight': (d, d), 'decoder.proj_dec.bias': (d,),
-                   'decoder.decoder_norm.weight': (d,), 'decoder.decoder_norm.bias': (d,),
-                   'decoder.mask_norm.weight': (n_cls,), 'decoder.mask_norm.bias': (n_cls,)})
-  return shapes
-
-
-def torch_resize_pos_embed(pos, grid_old, grid_new, num_prefix):
-  """Segmenter's resize_pos_embed: F.interpolate bilinear, align_corners unset (False)."""
-  prefix, grid = pos[:, :num_prefix], pos[:, num_prefix:]
-  grid = grid.reshape(1, *grid_old, -1).permute(0, 3, 1, 2)
-  grid = F.interpolate(grid, size=grid_new, mode='bilinear')
-  return torch.cat([prefix, grid.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1])], dim=1)
 
 
 def _shapes(model, size=16):
@@ -104,8 +58,8 @@ def test_parameter_counts_plus_unused_head_equal_official(variant, crop, classes
   ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(shapes['params'])))
   size = models.decode_variant(variant)
   d, patch, distilled = size['hidden_size'], size['patch_size'], size['distilled']
-  official = official_shapes(d, size['num_layers'], patch, (crop // patch,) * 2, classes,
-                             decoder, layers, distilled)
+  official = official_segmenter_shapes(d, size['num_layers'], patch, (crop // patch,) * 2,
+                                       classes, decoder, layers, distilled)
   heads = sum(int(np.prod(s)) for k, s in official.items() if k in pretrained.UNUSED_OFFICIAL)
   assert ours + heads == sum(int(np.prod(s)) for s in official.values())
   assert round((ours + heads) / 1e6, 2) == millions

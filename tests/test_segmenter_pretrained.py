@@ -18,9 +18,9 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from helpers import ROOT, write_code_carrying_pickle
+from helpers import (ROOT, official_segmenter_shapes, torch_resize_pos_embed,
+                     write_code_carrying_pickle)
 from segmenter_jax import models, pretrained
-from test_segmenter_models import official_shapes, torch_resize_pos_embed
 from vit_jax.classification import vit as vit_models
 from vit_jax.classification import vit_weights
 from vit_jax.framework import weights
@@ -56,8 +56,8 @@ def _random_state(decoder, distilled=False, decoder_layers=2, seed=0):
   """A random state dict in the official key layout and shapes."""
   rng = np.random.default_rng(seed)
   state = {}
-  for key, shape in official_shapes(D, LAYERS, PATCH, (CROP // PATCH,) * 2, CLASSES, decoder,
-                                    decoder_layers, distilled).items():
+  for key, shape in official_segmenter_shapes(D, LAYERS, PATCH, (CROP // PATCH,) * 2, CLASSES,
+                                              decoder, decoder_layers, distilled).items():
     if key.endswith(('norm1.weight', 'norm2.weight', 'norm.weight')):
       value = 1 + 0.1 * rng.standard_normal(shape)
     elif key.endswith(('proj_patch', 'proj_classes')):

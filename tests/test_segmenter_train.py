@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import assert_one_line_error, assert_prediction_pictures, load_config, run_module
+from helpers import (assert_one_line_error, assert_prediction_pictures, load_config,
+                     mmseg_mean_iou, run_module)
 from segmenter_jax import segmentation
-from test_segmenter_metrics import mmseg_mean_iou
 from vit_jax.classification import vit_weights
 from vit_jax.framework import evaluation, optim, sharding, train
 from vit_jax.framework.errors import UserError

@@ -15,9 +15,8 @@ import timm
 import torch
 
 from detr_jax.detection import DetectionTask
-from helpers import RunsCode, load_config, tiny_digits_config, write_code_carrying_pickle
-from test_detr_models import _official_state_dict
-from test_segmenter_models import torch_resize_pos_embed
+from helpers import (RunsCode, load_config, official_detr_state_dict, tiny_digits_config,
+                     torch_resize_pos_embed, write_code_carrying_pickle)
 from vit_jax.classification import vit, vit_weights
 from vit_jax.classification.task import ClassificationTask
 from vit_jax.framework import checkpoint, train, weights
@@ -206,7 +205,7 @@ def test_refused_pth_shows_torchs_reason_in_one_plain_line(tmp_path):
 
 
 def test_original_detr_training_checkpoint_with_args_loads_through_the_task(tmp_path):
-  state = _official_state_dict()
+  state = official_detr_state_dict()
   for key, value in state.items():  # Random weights everywhere, so that nothing compares zeros.
     if value.is_floating_point():
       state[key] = torch.randn(value.shape, generator=torch.Generator().manual_seed(len(key)))
