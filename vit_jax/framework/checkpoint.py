@@ -7,7 +7,6 @@ needs to continue the same run).
 
 import contextlib
 import gc
-import os
 import sys
 from typing import Any, Optional
 
@@ -17,6 +16,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from vit_jax.framework import paths
 from vit_jax.framework.errors import UserError
 
 
@@ -27,7 +27,7 @@ class Checkpointer:
     self.every_steps = max(int(every_steps), 1)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=True)
-    self._directory = os.path.abspath(directory)
+    self._directory = paths.absolute(directory)
     self._manager = ocp.CheckpointManager(self._directory, options=options,
                                           item_names=('state', 'meta'))
 
@@ -77,7 +77,7 @@ class Checkpointer:
 
   def _saved_shapes(self, step: int) -> dict[str, tuple]:
     """'params/Transformer/...' -> shape of every array in checkpoint `step` (its metadata)."""
-    path = os.path.join(self._directory, str(step), 'state')
+    path = paths.join(self._directory, str(step), 'state')
     shapes = _shapes_by_name(ocp.StandardCheckpointHandler().metadata(epath.Path(path)))
     if not shapes:
       raise ValueError(f'no arrays in the metadata of {path}')
@@ -99,16 +99,16 @@ class Checkpointer:
 
   def _set_aside(self, step: int, error: Exception) -> None:
     """Renames checkpoint `step` to a name no other set-aside checkpoint has, so orbax skips it."""
-    aside = base = os.path.join(self._directory, f'{step}.unreadable')
+    aside = base = paths.join(self._directory, f'{step}.unreadable')
     copy = 0
-    while os.path.exists(aside):
+    while paths.exists(aside):
       copy += 1
       aside = f'{base}.{copy}'
     logging.warning('Checkpoint %d in %s is unreadable (%s: %s); set aside as %s, trying the '
                     'previous one.', step, self._directory, type(error).__name__,
                     (str(error).splitlines() or [''])[0][:200], aside)
     if jax.process_index() == 0:
-      os.rename(os.path.join(self._directory, str(step)), aside)
+      paths.rename(paths.join(self._directory, str(step)), aside)
     multihost_utils.sync_global_devices(f'checkpoint {step} set aside')
     self._manager.reload()
 
@@ -145,13 +145,12 @@ def _shapes_by_name(tree: Any) -> dict[str, tuple]:
 def load_state(workdir: str, step: Optional[int] = None) -> dict:
   """A run's saved train state (newest step by default) as numpy on this host, whatever devices
   or processes wrote it: for inference, analysis and notebooks."""
-  directory = os.path.join(workdir, 'checkpoints')
-  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
-      directory) else []
+  directory = paths.join(workdir, 'checkpoints')
+  steps = sorted(int(d) for d in paths.listdir(directory) if d.isdigit())
   if not steps or (step is not None and step not in steps):
     raise UserError(f'no checkpoint {"" if step is None else step} in {directory} (found '
                     f'{steps}): train first, or pass the --workdir of a run')
-  path = os.path.join(directory, str(steps[-1] if step is None else step), 'state')
+  path = paths.join(directory, str(steps[-1] if step is None else step), 'state')
   checkpointer = ocp.StandardCheckpointer()
   here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),

@@ -9,30 +9,33 @@ called from Python (tests, notebooks), where the console is left as it is.
 
 import contextlib
 import logging as py_logging
-import os
 from typing import Iterator
 
 import jax
 from absl import logging
 
+from vit_jax.framework import paths
+
 FILE_ONLY = {'extra': {'console': False}}  # logging.info(..., **FILE_ONLY)
 # Python loggers of libraries whose INFO lines say nothing the user can act on.
 _QUIET_LIBRARIES = (
     'jax._src.xla_bridge',  # "Unable to initialize backend 'tpu'" on every CPU or GPU host.
+    'gcsfs',  # "AdaptiveReadaheadCache enabled" on every file it opens in a bucket.
 )
 
 
 def log_file(workdir: str) -> str:
   """Process 0 logs to WORKDIR/train.log, process i to WORKDIR/train.<i>.log."""
   index = jax.process_index()
-  return os.path.join(workdir, 'train.log' if index == 0 else f'train.{index}.log')
+  return paths.join(workdir, 'train.log' if index == 0 else f'train.{index}.log')
 
 
 @contextlib.contextmanager
-def to_file(workdir: str) -> Iterator[str]:
+def to_file(folder: str) -> Iterator[str]:
   """Every log line of the `with` block (absl's and the libraries') appended to
-  `log_file(workdir)`, whose path it gives."""
-  path = log_file(workdir)
+  `log_file(folder)`, whose path it gives; `folder` is local: the workdir, or the
+  `paths.Mirror` of one in object storage."""
+  path = log_file(folder)
   handler = py_logging.FileHandler(path)
   handler.setFormatter(logging.PythonFormatter())
   handler.setLevel(py_logging.INFO)

@@ -31,7 +31,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
 from vit_jax.framework import checkpoint as checkpoint_lib
-from vit_jax.framework import durations, evaluation, logs, optim, prefetch, sharding
+from vit_jax.framework import durations, evaluation, logs, optim, paths, prefetch, sharding
 from vit_jax.framework import task as task_lib
 from vit_jax.framework import workdir as workdir_lib
 from vit_jax.framework.errors import UserError
@@ -191,7 +191,7 @@ def state_shardings(task: task_lib.Task, tx, rng, mesh, rules) -> tuple[TrainSta
 def _check_init_from(path) -> None:
   """A local `config.init_from` must exist before a model is built to receive it (remote paths
   are checked when read)."""
-  if path and '://' not in path and not os.path.exists(path):
+  if path and not paths.exists(path):
     raise UserError(f'config.init_from {path!r} does not exist: pass the path of a downloaded '
                     'checkpoint as --config.init_from=PATH')
 
@@ -206,8 +206,7 @@ def _stop_if_not_finite(checked: list) -> None:
 
 def _write_json(path: str, data: dict) -> None:
   if jax.process_index() == 0:
-    with open(path, 'w') as f:
-      json.dump(data, f, indent=2, sort_keys=True)
+    paths.write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def _scalars(metrics: dict) -> dict[str, float]:
@@ -221,24 +220,31 @@ def train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, f
   metrics are computed on process 0, the other processes get only the step.
   """
   workdir_lib.prepare(workdir)
-  with workdir_lib.RunLock(workdir), logs.to_file(workdir):
-    return _train_and_evaluate(config, workdir, task)
+  # train.log and TensorBoard's files grow as the run goes: in object storage, which cannot
+  # append, they are written to a local folder and uploaded from there (`logdir`).
+  mirror = paths.Mirror(workdir)
+  try:
+    with workdir_lib.run_lock(workdir), logs.to_file(mirror.local):
+      return _train_and_evaluate(config, workdir, task, mirror.local)
+  finally:
+    mirror.close()
 
 
-def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, float]:
+def _train_and_evaluate(config, workdir: str, task: task_lib.Task,
+                        logdir: str) -> dict[str, float]:
   plan = _plan(config, task)
   if jax.process_index() == 0:  # Every value of the run's config, resolved.
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+    paths.write_text(paths.join(workdir, 'config.json'),
+                     config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
-  writer = _make_writer(workdir)
+  writer = _make_writer(logdir)
   with jax.set_mesh(plan.mesh), nn.logical_axis_rules(plan.rules):
     tx, schedule = optim.make_optimizer(config.optim, plan.steps.total, plan.steps.epochs)
     rng = jax.random.PRNGKey(config.seed)
     abstract_state, shardings = state_shardings(task, tx, rng, plan.mesh, plan.rules)
     batch_sharding = sharding.batch_sharding(plan.mesh, plan.rules)
     checkpointer = checkpoint_lib.Checkpointer(
-        os.path.join(workdir, 'checkpoints'), plan.steps.checkpoint_every,
+        paths.join(workdir, 'checkpoints'), plan.steps.checkpoint_every,
         config.keep_checkpoints)
     state, examples_seen = _restore_or_initialize(config, workdir, task, tx, rng, abstract_state,
                                                   shardings, checkpointer)
@@ -255,7 +261,7 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, 
                                             plan.prefetch_size)
     start_time = time.time()
     try:  # Whatever stops the loop, in-flight checkpoints are finished, not lost.
-      _loop(config, workdir, plan, task, state, examples_seen, train_step, batch_sharding, evals,
+      _loop(config, logdir, plan, task, state, examples_seen, train_step, batch_sharding, evals,
             checkpointer, writer)
     finally:
       evals.close()
@@ -265,7 +271,7 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, 
 
   eval_metrics = evals.final_metrics()
   final = dict(eval_metrics, step=plan.steps.total)
-  _write_json(os.path.join(workdir, 'final_metrics.json'), final)
+  _write_json(paths.join(workdir, 'final_metrics.json'), final)
   if jax.process_index() == 0:
     summary = (f'Finished {plan.steps.total - first_step} steps in '
                f'{time.time() - start_time:.1f} s. Final eval: '
@@ -339,7 +345,7 @@ def _eval_steps(task: task_lib.Task, shardings: TrainState, batch_sharding, mesh
   return eval_step, draw_step
 
 
-def _loop(config, workdir: str, plan: _Plan, task: task_lib.Task, state: TrainState,
+def _loop(config, logdir: str, plan: _Plan, task: task_lib.Task, state: TrainState,
           examples_seen: int, train_step, batch_sharding, evals, checkpointer, writer) -> None:
   """The steps from the state's to the last: train, log, check, save, evaluate, and stop at a
   preemption notice with the step saved."""
@@ -348,7 +354,7 @@ def _loop(config, workdir: str, plan: _Plan, task: task_lib.Task, state: TrainSt
       num_train_steps=num_steps, writer=writer, every_steps=config.log_every)
   hooks = [report]
   if config.profile and jax.process_index() == 0:
-    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
+    hooks.append(periodic_actions.Profile(logdir=logdir, num_profile_steps=5))
   # Exactly the batches the remaining steps use, each on the devices before its step.
   train_iter = prefetch.to_devices(
       itertools.islice(task.train_input(start_example=examples_seen), num_steps - first_step),
@@ -405,11 +411,11 @@ class _ConsoleWriter(metric_writers.LoggingWriter):
                  **logs.FILE_ONLY)
 
 
-def _make_writer(workdir: str) -> metric_writers.MetricWriter:
-  """Metrics to the log (every process) and to TensorBoard in `workdir` (process 0)."""
+def _make_writer(logdir: str) -> metric_writers.MetricWriter:
+  """Metrics to the log (every process) and to TensorBoard in `logdir` (process 0)."""
   writers = [_ConsoleWriter()]
   if jax.process_index() == 0:
-    writers.append(metric_writers.SummaryWriter(workdir))
+    writers.append(metric_writers.SummaryWriter(logdir))
   return metric_writers.AsyncMultiWriter(writers)
 
 
