@@ -5,9 +5,11 @@ GELU, a (2w-1)^2 x heads relative position bias table per block, odd blocks roll
 the original's 9-region -100 mask, patch merging concatenated as (even row, even col), (odd,
 even), (even, odd), (odd, odd), stochastic depth rising linearly over all blocks of all stages.
 Where a stage's map is no larger than the window (min(H, W) <= w) the window shrinks to
-min(H, W) and nothing is shifted, as in the original classifier. Maps that are not a multiple of
-the window are padded on the bottom and right after norm1 and before the roll, and images and
-odd maps before the patch embedding and merging, as the original detection backbone does.
+min(H, W) and nothing is shifted, as in the original classifier; that block's table is sized by
+the smaller window, as there (so such a model's parameters depend on the input size it was
+initialised with, like the original's). Maps that are not a multiple of the window are padded
+on the bottom and right after norm1 and before the roll, and images and odd maps before the
+patch embedding and merging, as the original detection backbone does.
 
 Parameters are laid out like timm >= 0.9 (`layers_{i}/downsample` at the start of stages 1-3,
 `layers_{i}/blocks_{j}/attn/...`), so an official or timm `.pth` is a rename table (see
@@ -15,7 +17,6 @@ swin_weights.py). The fused torch `qkv` is kept apart as `query`, `key`, `value`
 head_dim), the house's attention layout.
 """
 
-import functools
 from typing import Optional
 
 import flax.linen as nn
@@ -107,6 +108,24 @@ def shift_mask(height: int, width: int, window: int, shift: int) -> np.ndarray:
   return np.where(labels[:, None, :] != labels[:, :, None], MASKED, 0.0).astype(np.float32)
 
 
+class PatchEmbed(nn.Module):
+  """Images padded to whole patches (bottom / right), a patch-stride convolution, LayerNorm."""
+  embed_dim: int
+  patch_size: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    p = self.patch_size
+    _, h, w, channels = images.shape
+    x = jnp.pad(images, ((0, 0), (0, -h % p), (0, -w % p), (0, 0)))
+    fan_in = p * p * channels
+    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
+                kernel_init=partitioned(torch_default(fan_in), (None, None, None, 'embed')),
+                bias_init=partitioned(torch_default(fan_in), ('embed',)), name='proj')(x)
+    return layer_norm(dtype=self.dtype, name='norm')(x)
+
+
 class WindowAttention(nn.Module):
   """Multi-head self-attention within each window, plus a learned bias per relative offset.
 
@@ -116,11 +135,11 @@ class WindowAttention(nn.Module):
   [1, windows * heads, N, N] broadcasts over the batch instead of being tiled over it.
   """
   num_heads: int
-  table_window: int  # The table's window: the configured one (the map's may be smaller).
+  window: int  # The block's: the configured one, or the map's side where that is smaller.
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, windows, window: int, mask: Optional[np.ndarray]):
+  def __call__(self, windows, mask: Optional[np.ndarray]):
     """windows [B, nW, N, C] (N = window^2) -> [B, nW, N, C]; mask [nW, N, N] or None."""
     b, num_windows, n, width = windows.shape
     heads = (self.num_heads, width // self.num_heads)
@@ -128,17 +147,12 @@ class WindowAttention(nn.Module):
                                       'bwtc,cnh->bwnth', self.dtype, _normal, name=name)
     query = project('query')(windows) * (heads[1] ** -0.5)
     key, value = project('key')(windows), project('value')(windows)
-
-    table_rows = (2 * self.table_window - 1) ** 2
+    # One row per relative offset; sized by the block's window, as the original and timm.
     table = self.param('relative_position_bias_table',
-                       partitioned(_normal, ('relpos', 'heads')), (table_rows, self.num_heads))
-    # A window smaller than the table's reads the offsets it has from the table's centre.
-    offsets = relative_position_index(window)
-    if window < self.table_window:
-      dy, dx = np.divmod(offsets, 2 * window - 1)
-      offsets = ((dy + self.table_window - window) * (2 * self.table_window - 1)
-                 + dx + self.table_window - window)
-    bias = table[offsets.reshape(-1)].reshape(n, n, self.num_heads).transpose(2, 0, 1)
+                       partitioned(_normal, ('relpos', 'heads')),
+                       ((2 * self.window - 1) ** 2, self.num_heads))
+    bias = table[relative_position_index(self.window).reshape(-1)]
+    bias = bias.reshape(n, n, self.num_heads).transpose(2, 0, 1)
     groups = 1 if mask is None else num_windows  # Windows that need a bias of their own.
     if mask is not None:
       bias = bias[None] + mask[:, None]  # [nW, heads, N, N]
@@ -194,8 +208,8 @@ class SwinBlock(nn.Module):
     if shift:
       x = jnp.roll(x, (-shift, -shift), axis=(1, 2))
     mask = shift_mask(*padded, window, shift) if shift else None
-    x = WindowAttention(self.num_heads, self.window_size, self.dtype, name='attn')(
-        partition_windows(x, window), window, mask)
+    x = WindowAttention(self.num_heads, window, self.dtype, name='attn')(
+        partition_windows(x, window), mask)
     x = merge_windows(x, window, *padded)
     if shift:
       x = jnp.roll(x, (shift, shift), axis=(1, 2))
@@ -292,24 +306,6 @@ class SwinTransformer(nn.Module):
     return nn.Dense(self.num_classes, dtype=jnp.float32, name='head',
                     kernel_init=partitioned(_normal, ('embed', 'classes')),
                     bias_init=partitioned(_zeros, ('classes',)))(x)
-
-
-class PatchEmbed(nn.Module):
-  """Images padded to whole patches (bottom / right), a patch-stride convolution, LayerNorm."""
-  embed_dim: int
-  patch_size: int
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, images):
-    p = self.patch_size
-    _, h, w, channels = images.shape
-    x = jnp.pad(images, ((0, 0), (0, -h % p), (0, -w % p), (0, 0)))
-    fan_in = p * p * channels
-    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
-                kernel_init=partitioned(torch_default(fan_in), (None, None, None, 'embed')),
-                bias_init=partitioned(torch_default(fan_in), ('embed',)), name='proj')(x)
-    return layer_norm(dtype=self.dtype, name='norm')(x)
 
 
 def build_swin(model_config) -> SwinTransformer:
