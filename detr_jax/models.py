@@ -164,15 +164,16 @@ def downsample_mask(mask: jax.Array, size: tuple[int, int]) -> jax.Array:
 
 
 def sine_position_embedding(mask: jax.Array, num_feats: int = 128,
-                            temperature: float = 10000.) -> jax.Array:
+                            temperature: float = 10000., offset: float = 0.) -> jax.Array:
   """[B, h, w] (1 = image) -> [B, h, w, 2 * num_feats]: cumulative positions normalised to
-  (0, 2 pi] over the image part, sin/cos interleaved, y channels then x channels."""
+  (0, 2 pi] over the image part, sin/cos interleaved, y channels then x channels. `offset`:
+  subtracted from the cumulative positions first (Deformable DETR's 0.5: cell centres)."""
   mask = mask.astype(jnp.float32)
   y = jnp.cumsum(mask, axis=1)
   x = jnp.cumsum(mask, axis=2)
   eps, scale = 1e-6, 2 * math.pi
-  y = y / (y[:, -1:, :] + eps) * scale
-  x = x / (x[:, :, -1:] + eps) * scale
+  y = (y - offset) / (y[:, -1:, :] + eps) * scale
+  x = (x - offset) / (x[:, :, -1:] + eps) * scale
   dim_t = temperature ** (2 * (jnp.arange(num_feats) // 2) / num_feats)
 
   def embed(pos):
@@ -267,8 +268,9 @@ class DecoderLayer(_PostNormLayer):
 
 def _layer_stack(layer_class, num_layers: int, make_layer, scan: bool, remat: str, name: str,
                  carry, *broadcast, train: bool, every_output: bool = False):
-  """`carry` through `num_layers` layers of `layer_class`, each called as layer(carry,
-  *broadcast, train) -> the last output, or with `every_output` all of them stacked [L, ...].
+  """`carry` (an array or a tuple of them) through `num_layers` layers of `layer_class`, each
+  called as layer(carry, *broadcast, train) -> the last output, or with `every_output` all of
+  them stacked [L, ...].
 
   scan: the layers under nn.scan, compiled once whatever the depth; their params stacked on a
   leading axis named 'layers' under `name` (instead of `{name}_0` ... `{name}_{L-1}`;
@@ -294,7 +296,7 @@ def _layer_stack(layer_class, num_layers: int, make_layer, scan: bool, remat: st
   for i in range(num_layers):
     carry = make_layer(layer_class, f'{name}_{i}')(carry, *broadcast, train)
     outputs.append(carry)
-  return jnp.stack(outputs) if every_output else carry
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs) if every_output else carry
 
 
 class Encoder(nn.Module):

@@ -24,6 +24,7 @@ from detr_jax import model_stats as detr_stats
 from detr_jax import models as detr_models
 from detr_jax import panoptic_model
 from segmenter_jax import model_stats as segmenter_stats
+from vit_jax.classification import swin, swin_tables
 from vit_jax.classification import vit
 from vit_jax.framework import config_args, model_stats
 
@@ -42,6 +43,40 @@ def vit_rows(variants):
                      gflops_384=model_stats.gflops(model, image(384)),
                      paper_params=paper, paper_gflops=None, source='ViT paper Table 1'))
   return rows
+
+
+def swin_rows(variants):
+  """Swin rows at their own resolution, beside the paper's rounded figures and the original
+  code's flops() (reference/swin.md §2)."""
+  rows = []
+  for variant in variants:
+    if variant not in swin_tables.MODEL_TABLE:
+      raise SystemExit(f'error: unknown Swin rows {variant!r}: use {sorted(swin_tables.MODEL_TABLE)}')
+    name = swin_tables.MODEL_TABLE[variant]
+    _, _, paper_params, paper_gflops, _, _, original_gflops = swin_tables.TABLE1[name]
+    size = 384 if variant.endswith('-384') else 224
+    model = swin.build_swin(dict(variant=variant, num_classes=1000))
+    image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    rows.append(dict(model=f'Swin-{variant}', image_size=size,
+                     params=model_stats.parameter_count(model, image),
+                     gflops=model_stats.gflops(model, image), paper_params=paper_params * 1e6,
+                     paper_gflops=paper_gflops, original_gflops=original_gflops,
+                     source=f'{name}: {swin_tables.SOURCE}'))
+  return rows
+
+
+def _format_swin(rows):
+  header = (f'{"model":<12}{"size":>5}{"params":>14}{"paper":>7}{"GFLOPs":>8}{"paper":>7}'
+            f'{"flops()":>9}{"diff":>7}')
+  lines = [header, '-' * len(header)]
+  for r in rows:
+    diff = 100 * (r['gflops'] / r['original_gflops'] - 1)
+    lines.append(f'{r["model"]:<12}{r["image_size"]:>5}{r["params"]:>14,}'
+                 f'{r["paper_params"] / 1e6:>6.0f}M{r["gflops"]:>8.2f}{r["paper_gflops"]:>7.1f}'
+                 f'{r["original_gflops"]:>9.3f}{diff:>+6.1f}%')
+  note = ('(GFLOPs: XLA multiply-adds; flops(): the original code\'s count, which leaves out '
+          'softmax, GELU and the adds; paper: Swin Table 1)')
+  return '\n'.join(lines + [note]) if rows else ''
 
 
 def _entries(table, names, what):
@@ -154,6 +189,8 @@ def main():
   parser.add_argument('--detr_ablations',
                       default=';'.join(e['model'] for e in detr_stats.ABLATIONS),
                       help='semicolon-separated DETR ablation rows (default: all; empty: none)')
+  parser.add_argument('--swin', default=','.join(swin_tables.MODEL_TABLE),
+                      help='comma-separated Swin variants (default: all; empty: none)')
   parser.add_argument('--detr_panoptic', default=','.join(e['model'] for e in detr_stats.PANOPTIC),
                       help='comma-separated DETR panoptic rows (default: all; empty: none)')
   args = parser.parse_args()
@@ -162,14 +199,16 @@ def main():
   detr_table = detr_rows([m for m in args.detr.split(',') if m])
   ablations = detr_rows([m for m in args.detr_ablations.split(';') if m], detr_stats.ABLATIONS)
   panoptic = panoptic_rows([m for m in args.detr_panoptic.split(',') if m])
+  swin_table = swin_rows([m for m in args.swin.split(',') if m])
   if args.json:
-    print(json.dumps(rows + seg_rows + detr_table + ablations + panoptic, indent=1))
+    print(json.dumps(rows + seg_rows + detr_table + ablations + panoptic + swin_table, indent=1))
   else:
     print('\n\n'.join(table for table in (_format(rows) if rows else '',
                                            _format_segmenter(seg_rows),
                                            _format_detr(detr_table),
                                            _format_detr(ablations),
-                                           _format_panoptic(panoptic)) if table))
+                                           _format_panoptic(panoptic),
+                                           _format_swin(swin_table)) if table))
 
 
 if __name__ == '__main__':
