@@ -86,7 +86,8 @@ def test_bad_config_argument_is_one_line(capsys, workdir):
 
 
 @pytest.mark.parametrize('field, value, choices', [
-    ('model.name', 'vit-b', "['vit'"), ('loss.name', 'xent', "['sigmoid_xent', 'softmax_xent']")])
+    ('model.name', 'vit-b', sorted(ClassificationTask.MODELS)),
+    ('loss.name', 'xent', ['sigmoid_xent', 'softmax_xent'])])
 def test_unknown_model_or_loss_name_lists_the_known_ones(field, value, choices):
   config = tiny_digits_config(**{field: value})
   with pytest.raises(UserError, match=re.escape(f'unknown config.{field} {value!r}: choose one '
