@@ -1,10 +1,12 @@
 """Parameters and GFLOPs of every model, beside the papers' figures.
 
-  python scripts/model_table.py [--json] [--models B/16,L/16] [--segmenter Seg-B-Mask/16]
-                                [--detr DETR-R50] [--detr_ablations 'DETR-R50 enc_layers=0']
+  python scripts/model_table.py [--json] [--models B/16,L/16] [--deit DeiT-B,DeiT-B-distilled]
+                                [--segmenter Seg-B-Mask/16] [--detr DETR-R50]
+                                [--detr_ablations 'DETR-R50 enc_layers=0']
 
 GFLOPs are XLA's cost analysis of one forward pass, as multiply-adds (the papers' convention),
-for one image at 224 and 384 px; parameters with a 1000-class head. Segmenter rows (ADE20K, 150
+for one image at 224 and 384 px; parameters with a 1000-class head. DeiT rows: the README's
+eight models at their own resolution, beside the README's rounded counts and top-1. Segmenter rows (ADE20K, 150
 classes, mask transformer): multiply-adds at 512 x 512 with and without the final bilinear
 upsampling, parameters without and with the official checkpoints' unused ImageNet head, beside
 the authors' and 3rd-party figures (those GFLOPs count 2 per multiply-add). DETR rows (COCO,
@@ -25,7 +27,7 @@ from detr_jax import models as detr_models
 from detr_jax import panoptic_model
 from segmenter_jax import model_stats as segmenter_stats
 from vit_jax.classification import swin, swin_tables
-from vit_jax.classification import vit
+from vit_jax.classification import deit, vit
 from vit_jax.framework import config_args, model_stats
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
@@ -43,6 +45,32 @@ def vit_rows(variants):
                      gflops_384=model_stats.gflops(model, image(384)),
                      paper_params=paper, paper_gflops=None, source='ViT paper Table 1'))
   return rows
+
+
+def deit_rows(names):
+  rows = []
+  for name in names:
+    release = deit.RELEASES.get(name)
+    if release is None:
+      raise SystemExit(f'error: unknown DeiT rows {name!r}: use {sorted(deit.RELEASES)}')
+    model = deit.build_deit(release.model_config())
+    image = jax.ShapeDtypeStruct((1, release.image_size, release.image_size, 3), jnp.float32)
+    rows.append(dict(model=name, timm_name=release.timm_name, image_size=release.image_size,
+                     params=model_stats.parameter_count(model, image),
+                     gflops=model_stats.gflops(model, image),
+                     paper_params=release.readme_params, paper_top1=release.readme_top1,
+                     source='DeiT README'))
+  return rows
+
+
+def _format_deit(rows):
+  header = (f'{"model":<22}{"timm":<34}{"size":>5}{"params":>13}{"README":>8}'
+            f'{"GFLOPs":>8}{"top-1":>7}')
+  lines = [header, '-' * len(header)]
+  for r in rows:
+    lines.append(f'{r["model"]:<22}{r["timm_name"]:<34}{r["image_size"]:>5}{r["params"]:>13,}'
+                 f'{r["paper_params"] / 1e6:>7.0f}M{r["gflops"]:>8.1f}{r["paper_top1"]:>7.1f}')
+  return '\n'.join(lines + [f'({rows[0]["source"]})'] if rows else [])
 
 
 def swin_rows(variants):
@@ -182,6 +210,8 @@ def main():
   parser.add_argument('--json', action='store_true', help='print a JSON list instead of a table')
   parser.add_argument('--models', default=','.join(model_stats.VIT_VARIANTS),
                       help='comma-separated ViT variants (default: all; empty: none)')
+  parser.add_argument('--deit', default=','.join(deit.RELEASES),
+                      help='comma-separated DeiT rows (default: all; empty: none)')
   parser.add_argument('--segmenter', default=','.join(e['model'] for e in segmenter_stats.TABLE),
                       help='comma-separated Segmenter rows (default: all; empty: none)')
   parser.add_argument('--detr', default=','.join(e['model'] for e in detr_stats.TABLE),
@@ -195,15 +225,17 @@ def main():
                       help='comma-separated DETR panoptic rows (default: all; empty: none)')
   args = parser.parse_args()
   rows = vit_rows([m for m in args.models.split(',') if m])
+  deit_table = deit_rows([m for m in args.deit.split(',') if m])
   seg_rows = segmenter_rows([m for m in args.segmenter.split(',') if m])
   detr_table = detr_rows([m for m in args.detr.split(',') if m])
   ablations = detr_rows([m for m in args.detr_ablations.split(';') if m], detr_stats.ABLATIONS)
   panoptic = panoptic_rows([m for m in args.detr_panoptic.split(',') if m])
   swin_table = swin_rows([m for m in args.swin.split(',') if m])
   if args.json:
-    print(json.dumps(rows + seg_rows + detr_table + ablations + panoptic + swin_table, indent=1))
+    print(json.dumps(rows + deit_table + seg_rows + detr_table + ablations + panoptic + swin_table, indent=1))
   else:
     print('\n\n'.join(table for table in (_format(rows) if rows else '',
+                                           _format_deit(deit_table),
                                            _format_segmenter(seg_rows),
                                            _format_detr(detr_table),
                                            _format_detr(ablations),

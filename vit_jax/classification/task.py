@@ -10,7 +10,7 @@ import optax
 import tensorflow as tf
 
 from vit_jax.classification import input as classification_input
-from vit_jax.classification import vit, vit_weights, vtab
+from vit_jax.classification import deit, distillation, swin, vit, vit_weights, vtab
 from vit_jax.framework import drawing, task
 from vit_jax.framework.errors import choose
 
@@ -70,27 +70,58 @@ class Accuracy(task.Evaluator):
 
 class ClassificationTask(task.Task):
   """ViT (or any image -> logits model) trained with cross-entropy and scored by accuracy."""
-  MODELS = {'vit': vit.build_vit}
+  MODELS = {'vit': vit.build_vit, 'deit': deit.build_deit, 'swin': swin.build_swin}
 
   def __init__(self, config):
     super().__init__(config)
     self.xent = choose('config.loss.name', config.loss.name, LOSSES)
     self.model = self.build_model()
+    # DeiT's distillation (vit_jax/classification/distillation.py): a frozen teacher's logits.
+    self.distillation = distillation.check_kind(config.get('distillation', 'none'))
+    self.teacher = None
+    if self.distillation != 'none':
+      teacher = config.get('teacher') or {}
+      self.teacher = choose('config.teacher.model.name', (teacher.get('model') or {}).get('name'),
+                            self.MODELS)(teacher.model)
 
   def per_example_loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return self.xent(logits, jax.nn.one_hot(labels, logits.shape[-1]))
+    """labels: class ids, or target distributions over the classes (Mixup's)."""
+    targets = labels if labels.ndim == 2 else jax.nn.one_hot(labels, logits.shape[-1])
+    return self.xent(logits, targets)
+
+  def _image_shape(self) -> tuple[int, int, int]:
+    size = self.config.input.image_size
+    return (size, size, self.config.input.get('channels', 3))
 
   def init_variables(self, rng):
-    size, channels = self.config.input.image_size, self.config.input.get('channels', 3)
-    return self.model.init({'params': rng}, jnp.zeros((1, size, size, channels)), train=False)
+    return self.model.init({'params': rng}, jnp.zeros((1,) + self._image_shape()), train=False)
 
   def pretrained_params(self, params, path):
-    return vit_weights.load_vit(params, path, self.config.get('posemb_resize', 'zoom'))
+    return vit_weights.load_vit(params, path, self.config.get('posemb_resize', 'zoom'),
+                                num_heads=getattr(self.model, 'num_heads', None))
+
+  def frozen_variables(self):
+    if self.teacher is None:
+      return {}
+    return {'teacher': distillation.teacher_variables(
+        self.teacher, self._image_shape(), self.config.teacher.get('init_from'))}
 
   def loss(self, variables, batch, rng, normalizers):
-    logits = self.model.apply(variables, batch['image'], train=True, rngs={'dropout': rng})
+    variables = dict(variables)
+    teacher_variables = variables.pop('teacher', None)
+    outputs = self.model.apply(variables, batch['image'], train=True, rngs={'dropout': rng})
+    # The class head learns from the labels, the distillation head (the class head when there
+    # is none) from the teacher; without a teacher a distillation head does not learn (DeiT's).
+    logits, student_logits = outputs if isinstance(outputs, tuple) else (outputs, outputs)
     loss = self.per_example_loss(logits, batch['label'])
-    correct = logits.argmax(-1) == batch['label']
+    if self.teacher is not None:
+      teacher_logits = self.teacher.apply(teacher_variables, batch['image'], train=False)
+      alpha = self.config.get('distillation_alpha', 0.5)
+      loss = (1 - alpha) * loss + alpha * distillation.distillation_term(
+          self.distillation, student_logits, teacher_logits,
+          self.config.get('distillation_tau', 1.0))
+    labels = batch['label'] if batch['label'].ndim == 1 else batch['label'].argmax(-1)
+    correct = logits.argmax(-1) == labels
     examples = normalizers['examples']
     return loss.sum() / examples, {'accuracy': correct.sum() / examples}
 
@@ -183,6 +214,7 @@ class ClassificationTask(task.Task):
       attention = None
       if 'attention' in outputs:
         rollout = drawing.attention_rollout(outputs['attention'][i])
+        rollout = rollout[int(getattr(self.model, 'distilled', False)):]  # DeiT's dist token.
         rows = round((len(rollout) * image.shape[0] / image.shape[1]) ** 0.5)
         attention = rollout.reshape(rows, len(rollout) // rows)
       pictures[str(i)] = drawing.draw_classification(

@@ -79,6 +79,12 @@ class Task(abc.ABC):
     (DETR's frozen batch norm): all fresh variables in, all loaded variables out."""
     return dict(variables, params=self.pretrained_params(variables['params'], path))
 
+  def frozen_variables(self) -> dict:
+    """Collections `loss` reads but the loop neither trains nor saves, e.g. a distillation
+    teacher's {'teacher': variables}: host arrays, boxed with logical axis names like params
+    (so they are sharded as the model is), handed to `loss` inside `variables`. Default: none."""
+    return {}
+
   @abc.abstractmethod
   def loss(self, variables: dict, batch: Batch, rng: jax.Array,
            normalizers: dict[str, jax.Array]) -> tuple[jax.Array, dict]:

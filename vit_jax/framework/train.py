@@ -109,13 +109,15 @@ def make_train_step(task: task_lib.Task, tx: optax.GradientTransformation, sched
   equal one step on the whole batch.
   """
 
-  def train_step(state: TrainState, batch: Batch):
+  def train_step(state: TrainState, batch: Batch, frozen: dict | None = None):
+    """frozen: the task's frozen variables (`Task.frozen_variables`), read by its loss."""
     rng = jax.random.fold_in(state.rng, state.step)
     normalizers = task.loss_normalizers(batch)
 
     def grads_and_metrics(batch, rng):
       def loss_fn(params):
-        return task.loss({'params': params, **state.model_state}, batch, rng, normalizers)
+        variables = {'params': params, **state.model_state, **(frozen or {})}
+        return task.loss(variables, batch, rng, normalizers)
       (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
       return grads, dict(metrics, loss=loss)
 
@@ -140,11 +142,26 @@ def make_train_step(task: task_lib.Task, tx: optax.GradientTransformation, sched
 
 
 def jit_train_step(task: task_lib.Task, tx, schedule, accum_steps: int, shardings: TrainState,
-                   batch_sharding):
-  """The train step as the loop runs it (also compiled ahead of time by vit_jax.framework.fit_report)."""
-  return jax.jit(make_train_step(task, tx, schedule, accum_steps),
-                 in_shardings=(shardings, batch_sharding),
+                   batch_sharding, frozen_shardings=None):
+  """The train step as the loop runs it (also compiled ahead of time by
+  vit_jax.framework.fit_report); with `frozen_shardings`, the frozen variables are its third
+  argument."""
+  in_shardings = (shardings, batch_sharding)
+  if frozen_shardings is not None:
+    in_shardings += (frozen_shardings,)
+  return jax.jit(make_train_step(task, tx, schedule, accum_steps), in_shardings=in_shardings,
                  out_shardings=(shardings, None), donate_argnums=0)
+
+
+def frozen_variables(task: task_lib.Task, mesh, rules) -> tuple[dict, dict]:
+  """(the task's frozen variables on the devices, their shardings): laid out by their logical
+  axis names as the params are, read once per run (a resumed run reads them again)."""
+  boxed = task.frozen_variables()
+  shardings = sharding.variable_shardings(boxed, mesh, rules)
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  values = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, boxed,
+                        is_leaf=is_box)  # nn.meta.unbox would constrain host arrays to the mesh.
+  return jax.device_put(values, shardings), shardings
 
 
 def checked_accum_steps(config, mesh, rules) -> int:
@@ -255,7 +272,10 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task,
           state.params, include_stats=jax.process_count() == 1), **logs.FILE_ONLY)
       writer.write_hparams(_flatten_config(config))
 
-    train_step = jit_train_step(task, tx, schedule, plan.accum_steps, shardings, batch_sharding)
+    frozen, frozen_shardings = frozen_variables(task, plan.mesh, plan.rules)
+    step_with_frozen = jit_train_step(task, tx, schedule, plan.accum_steps, shardings,
+                                      batch_sharding, frozen_shardings)
+    train_step = lambda state, batch: step_with_frozen(state, batch, frozen)
     eval_step, draw_step = _eval_steps(task, shardings, batch_sharding, plan.mesh)
     evals = evaluation.BackgroundEvaluation(task, eval_step, batch_sharding, writer, draw_step,
                                             plan.prefetch_size)
