@@ -19,11 +19,6 @@ def cxcywh_to_xyxy(boxes):
   return jnp.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
 
 
-def xyxy_to_cxcywh(boxes):
-  x0, y0, x1, y1 = jnp.moveaxis(boxes, -1, 0)
-  return jnp.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], axis=-1)
-
-
 def _extent(lo, hi):
   """Width or height; an inverted interval is empty rather than negative."""
   return jnp.maximum(hi - lo, 0.)
@@ -51,12 +46,6 @@ def _iou_parts(a, b):
 def _giou(a, b):
   iou, union, enclosing = _iou_parts(a, b)
   return iou - _safe_divide(enclosing - union, enclosing)
-
-
-def pairwise_box_iou(boxes1, boxes2):
-  """IoU and union of every pair of xyxy boxes: [..., N, 4], [..., M, 4] -> 2 x [..., N, M]."""
-  iou, union, _ = _iou_parts(boxes1[..., :, None, :], boxes2[..., None, :, :])
-  return iou, union
 
 
 def pairwise_generalized_box_iou(boxes1, boxes2):

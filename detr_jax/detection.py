@@ -1,9 +1,13 @@
-"""Object detection with DETR as a task of the shared train loop.
+"""Object detection with DETR and Deformable DETR as a task of the shared train loop.
 
 A train step: the model predicts boxes and classes for every decoder layer; the matching cost of
 every (layer, image) is computed on device, the Hungarian assignment is solved on the host by
 scipy (one callback per batch shard) and the set loss is taken over the matched pairs. Eval
 gathers the final layer's predictions and scores them with pycocotools over the whole split.
+
+A model with sigmoid classes (`sigmoid_classes`: Deformable DETR) is matched and trained with the
+focal loss (config.loss.focal_alpha, focal_gamma), scored by its top 100 (query, class) pairs,
+and under two-stage its encoder's proposals add a set loss of their own (all labels 0).
 """
 
 import functools
@@ -12,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from detr_jax import (coco_eval, detection_input, losses, matcher, models, padding_buckets,
-                      pretrained, transforms)
+from detr_jax import (coco_eval, deformable_models, deformable_pretrained, detection_input,
+                      losses, matcher, models, padding_buckets, pretrained, transforms)
 from vit_jax.framework import drawing, task
 from vit_jax.framework.errors import UserError
 
@@ -25,7 +29,8 @@ DRAW_TOP_K, DRAW_THRESHOLD = 10, 0.5
 
 class DetectionTask(task.Task):
   """DETR trained with the Hungarian set loss and scored by COCO AP."""
-  MODELS = {'detr': models.build_detr}
+  MODELS = {'detr': models.build_detr,
+            'deformable_detr': deformable_models.build_deformable_detr}
   INPUT = detection_input  # The input module: make_source, categories, num_classes, *_preprocess.
 
   def __init__(self, config):
@@ -40,15 +45,24 @@ class DetectionTask(task.Task):
     # that a loss ablation can keep the matching); a config without them matches with the loss's.
     self.cost_weights = {k: config.get('matcher', config.loss)[k]
                          for k in ('class_weight', 'bbox_weight', 'giou_weight')}
+    # Sigmoid classes: the focal loss's alpha and gamma, in the loss and the matching cost.
+    self.focal = {}
+    if getattr(self.model, 'sigmoid_classes', False):
+      self.focal = {'focal_alpha': self.loss_config.get('focal_alpha', 0.25),
+                    'focal_gamma': self.loss_config.get('focal_gamma', 2.)}
     self._ground_truth = {}  # split -> (COCO ground truth, label -> category id)
 
   def init_variables(self, rng):
-    return self.model.init({'params': rng}, jnp.zeros(_INIT_SHAPE + (3,)), jnp.ones(_INIT_SHAPE),
+    side = getattr(self.model, 'init_image_size', lambda: _INIT_SHAPE[1])()
+    shape = (1, side, side)
+    return self.model.init({'params': rng}, jnp.zeros(shape + (3,)), jnp.ones(shape),
                            train=False)
 
   def pretrained_variables(self, variables, path):
-    return pretrained.fit_variables(
-        variables, pretrained.load_variables(path, num_heads=self.model.num_heads),
+    weights = (deformable_pretrained if isinstance(self.model, deformable_models.DeformableDETR)
+               else pretrained)
+    return weights.fit_variables(
+        variables, weights.load_variables(path, num_heads=self.model.num_heads),
         source=f'checkpoint {path}')
 
   def loss(self, variables, batch, rng, normalizers):
@@ -62,19 +76,29 @@ class DetectionTask(task.Task):
     if not self.loss_config.get('aux_loss', True):
       logits, boxes = logits[-1:], boxes[-1:]
     weights = {k: self.loss_config[k] for k in ('class_weight', 'bbox_weight', 'giou_weight')}
-    layers = logits.shape[0]
-    per_layer = lambda x: jnp.broadcast_to(x, (layers,) + x.shape)
-    cost = matcher.matching_cost(logits, boxes, per_layer(batch['labels']),
-                                 per_layer(batch['boxes']), per_layer(batch['box_mask']),
-                                 **self.cost_weights)
-    target_query = matcher.hungarian_match(cost, batch['box_mask'])
-    return losses.set_loss(logits, boxes, batch['labels'], batch['boxes'], batch['box_mask'],
-                           target_query, eos_coef=self.loss_config['eos_coef'],
-                           normalizers=normalizers, **weights) + (target_query,)
+    eos_coef = 0. if self.focal else self.loss_config['eos_coef']  # Softmax classes only.
+
+    def layers_loss(logits, boxes, labels):
+      per_layer = lambda x: jnp.broadcast_to(x, logits.shape[:1] + x.shape)
+      cost = matcher.matching_cost(logits, boxes, per_layer(labels), per_layer(batch['boxes']),
+                                   per_layer(batch['box_mask']), **self.cost_weights,
+                                   **self.focal)
+      target_query = matcher.hungarian_match(cost, batch['box_mask'])
+      return losses.set_loss(logits, boxes, labels, batch['boxes'], batch['box_mask'],
+                             target_query, eos_coef=eos_coef, normalizers=normalizers,
+                             **weights, **self.focal) + (target_query,)
+    total, metrics, target_query = layers_loss(logits, boxes, batch['labels'])
+    if 'enc_logits' in outputs:  # Two-stage: the encoder's proposals, any object as class 0.
+      enc_total, enc_metrics, _ = layers_loss(outputs['enc_logits'][None],
+                                              outputs['enc_boxes'][None],
+                                              jnp.zeros_like(batch['labels']))
+      total += enc_total
+      metrics.update({f'{k}_enc': enc_metrics[k] for k in ('loss_ce', 'loss_bbox', 'loss_giou')})
+    return total, metrics, target_query
 
   def loss_normalizers(self, batch):
     return losses.loss_normalizers(batch['box_mask'], self.model.num_queries,
-                                   self.loss_config['eos_coef'])
+                                   0. if self.focal else self.loss_config['eos_coef'])
 
   def eval_outputs(self, variables, batch):
     outputs = self.model.apply(variables, batch['image'], batch['pixel_mask'], train=False)
@@ -85,7 +109,12 @@ class DetectionTask(task.Task):
     if split not in self._ground_truth:  # Read once per split, on the first eval.
       self._ground_truth[split] = coco_eval.ground_truth(self.config.input, split)
     ground_truth, label_to_category = self._ground_truth[split]
-    return coco_eval.CocoEvaluator(ground_truth, label_to_category)
+    return coco_eval.CocoEvaluator(ground_truth, label_to_category, self._postprocess)
+
+  @property
+  def _postprocess(self):
+    """Scores, labels and absolute boxes of a batch's predictions (coco_eval)."""
+    return coco_eval.sigmoid_postprocess if self.focal else coco_eval.postprocess
 
   def make_source(self, split):
     source = self.INPUT.make_source(self.config.input, split)
@@ -174,7 +203,7 @@ class DetectionTask(task.Task):
       inside = batch['pixel_mask'][i] > 0  # The image without its padding.
       size = np.array([inside.any(1).sum(), inside.any(0).sum()])
       pixels = image[:size[0], :size[1]] * transforms.IMAGENET_STD + transforms.IMAGENET_MEAN
-      scores, labels, boxes = coco_eval.postprocess(
+      scores, labels, boxes = self._postprocess(
           outputs['logits'][i:i + 1], outputs['boxes'][i:i + 1], size[None])
       real = batch['box_mask'][i] > 0
       _, _, true_boxes = coco_eval.postprocess(  # Normalised (cx, cy, w, h) -> pixels.

@@ -276,7 +276,7 @@ def _layer_stack(layer_class, num_layers: int, make_layer, scan: bool, remat: st
   leading axis named 'layers' under `name` (instead of `{name}_0` ... `{name}_{L-1}`;
   vit_jax.framework.weights converts between the two). Each layer draws its own dropout; the broadcast
   inputs (positions, memory, mask) are the same for every layer.
-  remat: a name in vit_jax.classification.vit.REMAT_POLICIES.
+  remat: a name in vit_jax.layers.remat.REMAT_POLICIES.
   """
   if remat != 'none':
     # `train` follows the module, the carry and the broadcast inputs: static under remat.
@@ -356,7 +356,7 @@ class Transformer(nn.Module):
   decoder_spatial_pos: str = 'attention'  # One of SPATIAL_POS.
   output_pos: str = 'attention'  # One of OUTPUT_POS.
   scan: bool = False  # See _layer_stack.
-  remat: object = 'none'  # A name in vit_jax.classification.vit.REMAT_POLICIES (True / False: 'full' / 'none').
+  remat: str = 'none'  # A name in vit_jax.layers.remat.REMAT_POLICIES.
 
   @nn.compact
   def __call__(self, src, mask, query_pos, pos, *, train: bool):
@@ -429,9 +429,9 @@ class DETR(nn.Module):
   output_pos: str = 'attention'
   # The transformer's layers under nn.scan (compile time independent of depth; params stacked
   # on a leading 'layers' axis, see _layer_stack), and what each layer keeps for the backward
-  # pass (a name in vit_jax.classification.vit.REMAT_POLICIES; True / False: 'full' / 'none').
+  # pass (a name in vit_jax.layers.remat.REMAT_POLICIES).
   scan: bool = False
-  remat: object = 'none'
+  remat: str = 'none'
 
   @nn.compact
   def __call__(self, images, pixel_mask, *, train: bool = False, mask_features: bool = False):

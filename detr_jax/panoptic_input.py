@@ -83,12 +83,6 @@ def label_is_thing(input_config, split: str) -> list[bool | None]:
   return [kinds.get(i) for i in mapping]
 
 
-def label_names(input_config, split: str) -> list[str]:
-  cats, mapping = categories(input_config, split)
-  names = {c['id']: c['name'] for c in cats}
-  return [names.get(i, str(i)) for i in mapping]
-
-
 def _labels(category_ids, mapping: list[int], where: str) -> np.ndarray:
   lookup = {c: label for label, c in enumerate(mapping)}
   unknown = sorted(set(int(c) for c in category_ids) - set(lookup))

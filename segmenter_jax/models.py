@@ -180,7 +180,7 @@ def decode_variant(variant: str) -> dict:
 
 _DEFAULTS = dict(decoder_layers=2, dropout_rate=0.0, drop_path_rate=0.1,
                  decoder_dropout_rate=0.1, decoder_drop_path_rate=0.0, distilled=False,
-                 decoder_num_heads=None, dtype=jnp.float32, remat=False, scan=False)
+                 decoder_num_heads=None, dtype=jnp.float32, remat='none', scan=False)
 _SIZE_FIELDS = ('hidden_size', 'num_layers', 'num_heads', 'mlp_dim', 'patch_size')
 FIELDS = frozenset(('variant', 'name', 'image_size', 'num_classes', 'decoder') + _SIZE_FIELDS
                    + tuple(_DEFAULTS))

@@ -15,25 +15,20 @@ def _random_xyxy(rng, n):
   return np.concatenate([x0y0, x0y0 + rng.uniform(0.01, 0.5, (n, 2))], -1).astype(np.float32)
 
 
-def test_conversions_match_torchvision_and_invert_each_other():
-  boxes = _random_xyxy(np.random.default_rng(0), 50)
-  cxcywh = np.asarray(box_ops.xyxy_to_cxcywh(boxes))
-  expected = torchvision.ops.box_convert(torch.from_numpy(boxes), 'xyxy', 'cxcywh').numpy()
-  np.testing.assert_allclose(cxcywh, expected, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(box_ops.cxcywh_to_xyxy(cxcywh)), boxes, atol=1e-6)
+def test_conversion_matches_torchvision():
+  cxcywh = torchvision.ops.box_convert(
+      torch.from_numpy(_random_xyxy(np.random.default_rng(0), 50)), 'xyxy', 'cxcywh')
+  expected = torchvision.ops.box_convert(cxcywh, 'cxcywh', 'xyxy').numpy()
+  np.testing.assert_allclose(np.asarray(box_ops.cxcywh_to_xyxy(cxcywh.numpy())), expected,
+                             atol=1e-6)
 
 
-def test_pairwise_iou_and_giou_match_torchvision():
+def test_area_and_giou_match_torchvision():
   rng = np.random.default_rng(1)
   a, b = _random_xyxy(rng, 30), _random_xyxy(rng, 20)
   ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-  iou, union = box_ops.pairwise_box_iou(a, b)
-  np.testing.assert_allclose(np.asarray(iou), torchvision.ops.box_iou(ta, tb).numpy(), atol=1e-6)
-  inter = np.asarray(iou) * np.asarray(union)
-  area_a, area_b = np.asarray(box_ops.box_area(a)), np.asarray(box_ops.box_area(b))
-  np.testing.assert_allclose(area_a, torchvision.ops.box_area(ta).numpy(), rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(union), area_a[:, None] + area_b[None] - inter,
-                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(box_ops.box_area(a)), torchvision.ops.box_area(ta).numpy(),
+                             rtol=1e-6)
   giou = np.asarray(box_ops.pairwise_generalized_box_iou(a, b))
   expected = torchvision.ops.generalized_box_iou(ta, tb).numpy()
   np.testing.assert_allclose(giou, expected, atol=1e-6)
@@ -51,11 +46,8 @@ DEGENERATE = np.array([[0.3, 0.3, 0.3, 0.3], [0.2, 0.1, 0.2, 0.6], [0.6, 0.6, 0.
 
 
 def test_degenerate_boxes_give_finite_values_and_gradients():
-  iou, union = box_ops.pairwise_box_iou(DEGENERATE, DEGENERATE)
-  giou = box_ops.pairwise_generalized_box_iou(DEGENERATE, DEGENERATE)
-  for values in (iou, union, giou):
-    assert np.isfinite(np.asarray(values)).all()
-  giou = np.asarray(giou)
+  giou = np.asarray(box_ops.pairwise_generalized_box_iou(DEGENERATE, DEGENERATE))
+  assert np.isfinite(giou).all()
   assert ((giou >= -1) & (giou <= 1)).all()
   # A point inside the normal box: IoU 0, and the enclosing box is the normal box itself.
   assert giou[0, 4] == 0 and giou[4, 4] == 1

@@ -134,7 +134,7 @@ def _loss_and_grads(**model_options):
 
 
 @pytest.mark.parametrize('options', [
-    dict(remat=True), dict(remat='dots_saveable'), dict(remat='nothing_saveable'),
+    dict(remat='full'), dict(remat='dots_saveable'), dict(remat='nothing_saveable'),
     dict(scan=True), dict(scan=True, remat='full'), dict(scan=True, remat='dots_saveable')],
     ids=str)
 def test_remat_and_scan_leave_loss_and_gradients_unchanged(options):

@@ -187,7 +187,7 @@ class Encoder(nn.Module):
   layer_norm_epsilon: float = 1e-6
   gelu_approximate: bool = True
   dtype: jnp.dtype = jnp.float32
-  remat: object = 'none'  # A name in REMAT_POLICIES (True / False: 'full' / 'none').
+  remat: str = 'none'  # A name in REMAT_POLICIES.
   # Stochastic depth rising linearly over the blocks, 0 for the first and this for the last
   # (torch.linspace(0, rate, num_layers), as timm and Segmenter).
   drop_path_rate: float = 0.0
@@ -254,7 +254,7 @@ class VisionTransformer(nn.Module):
   layer_norm_epsilon: float = 1e-6
   gelu_approximate: bool = True  # The original's nn.gelu; False for erf GELU (timm, Segmenter).
   dtype: jnp.dtype = jnp.float32  # Compute dtype ('bfloat16' for mixed precision); params f32.
-  remat: object = 'none'  # See REMAT_POLICIES.
+  remat: str = 'none'  # See REMAT_POLICIES.
   distilled: bool = False
   drop_path_rate: float = 0.0  # Stochastic depth of the last block (see Encoder).
   # 'vit': the original's initialisers; 'timm': timm's / Segmenter's (Linear kernels and class

@@ -5,7 +5,7 @@ import jax
 from vit_jax.framework.errors import UserError
 
 # model.remat: what a block keeps for the backward pass, the rest recomputed (less memory,
-# more compute); a policy of jax.checkpoint_policies by name. True / False are 'full' / 'none'.
+# more compute); a policy of jax.checkpoint_policies by name.
 REMAT_POLICIES = {
     'none': None,  # No rematerialisation: everything kept.
     'full': jax.checkpoint_policies.nothing_saveable,  # Only the block inputs kept.
@@ -17,9 +17,7 @@ REMAT_POLICIES = {
 
 
 def remat_policy_name(remat) -> str:
-  """model.remat (a policy name, or the older bool) -> a key of REMAT_POLICIES."""
-  if remat is None or isinstance(remat, bool):
-    return 'full' if remat else 'none'
+  """model.remat, checked: a key of REMAT_POLICIES."""
   if not isinstance(remat, str) or remat not in REMAT_POLICIES:
     raise UserError(f'unknown model.remat {remat!r}: use one of {sorted(REMAT_POLICIES)}')
   return remat
