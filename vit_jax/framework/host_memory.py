@@ -3,7 +3,7 @@
 XLA's CPU client mallocs a step's buffers from its worker threads (a ViT-B/16 train step at batch
 8 needs 1.1 GB of scratch). glibc serves a thread's request over 64 MB by a fresh mmap and
 unmaps it on free, so every step faulted in, and the kernel zeroed, about 280k new pages
-(~0.2 s of a 5 s step on this project's 2-core CPU). `reuse_freed_memory_on_cpu` has glibc serve
+(the README's benchmark section has what that cost). `reuse_freed_memory_on_cpu` has glibc serve
 every thread from the one main heap, never by mmap, and never give freed memory back (mallopt
 M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1): a step's buffers are pages an earlier step
 used (the heap grows by a scratch only where a step allocates before the last one's scratch is

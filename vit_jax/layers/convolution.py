@@ -9,8 +9,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          precision=None, preferred_element_type=None):
   """lax.conv_general_dilated, with a 1x1 kernel (NHWC input, HWIO kernel, no padding, one
   group) run as a matmul over the channels of the strided input: the same sums, and XLA on CPU
-  runs a 1x1 convolution's weight gradient at ~15 GFLOP/s on one core against ~100 for the
-  matmul's (DETR-R50's train step spent 3 of its 8 s there). nn.Conv(conv_general_dilated=...)."""
+  runs a 1x1 convolution's weight gradient several times slower than the matmul (figures in the
+  README's benchmark section). nn.Conv(conv_general_dilated=...)."""
   pointwise = (rhs.ndim == 4 and rhs.shape[:2] == (1, 1) and feature_group_count == 1
                and all(p == (0, 0) for p in padding)
                and all(d == 1 for d in lhs_dilation or ())
