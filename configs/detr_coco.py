@@ -143,6 +143,10 @@ def get_config(arg='r50'):
       name='warmup_step', warmup_steps=0, decay_factor=0.1,
       boundary_epochs=(LR_DROP.get(args.epochs, args.epochs * 2 // 3),)))
 
+  # Predictions drawn to TensorBoard at each eval: the best draw_top_k scoring draw_threshold.
+  config.draw_threshold = 0.5
+  config.draw_top_k = 10
+
   config.total_epochs = args.epochs
   config.eval_every_epochs = 10
   config.checkpoint_every_epochs = 1

@@ -77,6 +77,10 @@ def get_config():
   config.optim.schedule = ml_collections.ConfigDict(dict(
       name='warmup_step', warmup_steps=100, decay_factor=0.1, boundary_fractions=(0.8,)))
 
+  # Predictions drawn to TensorBoard at each eval: the best draw_top_k scoring draw_threshold.
+  config.draw_threshold = 0.5
+  config.draw_top_k = 10
+
   config.total_steps = 8000
   config.eval_every = 2000
   config.checkpoint_every = 2000

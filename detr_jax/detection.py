@@ -23,8 +23,6 @@ from vit_jax.framework.errors import UserError
 
 # Pixel-space shape used to create the parameters (they do not depend on the image size).
 _INIT_SHAPE = (1, 64, 64)
-# The predictions drawn to TensorBoard: at most this many, each scoring at least this.
-DRAW_TOP_K, DRAW_THRESHOLD = 10, 0.5
 
 
 class DetectionTask(task.Task):
@@ -196,8 +194,8 @@ class DetectionTask(task.Task):
     return {'logits': outputs['logits'][-1], 'boxes': outputs['boxes'][-1]}
 
   def draw(self, batch, outputs):
-    """Ground truth beside the best `DRAW_TOP_K` predictions scoring at least `DRAW_THRESHOLD`,
-    on the eval-size image."""
+    """Ground truth beside the best config.draw_top_k predictions scoring at least
+    config.draw_threshold, on the eval-size image."""
     pictures = {}
     for i, image in enumerate(batch['image']):
       inside = batch['pixel_mask'][i] > 0  # The image without its padding.
@@ -210,5 +208,5 @@ class DetectionTask(task.Task):
           np.zeros((1, real.sum(), 2)), batch['boxes'][i][real][None], size[None])
       pictures[str(i)] = drawing.draw_detections(
           np.clip(pixels, 0, 1), true_boxes[0], batch['labels'][i][real], boxes[0], labels[0],
-          scores[0], self.class_names, DRAW_THRESHOLD, DRAW_TOP_K)
+          scores[0], self.class_names, self.config.draw_threshold, self.config.draw_top_k)
     return pictures
