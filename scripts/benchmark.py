@@ -1,13 +1,15 @@
 """Throughput of each task's model here and in a PyTorch peer, measured in the same run.
 
   python scripts/benchmark.py --task=vit --model=B/16 --batch=8 [--repeats=5]
+  python scripts/benchmark.py --task=vit --model=swin_t --batch=8
   python scripts/benchmark.py --task=detr --size=800x1067 --batch=1
   python scripts/benchmark.py --task=segmenter --model=B/16 --size=512 --batch=1
 
 Peers, on the same weights (their outputs are compared and the largest difference printed; for
 the train steps, the relative loss difference in the first step and after one update):
-  vit        timm's ViT (erf GELU, so ours runs with erf GELU too); inference and train step
-             (forward, backward, Adam update).
+  vit        timm's ViT (erf GELU, so ours runs with erf GELU too), or timm's Swin (--model
+             swin_t, swin_s, swin_b; stochastic depth off on both sides); inference and train
+             step (forward, backward, Adam update).
   detr       HF transformers' DETR (timm ResNet-50 backbone, frozen batch norm); inference, and
              a train step: our DETR task's loss (Hungarian matching by scipy in a host
              callback, auxiliary losses of every decoder layer) against HF's loss with `labels`
@@ -51,7 +53,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from vit_jax.classification import vit, vit_weights
+from vit_jax.classification import swin, swin_weights, vit, vit_weights
 from vit_jax.framework import host_memory, weights
 from vit_jax.framework.errors import UserError
 
@@ -167,6 +169,8 @@ def _loss_differences(jax_train: Contender, peer_train: Contender) -> tuple[floa
 
 def vit_rows(args) -> tuple[str, dict]:
   import timm
+  if args.model in SWIN_MODELS:
+    return swin_rows(args)
   size, _, patch = args.model.partition('/')
   if size not in TIMM_SIZES or '+' in args.model:
     raise UserError(f'--model {args.model!r}: the ViT benchmark takes a plain SIZE/PATCH '
@@ -176,7 +180,6 @@ def vit_rows(args) -> tuple[str, dict]:
   model = vit.build_vit(dict(variant=args.model, num_classes=1000, gelu_approximate=False,
                                 weight_init='timm'))
   images = _images(args.batch, image_size)
-  labels = np.arange(args.batch) % 1000
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), images[:1]))['params']
   peer = timm.create_model(f'vit_{TIMM_SIZES[size]}_patch{patch}_224',
                            pretrained=False, img_size=image_size)
@@ -184,7 +187,35 @@ def vit_rows(args) -> tuple[str, dict]:
     path = os.path.join(directory, 'vit.npz')
     vit_weights.write_vit_npz(path, params)
     timm.models.vision_transformer._load_weights(peer, path)
+  return _classifier_rows(f'ViT-{args.model}', model, params, peer, images, args)
 
+
+# --model of the Swin rows (`--task=vit`) -> (our variant, timm's model at window 7, 224 px).
+SWIN_MODELS = {'swin_t': ('T', 'swin_tiny_patch4_window7_224'),
+               'swin_s': ('S', 'swin_small_patch4_window7_224'),
+               'swin_b': ('B', 'swin_base_patch4_window7_224')}
+
+
+def swin_rows(args) -> tuple[str, dict]:
+  """Our Swin against timm's on timm's random init (its weights converted into ours). Sizes
+  other than 224 need each stage's map a multiple of the window 7 or no larger than it (where
+  timm pads after its roll, the original backbone and ours before)."""
+  import timm
+  variant, timm_name = SWIN_MODELS[args.model]
+  image_size = args.size or (224, 224)
+  model = swin.build_swin(dict(variant=variant, num_classes=1000))
+  # No stochastic depth on either side (timm's default is 0.1): the same work in a train step.
+  peer = timm.create_model(timm_name, pretrained=False, img_size=image_size, drop_path_rate=0.0)
+  params = swin_weights.from_torch({k: v.numpy() for k, v in peer.state_dict().items()})
+  return _classifier_rows(f'Swin-{variant}', model, params, peer,
+                          _images(args.batch, image_size), args)
+
+
+def _classifier_rows(name: str, model, params, peer, images, args) -> tuple[str, dict]:
+  """Inference and an Adam train step of `model` (`params`) and its timm `peer` (the same
+  weights) on `images` with random labels."""
+  import timm
+  labels = np.arange(args.batch) % 1000
   apply = lambda p, x: model.apply({'params': p}, x)
   infer = jax.jit(apply)
   torch_images, torch_labels = _nchw(images), torch.from_numpy(labels)
@@ -195,7 +226,8 @@ def vit_rows(args) -> tuple[str, dict]:
   peer_infer = _torch_inference(peer, torch_images, flops=forward_flops)
   difference = np.abs(np.asarray(jax_infer.run()) - peer_infer.run().numpy()).max()
   jax_train = _jax_train_step(apply, params, images, labels)
-  title = (f'ViT-{args.model}, batch {args.batch}, {image_size[0]}x{image_size[1]}, float32; '
+  height, width = images.shape[1:3]
+  title = (f'{name}, batch {args.batch}, {height}x{width}, float32; '
            f'peer timm {timm.__version__}; logits differ by at most {difference:.1e}')
   return title, {'inference': (jax_infer, peer_infer),
                  'train step': (jax_train, _torch_train_step(peer, torch_images, torch_labels,
@@ -466,7 +498,8 @@ def _size(text: str) -> tuple[int, int]:
 def main(argv: Optional[list[str]] = None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--task', default='vit', choices=sorted(TASKS))
-  parser.add_argument('--model', default='B/16', help='ViT variant (vit, segmenter), e.g. B/16')
+  parser.add_argument('--model', default='B/16',
+                      help='ViT variant (vit, segmenter), e.g. B/16; or swin_t, swin_s, swin_b')
   parser.add_argument('--decoder', default='mask_transformer', help='segmenter decoder')
   parser.add_argument('--size', type=_size, default=None,
                       help='N or HxW (default: vit 224, detr 800x1067, segmenter 512)')

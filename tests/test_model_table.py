@@ -203,3 +203,15 @@ def test_detr_panoptic_rows_count_the_mask_head(table):
     assert row['gflops_800x1333'] > table[name]['gflops_800x1333']  # Plus 100 masks at stride 4.
   assert [(r['paper_pq'], r['paper_box_ap']) for r in table.values() if 'panoptic' in r['model']
           ] == [(43.4, 38.8), (44.6, 40.2), (45.1, 40.1)]
+
+
+def test_swin_rows_exact_params_and_original_flops(table):
+  """reference/swin.md §2: the exact counts (1000 classes) of the official code and timm, and
+  XLA's multiply-adds within 1% of the original's flops() (which leaves out softmax, GELU and
+  the adds)."""
+  expected = {'Swin-T': 28_288_354, 'Swin-S': 49_606_258, 'Swin-B': 87_768_224,
+              'Swin-B-384': 87_903_584, 'Swin-L-384': 196_735_516}
+  assert {name: table[name]['params'] for name in expected} == expected
+  for name in expected:
+    assert table[name]['gflops'] == pytest.approx(table[name]['original_gflops'], rel=0.01)
+  assert table['Swin-T']['original_gflops'] == 4.494 and table['Swin-T']['paper_gflops'] == 4.5
