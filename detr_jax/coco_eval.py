@@ -8,7 +8,7 @@ given) and the same definition for TFDS COCO and the generated shapes.
 
 import contextlib
 import io
-from typing import Sequence
+from typing import Callable, Sequence
 
 from absl import logging
 import numpy as np
@@ -35,18 +35,44 @@ def postprocess(logits, boxes, orig_size):
   prob /= prob.sum(-1, keepdims=True)
   labels = prob[..., :-1].argmax(-1)
   scores = np.take_along_axis(prob[..., :-1], labels[..., None], -1)[..., 0]
+  return scores, labels, _absolute_xyxy(boxes, orig_size)
+
+
+def _absolute_xyxy(boxes, orig_size):
+  """[B, N, 4] normalised (cx, cy, w, h) -> absolute (x0, y0, x1, y1) in images [B, 2] (h, w)."""
   cx, cy, w, h = np.moveaxis(np.asarray(boxes, np.float64), -1, 0)
   xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
   height, width = np.moveaxis(np.asarray(orig_size, np.float64), -1, 0)
-  xyxy *= np.stack([width, height, width, height], -1)[..., None, :]
-  return scores, labels, xyxy
+  return xyxy * np.stack([width, height, width, height], -1)[..., None, :]
+
+
+def sigmoid_postprocess(logits, boxes, orig_size, top_k: int = 100):
+  """Deformable DETR's PostProcess: the top_k (query, class) pairs by sigmoid score over all
+  Q x C of an image, a query counting once per class it scores for.
+
+  logits [B, Q, C] (sigmoid classes), boxes [B, Q, 4] normalised (cx, cy, w, h), orig_size
+  [B, 2] (h, w) -> scores, labels [B, K] and absolute (x0, y0, x1, y1) boxes [B, K, 4], best
+  first, K = min(top_k, Q * C).
+  """
+  logits = np.asarray(logits, np.float64)
+  b, _, c = logits.shape
+  flat = logits.reshape(b, -1)
+  k = min(top_k, flat.shape[1])
+  top = np.argsort(-flat, axis=1, kind='stable')[:, :k]  # Ties: the lower index first.
+  scores = 1 / (1 + np.exp(-np.take_along_axis(flat, top, 1)))
+  queries, labels = top // c, top % c
+  picked = np.take_along_axis(np.asarray(boxes), queries[..., None], 1)
+  return scores, labels, _absolute_xyxy(picked, orig_size)
 
 
 class CocoEvaluator(task.Evaluator):
-  """COCO box AP over every real example given to `update` (`_mask` 0 = padding, skipped)."""
+  """COCO box AP over every real example given to `update` (`_mask` 0 = padding, skipped).
+  `postprocess`: `postprocess` (softmax classes, every query) or `sigmoid_postprocess`."""
 
-  def __init__(self, ground_truth: dict, label_to_category: Sequence[int]):
+  def __init__(self, ground_truth: dict, label_to_category: Sequence[int],
+               postprocess: Callable = postprocess):
     self.ground_truth = ground_truth
+    self.postprocess = postprocess
     self.label_to_category = np.asarray(label_to_category, np.int64)
     self.known_images = {image['id'] for image in ground_truth['images']}
     self.detections = []  # [N, 7] blocks: image_id, x, y, w, h, score, category_id.
@@ -56,8 +82,8 @@ class CocoEvaluator(task.Evaluator):
     real = np.asarray(outputs['_mask']).astype(bool)
     if not real.any():
       return
-    scores, labels, xyxy = postprocess(outputs['logits'][real], outputs['boxes'][real],
-                                       outputs['orig_size'][real])
+    scores, labels, xyxy = self.postprocess(outputs['logits'][real], outputs['boxes'][real],
+                                            outputs['orig_size'][real])
     image_ids = np.asarray(outputs['image_id'])[real].astype(np.int64)
     unknown = set(image_ids.tolist()) - self.known_images
     if unknown:

@@ -261,6 +261,16 @@ class DeformableDETR(nn.Module):
       raise UserError(f'hidden_dim {self.hidden_dim} is not divisible by the input '
                       'projections\' 32 GroupNorm groups: use a multiple of 32')
 
+  def init_image_size(self) -> int:
+    """A square image side to create the parameters with (they do not depend on the size):
+    64, or under two-stage large enough that its tokens hold num_queries proposals."""
+    strides = [8, 16, 32] if self.num_feature_levels > 1 else [32]
+    strides += [64 * 2**i for i in range(self.num_feature_levels - len(strides))]
+    side = 64
+    while self.two_stage and sum(math.ceil(side / s)**2 for s in strides) < self.num_queries:
+      side *= 2
+    return side
+
   @nn.compact
   def __call__(self, images, pixel_mask, *, train: bool = False):
     self._check()
@@ -300,6 +310,10 @@ class DeformableDETR(nn.Module):
 
     outputs = {}
     if self.two_stage:
+      if src.shape[1] < self.num_queries:
+        raise UserError(f'two-stage keeps the best num_queries={self.num_queries} of the '
+                        f'encoder\'s tokens, but {images.shape[1]}x{images.shape[2]} images '
+                        f'give {src.shape[1]}: use larger images or fewer queries')
       proposals, usable = encoder_proposals(masks, spatial_shapes)
       proposal_memory = jnp.where(usable[..., None], memory, 0)
       proposal_memory = models._layer_norm('enc_output_norm')(  # pylint: disable=protected-access

@@ -37,12 +37,24 @@ def loss_normalizers(target_mask, num_queries: int, eos_coef: float) -> dict[str
           'class_weights': eos_coef * (images * num_queries - boxes) + boxes}
 
 
+def sigmoid_focal_loss(logits, targets, alpha: float = 0.25, gamma: float = 2.):
+  """RetinaNet's focal loss per element (Deformable DETR's sigmoid_focal_loss before its
+  reduction): BCE(logits, targets) (1 - p_t)^gamma, times alpha_t = alpha on positives and
+  1 - alpha on negatives."""
+  prob = jax.nn.sigmoid(logits)
+  bce = jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+  p_t = prob * targets + (1 - prob) * (1 - targets)
+  return (alpha * targets + (1 - alpha) * (1 - targets)) * bce * (1 - p_t)**gamma
+
+
 def set_loss(logits, pred_boxes, labels, target_boxes, target_mask, target_query, *,
-             eos_coef=0.1, class_weight=1., bbox_weight=5., giou_weight=2., normalizers=None):
+             eos_coef=0.1, class_weight=1., bbox_weight=5., giou_weight=2., normalizers=None,
+             focal_alpha=None, focal_gamma=2.):
   """The original SetCriterion's weighted total over decoder layers, and its logged metrics.
 
   Args:
-    logits: [L, B, Q, C] class logits per decoder layer; the last class is no-object.
+    logits: [L, B, Q, C] class logits per decoder layer; the last class is no-object (or, with
+      `focal_alpha`, C sigmoid classes).
     pred_boxes: [L, B, Q, 4] normalised (cx, cy, w, h).
     labels: [B, T] int class of each target slot.
     target_boxes: [B, T, 4] normalised (cx, cy, w, h).
@@ -52,17 +64,22 @@ def set_loss(logits, pred_boxes, labels, target_boxes, target_mask, target_query
     class_weight, bbox_weight, giou_weight: weights of the three terms (1, 5, 2).
     normalizers: `loss_normalizers` of the global batch when this is a micro-batch of it;
       default: this batch's own.
+    focal_alpha, focal_gamma: sigmoid classes (Deformable DETR: 0.25, 2): the class term is
+      the focal loss summed over every (query, class), targets one-hot on the matched label
+      (unmatched queries all zero), divided by the number of real targets; eos_coef unused.
 
   Returns:
     (total, metrics), both this batch's shares of the global batch's values: total = sum over
     layers of class_weight * CE + bbox_weight * L1 + giou_weight * (1 - GIoU); metrics
     (scalars): loss_ce, loss_bbox, loss_giou of the final layer, unweighted; class_error (100 -
     top-1 accuracy in % over its matched queries, 100 when there are none, as the original);
-    cardinality_error (mean over images of |#queries not predicting no-object - #targets|).
+    cardinality_error (mean over images of |#queries not predicting no-object - #targets|;
+    with sigmoid classes, of queries whose best score exceeds 0.5, as HF's).
   """
   logits = logits.astype(jnp.float32)
   pred_boxes = pred_boxes.astype(jnp.float32)
-  num_queries, no_object = logits.shape[-2], logits.shape[-1] - 1
+  num_queries, num_logits = logits.shape[-2:]
+  no_object = num_logits if focal_alpha is not None else num_logits - 1
   if normalizers is None:
     normalizers = loss_normalizers(target_mask, num_queries, eos_coef)
   target_mask = target_mask.astype(bool)
@@ -74,14 +91,19 @@ def set_loss(logits, pred_boxes, labels, target_boxes, target_mask, target_query
   is_matched = pairs.any(-1)
   target_classes = jnp.where(is_matched, jnp.sum(jnp.where(pairs, labels[:, None, :], 0), -1),
                              no_object)
-  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), target_classes[..., None], axis=-1,
-                             mode='clip')[..., 0]
-  class_weights = jnp.where(target_classes == no_object, eos_coef, 1.)
-  loss_ce = (class_weights * nll).sum((1, 2)) / normalizers['class_weights']
+  num_boxes = jnp.maximum(normalizers['boxes'], 1)
+  if focal_alpha is not None:  # No-object is one past the classes: its one-hot row is zeros.
+    focal = sigmoid_focal_loss(logits, jax.nn.one_hot(target_classes, num_logits), focal_alpha,
+                               focal_gamma)
+    loss_ce = focal.sum((1, 2, 3)) / num_boxes
+  else:
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), target_classes[..., None], axis=-1,
+                               mode='clip')[..., 0]
+    class_weights = jnp.where(target_classes == no_object, eos_coef, 1.)
+    loss_ce = (class_weights * nll).sum((1, 2)) / normalizers['class_weights']
 
   # Box terms on matched pairs. Padded slots get a harmless box so that nothing in them (zeros,
   # NaN) reaches the gradient through the masked-out branch.
-  num_boxes = jnp.maximum(normalizers['boxes'], 1)
   placeholder = jnp.array([0.5, 0.5, 1., 1.], jnp.float32)
   target_boxes = jnp.where(target_mask[..., None], target_boxes.astype(jnp.float32), placeholder)
   matched_boxes = jnp.take_along_axis(pred_boxes, jnp.maximum(target_query, 0)[..., None], axis=-2)
@@ -99,7 +121,11 @@ def set_loss(logits, pred_boxes, labels, target_boxes, target_mask, target_query
   correct = jnp.sum((predicted == _final(target_classes)) & final_matched)
   accuracy = 100. * correct / num_boxes  # 0 when nothing is matched.
   share = target_mask.shape[0] / normalizers['examples']  # Of the global batch's images.
-  cardinality = jnp.sum(predicted != no_object, -1) - target_mask.sum(-1)
+  if focal_alpha is not None:
+    predicting = jax.lax.stop_gradient(_final(logits)).max(-1) > 0  # Best score > 0.5.
+  else:
+    predicting = predicted != no_object
+  cardinality = jnp.sum(predicting, -1) - target_mask.sum(-1)
   metrics = {
       'loss_ce': _final(loss_ce),
       'loss_bbox': _final(loss_bbox),

@@ -26,40 +26,59 @@ from detr_jax import box_ops
 from vit_jax.framework.errors import UserError
 
 
-def cost_bound(*, class_weight=1., bbox_weight=5., giou_weight=2.) -> float:
-  """The largest cost two boxes in [0, 1] can have: L1 <= 4, -GIoU <= 1, -probability <= 0."""
-  del class_weight
-  return 4 * bbox_weight + giou_weight
+# The focal class cost's guard in log (Deformable DETR's matcher): -log(p + eps) <= -log(eps).
+_FOCAL_EPS = 1e-8
+
+
+def cost_bound(*, class_weight=1., bbox_weight=5., giou_weight=2., focal_alpha=None) -> float:
+  """The largest cost two boxes in [0, 1] can have: L1 <= 4, -GIoU <= 1, -probability <= 0
+  (the focal class cost <= alpha * -log(eps))."""
+  focal = 0. if focal_alpha is None else class_weight * focal_alpha * -math.log(_FOCAL_EPS)
+  return 4 * bbox_weight + giou_weight + focal
 
 
 def matching_cost(logits, pred_boxes, labels, target_boxes, target_mask, *, class_weight=1.,
-                  bbox_weight=5., giou_weight=2.):
+                  bbox_weight=5., giou_weight=2., focal_alpha=None, focal_gamma=2.):
   """Cost of assigning each query to each target slot.
 
   Args:
-    logits: [..., Q, C] class logits, the last class being no-object.
+    logits: [..., Q, C] class logits, the last class being no-object (softmax classes), or C
+      sigmoid classes when `focal_alpha` is given.
     pred_boxes: [..., Q, 4] normalised (cx, cy, w, h).
     labels: [..., T] int class of each target slot.
     target_boxes: [..., T, 4] normalised (cx, cy, w, h).
     target_mask: [..., T], nonzero on real targets (padding may sit in any slot).
-    class_weight, bbox_weight, giou_weight: the original's --set_cost_* (1, 5, 2).
+    class_weight, bbox_weight, giou_weight: the original's --set_cost_* (1, 5, 2; Deformable
+      DETR's 2, 5, 2).
+    focal_alpha, focal_gamma: sigmoid classes (Deformable DETR's matcher, 0.25 and 2): the
+      class cost is the focal loss's positive term minus its negative term at the label,
+      alpha (1 - p)^gamma (-log(p + eps)) - (1 - alpha) p^gamma (-log(1 - p + eps)).
 
   Returns:
-    [..., Q, T] float32: bbox_weight * L1 - class_weight * p(label) - giou_weight * GIoU,
-    finite everywhere: NaN/inf entries and padded slots hold `cost_bound(...)`.
+    [..., Q, T] float32: bbox_weight * L1 + class_weight * class cost - giou_weight * GIoU
+    (class cost -p(label), or the focal one), finite everywhere: NaN/inf entries and padded
+    slots hold `cost_bound(...)`.
   """
-  prob = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  logits = logits.astype(jnp.float32)
   pred_boxes = pred_boxes.astype(jnp.float32)
   target_boxes = target_boxes.astype(jnp.float32)
-  num_queries = prob.shape[-2]
+  num_queries = logits.shape[-2]
   label_index = jnp.broadcast_to(labels[..., None, :],
                                  labels.shape[:-1] + (num_queries, labels.shape[-1]))
-  class_cost = -jnp.take_along_axis(prob, label_index, axis=-1, mode='clip')
+  if focal_alpha is None:
+    prob = jax.nn.softmax(logits, axis=-1)
+    class_cost = -jnp.take_along_axis(prob, label_index, axis=-1, mode='clip')
+  else:
+    prob = jnp.take_along_axis(jax.nn.sigmoid(logits), label_index, axis=-1, mode='clip')
+    negative = (1 - focal_alpha) * prob**focal_gamma * -jnp.log(1 - prob + _FOCAL_EPS)
+    positive = focal_alpha * (1 - prob)**focal_gamma * -jnp.log(prob + _FOCAL_EPS)
+    class_cost = positive - negative
   l1_cost = jnp.abs(pred_boxes[..., :, None, :] - target_boxes[..., None, :, :]).sum(-1)
   giou_cost = -box_ops.pairwise_generalized_box_iou(box_ops.cxcywh_to_xyxy(pred_boxes),
                                                     box_ops.cxcywh_to_xyxy(target_boxes))
   cost = bbox_weight * l1_cost + class_weight * class_cost + giou_weight * giou_cost
-  bound = cost_bound(class_weight=class_weight, bbox_weight=bbox_weight, giou_weight=giou_weight)
+  bound = cost_bound(class_weight=class_weight, bbox_weight=bbox_weight, giou_weight=giou_weight,
+                     focal_alpha=focal_alpha)
   cost = jnp.where(target_mask[..., None, :].astype(bool), cost, bound)
   return jnp.nan_to_num(cost, nan=bound, posinf=bound, neginf=bound)
 
