@@ -74,12 +74,8 @@ def get_config(arg='r50'):
   config.task = 'detection'
   config.seed = 42
 
-  config.input = ml_collections.ConfigDict()
   config.input.source = 'tfds'
   config.input.dataset = 'coco/2017'
-  config.input.data_dir = ml_collections.config_dict.placeholder(str)
-  config.input.on_bad_image = 'skip'  # Folders: 'stop' names the files that do not decode.
-  config.input.train_split = 'train'
   config.input.eval_split = 'validation'
   config.input.category_layout = 'coco_ids'  # Labels are COCO ids: 91 = max id + 1 classes.
   config.input.augment = 'detr'  # Flip; multi-scale resize, or resize + random crop + resize.

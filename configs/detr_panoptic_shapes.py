@@ -20,14 +20,10 @@ def get_config():
   config = loop_config.defaults()
   config.task = 'panoptic'
 
-  config.input = ml_collections.ConfigDict()
   config.input.source = 'shapes'
-  config.input.data_dir = ml_collections.config_dict.placeholder(str)  # Another source's.
-  config.input.on_bad_image = 'skip'
   config.input.shapes = ml_collections.ConfigDict(dict(
       seed=0, num_train=2048, num_eval=128, image_size=64, min_objects=1, max_objects=3,
       min_object_size=12, max_object_size=28))
-  config.input.train_split = 'train'
   config.input.eval_split = 'validation'
   config.input.category_layout = 'contiguous'  # 5 classes: 3 things, sky, ground.
   config.input.augment = 'none'

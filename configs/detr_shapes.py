@@ -18,14 +18,10 @@ def get_config():
   config = loop_config.defaults()
   config.task = 'detection'
 
-  config.input = ml_collections.ConfigDict()
   config.input.source = 'shapes'
-  config.input.data_dir = ml_collections.config_dict.placeholder(str)  # Another source's.
-  config.input.on_bad_image = 'skip'  # Folders: 'stop' names the files that do not decode.
   config.input.shapes = ml_collections.ConfigDict(dict(
       seed=0, num_train=2048, num_eval=256, image_size=64, min_objects=1, max_objects=3,
       min_object_size=16, max_object_size=32))
-  config.input.train_split = 'train'
   config.input.eval_split = 'validation'
   config.input.category_layout = 'contiguous'  # 3 classes: rectangle, ellipse, triangle.
   config.input.augment = 'none'

@@ -21,7 +21,6 @@ def get_config(arg='l16_mask'):
   config = recipe.get_config(args, crop)
 
   config.input.source = 'cityscapes'  # data_dir: the folder with leftImg8bit/ and gtFine/.
-  config.input.train_split = 'train'
   config.input.eval_split = 'val'
   config.input.reduce_zero_label = False
   config.input.img_scale = (2048, 1024)  # The full resolution.

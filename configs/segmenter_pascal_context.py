@@ -21,7 +21,6 @@ def get_config(arg='l16_mask'):
   config = recipe.get_config(args, crop)
 
   config.input.source = 'pascal_context'  # data_dir: VOCdevkit/VOC2010/
-  config.input.train_split = 'train'
   config.input.eval_split = 'val'
   config.input.reduce_zero_label = False  # Background is class 0.
   config.input.img_scale = (4160, 520)  # Keep-ratio resize: short side 520.

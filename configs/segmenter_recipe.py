@@ -57,9 +57,6 @@ def get_config(args, crop: int) -> ml_collections.ConfigDict:
   config = loop_config.defaults()
   config.task = 'segmentation'
 
-  config.input = ml_collections.ConfigDict()
-  config.input.data_dir = ml_collections.config_dict.placeholder(str)
-  config.input.on_bad_image = 'skip'  # Folders: 'stop' names the files that do not decode.
   config.input.class_names = ()
   config.input.normalization = 'deit' if args.deit else 'vit'
   config.input.ratio_range = (0.5, 2.0)

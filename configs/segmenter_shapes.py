@@ -18,14 +18,10 @@ def get_config():
   config = loop_config.defaults()
   config.task = 'segmentation'
 
-  config.input = ml_collections.ConfigDict()
   config.input.source = 'shapes'
-  config.input.data_dir = ml_collections.config_dict.placeholder(str)  # Another source's.
-  config.input.on_bad_image = 'skip'  # Folders: 'stop' names the files that do not decode.
   config.input.shapes = ml_collections.ConfigDict(dict(
       seed=0, num_train=4096, num_eval=256, image_size=32, min_objects=1, max_objects=3,
       min_object_size=12, max_object_size=20, noise=8, class_colours=True))
-  config.input.train_split = 'train'
   config.input.eval_split = 'validation'
   config.input.class_names = ()  # The source's: background, rectangle, ellipse, triangle.
   config.input.normalization = 'vit'

@@ -19,11 +19,8 @@ def get_config():
   config = loop_config.defaults()
   config.task = 'classification'
 
-  config.input = ml_collections.ConfigDict()
   config.input.source = 'tfds'
   config.input.dataset = 'imagenet21k'
-  config.input.data_dir = ml_collections.config_dict.placeholder(str)
-  config.input.on_bad_image = 'skip'  # Folders: 'stop' names the files that do not decode.
   config.input.train_split = 'full[51200:]'  # big_vision's split; the first 51,200 are held out.
   config.input.eval_split = 'full[:25600]'
   config.input.image_size = 224

@@ -15,11 +15,7 @@ def get_config():
   config = loop_config.defaults()
   config.task = 'classification'
 
-  config.input = ml_collections.ConfigDict()
   config.input.source = 'digits'
-  config.input.data_dir = ml_collections.config_dict.placeholder(str)  # Another source's.
-  config.input.on_bad_image = 'skip'  # Folders: 'stop' names the files that do not decode.
-  config.input.train_split = 'train'
   config.input.eval_split = 'test'
   config.input.image_size = 16  # Upsampled from 8x8, so that a 1-pixel shift is a half-pixel one.
   config.input.channels = 1

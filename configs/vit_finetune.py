@@ -68,11 +68,8 @@ def get_config(arg='b16,cifar10'):
     config.init_from = ml_collections.config_dict.placeholder(str)
   config.posemb_resize = 'zoom'  # The original's scipy.ndimage.zoom(order=1); or 'bilinear'.
 
-  config.input = ml_collections.ConfigDict()
   config.input.source = 'tfds'
   config.input.dataset = args.dataset
-  config.input.data_dir = ml_collections.config_dict.placeholder(str)
-  config.input.on_bad_image = 'skip'  # Folders: 'stop' names the files that do not decode.
   config.input.train_split = train_split
   config.input.eval_split = eval_split
   config.input.image_size = 384

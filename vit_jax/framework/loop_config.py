@@ -11,11 +11,21 @@ _placeholder = ml_collections.config_dict.placeholder
 
 
 def defaults() -> ml_collections.ConfigDict:
-  """The loop's keys; `task`, `model`, `input` and the optimizer's `name`, `lr` and `schedule`
-  are the recipe's to set."""
+  """The loop's keys; `task`, `model`, the input's source, splits and batch sizes, and the
+  optimizer's `name`, `lr` and `schedule` are the recipe's to set."""
   config = ml_collections.ConfigDict()
   config.task = _placeholder(str)  # A name in vit_jax.framework.registry.TASKS.
   config.seed = 0
+
+  # The input keys every task reads (the task's own keys are the recipe's).
+  config.input = ml_collections.ConfigDict()
+  config.input.source = _placeholder(str)  # tfds, folder, or the task's offline source.
+  config.input.data_dir = _placeholder(str)  # TFDS data_dir, or the folder / COCO root.
+  config.input.on_bad_image = 'skip'  # Folders: 'stop' names the files that do not decode.
+  config.input.train_split = 'train'
+  config.input.eval_split = _placeholder(str)
+  config.input.batch_size = _placeholder(int)  # Global, over all hosts and devices.
+  config.input.eval_batch_size = _placeholder(int)
 
   # Durations: each in steps or in epochs (vit_jax.framework.durations), one of the pair.
   config.total_steps = _placeholder(int)
