@@ -87,6 +87,7 @@ def test_classification_accumulated_equals_one_step():
     _assert_same_update(task, batch, accum_steps)
 
 
+@pytest.mark.slow
 def test_detection_normalises_by_the_global_box_count():
   config = load_config('detr_shapes')
   config.input.shapes.update(num_train=16, min_objects=3, max_objects=3)
@@ -102,6 +103,7 @@ def test_detection_normalises_by_the_global_box_count():
   assert _max_difference(own_counts, one_step) > 1e3 * ATOL
 
 
+@pytest.mark.slow
 def test_segmentation_normalises_by_the_global_valid_pixel_count():
   config = load_config('segmenter_shapes')
   config.input.shapes.num_train = 16

@@ -15,6 +15,7 @@ benchmark = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(benchmark)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('task, flags, rows, tolerance', [
     # Logits of O(1): float32 summation order only.
     ('vit', ['--model=Ti/16', '--size=32'], ('inference', 'train step'), 1e-5),

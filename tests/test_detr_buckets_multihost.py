@@ -248,6 +248,7 @@ def test_padding_report_on_hosts_on_hand_counted_sizes():
 TRAIN_BATCHES, RESUME_AT = 8, 6  # Two windows of 4; the resume is inside the second.
 
 
+@pytest.mark.slow
 def test_two_jax_processes_emit_equal_shapes_and_together_one_process_examples(tmp_path):
   env = multihost_env(1)
   port = free_port()

@@ -240,6 +240,7 @@ def sharded_results():
   return _run_on_8_devices('match', *(f'{mesh}:{batch}' for mesh, batch, _, _ in SHARDED_RUNS))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mesh, batch, images_per_call, solves_per_image', SHARDED_RUNS)
 def test_sharded_matching_equals_one_device(mesh, batch, images_per_call, solves_per_image,
                                             sharded_results):
@@ -264,6 +265,7 @@ def test_sharded_matching_equals_one_device(mesh, batch, images_per_call, solves
   np.testing.assert_allclose(seen, np.sort(np.repeat(image_ids, solves_per_image)), rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mesh, image', [('data8', 3), ('data4_model2', 5)])
 def test_solver_errors_reach_the_user_with_their_message(mesh, image):
   result = _run_on_8_devices('fail', mesh, str(image))

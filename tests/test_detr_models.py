@@ -51,6 +51,7 @@ def _randomised_hf_detr(dilation: bool, num_labels: int = 5):
   return randomise_hf_detr(DetrForObjectDetection(config).eval())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('dilation', [False, True], ids=['R50', 'DC5-R50'])
 def test_same_outputs_as_hf_transformers_on_a_padded_batch(dilation):
   hf = _randomised_hf_detr(dilation)

@@ -38,6 +38,7 @@ def _randomised_hf_segmentation(dilation: bool):
   return randomise_hf_detr(DetrForSegmentation(config).eval())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('dilation', [False, True], ids=['R50', 'DC5-R50'])
 def test_same_masks_and_logits_as_hf_transformers_on_a_padded_batch(dilation):
   hf = _randomised_hf_segmentation(dilation)

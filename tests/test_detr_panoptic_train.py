@@ -16,6 +16,7 @@ from vit_jax.framework.errors import UserError
 from helpers import load_config, run_module
 
 
+@pytest.mark.slow
 def test_shapes_job_trains_and_writes_pq(workdir):
   result = run_module([
       'detr_jax.main', '--config=configs/detr_panoptic_shapes.py', f'--workdir={workdir}',

@@ -16,6 +16,7 @@ def _tiny_shapes_args(workdir, *extra):
           '--config.input.eval_batch_size=16', *extra]
 
 
+@pytest.mark.slow
 def test_main_job_trains_and_scores_every_eval_image(workdir):
   result = run_module(_tiny_shapes_args(workdir))
   assert result.returncode == 0, result.stderr[-3000:]

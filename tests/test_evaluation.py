@@ -42,6 +42,7 @@ class MetricWaitsForTraining(ClassificationTask):
     return evaluator
 
 
+@pytest.mark.slow
 def test_training_goes_on_while_the_metric_is_computed(workdir):
   config = tiny_digits_config(total_steps=4, eval_every=2, checkpoint_every=1000)
   task = MetricWaitsForTraining(config)

@@ -200,6 +200,7 @@ def test_images_that_do_not_decode_are_skipped_or_named(tmp_path, caplog):
     classification_input.make_source(config.input, 'train', num_classes=2)
 
 
+@pytest.mark.slow
 def test_folder_with_bad_images_trains_to_the_end(tmp_path, caplog):
   for split in ('train', 'test'):
     _write_images(tmp_path / 'data' / split / 'cat', 2)

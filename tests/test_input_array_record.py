@@ -152,6 +152,7 @@ def test_sources_without_random_access_keep_per_host_parts_and_say_so(data_dirs,
   assert np.all(batch['id'] <= 0) == (case != 'tfrecord')
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_and_resume_to_the_same_batches(data_dirs, tmp_path):
   changes = [f'{key}={value!r}' for key, value in
              dict(_config_changes(data_dirs['array_record']), checkpoint_every=1000).items()]

@@ -9,6 +9,9 @@ import pytest
 
 from helpers import ROOT
 
+# Every test reads the one run of scripts/model_table.py that the `table` fixture makes (minutes).
+pytestmark = pytest.mark.slow
+
 
 def _vit_b16_multiply_adds(image=224, patch=16, width=768, mlp=3072, depth=12, classes=1000):
   """Matmul multiply-adds of ViT-B/16, counted by hand."""

@@ -8,11 +8,15 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from vit_jax.framework import checkpoint
 from helpers import (MULTIHOST_SCRIPT, ROOT, assert_prediction_pictures, free_port, multihost_env,
                      run_two_processes)
 from mesh_run import train_losses
+
+# Each test starts jax.distributed processes that train or wait for a peer.
+pytestmark = pytest.mark.slow
 
 
 def test_two_processes_match_one(tmp_path):

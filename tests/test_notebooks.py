@@ -73,6 +73,7 @@ def _shorten_training(notebook, name):
   cells[0].source = line.sub(f'{variable} = {steps}', cells[0].source)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', NOTEBOOKS)
 def test_notebook_runs(name, tmp_path):
   notebook = _read(name)

@@ -48,6 +48,7 @@ def test_loss_equals_torch_cross_entropy_with_ignore_index():
   assert float(segmentation.pixel_cross_entropy(logits, np.full_like(labels, 255))) == 0.0
 
 
+@pytest.mark.slow
 def test_eval_scores_every_image_once_against_an_independent_count():
   config = tiny_config()  # 20 eval images in batches of 8: the last batch is padded.
   task = segmentation.SegmentationTask(config)
@@ -71,6 +72,7 @@ def test_eval_scores_every_image_once_against_an_independent_count():
   assert result['pixel_accuracy'] == pytest.approx(expected['pixel_accuracy'], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_main_job_writes_miou(workdir):
   overrides = [f'--config.{k}={v}' for k, v in TINY.items()]
   result = run_module(['segmenter_jax.main', '--config=configs/segmenter_shapes.py',

@@ -40,6 +40,7 @@ MLP_IN = 'Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel'  # (32, 64): emb
 QUERY = 'Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel'  # (32, 4, 8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('strategy, specs, shard_shapes', [
     ('data_parallel', {MLP_IN: 'P(None, None)', QUERY: 'P(None, None, None)'},
      {MLP_IN: [32, 64], QUERY: [32, 4, 8]}),
@@ -75,6 +76,7 @@ def _fsdp_memory(model):
   return sizes
 
 
+@pytest.mark.slow
 def test_fsdp_divides_parameter_bytes_by_device_count():
   sizes = _fsdp_memory('vit')
   # 1/8 of ViT-S/16, plus the few small vectors FSDP leaves replicated (LayerNorms, q/k/v biases).
@@ -84,6 +86,7 @@ def test_fsdp_divides_parameter_bytes_by_device_count():
                                                           rel=0.01)
 
 
+@pytest.mark.slow
 def test_fsdp_shards_detr_backbone_convolutions():
   sizes = _fsdp_memory('detr')
   kernels = {name: spec for name, spec in sizes['specs'].items()

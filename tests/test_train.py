@@ -41,6 +41,7 @@ class PreemptedTask(ClassificationTask):
     raise Preempted()
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
   config = tiny_digits_config(**{'model.dropout_rate': 0.1, 'keep_checkpoints': 5})
   uninterrupted = str(tmp_path / 'uninterrupted')
@@ -94,6 +95,7 @@ def test_gradient_accumulation_equals_full_batch():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), params[1], params[4])
 
 
+@pytest.mark.slow
 def test_digits_main_job_reaches_95_percent(workdir, tmp_path):
   cache = tmp_path / 'xla_cache'
   result = run_module(['vit_jax.main', '--config=configs/vit_digits.py', f'--workdir={workdir}',
@@ -149,6 +151,7 @@ def test_non_finite_loss_stops_naming_the_step_and_saves_nothing_after_it(workdi
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(saved['params']))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_same_command_continues(workdir):
   args = [sys.executable, '-m', 'vit_jax.main', '--config=configs/vit_digits.py',
           f'--workdir={workdir}', '--config.log_every=5', '--config.checkpoint_every=1000']
@@ -170,6 +173,7 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_continues(workdir):
   assert 'Finished 2 steps' in resumed.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_step_and_a_second_run_in_the_workdir_stops(workdir):
   args = [sys.executable, '-m', 'vit_jax.main', '--config=configs/vit_digits.py',
           f'--workdir={workdir}', '--config.log_every=5', '--config.checkpoint_every=1000',
@@ -189,6 +193,7 @@ def test_ctrl_c_saves_the_step_and_a_second_run_in_the_workdir_stops(workdir):
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(step)]
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_start_up_exits_130_without_a_traceback(workdir):
   job = subprocess.Popen([sys.executable, '-m', 'vit_jax.main', '--config=configs/vit_digits.py',
                           f'--workdir={workdir}'], cwd=ROOT, stderr=subprocess.PIPE, text=True)
@@ -247,6 +252,7 @@ def test_eval_data_problem_stops_the_run_before_training(tmp_path, workdir):
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
 
 
+@pytest.mark.slow
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
   config = tiny_digits_config(**{'model.dropout_rate': 0.1, 'keep_checkpoints': 5})
   uninterrupted = str(tmp_path / 'uninterrupted')
@@ -268,6 +274,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, got['params'], expected['params'])
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_stops_the_run_and_stays_in_place(workdir):
   config = tiny_digits_config(keep_checkpoints=5)
   train.train_and_evaluate(config, workdir, ClassificationTask(config))
@@ -285,6 +292,7 @@ def test_checkpoint_of_another_model_stops_the_run_and_stays_in_place(workdir):
             for name in os.listdir(directory)} == saved
 
 
+@pytest.mark.slow
 def test_sigkill_at_three_points_then_rerun_gives_bit_identical_params(tmp_path):
   """A real kill -9 at three different steps; each time the same command is run again."""
   def command(workdir):

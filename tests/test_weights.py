@@ -78,6 +78,7 @@ def _logits_here_and_in_timm(variant, timm_name, directory, seed=0):
   return np.asarray(jax.jit(model.apply)({'params': params}, images)), expected
 
 
+@pytest.mark.slow
 def test_logits_match_timm_on_the_same_weights(tmp_path):
   got, expected = _logits_here_and_in_timm('B/16', 'vit_base_patch16_224', tmp_path)
   # fp32 on CPU, logits up to ~5: observed max difference 9e-6 (summation order only).
@@ -146,6 +147,7 @@ def test_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path):
     vit_weights.load_vit(fresh['params'], path)
 
 
+@pytest.mark.slow
 def test_training_starts_from_init_from(tmp_path):
   config = tiny_digits_config(total_steps=1, checkpoint_every=1)
   config.optim.update(lr=0.0, weight_decay=0.0)  # One step that changes nothing.

@@ -22,6 +22,7 @@ with workdir.RunLock(sys.argv[1]):
 '''
 
 
+@pytest.mark.slow
 def test_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
   holder = subprocess.Popen([sys.executable, '-c', HOLD_LOCK, str(tmp_path)], cwd=ROOT,
                             stdout=subprocess.PIPE, text=True)
