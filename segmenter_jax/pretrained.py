@@ -40,7 +40,7 @@ from absl import logging
 
 from segmenter_jax import models
 from vit_jax.classification import vit_weights
-from vit_jax.framework import weights
+from vit_jax.framework import paths, weights
 from vit_jax.framework.errors import UserError
 
 Params = dict[str, Any]
@@ -67,7 +67,7 @@ _VariantLoader.add_constructor('tag:yaml.org,2002:python/tuple',
 def read_variant_yml(path: str) -> dict:
   """An official `variant.yml` as a dict (no arbitrary Python objects are built)."""
   try:
-    with open(path) as f:
+    with paths.open(path) as f:
       return yaml.load(f, Loader=_VariantLoader)
   except FileNotFoundError:
     raise UserError(f'{path!r} does not exist: the official checkpoint.pth comes with a '

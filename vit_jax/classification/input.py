@@ -22,7 +22,6 @@ Pixels go to [-1, 1] as `(x - 127.5) / 127.5`, as in the original ViT.
 """
 
 import dataclasses
-import os
 import re
 from typing import Optional
 
@@ -31,7 +30,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from vit_jax.framework import input_pipeline
+from vit_jax.framework import input_pipeline, paths
 from vit_jax.framework.errors import UserError
 
 AUGMENTATIONS = ('inception_crop', 'flip', 'pad_crop', 'none')
@@ -80,26 +79,26 @@ def folder_arrays(root: str, split: str, classes: list[str],
   if unknown:
     raise UserError(f'class folders {unknown} in {split_dir} are not in the training split\'s '
                     f'classes {classes}: every split must use the training split\'s class names')
-  paths, labels = [], []
+  images, labels = [], []
   for name, files in class_files.items():
     files = files[round(len(files) * start / 100):round(len(files) * stop / 100)]
-    paths += [os.path.join(split_dir, name, f) for f in files]
+    images += [paths.join(split_dir, name, f) for f in files]
     labels += [classes.index(name)] * len(files)
-  if not paths:
+  if not images:
     raise UserError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) under {split_dir}/<class>/')
-  readable = input_pipeline.readable_images(paths, on_bad_image, split_dir)
-  return {'image': np.array(paths)[readable], 'label': np.array(labels, np.int64)[readable]}
+  readable = input_pipeline.readable_images(images, on_bad_image, split_dir)
+  return {'image': np.array(images)[readable], 'label': np.array(labels, np.int64)[readable]}
 
 
 def _class_files(split_dir: str) -> dict[str, list[str]]:
   """Class folder name -> its image files, both sorted; an empty class folder is an error."""
   class_files = {}
-  for name in sorted(os.listdir(split_dir)):
-    if os.path.isdir(os.path.join(split_dir, name)):
-      class_files[name] = sorted(f for f in os.listdir(os.path.join(split_dir, name))
+  for name in paths.listdir(split_dir):
+    if paths.isdir(paths.join(split_dir, name)):
+      class_files[name] = sorted(f for f in paths.listdir(paths.join(split_dir, name))
                                  if f.lower().endswith(IMAGE_EXTENSIONS))
       if not class_files[name]:
-        raise UserError(f'class folder {os.path.join(split_dir, name)} holds no images '
+        raise UserError(f'class folder {paths.join(split_dir, name)} holds no images '
                         f'({", ".join(IMAGE_EXTENSIONS)}): add images or remove the folder')
   return class_files
 
@@ -116,8 +115,8 @@ def _split_slice(split: str) -> tuple[str, float, float]:
 
 
 def _split_dir(root: str, split: str) -> str:
-  split_dir = os.path.join(root or '', split)
-  if not root or not os.path.isdir(split_dir):
+  split_dir = paths.join(root or '', split)
+  if not root or not paths.isdir(split_dir):
     raise UserError(f'image folder {split_dir!r} does not exist: put images at '
                     f'ROOT/{split}/<class>/*.jpg and pass --config.input.data_dir=ROOT')
   return split_dir
@@ -144,8 +143,9 @@ def make_source(input_config, split: str,
     arrays = folder_arrays(root, split, classes, input_config.get('on_bad_image', 'skip'))
     # Paths travel through shuffling, skipping and host slicing; a file is read only when its
     # example is about to be used on this host.
+    read_file = paths.tf_read_file(root)
     return dataclasses.replace(input_pipeline.array_source(arrays),
-                               load=lambda ex: dict(ex, image=tf.io.read_file(ex['image'])))
+                               load=lambda ex: dict(ex, image=read_file(ex['image'])))
   if kind == 'tfds':
     return input_pipeline.tfds_source(
         input_config.dataset, split, input_config.get('data_dir'),

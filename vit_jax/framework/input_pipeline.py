@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
+from vit_jax.framework import paths
 from vit_jax.framework.errors import UserError
 
 Example = dict[str, tf.Tensor]
@@ -115,6 +116,12 @@ def tfds_source(name: str, split: str, data_dir: Optional[str] = None,
   where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
   try:
     builder = tfds.builder(name, data_dir=data_dir)
+    if data_dir and not paths.tensorflow_reaches(data_dir):
+      # TensorFlow reads the records and cannot reach this storage (an emulator, s3://): it
+      # reads a local copy of the dataset's version folder instead.
+      local = paths.local_stand_in(data_dir)
+      paths.copy_to_local(str(builder.data_dir), paths.local_stand_in(str(builder.data_dir)))
+      builder = tfds.builder(name, data_dir=local)
   except tfds.core.registered.DatasetNotFoundError:
     raise UserError(f'dataset {name!r} is neither a TFDS dataset nor built in {where}: build it '
                     f'there or pass --config.input.data_dir=DIR. {hint}'.strip()) from None
@@ -200,7 +207,7 @@ def readable_images(paths: Sequence[str], on_bad_image: str, where: str) -> np.n
 
 def _decodes(path: str) -> bool:
   try:
-    with Image.open(path) as image:
+    with paths.open(path, 'rb') as f, Image.open(f) as image:
       if image.format not in DECODABLE_FORMATS:
         return False
       if image.format == 'JPEG':

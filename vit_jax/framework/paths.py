@@ -199,13 +199,12 @@ def tensorflow_reaches(path: str) -> bool:
 
 
 def local_stand_in(url: str) -> str:
-  """A local copy of folder `url` for libraries that read through TensorFlow when it cannot
-  reach `url` (see `tensorflow_reaches`); kept in the user's cache and brought up to date."""
+  """Where `copy_to_local` keeps a copy of `url` for libraries that read through TensorFlow
+  when TensorFlow cannot reach `url` (see `tensorflow_reaches`): in the user's cache, under the
+  URL's scheme, bucket and path."""
   cache = os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache')
   scheme, rest = url.split('://', 1)
-  local = os.path.join(cache, 'vit_jax', 'storage', scheme, rest.strip('/'))
-  copy_to_local(url, local)
-  return local
+  return os.path.join(cache, 'vit_jax', 'storage', scheme, rest.strip('/'))
 
 
 def tf_read_file(root: str) -> Callable:

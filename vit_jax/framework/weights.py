@@ -16,10 +16,10 @@ from typing import Any, Iterable, Optional
 
 import flax.linen as nn
 import numpy as np
-import tensorflow as tf
 from absl import logging
 from flax import traverse_util
 
+from vit_jax.framework import paths
 from vit_jax.framework.errors import UserError
 from vit_jax.layers.position_embeddings import resize_posemb
 
@@ -38,10 +38,9 @@ def unflatten(flat: dict[str, Any]) -> Params:
 
 
 def read_npz(path: str) -> dict[str, np.ndarray]:
-  """The arrays of an `.npz` (local or gs://) by name; pickled objects are refused."""
+  """The arrays of an `.npz` (a local path or URL) by name; pickled objects are refused."""
   try:
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      data = f.read()
+    data = paths.read_bytes(path)
     if not data.startswith(b'PK'):  # np.load would try it as a pickle and blame that.
       raise ValueError('not an .npz (zip) file')
     with np.load(io.BytesIO(data), allow_pickle=False) as files:
@@ -49,16 +48,16 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
   except (zipfile.BadZipFile, EOFError):  # A zip's index is at its end: a cut file loses it.
     raise UserError(f'cannot read checkpoint {path!r}: the .npz is truncated or damaged; '
                     'download or write it again') from None
-  except (OSError, ValueError, tf.errors.OpError) as e:
+  except (OSError, ValueError) as e:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise UserError(f'cannot read checkpoint {path!r}: {reason}') from None
 
 
 def write_npz(path: str, tree: Params) -> None:
-  """`tree` (nested or already flat) as an `.npz` of '/'-joined names, local or gs://."""
-  buffer = io.BytesIO()  # zip needs seeking, which GFile writers do not offer.
+  """`tree` (nested or already flat) as an `.npz` of '/'-joined names (a local path or URL)."""
+  buffer = io.BytesIO()  # zip needs seeking, which object-store writers do not offer.
   np.savez(buffer, **{k: np.asarray(v) for k, v in flatten(tree).items()})
-  with tf.io.gfile.GFile(path, 'wb') as f:
+  with paths.open(path, 'wb') as f:
     f.write(buffer.getvalue())
 
 
@@ -75,7 +74,8 @@ def _refusal_reason(error: Exception) -> str:
 
 
 def read_pth(path: str) -> dict[str, np.ndarray]:
-  """The state dict in a `.pth` (`{'model': state_dict, ...}` or a bare state dict) as numpy.
+  """The state dict in a `.pth` (a local path or URL; `{'model': state_dict, ...}` or a bare
+  state dict) as numpy.
 
   torch.load(weights_only=True): tensors and plain containers only, so a file that carries
   code is refused before any of it runs. `argparse.Namespace` is allowed too: it is an
@@ -83,8 +83,8 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
   """
   import torch  # Only needed for .pth files.
   try:
-    with torch.serialization.safe_globals([argparse.Namespace]):
-      checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    with torch.serialization.safe_globals([argparse.Namespace]), paths.open(path, 'rb') as f:
+      checkpoint = torch.load(f, map_location='cpu', weights_only=True)
   except FileNotFoundError:
     raise UserError(f'checkpoint {path!r} does not exist') from None
   except Exception as e:  # UnpicklingError for code, RuntimeError for a damaged zip, ...
