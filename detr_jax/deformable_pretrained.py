@@ -89,6 +89,11 @@ def _our_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return renamed
 
 
+def is_deformable(state: dict[str, np.ndarray]) -> bool:
+  """Whether a state dict (official or HF) is a Deformable DETR's: it has sampling offsets."""
+  return any('.sampling_offsets.' in k for k in state)
+
+
 def convert_state_dict(state: dict[str, np.ndarray], num_heads: int = 8) -> Variables:
   """An official or HF Deformable DETR state dict (or a torchvision ResNet's) -> {'params':
   ..., 'frozen': ...} of DeformableDETR."""

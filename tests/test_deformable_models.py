@@ -26,6 +26,10 @@ def _abstract_variables(**fields):
                          jnp.ones((1, 128, 128)))))
 
 
+def _zeros(abstract):
+  return np.zeros(abstract.shape, abstract.dtype)
+
+
 def _count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
@@ -124,3 +128,146 @@ def _compare_with_hf(backbone, blocks, variant):
 ])
 def test_same_outputs_as_hf_on_a_padded_batch(backbone, blocks, variant):
   _compare_with_hf(backbone, blocks, variant)
+
+
+def _official_state_dict(variant='deformable', decoder_layers=6, classes=91):
+  """Random tensors in the released checkpoints' layout (reference sheet §5), built from the
+  original's module shapes: torchvision's ResNet-50 body, input_proj.N.{0: conv, 1: GN},
+  MSDeformAttn's four Linears, torch's MultiheadAttention for the decoder's self-attention, and
+  the heads saved once per name (shared or per-layer modules, and the decoder's aliases)."""
+  generator = torch.Generator().manual_seed(0)
+  rand = lambda *shape: torch.randn(shape, generator=generator)
+  refine = variant in ('box_refine', 'two_stage')
+  two_stage = variant == 'two_stage'
+  levels = 1 if variant == 'single_scale' else 4
+  d, ffn, queries = 256, 1024, 300
+  state = {f'backbone.0.body.{k}': v for k, v in torchvision.models.resnet50().state_dict().items()
+           if not k.startswith('fc.') and not k.endswith('num_batches_tracked')}
+  channels = [2048] if levels == 1 else [512, 1024, 2048, 2048]
+  for level, c in enumerate(channels):
+    kernel = 3 if level == 3 else 1
+    state.update({f'input_proj.{level}.0.weight': rand(d, c, kernel, kernel),
+                  f'input_proj.{level}.0.bias': rand(d), f'input_proj.{level}.1.weight': rand(d),
+                  f'input_proj.{level}.1.bias': rand(d)})
+  state['transformer.level_embed'] = rand(levels, d)
+
+  def msda(prefix):
+    sampling = 8 * levels * 4
+    for name, out in (('sampling_offsets', 2 * sampling), ('attention_weights', sampling),
+                      ('value_proj', d), ('output_proj', d)):
+      state.update({f'{prefix}.{name}.weight': rand(out, d), f'{prefix}.{name}.bias': rand(out)})
+
+  def linear(prefix, out, inp):
+    state.update({f'{prefix}.weight': rand(out, inp), f'{prefix}.bias': rand(out)})
+
+  for i in range(6):
+    prefix = f'transformer.encoder.layers.{i}'
+    msda(f'{prefix}.self_attn')
+    for name, out, inp in (('norm1', d, None), ('linear1', ffn, d), ('linear2', d, ffn),
+                           ('norm2', d, None)):
+      linear(f'{prefix}.{name}', out, inp) if inp else state.update(
+          {f'{prefix}.{name}.weight': rand(d), f'{prefix}.{name}.bias': rand(d)})
+  for i in range(decoder_layers):
+    prefix = f'transformer.decoder.layers.{i}'
+    msda(f'{prefix}.cross_attn')
+    for key, value in torch.nn.MultiheadAttention(d, 8).state_dict().items():
+      state[f'{prefix}.self_attn.{key}'] = rand(*value.shape)
+    linear(f'{prefix}.linear1', ffn, d)
+    linear(f'{prefix}.linear2', d, ffn)
+    for name in ('norm1', 'norm2', 'norm3'):
+      state.update({f'{prefix}.{name}.weight': rand(d), f'{prefix}.{name}.bias': rand(d)})
+  heads = decoder_layers + two_stage
+  shared = {}
+  for i in range(heads):
+    if not refine and i:  # One module saved under every name.
+      state.update({k.replace('.0.', f'.{i}.', 1): v for k, v in shared.items()})
+      continue
+    head = {}
+    linear_into = lambda key, out, inp: head.update({f'{key}.weight': rand(out, inp),
+                                                     f'{key}.bias': rand(out)})
+    linear_into(f'class_embed.{i}', classes, d)
+    for j, out in enumerate((d, d, 4)):
+      linear_into(f'bbox_embed.{i}.layers.{j}', out, d)
+    shared = head
+    state.update(head)
+  if refine:
+    state.update({f'transformer.decoder.{k}': v for k, v in state.items()
+                  if k.startswith('bbox_embed.') or (two_stage and k.startswith('class_embed.'))})
+  if two_stage:
+    linear('transformer.enc_output', d, d)
+    linear('transformer.pos_trans', 2 * d, 2 * d)
+    for name, width in (('enc_output_norm', d), ('pos_trans_norm', 2 * d)):
+      state.update({f'transformer.{name}.weight': rand(width),
+                    f'transformer.{name}.bias': rand(width)})
+  else:
+    state['query_embed.weight'] = rand(queries, 2 * d)
+    linear('transformer.reference_points', 2, d)
+  return state
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('variant, keys, fields', [
+    ('deformable', 561, {}),
+    ('box_refine', 597, {'with_box_refine': True}),
+    ('two_stage', 630, {'with_box_refine': True, 'two_stage': True}),
+    ('single_scale', 549, {'num_feature_levels': 1}),
+])
+def test_released_layouts_convert_completely(tmp_path, variant, keys, fields):
+  state = _official_state_dict(variant)
+  assert len(state) == keys  # The reference sheet's key totals.
+  path = str(tmp_path / 'checkpoint.pth')
+  torch.save({'model': state, 'epoch': 49}, path)
+  loaded = deformable_pretrained.load_variables(path)
+  assert jax.tree.map(np.shape, loaded) == jax.tree.map(
+      np.shape, _abstract_variables(num_classes=91, **fields))
+  params = loaded['params']
+  np.testing.assert_array_equal(params['level_embed'], state['transformer.level_embed'])
+  np.testing.assert_array_equal(
+      params['decoder']['layers_1']['self_attn']['key']['kernel'].reshape(256, 256),
+      state['transformer.decoder.layers.1.self_attn.in_proj_weight'][256:512].T)
+  np.testing.assert_array_equal(params['input_proj_0']['norm']['scale'],
+                                state['input_proj.0.1.weight'])
+  if variant == 'box_refine':  # Layer 3's own box head, in its decoder layer.
+    np.testing.assert_array_equal(
+        params['decoder']['layers_3']['bbox_embed']['layers_2']['kernel'],
+        state['bbox_embed.3.layers.2.weight'].T)
+    np.testing.assert_array_equal(params['class_embed_5']['bias'], state['class_embed.5.bias'])
+  if variant == 'two_stage':  # The encoder's proposal heads: index 6.
+    np.testing.assert_array_equal(params['bbox_embed_6']['layers_0']['bias'],
+                                  state['bbox_embed.6.layers.0.bias'])
+
+
+@pytest.mark.slow
+def test_converter_script_and_fitting_a_scanned_model(tmp_path):
+  source, output = str(tmp_path / 'ddetr.pth'), str(tmp_path / 'ddetr.npz')
+  state = _official_state_dict('box_refine')
+  torch.save({'model': state}, source)
+  script = os.path.join(ROOT, 'scripts', 'convert_detr_checkpoint.py')
+  result = subprocess.run([sys.executable, script, source, output], capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  # All parameters: the trainable ones and the frozen stem and layer1 (222,400).
+  assert ('40,849,660 parameters, 106,240 frozen batch-norm values, Deformable DETR with 91 '
+          'sigmoid classes') in result.stdout
+  fresh = jax.tree.map(_zeros, _abstract_variables(num_classes=91, with_box_refine=True,
+                                                          scan=True))
+  fitted = deformable_pretrained.fit_variables(fresh, deformable_pretrained.load_variables(output))
+  np.testing.assert_array_equal(
+      fitted['params']['decoder']['layers']['cross_attn']['sampling_offsets']['kernel'][4],
+      state['transformer.decoder.layers.4.cross_attn.sampling_offsets.weight'].numpy().T)
+
+
+@pytest.mark.slow
+def test_hf_files_load_and_fine_tuning_keeps_a_fresh_class_head(tmp_path):
+  hf = _randomised_hf('resnet26', num_queries=30, with_box_refine=True)
+  path = str(tmp_path / 'hf.pth')
+  torch.save(hf.state_dict(), path)
+  loaded = deformable_pretrained.load_variables(path)
+  fresh = jax.tree.map(_zeros, _abstract_variables(
+      num_classes=3, backbone_blocks=(2, 2, 2, 2), num_encoder_layers=2, num_decoder_layers=2,
+      num_queries=30, with_box_refine=True))
+  fitted = deformable_pretrained.fit_variables(fresh, loaded)
+  assert not fitted['params']['class_embed_1']['kernel'].any()  # 3 classes, not HF's 5.
+  np.testing.assert_array_equal(
+      fitted['params']['decoder']['layers_1']['bbox_embed']['layers_0']['kernel'],
+      hf.state_dict()['bbox_embed.1.layers.0.weight'].numpy().T)
