@@ -34,10 +34,7 @@ def get_config():
   config.input.eval_batch_size = 64
   config.input.shuffle_buffer = 2048
 
-  config.model = ml_collections.ConfigDict()
   config.model.name = 'detr'
-  config.model.remat = 'none'  # Or a policy name: 'full', 'dots_saveable', ...
-  config.model.scan = False  # True: encoder and decoder layers under nn.scan.
   config.model.num_classes = 3
   config.model.backbone_blocks = (1, 1, 1, 1)  # ResNet-50: (3, 4, 6, 3).
   config.model.backbone_width = 16  # 64.
@@ -50,7 +47,6 @@ def get_config():
   config.model.num_heads = 4  # 8.
   config.model.mlp_dim = 128  # 2048.
   config.model.dropout_rate = 0.0  # 0.1.
-  config.model.dtype = 'float32'
 
   config.loss = ml_collections.ConfigDict()
   config.loss.aux_loss = True

@@ -67,7 +67,6 @@ def get_config(args, crop: int) -> ml_collections.ConfigDict:
   config.input.eval_flip = False  # Multi-scale: True.
   config.input.train_subset = args.train_subset  # None: every training image.
 
-  config.model = ml_collections.ConfigDict()
   config.model.name = 'segmenter'
   config.model.variant = args.variant
   config.model.decoder = args.decoder
@@ -77,9 +76,6 @@ def get_config(args, crop: int) -> ml_collections.ConfigDict:
   config.model.drop_path_rate = 0.1
   config.model.decoder_dropout_rate = 0.1
   config.model.decoder_drop_path_rate = 0.0
-  config.model.dtype = 'float32'
-  config.model.remat = 'none'  # Or 'full', 'dots_saveable', ...: see vit_jax/classification/vit.py.
-  config.model.scan = False  # True: encoder blocks under nn.scan.
 
   config.optim.name = 'nesterov'  # timm's "sgd" is Nesterov SGD.
   config.optim.momentum = 0.9

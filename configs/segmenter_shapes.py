@@ -37,7 +37,6 @@ def get_config():
   config.input.eval_batch_size = 64
   config.input.shuffle_buffer = 4096
 
-  config.model = ml_collections.ConfigDict()
   config.model.name = 'segmenter'
   config.model.variant = None  # Sizes below instead of Ti/S/B/L.
   config.model.patch_size = 4
@@ -48,13 +47,10 @@ def get_config():
   config.model.decoder = 'mask_transformer'
   config.model.decoder_layers = 1
   config.model.num_classes = 4
-  config.model.remat = 'none'  # Or a policy name: 'full', 'dots_saveable', ...
-  config.model.scan = False  # True: encoder blocks under nn.scan.
   config.model.image_size = None  # The crop size.
   config.model.dropout_rate = 0.0
   config.model.drop_path_rate = 0.0  # Paper: 0.1; too little data to need it here.
   config.model.decoder_dropout_rate = 0.0
-  config.model.dtype = 'float32'
 
   config.optim.name = 'nesterov'
   config.optim.momentum = 0.9

@@ -33,18 +33,12 @@ def get_config():
   config.input.eval_batch_size = 4096
   config.input.shuffle_buffer = 250_000
 
-  config.model = ml_collections.ConfigDict()
   config.model.name = 'vit'
   config.model.variant = 'B/16'
   config.model.num_classes = 21843
   config.model.classifier = 'token'
   config.model.representation_size = 768
   config.model.dropout_rate = 0.1
-  config.model.dtype = 'float32'  # 'bfloat16': mixed precision (params stay float32).
-  # Less memory: recompute block activations in backward ('full', or a jax.checkpoint_policies
-  # name such as 'dots_saveable'); scan: the blocks under nn.scan (compile once, any depth).
-  config.model.remat = 'none'
-  config.model.scan = False
   config.model.attention_dropout_rate = 0.0
   config.model.head_bias_init = -10.0
 

@@ -24,7 +24,6 @@ def get_config():
   config.input.batch_size = 128
   config.input.eval_batch_size = 128  # Does not divide the 360 test images: eval pads and masks.
 
-  config.model = ml_collections.ConfigDict()
   config.model.name = 'vit'
   config.model.num_classes = 10
   config.model.patch_size = 4  # A 4x4 grid of patches.
@@ -34,11 +33,6 @@ def get_config():
   config.model.mlp_dim = 128
   config.model.classifier = 'token'
   config.model.dropout_rate = 0.1
-  config.model.dtype = 'float32'  # 'bfloat16': mixed precision (params stay float32).
-  # Less memory: recompute block activations in backward ('full', or a jax.checkpoint_policies
-  # name such as 'dots_saveable'); scan: the blocks under nn.scan (compile once, any depth).
-  config.model.remat = 'none'
-  config.model.scan = False
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = 'softmax_xent'

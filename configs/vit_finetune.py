@@ -82,18 +82,12 @@ def get_config(arg='b16,cifar10'):
   config.input.eval_batch_size = 512
   config.input.shuffle_buffer = 50_000
 
-  config.model = ml_collections.ConfigDict()
   config.model.name = 'vit'
   config.model.variant = variant
   config.model.num_classes = classes
   config.model.classifier = 'token'
   config.model.representation_size = None  # pre_logits of i21k checkpoints is dropped.
   config.model.dropout_rate = 0.0
-  config.model.dtype = 'float32'  # 'bfloat16': mixed precision (params stay float32).
-  # Less memory: recompute block activations in backward ('full', or a jax.checkpoint_policies
-  # name such as 'dots_saveable'); scan: the blocks under nn.scan (compile once, any depth).
-  config.model.remat = 'none'
-  config.model.scan = False
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = 'softmax_xent'

@@ -11,8 +11,8 @@ _placeholder = ml_collections.config_dict.placeholder
 
 
 def defaults() -> ml_collections.ConfigDict:
-  """The loop's keys; `task`, `model`, the input's source, splits and batch sizes, and the
-  optimizer's `name`, `lr` and `schedule` are the recipe's to set."""
+  """The loop's keys; `task`, the model's name and fields, the input's source, splits and batch
+  sizes, and the optimizer's `name`, `lr` and `schedule` are the recipe's to set."""
   config = ml_collections.ConfigDict()
   config.task = _placeholder(str)  # A name in vit_jax.framework.registry.TASKS.
   config.seed = 0
@@ -26,6 +26,15 @@ def defaults() -> ml_collections.ConfigDict:
   config.input.eval_split = _placeholder(str)
   config.input.batch_size = _placeholder(int)  # Global, over all hosts and devices.
   config.input.eval_batch_size = _placeholder(int)
+
+  # The model keys every model takes (the rest are its builder's fields, the recipe's to set).
+  config.model = ml_collections.ConfigDict()
+  config.model.name = _placeholder(str)  # A key of the task's MODELS.
+  config.model.dtype = 'float32'  # 'bfloat16': mixed precision (params stay float32).
+  # What a block keeps for the backward pass ('none', 'full' or a jax.checkpoint_policies name,
+  # vit_jax.layers.remat); scan: the repeated blocks under nn.scan (compiled once, any depth).
+  config.model.remat = 'none'
+  config.model.scan = False
 
   # Durations: each in steps or in epochs (vit_jax.framework.durations), one of the pair.
   config.total_steps = _placeholder(int)
