@@ -18,14 +18,10 @@ def get_config():
   config = loop_config.defaults()
   config.task = 'detection'
 
-  config.input = ml_collections.ConfigDict()
   config.input.source = 'shapes'
-  config.input.data_dir = ml_collections.config_dict.placeholder(str)  # Another source's.
-  config.input.on_bad_image = 'skip'  # Folders: 'stop' names the files that do not decode.
   config.input.shapes = ml_collections.ConfigDict(dict(
       seed=0, num_train=2048, num_eval=256, image_size=64, min_objects=1, max_objects=3,
       min_object_size=16, max_object_size=32))
-  config.input.train_split = 'train'
   config.input.eval_split = 'validation'
   config.input.category_layout = 'contiguous'  # 3 classes: rectangle, ellipse, triangle.
   config.input.augment = 'none'
@@ -38,10 +34,7 @@ def get_config():
   config.input.eval_batch_size = 64
   config.input.shuffle_buffer = 2048
 
-  config.model = ml_collections.ConfigDict()
   config.model.name = 'deformable_detr'
-  config.model.remat = 'none'  # Or a policy name: 'full', 'dots_saveable', ...
-  config.model.scan = False  # True: encoder and decoder layers under nn.scan.
   config.model.num_classes = 3
   config.model.backbone_blocks = (1, 1, 1, 1)  # ResNet-50: (3, 4, 6, 3).
   config.model.backbone_width = 16  # 64.
@@ -58,7 +51,6 @@ def get_config():
   config.model.dropout_rate = 0.0  # 0.1.
   config.model.with_box_refine = False
   config.model.two_stage = False
-  config.model.dtype = 'float32'
 
   config.loss = ml_collections.ConfigDict()
   config.loss.aux_loss = True
@@ -83,6 +75,10 @@ def get_config():
   config.optim.lr_mults = ((r'.*/(sampling_offsets|reference_points)/.*', 0.1),)
   config.optim.schedule = ml_collections.ConfigDict(dict(
       name='warmup_step', warmup_steps=100, decay_factor=0.1, boundary_fractions=(0.8,)))
+
+  # Predictions drawn to TensorBoard at each eval: the best draw_top_k scoring draw_threshold.
+  config.draw_threshold = 0.5
+  config.draw_top_k = 10
 
   config.total_steps = 8000
   config.eval_every = 2000
