@@ -162,11 +162,25 @@ def test_official_checkpoint_loads_and_round_trips(tmp_path):
   params = swin_weights.load_swin(fresh, path)
   np.testing.assert_allclose(_our_logits(fields, params, images), _timm_logits(peer, images),
                              atol=TOLERANCE, rtol=0)
-  back = swin_weights.to_timm(params)
   timm_state = _numpy_state(peer)
-  assert set(back) == set(timm_state)
+  _check_timm_state(swin_weights.to_timm(params), timm_state)
+
+  # model.scan: the same file into each stage's (plain, shifted) pairs, the same logits.
+  scanned = swin.build_swin(dict(fields, num_classes=10, scan=True))
+  shapes = nn.meta.unbox(jax.eval_shape(scanned.init, jax.random.PRNGKey(0), images)['params'])
+  assert shapes['layers_1']['blocks']['shifted']['norm1']['scale'].shape == (1, 32)
+  params = swin_weights.load_swin(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes),
+                                  path)
+  np.testing.assert_allclose(
+      np.asarray(scanned.apply({'params': params}, images)), _timm_logits(peer, images),
+      atol=TOLERANCE, rtol=0)
+  _check_timm_state(swin_weights.to_timm(params), timm_state)
+
+
+def _check_timm_state(ours, timm_state):
+  assert set(ours) == set(timm_state)
   for key, value in timm_state.items():
-    np.testing.assert_array_equal(back[key], value, err_msg=key)
+    np.testing.assert_array_equal(ours[key], value, err_msg=key)
 
 
 def test_relative_tables_resize_as_torch_bicubic():

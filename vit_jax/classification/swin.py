@@ -26,6 +26,7 @@ import numpy as np
 from vit_jax.framework.errors import UserError
 from vit_jax.layers.activations import gelu
 from vit_jax.layers.attention import Projection, attend
+from vit_jax.layers.drop_path import drop_path
 from vit_jax.layers.initializers import partitioned, torch_default
 from vit_jax.layers.normalization import LayerNorm
 from vit_jax.layers.remat import REMAT_POLICIES, remat_policy_name
@@ -188,14 +189,10 @@ class SwinBlock(nn.Module):
   drop_path_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
 
-  def _drop_path(self, x, train: bool):
-    """Stochastic depth: the whole branch dropped per example, kept ones scaled by 1/(1-rate)."""
-    return nn.Dropout(self.drop_path_rate, broadcast_dims=tuple(range(1, x.ndim)))(
-        x, deterministic=not train)
-
   @nn.compact
-  def __call__(self, inputs, train: bool):
-    """[B, H, W, C] -> [B, H, W, C]."""
+  def __call__(self, inputs, train: bool, drop_path_rate=None):
+    """[B, H, W, C] -> [B, H, W, C]; drop_path_rate: this block's, traced under nn.scan."""
+    rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
     _, height, width, channels = inputs.shape
     window, shift = window_and_shift(height, width, self.window_size)
     shift = shift if self.shifted else 0
@@ -213,10 +210,38 @@ class SwinBlock(nn.Module):
     x = merge_windows(x, window, *padded)
     if shift:
       x = jnp.roll(x, (shift, shift), axis=(1, 2))
-    x = inputs + self._drop_path(x[:, :height, :width], train)
+    x = inputs + drop_path(self, x[:, :height, :width], rate, train)
     y = Mlp(int(channels * self.mlp_ratio), self.dtype, name='mlp')(
         layer_norm(dtype=self.dtype, name='norm2')(x))
-    return x + self._drop_path(y, train)
+    return x + drop_path(self, y, rate, train)
+
+
+class SwinPair(nn.Module):
+  """A plain block and a shifted one: the unit a scanned stage repeats."""
+  num_heads: int
+  window_size: int
+  mlp_ratio: float = 4.0
+  dtype: jnp.dtype = jnp.float32
+  remat: str = 'none'
+
+  @nn.compact
+  def __call__(self, x, rates, train: bool):
+    block = _maybe_remat(SwinBlock, self.remat, scanned=True)
+    for i, name in enumerate(PAIR):
+      x = block(self.num_heads, self.window_size, name == 'shifted', self.mlp_ratio,
+                dtype=self.dtype, name=name)(x, train, None if rates is None else rates[i])
+    return x, None
+
+
+PAIR = ('plain', 'shifted')  # The pair's blocks, as named under a scanned stage's `blocks`.
+
+
+def _maybe_remat(block, policy: str, scanned: bool):
+  if policy == 'none':
+    return block
+  # `train` (argument 2, counting the module) is a Python bool: static under remat.
+  return nn.remat(block, static_argnums=(2,), policy=REMAT_POLICIES[policy],
+                  prevent_cse=not scanned)  # scan already keeps the recompute apart.
 
 
 class PatchMerging(nn.Module):
@@ -238,7 +263,13 @@ class PatchMerging(nn.Module):
 
 
 class SwinStage(nn.Module):
-  """Patch merging (stages after the first, timm's layout) then the stage's blocks."""
+  """Patch merging (stages after the first, timm's layout) then the stage's blocks.
+
+  scan: the blocks as depth/2 pairs (plain, shifted) under nn.scan, one pair compiled once
+  whatever the depth, their params stacked on a leading axis named 'layers' under
+  `blocks/plain` and `blocks/shifted` (instead of `blocks_0`, `blocks_1`, ...; swin_weights
+  converts between the two).
+  """
   depth: int
   num_heads: int
   window_size: int
@@ -247,14 +278,25 @@ class SwinStage(nn.Module):
   mlp_ratio: float = 4.0
   dtype: jnp.dtype = jnp.float32
   remat: str = 'none'
+  scan: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool):
     if self.downsample:
       x = PatchMerging(self.dtype, name='downsample')(x)
-    block = SwinBlock
-    if self.remat != 'none':  # `train` (argument 2, counting the module) is static.
-      block = nn.remat(block, static_argnums=(2,), policy=REMAT_POLICIES[self.remat])
+    if self.scan:
+      if self.depth % 2:
+        raise UserError(f'a scanned Swin stage repeats (plain, shifted) pairs: its depth '
+                        f'{self.depth} must be even (or set model.scan=False)')
+      scanned = nn.scan(lambda pair, carry, rates: pair(carry, rates, train),
+                        variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                        length=self.depth // 2, metadata_params={nn.PARTITION_NAME: 'layers'})
+      rates = (jnp.asarray(self.drop_path_rates, jnp.float32).reshape(-1, 2)
+               if any(self.drop_path_rates) else None)
+      pair = SwinPair(self.num_heads, self.window_size, self.mlp_ratio, self.dtype, self.remat,
+                      name='blocks')
+      return scanned(pair, x, rates)[0]
+    block = _maybe_remat(SwinBlock, self.remat, scanned=False)
     for i in range(self.depth):
       x = block(self.num_heads, self.window_size, i % 2 == 1, self.mlp_ratio,
                 self.drop_path_rates[i], self.dtype, name=f'blocks_{i}')(x, train)
@@ -278,6 +320,7 @@ class SwinTransformer(nn.Module):
   classifier: str = 'gap'  # 'gap': mean over tokens after the final norm; 'unpooled'.
   dtype: jnp.dtype = jnp.float32  # Compute dtype ('bfloat16' for mixed precision); params f32.
   remat: str = 'none'  # See REMAT_POLICIES.
+  scan: bool = False  # Each stage's blocks under nn.scan, in pairs (see SwinStage).
 
   def drop_path_rates(self) -> list[tuple[float, ...]]:
     """Each stage's per-block rates: torch.linspace(0, rate, sum(depths)) split by stage."""
@@ -296,7 +339,7 @@ class SwinTransformer(nn.Module):
     for i, (depth, heads, rates) in enumerate(zip(self.depths, self.num_heads,
                                                   self.drop_path_rates())):
       x = SwinStage(depth, heads, self.window_size, i > 0, rates, self.mlp_ratio, self.dtype,
-                    remat_policy_name(self.remat), name=f'layers_{i}')(x, train)
+                    remat_policy_name(self.remat), self.scan, name=f'layers_{i}')(x, train)
     x = layer_norm(dtype=self.dtype, name='norm')(x)
     if self.classifier == 'unpooled':
       return x

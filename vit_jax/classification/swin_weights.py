@@ -12,7 +12,9 @@ Names (reference/swin.md §3; Linear weights transposed, the fused qkv split per
                                                   of stage i; the original: the end of stage i-1)
   head.fc (timm >= 0.9) / head (the original) -> head
 The original's buffers (`relative_position_index`, `attn_mask`) are recomputed, not loaded. The
-heads of a block are read off its table's shape, so no config is needed.
+heads of a block are read off its table's shape, so no config is needed. A scanned model
+(model.scan) keeps each stage's blocks 0, 2, 4, ... stacked under `blocks/plain` and 1, 3, 5, ...
+under `blocks/shifted`; files are per block either way.
 """
 
 import re
@@ -20,6 +22,7 @@ import re
 import numpy as np
 from absl import logging
 
+from vit_jax.classification.swin import PAIR
 from vit_jax.framework.errors import UserError
 from vit_jax.framework.weights import (Params, fill, first_names, flatten, join_torch_qkv,
                                        read_npz, read_pth, split_torch_qkv,
@@ -30,6 +33,43 @@ TABLE = 'relative_position_bias_table'
 _BUFFERS = re.compile(r'.*\.(relative_position_index|attn_mask)')
 _LEAF = {'weight': 'kernel', 'bias': 'bias'}
 _NORM_LEAF = {'weight': 'scale', 'bias': 'bias'}
+_PER_BLOCK = re.compile(r'(?P<stage>layers_\d+)/blocks_(?P<index>\d+)/(?P<rest>.+)')
+_PAIRED = re.compile(r'(?P<stage>layers_\d+)/blocks/(?P<kind>plain|shifted)/(?P<rest>.+)')
+
+
+def pair_blocks(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Per-block params (flat `layers_i/blocks_j/...`) -> a scanned model's pairs (blocks 2k
+  under `blocks/plain`, 2k+1 under `blocks/shifted`, stacked over k); the rest as it is."""
+  out, stacks = {}, {}
+  for key, value in flat.items():
+    match = _PER_BLOCK.fullmatch(key)
+    if not match:
+      out[key] = value
+      continue
+    index = int(match['index'])
+    name = f'{match["stage"]}/blocks/{PAIR[index % 2]}/{match["rest"]}'
+    stacks.setdefault(name, {})[index // 2] = np.asarray(value)
+  for name, by_pair in stacks.items():
+    plain = name.replace('/blocks/shifted/', '/blocks/plain/')
+    if sorted(by_pair) != list(range(len(by_pair))) or len(stacks[plain]) != len(by_pair):
+      raise UserError(f'cannot scan the blocks of {name.split("/")[0]}: a scanned stage needs '
+                      'an even number of blocks 0..n-1 (or set model.scan=False)')
+    out[name] = np.stack([by_pair[k] for k in range(len(by_pair))])
+  return out
+
+
+def unpair_blocks(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """pair_blocks' inverse (per-block params as they are)."""
+  out = {}
+  for key, value in flat.items():
+    match = _PAIRED.fullmatch(key)
+    if not match:
+      out[key] = value
+      continue
+    offset = PAIR.index(match['kind'])
+    out.update({f'{match["stage"]}/blocks_{2 * k + offset}/{match["rest"]}': np.asarray(v)
+                for k, v in enumerate(value)})
+  return out
 
 
 def timm_layout(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -97,7 +137,7 @@ def from_torch(state_dict: dict[str, np.ndarray], source: str = 'the state dict'
 def to_timm(params: Params) -> dict[str, np.ndarray]:
   """Our Swin params as a timm (>= 0.9) state dict of numpy arrays, which timm's
   `SwinTransformer` loads with `load_state_dict`."""
-  flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+  flat = unpair_blocks({k: np.asarray(v) for k, v in flatten(params).items()})
   out = {}
   for name, value in flat.items():
     module, _, leaf = name.rpartition('/')
@@ -163,19 +203,21 @@ def load_swin(fresh: Params, path: str) -> Params:
   """Fine-tuning start: `fresh` filled from the Swin checkpoint at `path`. Relative position
   tables of another window are resized (torch bicubic, as the original); a head for another
   class count starts at zero, as the original re-initialises it."""
-  loaded = flatten(read_swin(path))
-  wanted = flatten(fresh)
+  loaded = unpair_blocks(flatten(read_swin(path)))  # Compared per block, then laid out as
+  wanted = unpair_blocks(flatten(fresh))  # the model wants them.
   resized = [k for k in loaded if k.endswith(TABLE) and k in wanted
              and loaded[k].shape != wanted[k].shape and loaded[k].shape[1] == wanted[k].shape[1]]
   if resized:
     logging.info('Resizing %d relative position bias tables %s -> %s (bicubic).', len(resized),
                  loaded[resized[0]].shape, wanted[resized[0]].shape)
   loaded.update({k: resize_table(np.asarray(loaded[k]), wanted[k].shape[0]) for k in resized})
+  if any(_PAIRED.fullmatch(k) for k in flatten(fresh)):
+    loaded = pair_blocks(loaded)
   head_differs = any(k in wanted and np.shape(loaded[k]) != np.shape(wanted[k])
                      for k in loaded if k.startswith('head/'))
   if head_differs:
     fresh = unflatten({k: np.zeros_like(v) if k.startswith('head/') else v
-                       for k, v in wanted.items()})
+                       for k, v in flatten(fresh).items()})
   return fill(fresh, unflatten(loaded), optional=(r'head/.*',), layers=BLOCKS,
               source=f'checkpoint {path}',
               fix='check config.model (variant, window_size, embed_dim, depths, num_heads)')

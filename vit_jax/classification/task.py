@@ -10,7 +10,8 @@ import optax
 import tensorflow as tf
 
 from vit_jax.classification import input as classification_input
-from vit_jax.classification import deit, distillation, swin, vit, vit_weights, vtab
+from vit_jax.classification import (deit, distillation, swin, swin_weights, vit, vit_weights,
+                                    vtab)
 from vit_jax.framework import drawing, task
 from vit_jax.framework.errors import choose
 
@@ -97,6 +98,8 @@ class ClassificationTask(task.Task):
     return self.model.init({'params': rng}, jnp.zeros((1,) + self._image_shape()), train=False)
 
   def pretrained_params(self, params, path):
+    if self.config.model.name == 'swin':  # Its own layout (official / timm .pth files).
+      return swin_weights.load_swin(params, path)
     return vit_weights.load_vit(params, path, self.config.get('posemb_resize', 'zoom'),
                                 num_heads=getattr(self.model, 'num_heads', None))
 

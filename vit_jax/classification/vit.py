@@ -10,13 +10,13 @@ import functools
 from typing import Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from vit_jax.classification.resnet import resnet_stem
 from vit_jax.framework.errors import UserError
 from vit_jax.layers.activations import gelu
 from vit_jax.layers.attention import MultiHeadAttention
+from vit_jax.layers.drop_path import drop_path
 from vit_jax.layers.initializers import partitioned, torch_default
 from vit_jax.layers.normalization import LayerNorm
 from vit_jax.layers.position_embeddings import resize_position_embeddings
@@ -144,15 +144,6 @@ class Encoder1DBlock(nn.Module):
   drop_path_rate: float = 0.0
   weight_init: str = 'vit'  # See WEIGHT_INITS.
 
-  def _drop_path(self, x, rate, train: bool):
-    if isinstance(rate, (int, float)):
-      return nn.Dropout(rate, broadcast_dims=tuple(range(1, x.ndim)))(x, deterministic=not train)
-    if not train:
-      return x
-    keep = 1.0 - rate  # Traced (under nn.scan): nn.Dropout needs a Python rate.
-    kept = jax.random.bernoulli(self.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(kept, x / keep.astype(x.dtype), 0).astype(x.dtype)
-
   @nn.compact
   def __call__(self, inputs, train: bool, drop_path_rate=None):
     rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
@@ -163,11 +154,11 @@ class Encoder1DBlock(nn.Module):
                            qkv_kernel_init=kernel_init, out_kernel_init=kernel_init,
                            name='MultiHeadDotProductAttention_0')(x, train=train)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    x = self._drop_path(x, rate, train) + inputs
+    x = drop_path(self, x, rate, train) + inputs
     y = norm()(x)
     y = MlpBlock(self.mlp_dim, self.dropout_rate, self.gelu_approximate, self.dtype,
                  self.weight_init)(y, train=train)
-    y = self._drop_path(y, rate, train)
+    y = drop_path(self, y, rate, train)
     return nn.with_logical_constraint(x + y, ('batch', 'length', 'act_embed'))
 
 
