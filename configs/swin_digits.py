@@ -35,6 +35,7 @@ def get_config():
   config.model.drop_path_rate = 0.1
   config.model.dtype = 'float32'
   config.model.remat = 'none'
+  config.model.scan = False  # Each stage's blocks as (plain, shifted) pairs under nn.scan.
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = 'softmax_xent'

@@ -84,6 +84,7 @@ def get_config(arg: str = 'T'):
   config.model.drop_path_rate = DROP_PATH[args.recipe][args.variant]
   config.model.dtype = 'float32'  # The repo trains in fp16 AMP; 'bfloat16' here.
   config.model.remat = 'none'  # The repo's --use-checkpoint: 'full'.
+  config.model.scan = False  # Each stage's blocks as (plain, shifted) pairs under nn.scan.
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = 'softmax_xent'

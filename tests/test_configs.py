@@ -20,7 +20,8 @@ DOCUMENTED = [
     ('detr_coco', 'r50'), ('detr_coco', 'dc5_r101,epochs=300'), ('segmenter_shapes',),
     ('segmenter_ade20k', 's16_mask'), ('segmenter_ade20k', 'l16_mask,crop=512'),
     ('segmenter_ade20k', 'deit_b16_mask'), ('segmenter_pascal_context', 'l16_mask'),
-    ('segmenter_cityscapes', 'l16_mask'),
+    ('segmenter_cityscapes', 'l16_mask'), ('swin_digits',), ('swin_imagenet', 'T'),
+    ('swin_imagenet', 'B,recipe=ft22k,size=384'),
 ]
 # The fields every task reads under the same name; a duration is one of a pair.
 SCHEMA = ['task', 'seed', 'init_from', 'profile', 'log_every', 'keep_checkpoints', 'mesh',
