@@ -1,5 +1,6 @@
 """DETR rows of the model table: parameters and multiply-adds beside the paper's Tables 1 and 2,
-and the box AP of every ablation row (Tables 2-4), each row a configs/detr_coco.py variant."""
+and the box AP of every ablation row (Tables 2-4), each row a configs/detr_coco.py variant; and
+Deformable DETR's released models (configs/deformable_detr_coco.py) beside its paper's Table 1."""
 
 import flax
 import jax
@@ -19,6 +20,22 @@ TABLE = (
          ap=44.9),
 )
 SOURCE = 'DETR paper Table 1 (params, GFLOPs, AP at 500 epochs)'
+# Deformable DETR (COCO val, R50, 50 epochs): paper Table 1's params, GFLOPs and AP; the single
+# scale rows from the repository's README (the paper's table lists them without AP). `config`:
+# the configs/deformable_detr_coco.py argument.
+DEFORMABLE = (
+    dict(model='Deformable DETR single scale', config='single_scale', paper_params=34e6,
+         paper_gflops=78, ap=39.4),
+    dict(model='Deformable DETR single scale DC5', config='single_scale_dc5', paper_params=34e6,
+         paper_gflops=128, ap=41.5),
+    dict(model='Deformable DETR', config='deformable', paper_params=40e6, paper_gflops=173,
+         ap=43.8),
+    dict(model='+ iterative box refinement', config='box_refine', paper_params=40e6,
+         paper_gflops=173, ap=45.4),
+    dict(model='++ two-stage', config='two_stage', paper_params=40e6, paper_gflops=173, ap=46.2),
+)
+DEFORMABLE_SOURCE = ('Deformable DETR paper Table 1 (params, GFLOPs, AP at 50 epochs; single '
+                     'scale: the README\'s AP)')
 # The ablations, all R50 trained 300 epochs (AP 40.6 for the baseline, the enc_layers=6 row).
 # Only Table 2 gives parameters and GFLOPs; the other rows' models differ from the baseline in
 # a few additions at most (learned_attention: 2 x 50 x 128 embeddings more).
@@ -70,8 +87,13 @@ def _inputs(height: int, width: int):
           jax.ShapeDtypeStruct((1, height, width), jnp.int32))
 
 
+# The input that parameters are created for (they do not depend on it): two-stage Deformable
+# DETR keeps 300 of its tokens, which 128 x 128 has (340).
+_PARAM_INPUT = (128, 128)
+
+
 def _param_shapes(model) -> dict:
-  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), *_inputs(64, 64))
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), *_inputs(*_PARAM_INPUT))
   return flax.traverse_util.flatten_dict(flax.linen.meta.unbox(variables['params']), sep='/')
 
 
@@ -114,16 +136,17 @@ def panoptic_row(entry: dict, model) -> dict:
 def counts(model: models.DETR) -> dict:
   """Trainable and all parameters, and multiply-adds at each of SIZES."""
   result = dict(params=trainable_count(model),
-                all_params=model_stats.parameter_count(model, *_inputs(64, 64)))
+                all_params=model_stats.parameter_count(model, *_inputs(*_PARAM_INPUT)))
   for height, width in SIZES:
     result[f'gflops_{height}x{width}'] = model_stats.gflops(model, *_inputs(height, width))
   return result
 
 
-def table_row(entry: dict, model_counts: dict) -> dict:
-  """`entry` of TABLE or ABLATIONS with the `counts` of the model its config builds, beside the
-  paper's figures (None where the paper gives none)."""
-  return dict(model=entry['model'], config=f'configs/detr_coco.py:{entry["config"]}',
+def table_row(entry: dict, model_counts: dict, config_file: str = 'detr_coco.py',
+              source: str = SOURCE) -> dict:
+  """`entry` of TABLE, ABLATIONS or DEFORMABLE with the `counts` of the model its config (in
+  configs/`config_file`) builds, beside the paper's figures (None where the paper gives none)."""
+  return dict(model=entry['model'], config=f'configs/{config_file}:{entry["config"]}',
               **model_counts, paper_params=entry.get('paper_params'),
               paper_gflops=entry.get('paper_gflops'), paper_ap=entry['ap'],
-              source=entry.get('source', SOURCE), gflops_note=GFLOPS_NOTE)
+              source=entry.get('source', source), gflops_note=GFLOPS_NOTE)

@@ -3,6 +3,7 @@
   python scripts/model_table.py [--json] [--models B/16,L/16] [--deit DeiT-B,DeiT-B-distilled]
                                 [--segmenter Seg-B-Mask/16] [--detr DETR-R50]
                                 [--detr_ablations 'DETR-R50 enc_layers=0']
+                                [--deformable_detr 'Deformable DETR']
 
 GFLOPs are XLA's cost analysis of one forward pass, as multiply-adds (the papers' convention),
 for one image at 224 and 384 px; parameters with a 1000-class head. DeiT rows: the README's
@@ -12,7 +13,8 @@ upsampling, parameters without and with the official checkpoints' unused ImageNe
 the authors' and 3rd-party figures (those GFLOPs count 2 per multiply-add). DETR rows (COCO,
 91 classes): trainable parameters as the paper counts them, multiply-adds at 800 x 1333 and at a
 4:3 image of 800 px, beside the paper's Table 1; then the paper's ablations (Tables 2-4), each
-built from its configs/detr_coco.py variant.
+built from its configs/detr_coco.py variant. Deformable DETR rows: the same counts for its five
+released models (configs/deformable_detr_coco.py), beside its paper's Table 1 (40M, 173G).
 """
 
 import argparse
@@ -23,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from detr_jax import model_stats as detr_stats
+from detr_jax import deformable_models
 from detr_jax import models as detr_models
 from detr_jax import panoptic_model
 from segmenter_jax import model_stats as segmenter_stats
@@ -139,6 +142,15 @@ def detr_rows(names, table=detr_stats.TABLE):
   return rows
 
 
+def deformable_rows(names):
+  """Rows of Deformable DETR's released models named `names`, each built from its
+  configs/deformable_detr_coco.py variant."""
+  return [detr_stats.table_row(entry, detr_stats.counts(deformable_models.build_deformable_detr(
+      _model_config('deformable_detr_coco.py', entry['config']))), 'deformable_detr_coco.py',
+      detr_stats.DEFORMABLE_SOURCE)
+          for entry in _entries(detr_stats.DEFORMABLE, names, 'Deformable DETR')]
+
+
 def panoptic_rows(names):
   """Rows of the panoptic models named `names`, each built from configs/detr_panoptic.py."""
   return [detr_stats.panoptic_row(entry, panoptic_model.build_detr_panoptic(
@@ -219,6 +231,9 @@ def main():
   parser.add_argument('--detr_ablations',
                       default=';'.join(e['model'] for e in detr_stats.ABLATIONS),
                       help='semicolon-separated DETR ablation rows (default: all; empty: none)')
+  parser.add_argument('--deformable_detr',
+                      default=','.join(e['model'] for e in detr_stats.DEFORMABLE),
+                      help='comma-separated Deformable DETR rows (default: all; empty: none)')
   parser.add_argument('--swin', default=','.join(swin_tables.MODEL_TABLE),
                       help='comma-separated Swin variants (default: all; empty: none)')
   parser.add_argument('--detr_panoptic', default=','.join(e['model'] for e in detr_stats.PANOPTIC),
@@ -230,9 +245,11 @@ def main():
   detr_table = detr_rows([m for m in args.detr.split(',') if m])
   ablations = detr_rows([m for m in args.detr_ablations.split(';') if m], detr_stats.ABLATIONS)
   panoptic = panoptic_rows([m for m in args.detr_panoptic.split(',') if m])
+  deformable = deformable_rows([m for m in args.deformable_detr.split(',') if m])
   swin_table = swin_rows([m for m in args.swin.split(',') if m])
   if args.json:
-    print(json.dumps(rows + deit_table + seg_rows + detr_table + ablations + panoptic + swin_table, indent=1))
+    print(json.dumps(rows + deit_table + seg_rows + detr_table + ablations + panoptic + deformable
+                     + swin_table, indent=1))
   else:
     print('\n\n'.join(table for table in (_format(rows) if rows else '',
                                            _format_deit(deit_table),
@@ -240,6 +257,7 @@ def main():
                                            _format_detr(detr_table),
                                            _format_detr(ablations),
                                            _format_panoptic(panoptic),
+                                           _format_detr(deformable),
                                            _format_swin(swin_table)) if table))
 
 

@@ -218,3 +218,13 @@ def test_swin_rows_exact_params_and_original_flops(table):
   for name in expected:
     assert table[name]['gflops'] == pytest.approx(table[name]['original_gflops'], rel=0.01)
   assert table['Swin-T']['original_gflops'] == 4.494 and table['Swin-T']['paper_gflops'] == 4.5
+
+
+def test_deformable_detr_rows_with_exact_params(table):
+  expected = {'Deformable DETR single scale': 33_844_193,
+              'Deformable DETR single scale DC5': 33_844_193, 'Deformable DETR': 39_847_265,
+              '+ iterative box refinement': 40_627_260, '++ two-stage': 40_959_129}
+  assert {name: table[name]['params'] for name in expected} == expected  # The original's count.
+  for name in expected:  # Its paper's 173G (78G, 128G single scale) lies between our sizes.
+    row = table[name]
+    assert row['gflops_800x1067'] < row['paper_gflops'] < row['gflops_800x1333'], name
