@@ -54,8 +54,8 @@ def bilinear_weights(size_in: int, size_out: int) -> np.ndarray:
   return weights
 
 
-def upsample_masks(masks: np.ndarray, size: Sequence[int], padded_size: Sequence[int] | None = None,
-                   rule: str = 'original') -> np.ndarray:
+def upsample_masks(masks: np.ndarray, size: Sequence[int],
+                   padded_size: Sequence[int] | None = None, rule: str = 'original') -> np.ndarray:
   """Mask logits [K, h, w] at stride 4 of the padded image -> [K, H, W] over the image's
   top-left `size` = (H, W), by `rule` (MASK_RULES): 'original' stretches the cells of
   `padded_size` (default `size`) to (H, W); 'cropped' upsamples 4x and crops."""
