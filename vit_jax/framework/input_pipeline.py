@@ -18,11 +18,14 @@ datasets (tfrecord) are read in per-host parts (`tfds.even_splits`), shuffled on
 batches change with the process count.
 """
 
+import atexit
 import dataclasses
 import functools
+import gc
 import math
 import multiprocessing.pool
 import os
+import weakref
 from typing import Callable, Iterator, Optional, Sequence
 
 import jax
@@ -276,7 +279,7 @@ def train_batches(source: Source, preprocess: Callable[[Example, tf.Tensor], Exa
     ds = tf.data.Dataset.zip(examples.skip(offset), indices)
   ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch, drop_remainder=True).prefetch(prefetch)
-  return _deterministic(ds).as_numpy_iterator()
+  return NumpyBatches(_deterministic(ds))
 
 
 def _record_of(num_records: int, seed: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -312,10 +315,46 @@ def eval_batches(source: Source, preprocess: Callable[[Example], Example],
   padding = tf.data.Dataset.from_tensors(
       tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), real.element_spec)).repeat()
   ds = real.concatenate(padding).take(num_batches * local_batch).batch(local_batch)
-  return _deterministic(ds.prefetch(2)).as_numpy_iterator()
+  return NumpyBatches(_deterministic(ds.prefetch(2)))
 
 
 def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
   options = tf.data.Options()
   options.deterministic = True
   return ds.with_options(options)
+
+
+class NumpyBatches:
+  """A dataset's elements as numpy, read ahead by tf.data until `close()` frees its iterator."""
+
+  def __init__(self, ds: tf.data.Dataset):
+    self._iterator = ds.as_numpy_iterator()
+    _OPEN.add(self)
+
+  def __iter__(self) -> 'NumpyBatches':
+    return self
+
+  def __next__(self):
+    if self._iterator is None:
+      raise StopIteration
+    return next(self._iterator)
+
+  def close(self) -> None:
+    self._iterator = None
+
+
+# Every tf.data iterator must be freed before Python finalizes. The Python functions in a map
+# (tf.numpy_function: label maps, array_record reads) run on TF's threads, reading ahead; once
+# finalizing has begun, a thread that asks for the GIL is ended on the spot, and the iterator's
+# destructor waits forever for the call that thread was making: the process hangs at exit,
+# holding the run lock. atexit runs before that, while the threads still can: every iterator
+# still open is closed, and the garbage cycles that can hold one (a failed run's exception and
+# its frames) are collected.
+_OPEN: 'weakref.WeakSet[NumpyBatches]' = weakref.WeakSet()
+
+
+@atexit.register
+def _free_iterators_before_exit() -> None:
+  for batches in list(_OPEN):
+    batches.close()
+  gc.collect()

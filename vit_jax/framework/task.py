@@ -191,17 +191,21 @@ class Task(abc.ABC):
     for split in self.eval_splits.values():
       next(iter(self.eval_input(split)), None)
 
-  def _checked(self, batches: Iterator[Batch], split: str) -> Iterator[Batch]:
-    """Errors raised inside tf.data as one line that names the split; `check_batch` applied."""
-    while True:
-      try:
-        batch = next(batches)
-      except StopIteration:
-        return
-      except tf.errors.OpError as e:
-        raise UserError(f'reading split {split!r} failed: {data_error(e.message)}') from None
-      self.check_batch(batch, split)
-      yield batch
+  def _checked(self, batches: input_pipeline.NumpyBatches, split: str) -> Iterator[Batch]:
+    """Errors raised inside tf.data as one line that names the split; `check_batch` applied.
+    However the stream ends (used up, failed, closed), its tf.data iterator is freed then."""
+    try:
+      while True:
+        try:
+          batch = next(batches)
+        except StopIteration:
+          return
+        except tf.errors.OpError as e:
+          raise UserError(f'reading split {split!r} failed: {data_error(e.message)}') from None
+        self.check_batch(batch, split)
+        yield batch
+    finally:
+      batches.close()
 
 
 def data_error(message: str) -> str:
