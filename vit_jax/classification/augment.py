@@ -1,0 +1,317 @@
+"""DeiT's training augmentations as timm implements them (reference/deit.md §4), in TensorFlow
+for the host's tf.data pipeline: RandAugment `rand-m9-mstd0.5-inc1`, random erasing (pixel
+mode) and batch Mixup / CutMix with smoothed targets.
+
+Every op is a deterministic function of its input and its random parameters (`magnitude`,
+`factor`, the erased box and its noise, lambda and the CutMix box), so each is checked against
+timm's own function on the same parameters; the samplers (`rand_augment`, `random_erasing`,
+`mixup_parameters`) draw those parameters from a stateless seed as timm's draw them.
+
+Pixel ops (RandAugment's) take and return uint8 (H, W, C) images and reproduce Pillow's
+arithmetic (lookup tables, the L conversion, truncating blends). The warps (rotate, shear,
+translate) interpolate bilinearly where timm's use PIL's bicubic; they agree with PIL's bilinear.
+"""
+
+import math
+
+import tensorflow as tf
+
+FILL = (124, 116, 104)  # RandAugment's fill: round(255 x ImageNet mean).
+
+
+# ------------------------------------------------------------------ RandAugment's pixel ops
+
+
+def _lookup(image: tf.Tensor, tables: tf.Tensor) -> tf.Tensor:
+  """Each channel c of a uint8 image through its own 256-entry table tables[c]."""
+  channels = tf.shape(image)[-1]
+  index = tf.cast(image, tf.int32) + 256 * tf.range(channels)
+  return tf.cast(tf.clip_by_value(tf.gather(tf.reshape(tables, [-1]), index), 0, 255), tf.uint8)
+
+
+def _histograms(image: tf.Tensor) -> tf.Tensor:
+  """(C, 256) pixel counts per channel."""
+  channels = tf.transpose(tf.reshape(tf.cast(image, tf.int32), [-1, tf.shape(image)[-1]]))
+  return tf.map_fn(lambda c: tf.math.bincount(c, minlength=256, maxlength=256), channels)
+
+
+def auto_contrast(image):
+  """ImageOps.autocontrast: each channel's min -> 0 and max -> 255, truncated (int())."""
+  pixels = tf.cast(tf.reshape(image, [-1, tf.shape(image)[-1]]), tf.float64)
+  low, high = tf.reduce_min(pixels, 0)[:, None], tf.reduce_max(pixels, 0)[:, None]
+  levels = tf.range(256, dtype=tf.float64)[None]
+  scale = 255.0 / tf.maximum(high - low, 1.0)
+  stretched = tf.cast(tf.floor(levels * scale - low * scale), tf.int32)
+  return _lookup(image, tf.where(high > low, stretched, tf.cast(levels, tf.int32)))
+
+
+def equalize(image):
+  """ImageOps.equalize: per channel, levels spread by the cumulative histogram."""
+  histograms = _histograms(image)
+  last = tf.gather(histograms, tf.reduce_max(  # The count of the highest level present.
+      tf.where(histograms > 0, tf.range(256), 0), axis=1), batch_dims=1)
+  step = (tf.reduce_sum(histograms, 1) - last) // 256
+  before = tf.cumsum(histograms, axis=1, exclusive=True)
+  safe_step = tf.maximum(step, 1)[:, None]
+  equalized = (safe_step // 2 + before) // safe_step
+  return _lookup(image, tf.where(step[:, None] > 0, equalized, tf.range(256)[None]))
+
+
+def invert(image):
+  return 255 - image
+
+
+def posterize(image, bits):
+  """Keeps the top `bits` bits (0 bits: black)."""
+  mask = tf.bitwise.left_shift(255, 8 - tf.cast(bits, tf.int32)) & 255  # In int32: 8 is a shift.
+  return tf.cast(tf.cast(image, tf.int32) & mask, tf.uint8)
+
+
+def solarize(image, threshold):
+  """Levels at or above `threshold` inverted."""
+  return tf.where(tf.cast(image, tf.int32) >= threshold, 255 - image, image)
+
+
+def solarize_add(image, addition, threshold=128):
+  """Levels below `threshold` raised by `addition` (at most to 255)."""
+  raised = tf.cast(tf.minimum(tf.cast(image, tf.int32) + addition, 255), tf.uint8)
+  return tf.where(tf.cast(image, tf.int32) < threshold, raised, image)
+
+
+def _luminance(image):
+  """PIL's RGB -> L: (19595 R + 38470 G + 7471 B + 0x8000) >> 16."""
+  rgb = tf.cast(image, tf.int32)
+  return (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) // 65536
+
+
+def _blend(degenerate, image, factor):
+  """Image.blend(degenerate, image, factor): float32, clamped, truncated."""
+  degenerate, image = tf.cast(degenerate, tf.float32), tf.cast(image, tf.float32)
+  blended = degenerate + tf.cast(factor, tf.float32) * (image - degenerate)
+  return tf.cast(tf.clip_by_value(blended, 0.0, 255.0), tf.uint8)
+
+
+def color(image, factor):
+  """ImageEnhance.Color: blend from the image's grey version."""
+  grey = _luminance(image)[..., None]
+  return _blend(tf.broadcast_to(grey, tf.shape(image)), image, factor)
+
+
+def contrast(image, factor):
+  """ImageEnhance.Contrast: blend from the mean grey level, rounded."""
+  mean = tf.reduce_mean(tf.cast(_luminance(image), tf.float64))
+  return _blend(tf.fill(tf.shape(image), tf.floor(mean + 0.5)), image, factor)
+
+
+def brightness(image, factor):
+  """ImageEnhance.Brightness: blend from black."""
+  return _blend(tf.zeros_like(image), image, factor)
+
+
+def sharpness(image, factor):
+  """ImageEnhance.Sharpness: blend from ImageFilter.SMOOTH ([1 1 1; 1 5 1; 1 1 1] / 13,
+  rounded; the border pixels left as they are)."""
+  pixels = tf.cast(image, tf.float32)[None]
+  kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
+  channels = tf.shape(image)[-1]
+  kernel = tf.tile(kernel[:, :, None, None], [1, 1, channels, 1])
+  smooth = tf.nn.depthwise_conv2d(pixels, kernel, [1, 1, 1, 1], 'VALID')[0]
+  smooth = tf.cast(tf.clip_by_value(tf.floor(smooth + 0.5), 0.0, 255.0), tf.uint8)
+  degenerate = tf.pad(smooth, [[1, 1], [1, 1], [0, 0]])
+  inside = tf.pad(tf.ones_like(smooth, tf.bool), [[1, 1], [1, 1], [0, 0]])
+  return _blend(tf.where(inside, degenerate, image), image, factor)
+
+
+# --------------------------------------------------------------- RandAugment's warps
+
+
+def affine(image, matrix, fill=FILL):
+  """PIL's Image.transform(AFFINE, matrix, BILINEAR): output pixel (x, y) samples the input at
+  (a x + b y + c, d x + e y + f) (pixel centres at +0.5); a sample outside the image is `fill`,
+  one inside interpolates between the nearest pixels (the edge's repeated)."""
+  a, b, c, d, e, f = [tf.cast(m, tf.float32) for m in matrix]
+  # TF's transform maps output indices (centres at integers) to input indices.
+  transform = tf.stack([a, b, c + 0.5 * (a + b) - 0.5, d, e, f + 0.5 * (d + e) - 0.5, 0.0, 0.0])
+  pixels = tf.cast(image, tf.float32)[None]
+
+  def warp(images, interpolation, fill_mode):
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transform[None], output_shape=tf.shape(image)[:2],
+        fill_value=0.0, interpolation=interpolation, fill_mode=fill_mode)[0]
+  warped = warp(pixels, 'BILINEAR', 'NEAREST')
+  inside = warp(tf.ones_like(pixels[..., :1]), 'NEAREST', 'CONSTANT') > 0.5
+  filled = tf.where(inside, warped, tf.constant(fill, tf.float32)[:tf.shape(image)[-1]])
+  return tf.cast(tf.clip_by_value(tf.floor(filled), 0.0, 255.0), tf.uint8)
+
+
+def rotate(image, degrees, fill=FILL):
+  """Image.rotate(degrees) about the centre (counter-clockwise)."""
+  height, width = tf.cast(tf.shape(image)[0], tf.float32), tf.cast(tf.shape(image)[1], tf.float32)
+  angle = -tf.cast(degrees, tf.float32) * math.pi / 180.0
+  cos, sin = tf.cos(angle), tf.sin(angle)
+  cx, cy = width / 2.0, height / 2.0
+  return affine(image, (cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy),
+                fill)
+
+
+def shear_x(image, factor, fill=FILL):
+  return affine(image, (1.0, factor, 0.0, 0.0, 1.0, 0.0), fill)
+
+
+def shear_y(image, factor, fill=FILL):
+  return affine(image, (1.0, 0.0, 0.0, factor, 1.0, 0.0), fill)
+
+
+def translate_x(image, pixels, fill=FILL):
+  return affine(image, (1.0, 0.0, pixels, 0.0, 1.0, 0.0), fill)
+
+
+def translate_y(image, pixels, fill=FILL):
+  return affine(image, (1.0, 0.0, 0.0, 0.0, 1.0, pixels), fill)
+
+
+# ------------------------------------------------- rand-m9-mstd0.5-inc1: ops and their levels
+
+
+def _signed(value, negate):
+  return tf.where(negate, -value, value)
+
+
+# timm's `_RAND_INCREASING_TRANSFORMS`, each as (image, magnitude in [0, 10], negate) -> image.
+RAND_INCREASING = (
+    ('AutoContrast', lambda x, m, s: auto_contrast(x)),
+    ('Equalize', lambda x, m, s: equalize(x)),
+    ('Invert', lambda x, m, s: invert(x)),
+    ('Rotate', lambda x, m, s: rotate(x, _signed(m / 10 * 30, s))),
+    ('PosterizeIncreasing', lambda x, m, s: posterize(x, 4 - tf.cast(m / 10 * 4, tf.int32))),
+    ('SolarizeIncreasing', lambda x, m, s: solarize(x, 256 - tf.cast(m / 10 * 256, tf.int32))),
+    ('SolarizeAdd', lambda x, m, s: solarize_add(x, tf.cast(m / 10 * 110, tf.int32))),
+    ('ColorIncreasing', lambda x, m, s: color(x, 1.0 + _signed(m / 10 * 0.9, s))),
+    ('ContrastIncreasing', lambda x, m, s: contrast(x, 1.0 + _signed(m / 10 * 0.9, s))),
+    ('BrightnessIncreasing', lambda x, m, s: brightness(x, 1.0 + _signed(m / 10 * 0.9, s))),
+    ('SharpnessIncreasing', lambda x, m, s: sharpness(x, 1.0 + _signed(m / 10 * 0.9, s))),
+    ('ShearX', lambda x, m, s: shear_x(x, _signed(m / 10 * 0.3, s))),
+    ('ShearY', lambda x, m, s: shear_y(x, _signed(m / 10 * 0.3, s))),
+    ('TranslateXRel', lambda x, m, s: translate_x(
+        x, _signed(m / 10 * 0.45, s) * tf.cast(tf.shape(x)[1], tf.float64))),
+    ('TranslateYRel', lambda x, m, s: translate_y(
+        x, _signed(m / 10 * 0.45, s) * tf.cast(tf.shape(x)[0], tf.float64))),
+)
+
+
+def apply_op(image, index, magnitude, negate):
+  """RAND_INCREASING[index] at `magnitude` (after noise and clipping), negated if `negate`."""
+  magnitude = tf.cast(magnitude, tf.float64)
+  branches = [lambda fn=fn: fn(image, magnitude, negate) for _, fn in RAND_INCREASING]
+  return tf.switch_case(tf.cast(index, tf.int32), branches)
+
+
+def rand_augment(image, seed, num_ops: int = 2, magnitude: float = 9.0,
+                 magnitude_std: float = 0.5, prob: float = 0.5):
+  """timm's RandAugment `rand-m{magnitude}-n{num_ops}-mstd{magnitude_std}-inc1`: `num_ops` ops
+  drawn uniformly with replacement, each applied with probability `prob` at a magnitude
+  ~ N(magnitude, magnitude_std) clipped to [0, 10], signed ops negated with probability 1/2."""
+  for seed in tf.unstack(tf.random.experimental.stateless_split(seed, num_ops)):
+    op_seed, apply_seed, noise_seed, sign_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 4))
+    index = tf.random.stateless_uniform([], op_seed, 0, len(RAND_INCREASING), tf.int32)
+    level = tf.clip_by_value(
+        magnitude + magnitude_std * tf.random.stateless_normal([], noise_seed, dtype=tf.float64),
+        0.0, 10.0)
+    negate = tf.random.stateless_uniform([], sign_seed) < 0.5
+    apply = tf.random.stateless_uniform([], apply_seed) < prob
+    image = tf.cond(apply, lambda: apply_op(image, index, level, negate), lambda: image)
+  return image
+
+
+# ----------------------------------------------------------------- random erasing
+
+
+def erase(image, top, left, height, width, noise):
+  """The box [top, top + height) x [left, left + width) of a normalised float (H, W, C) image
+  replaced by `noise` (same shape as the image; only the box's values are used)."""
+  rows = tf.range(tf.shape(image)[0])[:, None, None]
+  cols = tf.range(tf.shape(image)[1])[None, :, None]
+  inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
+  return tf.where(inside, noise, image)
+
+
+def random_erasing(image, seed, probability: float = 0.25, min_area: float = 0.02,
+                   max_area: float = 1 / 3, min_aspect: float = 0.3, attempts: int = 10):
+  """timm's RandomErasing(mode='pixel', max_count=1) on a normalised float image: with
+  `probability`, the first of `attempts` boxes that fits (area ~ U(min_area, max_area) of the
+  image, log-aspect uniform) filled with per-pixel, per-channel N(0, 1)."""
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  erase_seed, box_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  area = tf.cast(height * width, tf.float32)
+  draws = tf.random.stateless_uniform([attempts, 4], box_seed)
+  target = area * (min_area + (max_area - min_area) * draws[:, 0])
+  log_aspect = math.log(min_aspect) + (math.log(1 / min_aspect) - math.log(min_aspect)) * draws[:, 1]
+  aspect = tf.exp(log_aspect)
+  box_h = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
+  box_w = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
+  fits = (box_w < width) & (box_h < height)
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+  box_h, box_w = box_h[first], box_w[first]
+  top = tf.cast(draws[first, 2] * tf.cast(height - box_h + 1, tf.float32), tf.int32)
+  left = tf.cast(draws[first, 3] * tf.cast(width - box_w + 1, tf.float32), tf.int32)
+  noise = tf.random.stateless_normal(tf.shape(image), noise_seed, dtype=image.dtype)
+  erased = erase(image, top, left, box_h, box_w, noise)
+  do_erase = (tf.random.stateless_uniform([], erase_seed) < probability) & tf.reduce_any(fits)
+  return tf.where(do_erase, erased, image)
+
+
+# ----------------------------------------------------------------- Mixup / CutMix
+
+
+def smoothed_targets(labels, num_classes: int, smoothing: float):
+  """One-hot targets with `smoothing` spread evenly: on 1 - e + e/K, off e/K (timm's)."""
+  off = smoothing / num_classes
+  return tf.one_hot(labels, num_classes, on_value=1.0 - smoothing + off, off_value=off)
+
+
+def cutmix_box(height: int, width: int, lam, cy, cx):
+  """timm's rand_bbox: a box of sides int(H sqrt(1 - lam)), int(W sqrt(1 - lam)) centred at
+  (cy, cx), clipped to the image, as (top, bottom, left, right)."""
+  ratio = tf.sqrt(1.0 - tf.cast(lam, tf.float64))
+  cut_h = tf.cast(tf.cast(height, tf.float64) * ratio, tf.int32)
+  cut_w = tf.cast(tf.cast(width, tf.float64) * ratio, tf.int32)
+  top, bottom = tf.clip_by_value(cy - cut_h // 2, 0, height), tf.clip_by_value(cy + cut_h // 2, 0, height)
+  left, right = tf.clip_by_value(cx - cut_w // 2, 0, width), tf.clip_by_value(cx + cut_w // 2, 0, width)
+  return top, bottom, left, right
+
+
+def mix(images, labels, lam, use_cutmix, cy, cx, num_classes: int, smoothing: float = 0.1):
+  """timm's Mixup in batch mode with `correct_lam`: each example mixed with its partner in the
+  reversed batch, by `lam` (Mixup) or by pasting the partner's CutMix box (lambda then
+  corrected to the share of the image left); targets mixed the same way from smoothed one-hots.
+  Returns (images, targets)."""
+  height, width = tf.shape(images)[1], tf.shape(images)[2]
+  partner = tf.reverse(images, [0])
+  top, bottom, left, right = cutmix_box(height, width, lam, cy, cx)
+  rows = tf.range(height)[:, None, None]
+  cols = tf.range(width)[None, :, None]
+  box = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+  box_area = tf.cast((bottom - top) * (right - left), tf.float32)
+  cut_lam = 1.0 - box_area / tf.cast(height * width, tf.float32)
+  lam = tf.where(use_cutmix, cut_lam, tf.cast(lam, tf.float32))
+  mixed = tf.where(use_cutmix, tf.where(box[None], partner, images),
+                   lam * images + (1.0 - lam) * partner)
+  targets = smoothed_targets(labels, num_classes, smoothing)
+  return mixed, lam * targets + (1.0 - lam) * tf.reverse(targets, [0])
+
+
+def mixup_parameters(seed, height: int, width: int, mixup_alpha: float = 0.8,
+                     cutmix_alpha: float = 1.0, switch_prob: float = 0.5):
+  """(lam, use_cutmix, cy, cx) as timm's Mixup draws them for one batch: CutMix with
+  `switch_prob` and lam ~ Beta(cutmix_alpha), else lam ~ Beta(mixup_alpha)."""
+  switch_seed, beta_seed, y_seed, x_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 4))
+  use_cutmix = tf.random.stateless_uniform([], switch_seed) < switch_prob
+  alpha = tf.where(use_cutmix, cutmix_alpha, mixup_alpha)
+  gamma_seeds = tf.random.experimental.stateless_split(beta_seed, 2)
+  a = tf.random.stateless_gamma([], gamma_seeds[0], alpha=alpha)
+  b = tf.random.stateless_gamma([], gamma_seeds[1], alpha=alpha)
+  cy = tf.random.stateless_uniform([], y_seed, 0, height, tf.int32)
+  cx = tf.random.stateless_uniform([], x_seed, 0, width, tf.int32)
+  return a / (a + b), use_cutmix, cy, cx
