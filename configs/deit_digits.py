@@ -10,8 +10,12 @@ The argument is the distillation: none | soft | hard (DeiT's `--distillation-typ
 takes DeiT's code defaults tau 1 and alpha 0.5. The student is starved on purpose (a 2-block
 width-32 DeiT-distilled, 300 steps) so that the teacher's signal shows.
 
-Measured (seeds 0, 1, 2; teacher the digits job at 98.9% test accuracy; the README's note has the
-command): see the note at the end of this file.
+Measured (CPU, shared 2-core machine; teacher: configs/vit_digits.py, 1500 steps, 99.72% test
+accuracy; student 300 steps, `--config.seed=0|1|2`), test accuracy, mean and sample std:
+  none 63.3 +- 2.2 (62.2, 61.9, 65.8); soft 66.8 +- 5.5 (64.2, 63.1, 73.1);
+  hard 62.7 +- 7.4 (56.4, 60.8, 70.8).
+The soft teacher adds 3.5 points on average, within the seeds' spread; hard distillation shows
+no gain here (a near-perfect teacher's argmax is nearly the label). Not yet a clear result.
 """
 
 import ml_collections
