@@ -53,7 +53,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from detr_jax import padding_buckets, shapes, transforms
-from vit_jax.framework import input_pipeline
+from vit_jax.framework import input_pipeline, paths
 from vit_jax.framework.errors import UserError
 
 SOURCES = ('shapes', 'coco_folder', 'tfds')
@@ -186,7 +186,7 @@ def image_dir(input_config, split: str) -> str:
     return os.path.join(data_dir, given)
   candidates = [os.path.join(data_dir, split), os.path.join(data_dir, 'images', split)]
   for candidate in candidates:
-    if tf.io.gfile.isdir(candidate):
+    if paths.isdir(candidate):
       return candidate
   raise UserError(f'no image folder for split {split!r}: looked for {" and ".join(candidates)}; '
                   f'set config.input.data_dir or config.input.image_dirs.{split}')
@@ -197,7 +197,7 @@ def annotation_file(input_config, split: str) -> str:
   given = (input_config.get('annotation_files') or {}).get(split)
   path = (os.path.join(data_dir, given) if given else
           os.path.join(data_dir, 'annotations', f'instances_{split}.json'))
-  if not tf.io.gfile.exists(path):
+  if not paths.exists(path):
     raise UserError(f'annotation file {path} does not exist: put COCO-format instances there or '
                     f'set config.input.annotation_files.{split}')
   return path
@@ -205,7 +205,7 @@ def annotation_file(input_config, split: str) -> str:
 
 def read_json(path: str) -> dict:
   try:
-    with tf.io.gfile.GFile(path) as f:
+    with paths.open(path) as f:
       return json.load(f)
   except json.JSONDecodeError as e:
     raise UserError(f'{path} is not valid JSON ({e})') from None
@@ -286,9 +286,10 @@ def _folder_source(input_config, split):
     readable = input_pipeline.readable_images(files, setting(input_config, 'on_bad_image'), folder)
     arrays = {key: value[readable] for key, value in arrays.items()}
   # Paths travel through shuffling and skipping; a file is read only when its example is used.
+  read_file = paths.tf_read_file(folder)
   return dataclasses.replace(
       input_pipeline.array_source(arrays, setting(input_config, 'shuffle_buffer')),
-      load=lambda ex: dict(ex, image=tf.io.read_file(ex['image'])))
+      load=lambda ex: dict(ex, image=read_file(ex['image'])))
 
 
 def _tfds_categories(input_config) -> list[dict]:

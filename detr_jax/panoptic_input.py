@@ -41,7 +41,7 @@ import tensorflow_datasets as tfds
 
 from detr_jax import detection_input, panoptic_shapes, transforms
 from detr_jax.detection_input import setting  # config.input values with DETR's defaults
-from vit_jax.framework import input_pipeline
+from vit_jax.framework import input_pipeline, paths
 from vit_jax.framework.errors import UserError
 
 SOURCES = ('shapes', 'coco_panoptic_folder', 'tfds')
@@ -151,7 +151,7 @@ def _path(input_config, key: str, split: str, default: list[str], what: str) -> 
   candidates = [os.path.join(data_dir, given)] if given else [
       os.path.join(data_dir, d) for d in default]
   for candidate in candidates:
-    if tf.io.gfile.exists(candidate):
+    if paths.exists(candidate):
       return candidate
   raise UserError(f'no {what} for split {split!r}: looked for {" and ".join(candidates)}; set '
                   f'config.input.data_dir or config.input.{key}.{split}')
@@ -205,10 +205,10 @@ def _folder_source(input_config, split):
     arrays = {key: value[readable] for key, value in arrays.items()}
   logging.info('%s: %d images, %d segments', path, len(arrays['image']),
                int(arrays['box_mask'].sum()))
+  read_file = paths.tf_read_file(images)
   return dataclasses.replace(
       input_pipeline.array_source(arrays, setting(input_config, 'shuffle_buffer')),
-      load=lambda ex: dict(ex, image=tf.io.read_file(ex['image']),
-                           panoptic=tf.io.read_file(ex['panoptic'])))
+      load=lambda ex: dict(ex, image=read_file(ex['image']), panoptic=read_file(ex['panoptic'])))
 
 
 def _tfds_categories(input_config) -> list[dict]:

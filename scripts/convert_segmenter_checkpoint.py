@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from segmenter_jax import pretrained
-from vit_jax.framework import weights
+from vit_jax.framework import paths, weights
 from vit_jax.framework.errors import UserError
 
 
@@ -40,9 +40,9 @@ def main():
     sys.exit(f'error: {e}')
   weights.write_npz(args.output, params)
   config_path = os.path.splitext(args.output)[0] + '.json'
-  with open(config_path, 'w') as f:
-    json.dump(dict(model=fields, normalization=normalization,
-                   inference=variant.get('inference_kwargs')), f, indent=1)
+  paths.write_text(config_path, json.dumps(dict(model=fields, normalization=normalization,
+                                                inference=variant.get('inference_kwargs')),
+                                           indent=1))
   count = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
   unused = sorted(k for k in state if k in pretrained.UNUSED_OFFICIAL)
   print(f'wrote {args.output}: {count:,} parameters ({fields["decoder"]} decoder, '

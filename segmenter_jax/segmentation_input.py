@@ -72,7 +72,7 @@ from absl import logging
 from PIL import Image
 
 from segmenter_jax import augment, shapes
-from vit_jax.framework import input_pipeline
+from vit_jax.framework import input_pipeline, paths
 from vit_jax.framework.errors import UserError
 
 SOURCES = ('shapes', 'tfds', 'folder', 'pascal_context', 'cityscapes')
@@ -155,13 +155,14 @@ def _label_loader(table: np.ndarray):
   return load
 
 
-def _file_loader(table: np.ndarray):
-  """Paths -> bytes, then the label decoded and mapped."""
+def _file_loader(table: np.ndarray, root: str):
+  """Paths (under `root`) -> bytes, then the label decoded and mapped."""
   decode = _label_loader(table)
+  read_file = paths.tf_read_file(root)
 
   def load(example):
-    return decode(dict(example, image=tf.io.read_file(example['image']),
-                       label=tf.io.read_file(example['label'])))
+    return decode(dict(example, image=read_file(example['image']),
+                       label=read_file(example['label'])))
   return load
 
 
@@ -185,7 +186,7 @@ def make_source(input_config, split: str) -> input_pipeline.Source:
     images, labels, table = file_lists(input_config, split)
     arrays = _subset({'image': images, 'label': labels}, subset, split)
     source = input_pipeline.array_source(arrays, shuffle_buffer)
-    return dataclasses.replace(source, load=_file_loader(table))
+    return dataclasses.replace(source, load=_file_loader(table, input_config.get('data_dir')))
   raise UserError(f'unknown config.input.source {kind!r}: use one of {SOURCES}')
 
 
@@ -229,7 +230,7 @@ def file_lists(input_config, split: str) -> tuple[np.ndarray, np.ndarray, np.nda
   """(image paths, label paths, label table) of a folder source's split."""
   kind = input_config.get('source')
   root = input_config.get('data_dir') or ''
-  if not root or not tf.io.gfile.isdir(root):
+  if not root or not paths.isdir(root):
     raise UserError(f'config.input.data_dir {root!r} is not a folder: point it at the '
                     f'{kind} root (layouts in segmenter_jax/segmentation_input.py)')
   reduce_zero_label = bool(input_config.get('reduce_zero_label', False))
@@ -256,7 +257,7 @@ def file_lists(input_config, split: str) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def _split_dir(root, given: Optional[dict], default: str, split: str, what: str) -> str:
   path = os.path.join(root, (given or {}).get(split) or default)
-  if not tf.io.gfile.isdir(path):
+  if not paths.isdir(path):
     raise UserError(f'{what} folder {path} for split {split!r} does not exist: set '
                     f'config.input.data_dir or config.input.{what}_dirs.{split}')
   return path
@@ -268,7 +269,7 @@ def _folder_files(input_config, root, split):
   label_dir = _split_dir(root, input_config.get('label_dirs'),
                          os.path.join('annotations', split), split, 'label')
   suffix = input_config.get('label_suffix') or '.png'
-  names = sorted(f for f in tf.io.gfile.listdir(image_dir)
+  names = sorted(f for f in paths.listdir(image_dir)
                  if f.lower().endswith(IMAGE_EXTENSIONS))
   if not names:
     raise UserError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in {image_dir}')
@@ -278,11 +279,11 @@ def _folder_files(input_config, root, split):
 
 def _pascal_context_files(root, split):
   list_file = os.path.join(root, 'ImageSets', 'SegmentationContext', f'{split}.txt')
-  if not tf.io.gfile.exists(list_file):
+  if not paths.exists(list_file):
     raise UserError(f'{list_file} does not exist: data_dir must be VOC2010 with '
                     f'ImageSets/SegmentationContext/{split}.txt, JPEGImages/ and '
                     'SegmentationClassContext/ (mmseg\'s pascal_context converter writes them)')
-  with tf.io.gfile.GFile(list_file) as f:
+  with paths.open(list_file) as f:
     ids = [line.strip() for line in f if line.strip()]
   return ([os.path.join(root, 'JPEGImages', f'{i}.jpg') for i in ids],
           [os.path.join(root, 'SegmentationClassContext', f'{i}.png') for i in ids])
@@ -290,16 +291,16 @@ def _pascal_context_files(root, split):
 
 def _cityscapes_files(root, split):
   image_root = os.path.join(root, 'leftImg8bit', split)
-  if not tf.io.gfile.isdir(image_root):
+  if not paths.isdir(image_root):
     raise UserError(f'{image_root} does not exist: data_dir must hold leftImg8bit/{split}/<city>/ '
                     f'and gtFine/{split}/<city>/')
-  images = sorted(tf.io.gfile.glob(os.path.join(image_root, '*', '*_leftImg8bit.png')))
+  images = sorted(paths.glob(os.path.join(image_root, '*', '*_leftImg8bit.png')))
   if not images:
     raise UserError(f'no *_leftImg8bit.png images under {image_root}/<city>/')
   stems = [os.path.join(root, 'gtFine', split, os.path.basename(os.path.dirname(p)),
                         os.path.basename(p)[:-len('_leftImg8bit.png')]) for p in images]
   train_ids = [s + '_gtFine_labelTrainIds.png' for s in stems]
-  if all(tf.io.gfile.exists(p) for p in train_ids):
+  if all(paths.exists(p) for p in train_ids):
     return images, train_ids, label_table()
   logging.info('cityscapes %s: no *_labelTrainIds.png, mapping *_labelIds.png to train ids', split)
   return images, [s + '_gtFine_labelIds.png' for s in stems], label_table(
@@ -314,6 +315,15 @@ def _decode_image(image):
   if image.dtype == tf.string:
     image = tf.io.decode_image(image, channels=3, expand_animations=False)
   return image
+
+
+def _same_size(image, label):
+  """`label`, once it is checked to have `image`'s height and width (a map of another size
+  would be stretched by the training resize, and would not line up in the eval canvas)."""
+  check = tf.debugging.assert_equal(tf.shape(label), tf.shape(image)[:2],
+                                    message='label map and image differ in size')
+  with tf.control_dependencies([check]):
+    return tf.identity(label)
 
 
 def _settings(input_config):
@@ -338,8 +348,9 @@ def train_preprocess(input_config):
                     f'{ratio_range}')
 
   def preprocess(example, seed):
-    image = tf.cast(_decode_image(example['image']), tf.float32)
-    label = tf.cast(example['label'], tf.int32)
+    image = _decode_image(example['image'])
+    label = tf.cast(_same_size(image, example['label']), tf.int32)
+    image = tf.cast(image, tf.float32)
     seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
     image, label = augment.random_resize(image, label, img_scale, ratio_range, seeds[0])
     image, label = augment.random_crop(image, label, crop, cat_max_ratio, seeds[1])
@@ -423,7 +434,7 @@ def image_sizes(input_config, split: str) -> np.ndarray:
   sizes = []
   for path in images:
     try:
-      with tf.io.gfile.GFile(path, 'rb') as f, Image.open(f) as image:
+      with paths.open(path, 'rb') as f, Image.open(f) as image:
         sizes.append((image.height, image.width))  # Reads the header only.
     except (OSError, tf.errors.OpError) as e:
       raise UserError(f'cannot read image {path}: {e}') from None
@@ -438,18 +449,16 @@ def eval_preprocess(input_config, geometry: EvalGeometry):
 
   def preprocess(example):
     image = _decode_image(example['image'])
-    label = tf.cast(example['label'], tf.uint8)
+    label = tf.cast(_same_size(image, example['label']), tf.uint8)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     transposed = height > width
     image = tf.cond(transposed, lambda: tf.transpose(image, [1, 0, 2]), lambda: image)
     label = tf.cond(transposed, lambda: tf.transpose(label), lambda: label)
     size = tf.stack([tf.minimum(height, width), tf.maximum(height, width)])
-    checks = [tf.debugging.assert_equal(
-        tf.shape(label), size, message='label map and image differ in size'),
-              tf.debugging.assert_less_equal(
-                  size, tf.constant([canvas_h, canvas_w]),
-                  message='image larger than the eval canvas measured from the split')]
-    with tf.control_dependencies(checks):
+    fits = tf.debugging.assert_less_equal(
+        size, tf.constant([canvas_h, canvas_w]),
+        message='image larger than the eval canvas measured from the split')
+    with tf.control_dependencies([fits]):
       image = tf.pad(image, [[0, canvas_h - size[0]], [0, canvas_w - size[1]], [0, 0]])
     label = tf.pad(label, [[0, canvas_h - size[0]], [0, canvas_w - size[1]]],
                    constant_values=IGNORE_INDEX)
@@ -470,4 +479,4 @@ def check_labels(batch: dict, num_classes: int) -> None:
   if bad.any():
     raise UserError(f'label value {int(label[bad].max())} is neither a class '
                     f'(0..{num_classes - 1}) nor the ignore index 255: set '
-                    'config.input.num_classes (or reduce_zero_label) to match the label maps')
+                    'config.model.num_classes (or reduce_zero_label) to match the label maps')

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vit_jax.framework import evaluation, model_stats, sharding, weights
+from vit_jax.framework import evaluation, model_stats, paths, sharding, weights
 from vit_jax.framework import task as task_lib
 from vit_jax.framework.errors import UserError
 
@@ -144,10 +144,10 @@ def row_config(row: Row, sources: Sources):
 def weights_path(row_weights: Weights, weights_dir: Optional[str]) -> tuple[Optional[str], str]:
   """(the file found, or None; where it was looked for): the published file, else its .npz
   conversion beside it."""
-  path = os.path.join(weights_dir or 'WEIGHTS_DIR', row_weights.file)
+  path = paths.join(weights_dir or 'WEIGHTS_DIR', row_weights.file)
   converted = os.path.splitext(path)[0] + '.npz'
   for candidate in (path, converted):
-    if weights_dir and os.path.isfile(candidate):
+    if weights_dir and paths.isfile(candidate):
       return candidate, path
   return None, path
 
@@ -208,14 +208,13 @@ def _read_runs(table: Table, row: Row, how: Training, workdirs: Optional[str]) -
   runs = how.runs or ((row.config, how.workdir),)
   values, missing = [], []
   for config, name in runs:
-    workdir = os.path.join(workdirs or 'WORKDIRS', name)
-    metrics_file = os.path.join(workdir, 'final_metrics.json')
-    if not workdirs or not os.path.isfile(metrics_file):
+    workdir = paths.join(workdirs or 'WORKDIRS', name)
+    metrics_file = paths.join(workdir, 'final_metrics.json')
+    if not workdirs or not paths.isfile(metrics_file):
       missing.append(f'no workdir: {metrics_file} does not exist; train it: python -m '
                      f'{table.main} --config=configs/{config} --workdir={workdir}')
       continue
-    with open(metrics_file) as f:
-      metrics = json.load(f)
+    metrics = json.loads(paths.read_text(metrics_file))
     if row.metric not in metrics:
       missing.append(f'{metrics_file} has no {row.metric!r} (it has {sorted(metrics)}): '
                      f'train with configs/{config}')
@@ -333,11 +332,9 @@ def as_json(table: Table, results: Sequence[Result]) -> dict:
 
 def write(table: Table, results: Sequence[Result], out_dir: str) -> tuple[str, str]:
   """OUT/<table>.json and OUT/<table>.md; returns their paths."""
-  os.makedirs(out_dir, exist_ok=True)
-  json_path = os.path.join(out_dir, f'{table.name}.json')
-  markdown_path = os.path.join(out_dir, f'{table.name}.md')
-  with open(json_path, 'w') as f:
-    json.dump(as_json(table, results), f, indent=2)
-  with open(markdown_path, 'w') as f:
-    f.write(as_markdown(table, results))
+  paths.makedirs(out_dir)
+  json_path = paths.join(out_dir, f'{table.name}.json')
+  markdown_path = paths.join(out_dir, f'{table.name}.md')
+  paths.write_text(json_path, json.dumps(as_json(table, results), indent=2))
+  paths.write_text(markdown_path, as_markdown(table, results))
   return json_path, markdown_path
