@@ -13,7 +13,11 @@ FN / 2); PQ, SQ, RQ are their means over the classes (all, things, stuff) with T
 0 when no class has any (panopticapi divides by zero there).
 
 Ground-truth areas are pixel counts of the map (panopticapi reads them from the json, where
-COCO lists the same counts).
+COCO lists the same counts). A predicted segment of a class that is no category of the ground
+truth stops the evaluation, as in panopticapi.
+
+The evaluator also scores the masks of all queries before the panoptic argmax (detr_jax/mask_ap.py:
+the paper's mask AP on the things classes).
 """
 
 import dataclasses
@@ -22,8 +26,9 @@ from typing import Sequence
 from absl import logging
 import numpy as np
 
-from detr_jax import panoptic_postprocess
+from detr_jax import mask_ap, panoptic_postprocess
 from vit_jax.framework import task
+from vit_jax.framework.errors import UserError
 
 IOU_THRESHOLD = 0.5
 IGNORED_SHARE = 0.5  # An unmatched prediction more than this much VOID or crowd is no FP.
@@ -112,32 +117,43 @@ class PanopticEvaluator(task.Evaluator):
   prediction at its original size, against the ground truth there.
 
   `update` takes the task's eval outputs: logits [B, Q, C + 1], masks [B, Q, h, w] (stride 4 of
-  the padded image), size [B, 2] (the processed image's (h, w)), orig_size [B, 2], and the ground
-  truth at the original size: panoptic [B, H, W] (segment k at pixel = the k-th slot, 0 = VOID;
-  padded beyond orig_size), segment_labels, segment_crowd and segment_mask [B, S] (1 = real
-  slot); `_mask` [B].
+  the padded image), size [B, 2] (the processed image's (h, w)), orig_size [B, 2], image_id [B],
+  and the ground truth at the original size: panoptic [B, H, W] (segment k at pixel = the k-th
+  slot, 0 = VOID; padded beyond orig_size), segment_labels, segment_crowd and segment_mask
+  [B, S] (1 = real slot); `_mask` [B]. Each image is post-processed as a batch of its own
+  (`mask_rule`: panoptic_postprocess.MASK_RULES).
   """
 
   def __init__(self, is_thing: Sequence[bool | None], class_names: Sequence[str] | None = None,
-               threshold: float = panoptic_postprocess.THRESHOLD):
+               threshold: float = panoptic_postprocess.THRESHOLD, mask_rule: str = 'original'):
     self.is_thing = tuple(is_thing)  # None: a label that is no category.
     # The post-process merges stuff only; a label that is no category counts as a thing.
     self.merges = tuple(t is not False for t in is_thing)
     self.class_names = tuple(class_names or (str(i) for i in range(len(self.is_thing))))
-    self.threshold = threshold
+    self.threshold, self.mask_rule = threshold, mask_rule
     self.counts = Counts.zeros(len(self.is_thing))
     self.images = 0
+    self.mask_ap = mask_ap.MaskAP(self.is_thing)
 
   def update(self, outputs):
     for i in np.flatnonzero(np.asarray(outputs['_mask'])):
       height, width = (int(s) for s in outputs['orig_size'][i])
+      image_id = int(np.asarray(outputs['image_id'])[i])
       pred_ids, segments = panoptic_postprocess.panoptic_segments(
           outputs['logits'][i], outputs['masks'][i], self.merges, outputs['size'][i],
-          (height, width), self.threshold)
-      self.counts += image_counts(
-          pred_ids, [s['category_id'] for s in segments],
-          np.asarray(outputs['panoptic'][i])[:height, :width], outputs['segment_labels'][i],
-          outputs['segment_crowd'][i], len(self.is_thing), outputs['segment_mask'][i])
+          (height, width), self.threshold, mask_rule=self.mask_rule)
+      unknown = [s for s in segments if self.is_thing[s['category_id']] is None]
+      if unknown:
+        raise UserError(f'image {image_id}: predicted segment {unknown[0]["id"]} has class '
+                        f'{unknown[0]["category_id"]}, no category of the ground truth (as '
+                        f'panopticapi, PQ stops here): evaluate a model trained on these classes')
+      gt_ids = np.asarray(outputs['panoptic'][i])[:height, :width]
+      truth = (outputs['segment_labels'][i], outputs['segment_crowd'][i],
+               outputs['segment_mask'][i])
+      self.counts += image_counts(pred_ids, [s['category_id'] for s in segments], gt_ids,
+                                  truth[0], truth[1], len(self.is_thing), truth[2])
+      self.mask_ap.add(image_id, outputs['logits'][i], outputs['masks'][i], outputs['size'][i],
+                       (height, width), gt_ids, *truth)
       self.images += 1
 
   def result(self):
@@ -149,5 +165,5 @@ class PanopticEvaluator(task.Evaluator):
     logging.info('Per-class panoptic quality (%%) over %d images:\n%24s %5s %6s %6s %6s %6s %6s '
                  '%6s\n%s', self.images, 'class', 'kind', 'PQ', 'SQ', 'RQ', 'TP', 'FP', 'FN',
                  '\n'.join(lines))
-    return {key: float(value) for key, value in summary.items()
-            if key not in ('pq', 'sq', 'rq')} | {'num_examples': float(self.images)}
+    return ({key: float(value) for key, value in summary.items() if key not in ('pq', 'sq', 'rq')}
+            | self.mask_ap.result() | {'num_examples': float(self.images)})

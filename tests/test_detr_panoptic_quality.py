@@ -1,5 +1,7 @@
 """PQ / SQ / RQ against torchmetrics' PanopticQuality on the same segmentations, and
-panopticapi's rules where torchmetrics' differ, on hand-made cases.
+panopticapi's rules where torchmetrics' differ, on hand-made cases; the evaluator's PQ, SQ, RQ
+(all, things, stuff) and mask AP against torchmetrics' PanopticQuality and MeanAveragePrecision
+on the same predictions.
 
 torchmetrics agrees with panopticapi when the prediction has no VOID pixels and the ground
 truth no crowd region: it has no crowd handling (a crowd segment is an ordinary one), and it
@@ -14,7 +16,8 @@ from torchmetrics.detection import PanopticQuality
 from torchmetrics.functional.detection._panoptic_quality_common import (
     _panoptic_quality_compute)
 
-from detr_jax import panoptic_quality
+from detr_jax import panoptic_postprocess, panoptic_quality
+from vit_jax.framework.errors import UserError
 
 THINGS, STUFF = (0, 1, 2), (3, 4)
 IS_THING = (True, True, True, False, False)
@@ -145,3 +148,98 @@ def test_averages_are_over_classes_that_occur():
   assert summary['SQ'] == pytest.approx((0.8 + 0 + 0.9) / 3)
   assert summary['PQ_th'] == summary['PQ'] and summary['n_th'] == 3
   assert (summary['PQ_st'], summary['n_st']) == (0., 0)
+
+
+def _eval_outputs(rng, sizes=((27, 37), (30, 22), (33, 41)), queries=10, canvas=(36, 44)):
+  """PanopticEvaluator inputs for a batch on a padded canvas: ground-truth scenes; per query a
+  class made confident (things and stuff of the scene, some no-object) and mask logits at
+  stride 4 that follow a ground-truth segment, with noise."""
+  batch = len(sizes)
+  outputs = {'logits': np.zeros((batch, queries, 6), np.float32),
+             'masks': np.zeros((batch, queries, canvas[0] // 4, canvas[1] // 4), np.float32),
+             'size': np.array(sizes), 'orig_size': np.array([(h + 2, w + 1) for h, w in sizes]),
+             'image_id': np.arange(batch) + 7, 'panoptic': np.zeros((batch,) + canvas, np.int64),
+             'segment_labels': np.zeros((batch, 8), np.int64),
+             'segment_crowd': np.zeros((batch, 8), np.int64),
+             'segment_mask': np.zeros((batch, 8), np.int64), '_mask': np.ones(batch)}
+  for i, (h, w) in enumerate(outputs['orig_size']):
+    ids, labels = _scene(rng, h, w)
+    outputs['panoptic'][i, :h, :w] = ids
+    outputs['segment_labels'][i, :len(labels)] = labels
+    outputs['segment_mask'][i, :len(labels)] = 1
+    cells = np.ceil(np.array(sizes[i]) / 4).astype(int)
+    rows = np.linspace(0, h - 1, cells[0]).astype(int)
+    cols = np.linspace(0, w - 1, cells[1]).astype(int)
+    for q in range(queries):
+      k = q % (len(labels) + 1)  # Segment k + 1's query, or (k == len) a no-object one.
+      outputs['logits'][i, q, labels[k] if k < len(labels) else 5] = 6. + 3 * rng.random()
+      follows = ids[rows][:, cols] == k + 1
+      outputs['masks'][i, q, :cells[0], :cells[1]] = 6 * follows - 3 + rng.normal(
+          size=follows.shape)
+  return outputs
+
+
+def test_evaluator_sq_rq_things_stuff_equal_torchmetrics_on_its_post_processed_segments():
+  outputs = _eval_outputs(np.random.default_rng(3))
+  evaluator = panoptic_quality.PanopticEvaluator(IS_THING)
+  evaluator.update(outputs)
+  result = evaluator.result()
+  reference = PanopticQuality(things=set(THINGS), stuffs=set(STUFF),
+                              allow_unknown_preds_category=True)
+  for i in range(3):
+    h, w = outputs['orig_size'][i]
+    pred_ids, segments = panoptic_postprocess.panoptic_segments(
+        outputs['logits'][i], outputs['masks'][i], IS_THING, outputs['size'][i], (h, w))
+    assert pred_ids.all()  # No VOID prediction: torchmetrics' rules are panopticapi's then.
+    gt_labels = outputs['segment_labels'][i][outputs['segment_mask'][i] > 0]
+    reference.update(_torchmetrics_input(pred_ids, [s['category_id'] for s in segments])[None],
+                     _torchmetrics_input(outputs['panoptic'][i, :h, :w], gt_labels)[None])
+  states = (reference.iou_sum, reference.true_positives, reference.false_positives,
+            reference.false_negatives)
+  assert reference.true_positives.sum() > 5 and reference.false_positives.sum() > 0
+  for suffix, classes in (('', slice(None)), ('_th', slice(0, 3)), ('_st', slice(3, 5))):
+    pq, sq, rq = _panoptic_quality_compute(*(s[classes] for s in states))[3:]
+    np.testing.assert_allclose([result['PQ' + suffix], result['SQ' + suffix],
+                                result['RQ' + suffix]], [pq, sq, rq], rtol=1e-6)
+
+
+def test_mask_ap_equals_torchmetrics_on_the_originals_segm_masks():
+  """mask AP against torchmetrics' MeanAveragePrecision(iou_type='segm') on the masks of the
+  original's PostProcessSegm written in torch (bilinear to the processed size, sigmoid > 0.5,
+  nearest to the original size), every query with its best real class and score."""
+  from torchmetrics.detection import MeanAveragePrecision
+  outputs = _eval_outputs(np.random.default_rng(4))
+  evaluator = panoptic_quality.PanopticEvaluator(IS_THING)
+  evaluator.update(outputs)
+  ours = evaluator.result()
+  reference = MeanAveragePrecision(iou_type='segm')
+  for i in range(3):
+    (h, w), (h0, w0) = outputs['size'][i], outputs['orig_size'][i]
+    cells = -(-h // 4), -(-w // 4)
+    masks = torch.from_numpy(outputs['masks'][i][None, :, :cells[0], :cells[1]])
+    masks = torch.nn.functional.interpolate(masks, (h, w), mode='bilinear', align_corners=False)
+    masks = torch.nn.functional.interpolate((masks.sigmoid() > 0.5).float(), (h0, w0),
+                                            mode='nearest')[0].bool()
+    scores, labels = torch.from_numpy(outputs['logits'][i]).softmax(-1)[:, :-1].max(-1)
+    thing = labels < 3
+    real = outputs['segment_mask'][i] > 0
+    gt_labels = outputs['segment_labels'][i][real]
+    gt_things = np.flatnonzero(gt_labels < 3)
+    gt_masks = np.stack([outputs['panoptic'][i, :h0, :w0] == k + 1 for k in gt_things])
+    reference.update([{'masks': masks[thing], 'scores': scores[thing], 'labels': labels[thing]}],
+                     [{'masks': torch.from_numpy(gt_masks),
+                       'labels': torch.from_numpy(gt_labels[gt_things])}])
+  expected = reference.compute()
+  assert 0.02 < ours['mask_AP'] < 0.95, ours  # Neither nothing nor everything found.
+  for name, key in (('mask_AP', 'map'), ('mask_AP50', 'map_50'), ('mask_AP75', 'map_75'),
+                    ('mask_AP_small', 'map_small'), ('mask_AP_medium', 'map_medium'),
+                    ('mask_AP_large', 'map_large')):
+    assert ours[name] == pytest.approx(float(expected[key]), abs=1e-6), name
+
+
+def test_a_predicted_class_that_is_no_category_stops_the_evaluation():
+  outputs = _eval_outputs(np.random.default_rng(5))
+  evaluator = panoptic_quality.PanopticEvaluator(IS_THING[:4] + (None,))  # Label 4: none.
+  with pytest.raises(UserError, match=r'^image 7: predicted segment \d+ has class 4, no '
+                                      r'category of the ground truth'):
+    evaluator.update(outputs)
