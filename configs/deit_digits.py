@@ -41,6 +41,8 @@ def get_config(arg: str = 'hard'):
   config.model.num_heads = 2
   config.model.mlp_dim = 64
   config.model.drop_path_rate = 0.1  # DeiT's stochastic depth.
+  config.model.remat = 'none'
+  config.model.scan = False
 
   config.distillation = args.distillation
   config.distillation_alpha = 0.5  # DeiT's code defaults (main.py).

@@ -21,7 +21,8 @@ DOCUMENTED = [
     ('segmenter_ade20k', 's16_mask'), ('segmenter_ade20k', 'l16_mask,crop=512'),
     ('segmenter_ade20k', 'deit_b16_mask'), ('segmenter_pascal_context', 'l16_mask'),
     ('segmenter_cityscapes', 'l16_mask'), ('swin_digits',), ('swin_imagenet', 'T'),
-    ('swin_imagenet', 'B,recipe=ft22k,size=384'),
+    ('swin_imagenet', 'B,recipe=ft22k,size=384'), ('deit', 'B'), ('deit', 'S,distilled=true'),
+    ('deit', 'B,finetune_384=true'), ('deit_digits', 'hard'),
 ]
 # The fields every task reads under the same name; a duration is one of a pair.
 SCHEMA = ['task', 'seed', 'init_from', 'profile', 'log_every', 'keep_checkpoints', 'mesh',

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from timm.loss import SoftTargetCrossEntropy
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from helpers import load_config
 from vit_jax.classification import distillation, vit_weights
@@ -128,3 +128,14 @@ def test_distillation_needs_a_teacher():
   config.teacher.model.name = 'resnet'
   with pytest.raises(UserError, match='config.teacher.model.name'):
     ClassificationTask(config)
+
+
+def test_label_smoothing_equals_timms():
+  config = _config('none')
+  config.loss.label_smoothing = 0.1
+  task = ClassificationTask(config)
+  logits = np.random.RandomState(0).randn(6, 10).astype(np.float32)
+  labels = np.array([0, 3, 9, 2, 2, 7])
+  expected = LabelSmoothingCrossEntropy(0.1)(torch.from_numpy(logits), torch.from_numpy(labels))
+  np.testing.assert_allclose(task.per_example_loss(logits, labels).mean(), float(expected),
+                             rtol=1e-6)

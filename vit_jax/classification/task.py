@@ -86,8 +86,12 @@ class ClassificationTask(task.Task):
                             self.MODELS)(teacher.model)
 
   def per_example_loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """labels: class ids, or target distributions over the classes (Mixup's)."""
-    targets = labels if labels.ndim == 2 else jax.nn.one_hot(labels, logits.shape[-1])
+    """labels: class ids (their one-hot targets smoothed by config.loss.label_smoothing, as
+    timm's LabelSmoothingCrossEntropy), or target distributions over the classes (Mixup's)."""
+    if labels.ndim == 2:
+      return self.xent(logits, labels)
+    smoothing, num_classes = self.config.loss.get('label_smoothing', 0.0), logits.shape[-1]
+    targets = jax.nn.one_hot(labels, num_classes) * (1 - smoothing) + smoothing / num_classes
     return self.xent(logits, targets)
 
   def _image_shape(self) -> tuple[int, int, int]:

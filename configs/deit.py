@@ -1,0 +1,88 @@
+"""DeiT (Touvron et al. 2021): ViT trained on ImageNet-1k alone (reference/deit.md §3).
+
+  python -m vit_jax.main --config=configs/deit.py:B --workdir=workdirs/deit_b
+  python -m vit_jax.main --config=configs/deit.py:B,distilled=true \
+      --config.teacher.init_from=TEACHER --workdir=workdirs/deit_b_distilled
+  python -m vit_jax.main --config=configs/deit.py:B,finetune_384=true \
+      --config.init_from=deit_base_patch16_224-b5f2ef4d.pth --workdir=workdirs/deit_b_384
+
+VARIANT is Ti, S or B. distilled=true adds the distillation token and trains it with hard
+distillation from `teacher` (the paper's is RegNetY-16GF, not in this zoo: any model of the
+classification zoo with its weights serves, e.g. a ViT or DeiT .npz/.pth). finetune_384=true is
+the 384-pixel fine-tune (30 epochs, lr 5e-6 at batch 512, wd 1e-8) from a 224 checkpoint.
+
+Not yet in this recipe: the training augmentations (RandAugment rand-m9-mstd0.5-inc1, Mixup 0.8
+/ CutMix 1.0, random erasing 0.25; the ops are vit_jax/classification/augment.py, not yet wired
+into the input pipeline), repeated augmentation, ImageNet mean/std normalisation, the bicubic
+crop and the 0.875 eval crop ratio (eval_resize approximates it).
+"""
+
+import ml_collections
+
+from vit_jax.framework import config_args, loop_config
+
+VARIANTS = {'Ti': 'Ti/16', 'S': 'S/16', 'B': 'B/16'}
+
+
+def get_config(arg: str = 'B'):
+  args = config_args.parse(arg, 'configs/deit.py', names={'variant': VARIANTS},
+                           options={'distilled': False, 'finetune_384': False})
+  config = loop_config.defaults()
+  config.task = 'classification'
+
+  size = 384 if args.finetune_384 else 224
+  config.input = ml_collections.ConfigDict()
+  config.input.source = 'tfds'
+  config.input.dataset = 'imagenet2012'
+  config.input.data_dir = ml_collections.config_dict.placeholder(str)
+  config.input.train_split = 'train'
+  config.input.eval_split = 'validation'
+  config.input.image_size = size
+  config.input.augment = 'inception_crop'
+  config.input.min_area = 0.08  # RandomResizedCrop scale (0.08, 1).
+  config.input.eval_resize = int(size / 0.875)  # 256 / 438, then the centre crop.
+  config.input.batch_size = 512 if args.finetune_384 else 1024
+  config.input.eval_batch_size = 1024
+  config.input.shuffle_buffer = 250_000
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'deit'
+  config.model.variant = VARIANTS[args.variant]
+  config.model.num_classes = 1000
+  config.model.distilled = args.distilled
+  config.model.drop_path_rate = 0.1  # Same for Ti, S and B.
+  config.model.remat = 'none'
+  config.model.scan = False
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = 'softmax_xent'
+  config.loss.label_smoothing = 0.1
+
+  if args.distilled:
+    config.distillation = 'hard'
+    config.distillation_alpha = 0.5
+    config.distillation_tau = 1.0
+    config.teacher = ml_collections.ConfigDict()
+    config.teacher.model = ml_collections.ConfigDict(
+        dict(name='deit', variant='B/16', num_classes=1000))  # Replace with your teacher's.
+    config.teacher.init_from = ml_collections.config_dict.placeholder(str)
+
+  config.optim.name = 'adamw'
+  config.optim.lr = 5e-4 * config.input.batch_size / 512  # 1e-3 at 1024.
+  config.optim.weight_decay = 0.05  # Not on biases, norms, tokens or position embeddings.
+  config.optim.wd_mask = r'.*/kernel'
+  config.optim.schedule = ml_collections.ConfigDict(
+      dict(name='warmup_cosine', warmup_epochs=5, end_value=1e-5))  # Per step, not per epoch.
+  config.total_epochs = 300
+  config.eval_every_epochs = 10
+  config.checkpoint_every_epochs = 1
+
+  if args.finetune_384:
+    config.init_from = ml_collections.config_dict.placeholder(str)  # A 224 DeiT .pth or .npz.
+    config.posemb_resize = 'bilinear'  # DeiT: torch bicubic (Keys -0.75); closest we have.
+    config.optim.lr = 5e-6 * config.input.batch_size / 512
+    config.optim.weight_decay = 1e-8
+    config.optim.schedule = ml_collections.ConfigDict(
+        dict(name='warmup_cosine', warmup_epochs=5, end_value=5e-6))
+    config.total_epochs = 30
+  return config
