@@ -4,8 +4,10 @@ import errno
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -52,3 +54,21 @@ def test_workdir_that_cannot_be_locked_runs_with_a_warning(tmp_path, caplog, mon
     pass
   assert f'Cannot lock {tmp_path / workdir_lib.LOCK_FILE} ({os.strerror(errno.ENOLCK)}): a ' \
       'second run started in this workdir would not be stopped.' in caplog.text
+
+
+def test_object_store_lock_refuses_a_fresh_holder_and_takes_over_a_silent_one(tmp_path, caplog):
+  """The lock for buckets (paths' file:// URL stands in for gs:// here; the emulator test in
+  test_storage.py covers a holder on this host)."""
+  workdir = f'file://{tmp_path}'
+  lock = tmp_path / workdir_lib.LOCK_FILE
+  lock.write_text('pid 1 on another-host')
+  with pytest.raises(UserError, match=rf'workdir {workdir} is in use by a running job '
+                                      r'\(pid 1 on another-host\): wait for it to end'):
+    workdir_lib.run_lock(workdir).__enter__()
+  silent = time.time() - workdir_lib.ObjectLock.STALE_S - 1
+  os.utime(lock, (silent, silent))
+  with workdir_lib.run_lock(workdir):
+    assert lock.read_text() == f'pid {os.getpid()} on {socket.gethostname()}'
+  assert 'Took over the lock of a run that ended without releasing it (pid 1 on another-host)' \
+      in caplog.text
+  assert not lock.exists()  # Removed at the end: the next run starts.

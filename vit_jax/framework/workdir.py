@@ -120,7 +120,10 @@ class ObjectLock:
         raise _in_use(self._workdir, previous)
       logging.warning('Took over the lock of a run that ended without releasing it (%s).',
                       previous)
-      paths.remove(self._path)
+      try:
+        paths.remove(self._path)
+      except FileNotFoundError:  # Its holder ended meanwhile.
+        pass
       if not paths.create_exclusive(self._path, self._holder):  # Another run was quicker.
         raise _in_use(self._workdir, self._read())
     self._heartbeat = threading.Thread(target=self._beat, daemon=True)
