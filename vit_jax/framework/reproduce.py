@@ -7,6 +7,7 @@ A table is a list of rows. A row is one figure of the paper and says how ours is
                        row's config and eval protocol, on the data the config reads
   Training(workdir)    read WORKDIRS/<workdir>/final_metrics.json of a run of the row's config
   Speed(batch)         images/s of the row's model on this device (random weights)
+  Computed(count)      a figure counted from the model itself, e.g. pre-training exaFLOPs
   Unavailable(reason)  nothing was published to evaluate and nothing here can train it
 
 A row that cannot be filled says why in one line (no weights at PATH, no data: ..., no workdir
@@ -54,7 +55,13 @@ class Unavailable:
   reason: str
 
 
-How = Union[Weights, Training, Speed, Unavailable]
+@dataclasses.dataclass(frozen=True)
+class Computed:
+  """A figure counted from shapes (no weights, data or device time): `count()`."""
+  count: Callable[[], float]
+
+
+How = Union[Weights, Training, Speed, Unavailable, Computed]
 SPEED_METRIC = 'images_per_second'
 
 
@@ -69,6 +76,7 @@ class Row:
   protocol: tuple[tuple[str, Any], ...] = ()  # Config fields set on top: the eval protocol.
   percent: bool = True  # The metric is a fraction; shown x100 like the paper.
   make_task: Optional[Callable[[Any], task_lib.Task]] = None  # Default: the table's.
+  source: str = ''  # Where the paper's figure was read: paper, version, table, row, column.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,6 +243,8 @@ def fill_row(table: Table, row: Row, sources: Sources,
     return Result(row, reason=how.reason)
   if isinstance(how, Training):
     return _read_runs(table, row, how, sources.workdirs)
+  if isinstance(how, Computed):
+    return Result(row, ours=float(how.count()))
   if isinstance(how, Speed) and not sources.speed:
     return Result(row, reason='not timed: pass --speed to measure images/s on this device '
                   f'({jax.devices()[0].device_kind})')
@@ -299,10 +309,11 @@ def _number(value: Optional[float], signed: bool = False) -> str:
 def as_text(table: Table, results: Sequence[Result]) -> str:
   """The table as printed: paper, ours, difference, then one line per row not filled."""
   width = max(len(r.row.name) for r in results)
-  lines = [f'{table.title}', f'{"":{width}}  {"paper":>8}  {"ours":>8}  {"diff":>7}']
+  lines = [f'{table.title}',
+           f'{"":{width}}  {"paper":>8}  {"ours":>8}  {"diff":>7}  source of the paper figure']
   for r in results:
     lines.append(f'{r.row.name:{width}}  {_number(r.row.paper):>8}  {_number(r.ours):>8}  '
-                 f'{_number(r.difference, True):>7}')
+                 f'{_number(r.difference, True):>7}  {r.row.source}'.rstrip())
   missing = [r for r in results if r.ours is None]
   if missing:
     lines.append('')
@@ -312,10 +323,12 @@ def as_text(table: Table, results: Sequence[Result]) -> str:
 
 def as_markdown(table: Table, results: Sequence[Result]) -> str:
   lines = [f'### {table.title}', '', f'Paper figures: {table.source}', '',
-           '| row | paper | ours | difference | notes |', '| --- | ---: | ---: | ---: | --- |']
+           '| row | paper | ours | difference | notes | source |',
+           '| --- | ---: | ---: | ---: | --- | --- |']
   for r in results:
     lines.append(f'| {r.row.name} | {_number(r.row.paper)} | {_number(r.ours)} | '
-                 f'{_number(r.difference, True)} | {r.reason.replace("|", "/")} |')
+                 f'{_number(r.difference, True)} | {r.reason.replace("|", "/")} | '
+                 f'{r.row.source.replace("|", "/")} |')
   return '\n'.join(lines) + '\n'
 
 
@@ -324,6 +337,7 @@ def as_json(table: Table, results: Sequence[Result]) -> dict:
           'device': jax.devices()[0].device_kind,
           'rows': [{'name': r.row.name, 'metric': r.row.metric, 'paper': r.row.paper,
                     'ours': r.ours, 'difference': r.difference, 'reason': r.reason or None,
+                    'source': r.row.source or None,
                     'config': r.row.config or None, 'how': type(r.row.how).__name__,
                     **({'weights': r.row.how.file, 'published': r.row.how.url}
                        if isinstance(r.row.how, Weights) else {})}
