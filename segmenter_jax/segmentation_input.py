@@ -317,6 +317,15 @@ def _decode_image(image):
   return image
 
 
+def _same_size(image, label):
+  """`label`, once it is checked to have `image`'s height and width (a map of another size
+  would be stretched by the training resize, and would not line up in the eval canvas)."""
+  check = tf.debugging.assert_equal(tf.shape(label), tf.shape(image)[:2],
+                                    message='label map and image differ in size')
+  with tf.control_dependencies([check]):
+    return tf.identity(label)
+
+
 def _settings(input_config):
   crop = int(input_config.crop_size)
   img_scale = tuple(int(s) for s in input_config.img_scale)
@@ -339,8 +348,9 @@ def train_preprocess(input_config):
                     f'{ratio_range}')
 
   def preprocess(example, seed):
-    image = tf.cast(_decode_image(example['image']), tf.float32)
-    label = tf.cast(example['label'], tf.int32)
+    image = _decode_image(example['image'])
+    label = tf.cast(_same_size(image, example['label']), tf.int32)
+    image = tf.cast(image, tf.float32)
     seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
     image, label = augment.random_resize(image, label, img_scale, ratio_range, seeds[0])
     image, label = augment.random_crop(image, label, crop, cat_max_ratio, seeds[1])
@@ -439,18 +449,16 @@ def eval_preprocess(input_config, geometry: EvalGeometry):
 
   def preprocess(example):
     image = _decode_image(example['image'])
-    label = tf.cast(example['label'], tf.uint8)
+    label = tf.cast(_same_size(image, example['label']), tf.uint8)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     transposed = height > width
     image = tf.cond(transposed, lambda: tf.transpose(image, [1, 0, 2]), lambda: image)
     label = tf.cond(transposed, lambda: tf.transpose(label), lambda: label)
     size = tf.stack([tf.minimum(height, width), tf.maximum(height, width)])
-    checks = [tf.debugging.assert_equal(
-        tf.shape(label), size, message='label map and image differ in size'),
-              tf.debugging.assert_less_equal(
-                  size, tf.constant([canvas_h, canvas_w]),
-                  message='image larger than the eval canvas measured from the split')]
-    with tf.control_dependencies(checks):
+    fits = tf.debugging.assert_less_equal(
+        size, tf.constant([canvas_h, canvas_w]),
+        message='image larger than the eval canvas measured from the split')
+    with tf.control_dependencies([fits]):
       image = tf.pad(image, [[0, canvas_h - size[0]], [0, canvas_w - size[1]], [0, 0]])
     label = tf.pad(label, [[0, canvas_h - size[0]], [0, canvas_w - size[1]]],
                    constant_values=IGNORE_INDEX)
@@ -471,4 +479,4 @@ def check_labels(batch: dict, num_classes: int) -> None:
   if bad.any():
     raise UserError(f'label value {int(label[bad].max())} is neither a class '
                     f'(0..{num_classes - 1}) nor the ignore index 255: set '
-                    'config.input.num_classes (or reduce_zero_label) to match the label maps')
+                    'config.model.num_classes (or reduce_zero_label) to match the label maps')

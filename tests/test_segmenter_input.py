@@ -1,6 +1,7 @@
 """Segmentation data: generated shapes, folder layouts written here, TFDS scene_parse150 on mock
 data, the training augmentation (image and label stay aligned) and the eval examples."""
 
+import io
 import os
 import re
 
@@ -203,14 +204,32 @@ def test_tfds_scene_parse150_on_mock_data():
   with tfds.testing.mock_data(num_examples=4):
     examples = loaded_examples(config, 'train')
     raw = list(tfds.load('scene_parse150', split='train').as_numpy_iterator())
-    batch = next(segmentation.SegmentationTask(_task_config(config)).train_input(0))
+    # The mock draws each feature's size on its own: training refuses such pairs.
+    with pytest.raises(UserError, match="split 'train' failed: label map and image differ"):
+      next(segmentation.SegmentationTask(_task_config(config)).train_input(0))
   assert len(examples) == 4
   for example, expected in zip(examples, raw):
     red = expected['annotation'][..., 0].astype(int)  # The class is in the red channel.
     np.testing.assert_array_equal(example['label'], np.where(red == 0, 255, red - 1))
     np.testing.assert_array_equal(tf.io.decode_jpeg(example['image']).shape,
                                   expected['image'].shape)
+  with tfds.testing.mock_data(as_dataset_fn=_encoded_pairs_of_one_size):
+    batch = next(segmentation.SegmentationTask(_task_config(config)).train_input(0))
   assert batch['image'].shape == (2, 16, 16, 3) and batch['label'].shape == (2, 16, 16)
+
+
+def _encoded_pairs_of_one_size(*args, **kwargs):
+  """scene_parse150 examples as stored (encoded), each annotation the size of its image."""
+  rng = np.random.default_rng(0)
+  sizes = ((20, 30), (36, 24), (16, 16), (24, 40))
+
+  def encoded(h, w, format):  # PIL: this runs inside tf.data's graph, where tf ops are symbolic.
+    data = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(data, format)
+    return data.getvalue()
+  return tf.data.Dataset.from_tensor_slices({
+      'image': [encoded(h, w, 'JPEG') for h, w in sizes],
+      'annotation': [encoded(h, w, 'PNG') for h, w in sizes]})
 
 
 def _task_config(input_fields):
