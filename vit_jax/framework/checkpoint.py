@@ -57,22 +57,34 @@ class Checkpointer:
 
     A checkpoint that reads but does not fit `target` (the config changed) stops the run with a
     UserError naming the first differences, and nothing is touched. An unreadable one
-    (truncated by a kill, corrupted on disk) is set aside under a new name, with a warning, and
-    the one before it is tried: a bad file costs steps, never the run.
+    (truncated by a kill, corrupted on disk) is set aside under a new name, with a warning,
+    once an older one has read back: a bad file costs steps, never the run. When none reads
+    back, the run stops with a UserError and nothing is touched: a run that had checkpoints is
+    not a fresh run, and starting over is the user's decision.
     """
+    unreadable = []  # (step, error), newest first.
     for step in sorted(self.all_steps(), reverse=True):
       try:
         saved = self._saved_shapes(step)
       except Exception as e:  # Orbax, tensorstore and JSON each raise their own types.
-        self._set_aside(step, e)
+        unreadable.append((step, e))
         continue
       self._check_fits(step, saved, target)
       with _abandoned_reads_silenced():
         try:
           state, meta = self.restore(step, target)
-          return step, state, meta
         except Exception as e:  # pylint: disable=broad-except
-          self._set_aside(step, e)
+          unreadable.append((step, e))
+          continue
+      for bad_step, error in unreadable:
+        self._set_aside(bad_step, error)
+      return step, state, meta
+    if unreadable:
+      reasons = '; '.join(f'{step}: {_first_line(error)}' for step, error in unreadable[:2])
+      raise UserError(
+          f'no checkpoint in {self._directory} reads back ({reasons}), so the run cannot '
+          f'continue: to start over at step 1, move {self._directory} away (or pass a new '
+          '--workdir)')
     return None
 
   def _saved_shapes(self, step: int) -> dict[str, tuple]:
@@ -104,9 +116,8 @@ class Checkpointer:
     while paths.exists(aside):
       copy += 1
       aside = f'{base}.{copy}'
-    logging.warning('Checkpoint %d in %s is unreadable (%s: %s); set aside as %s, trying the '
-                    'previous one.', step, self._directory, type(error).__name__,
-                    (str(error).splitlines() or [''])[0][:200], aside)
+    logging.warning('Checkpoint %d in %s is unreadable (%s); set aside as %s, resuming from '
+                    'an earlier one.', step, self._directory, _first_line(error), aside)
     if jax.process_index() == 0:
       paths.rename(paths.join(self._directory, str(step)), aside)
     multihost_utils.sync_global_devices(f'checkpoint {step} set aside')
@@ -131,6 +142,10 @@ def _abandoned_reads_silenced():
   finally:
     gc.collect()
     sys.unraisablehook = previous
+
+
+def _first_line(error: Exception) -> str:
+  return f'{type(error).__name__}: {(str(error).splitlines() or [""])[0][:200]}'
 
 
 def _shapes_by_name(tree: Any) -> dict[str, tuple]:

@@ -250,11 +250,6 @@ def train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, f
 def _train_and_evaluate(config, workdir: str, task: task_lib.Task,
                         logdir: str) -> dict[str, float]:
   plan = _plan(config, task)
-  if jax.process_index() == 0:  # Every value of the run's config, resolved.
-    paths.write_text(paths.join(workdir, 'config.json'),
-                     config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-
-  writer = _make_writer(logdir)
   with jax.set_mesh(plan.mesh), nn.logical_axis_rules(plan.rules):
     tx, schedule = optim.make_optimizer(config.optim, plan.steps.total, plan.steps.epochs)
     rng = jax.random.PRNGKey(config.seed)
@@ -265,6 +260,12 @@ def _train_and_evaluate(config, workdir: str, task: task_lib.Task,
         config.keep_checkpoints)
     state, examples_seen = _restore_or_initialize(config, workdir, task, tx, rng, abstract_state,
                                                   shardings, checkpointer)
+    # Accepted: only now the run's files (a rejected start or resume leaves the workdir as it
+    # was: the config the checkpoints were written with, no empty TensorBoard file).
+    if jax.process_index() == 0:  # Every value of the run's config, resolved.
+      paths.write_text(paths.join(workdir, 'config.json'),
+                       config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+    writer = _make_writer(logdir)
     first_step = int(jax.device_get(state.step))
     _log_start(config, workdir, task, state.params, plan, first_step)
     if first_step == 0:
