@@ -1,6 +1,11 @@
-"""The ViT paper's tables (Dosovitskiy et al., ICLR 2021, arXiv 2010.11929) as rows for
-vit_jax/framework/reproduce.py: Table 2 (comparison with the state of the art) and Table 5 (top-1 per
-pre-training dataset and model).
+"""The ViT paper's tables (Dosovitskiy et al., ICLR 2021, arXiv 2010.11929v2) as rows for
+vit_jax/framework/reproduce.py: Table 2 (comparison with the state of the art), Table 5 (top-1 per
+pre-training dataset and model) and Table 6 (the scaling study: JFT-300M models with their
+pre-training compute in exaFLOPs).
+
+Every figure was read from arXiv 2010.11929v2 (the ICLR camera-ready); each row names its table,
+row and column (`Row.source`). Table 2's "88.4/88.5*" for Noisy Student is kept as 88.4 (the
+footnote's 88.5 is Touvron et al.'s). Table 6's exaFLOPs are computed here (`pretraining_exaflops`).
 
 What was published: the ImageNet-21k pre-trained models and their ImageNet fine-tunes at 384 px
 (gs://vit_models/imagenet21k and imagenet21k+imagenet2012). So ImageNet and ReaL rows of
@@ -9,11 +14,17 @@ configs/vit_finetune.py (VTAB with configs/vit_vtab.py) and read the run's final
 JFT-300M and ImageNet-1k pre-trained models were never released.
 """
 
-from vit_jax.classification.task import ClassificationTask, REAL_DATASET
-from vit_jax.framework.reproduce import Row, Table, Training, Unavailable, Weights
+import jax
+import jax.numpy as jnp
 
-SOURCE = ('ViT paper (arXiv 2010.11929v2) Tables 2 and 5, transcribed by hand: check a figure '
-          'against the PDF before quoting a difference')
+from vit_jax.classification import vit
+from vit_jax.classification.task import ClassificationTask, REAL_DATASET
+from vit_jax.framework import model_stats
+from vit_jax.framework.reproduce import Computed, Row, Table, Training, Unavailable, Weights
+
+PAPER = 'ViT arXiv 2010.11929v2'
+SOURCE = (f'{PAPER} (ICLR 2021 camera-ready) Tables 2, 5 and 6, each row\'s table, row and '
+          'column named beside it')
 GCS = 'gs://vit_models/'
 # Model -> (name in configs/vit_finetune.py, file name in gs://vit_models/...).
 MODELS = {'ViT-B/16': ('b16', 'ViT-B_16'), 'ViT-B/32': ('b32', 'ViT-B_32'),
@@ -41,9 +52,16 @@ REAL_PROTOCOL = (('input.dataset', REAL_DATASET), ('input.eval_split', 'validati
 NOT_RELEASED_JFT = 'not reproducible: JFT-300M is private and its models were not published'
 NOT_RELEASED_I1K = ('not reproducible here: the ImageNet-1k pre-trained ViTs were not '
                     'published and there is no ImageNet-1k pre-training config')
+NOT_HERE = 'not reproducible here: {} is not a model of this codebase (the paper\'s figure only)'
+PAPER_ONLY_DAYS = ('the paper\'s own measurement (TPUv3 cores x days of its pre-training run); '
+                   'nothing here to compare')
 
 
-def _i21k_row(name: str, model: str, benchmark: str, paper: float) -> Row:
+def _source(table: str, row: str, column: str) -> str:
+  return f'{PAPER} Table {table}, row {row}, column {column}'
+
+
+def _i21k_row(name: str, model: str, benchmark: str, paper: float, source: str) -> Row:
   """A row of an ImageNet-21k pre-trained model: released weights for ImageNet / ReaL of the
   released fine-tunes, otherwise a fine-tuning run of configs/vit_finetune.py."""
   short, file = MODELS[model]
@@ -52,40 +70,55 @@ def _i21k_row(name: str, model: str, benchmark: str, paper: float) -> Row:
     path = f'imagenet21k+imagenet2012/{file}.npz'
     return Row(name, paper, Weights(path, GCS + path), metric,
                config=f'vit_finetune.py:{short},{dataset}',
-               protocol=REAL_PROTOCOL if metric == 'real_accuracy' else ())
+               protocol=REAL_PROTOCOL if metric == 'real_accuracy' else (), source=source)
   if metric == 'real_accuracy':  # The run's extra eval 'real' scores the ReaL sets.
     return Row(name, paper, Training(f'{short}_{dataset}'), 'real_real_accuracy',
-               config=f'vit_finetune.py:{short},{dataset},real=true')
+               config=f'vit_finetune.py:{short},{dataset},real=true', source=source)
   real = ',real=true' if dataset == 'imagenet2012' else ''
   return Row(name, paper, Training(f'{short}_{dataset}'), metric,
-             config=f'vit_finetune.py:{short},{dataset}{real}')
+             config=f'vit_finetune.py:{short},{dataset}{real}', source=source)
 
 
-def _vtab_row(name: str, paper: float) -> Row:
+def _vtab_row(name: str, paper: float, source: str) -> Row:
   runs = tuple((f'vit_vtab.py:l16,{task}', f'vtab_l16_{task}') for task in VTAB_TASKS)
-  return Row(name, paper, Training(runs=runs), 'accuracy')
+  return Row(name, paper, Training(runs=runs), 'accuracy', source=source)
 
 
-# Table 2: columns Ours-JFT (ViT-H/14), Ours-JFT (ViT-L/16), Ours-I21k (ViT-L/16).
+# Table 2: row -> columns Ours-JFT (ViT-H/14), Ours-JFT (ViT-L/16), Ours-I21k (ViT-L/16),
+# BiT-L (ResNet152x4), Noisy Student (EfficientNet-L2); None where the paper prints "-". The
+# last row is TPUv3-core-days (printed 2.5k ... 12.3k).
+TABLE2_COLUMNS = ('Ours-JFT (ViT-H/14)', 'Ours-JFT (ViT-L/16)', 'Ours-I21k (ViT-L/16)',
+                  'BiT-L (ResNet152x4)', 'Noisy Student (EfficientNet-L2)')
 TABLE2_PAPER = {
-    'ImageNet': (88.55, 87.76, 85.30),
-    'ImageNet ReaL': (90.72, 90.54, 88.62),
-    'CIFAR-10': (99.50, 99.42, 99.15),
-    'CIFAR-100': (94.55, 93.90, 93.25),
-    'Oxford-IIIT Pets': (97.56, 97.32, 94.67),
-    'Oxford Flowers-102': (99.68, 99.74, 99.61),
-    'VTAB (19 tasks)': (77.63, 76.28, 72.72),
+    'ImageNet': (88.55, 87.76, 85.30, 87.54, 88.4),
+    'ImageNet ReaL': (90.72, 90.54, 88.62, 90.54, 90.55),
+    'CIFAR-10': (99.50, 99.42, 99.15, 99.37, None),
+    'CIFAR-100': (94.55, 93.90, 93.25, 93.51, None),
+    'Oxford-IIIT Pets': (97.56, 97.32, 94.67, 96.62, None),
+    'Oxford Flowers-102': (99.68, 99.74, 99.61, 99.63, None),
+    'VTAB (19 tasks)': (77.63, 76.28, 72.72, 76.29, None),
+    'TPUv3-core-days': (2500., 680., 230., 9900., 12300.),
 }
 
 
 def _table2_rows():
   rows = []
-  for benchmark, (jft_h14, jft_l16, i21k_l16) in TABLE2_PAPER.items():
-    rows.append(Row(f'JFT ViT-H/14 {benchmark}', jft_h14, Unavailable(NOT_RELEASED_JFT)))
-    rows.append(Row(f'JFT ViT-L/16 {benchmark}', jft_l16, Unavailable(NOT_RELEASED_JFT)))
-    name = f'I21k ViT-L/16 {benchmark}'
-    rows.append(_vtab_row(name, i21k_l16) if benchmark.startswith('VTAB')
-                else _i21k_row(name, 'ViT-L/16', benchmark, i21k_l16))
+  for benchmark, figures in TABLE2_PAPER.items():
+    for column, paper in zip(TABLE2_COLUMNS, figures):
+      if paper is None:
+        continue
+      source = _source(2, benchmark, column)
+      short = column.replace('Ours-', '').replace(' (', ' ').rstrip(')')
+      name = f'{short} {benchmark}'
+      if benchmark == 'TPUv3-core-days':
+        rows.append(Row(name, paper, Unavailable(PAPER_ONLY_DAYS), percent=False, source=source))
+      elif column == 'Ours-I21k (ViT-L/16)':
+        rows.append(_vtab_row(name, paper, source) if benchmark.startswith('VTAB')
+                    else _i21k_row(name, 'ViT-L/16', benchmark, paper, source))
+      elif column.startswith('Ours-JFT'):
+        rows.append(Row(name, paper, Unavailable(NOT_RELEASED_JFT), source=source))
+      else:
+        rows.append(Row(name, paper, Unavailable(NOT_HERE.format(column)), source=source))
   return tuple(rows)
 
 
@@ -126,11 +159,76 @@ def _table5_rows():
         if paper is None:
           continue
         name = f'{upstream} {model} {benchmark}'
+        source = _source(5, f'{upstream} / {benchmark}', model)
         if upstream == 'ImageNet-21k':
-          rows.append(_i21k_row(name, model, benchmark, paper))
+          rows.append(_i21k_row(name, model, benchmark, paper, source))
         else:
           reason = NOT_RELEASED_JFT if upstream == 'JFT-300M' else NOT_RELEASED_I1K
-          rows.append(Row(name, paper, Unavailable(reason)))
+          rows.append(Row(name, paper, Unavailable(reason), source=source))
+  return tuple(rows)
+
+
+# Table 6: JFT-300M models (pre-training epochs) -> ImageNet, ImageNet ReaL, CIFAR-10,
+# CIFAR-100, Pets, Flowers (top-1 %) and the pre-training compute in exaFLOPs. Hybrids: the
+# number is the ResNet's total stride (R50x1+ViT-B/16: stage 4 removed, stage 3 extended).
+TABLE6_COLUMNS = ('ImageNet', 'ImageNet ReaL', 'CIFAR-10', 'CIFAR-100', 'Oxford-IIIT Pets',
+                  'Oxford Flowers-102', 'exaFLOPs')
+TABLE6_PAPER = {
+    ('ViT-B/32', 7): (80.73, 86.27, 98.61, 90.49, 93.40, 99.27, 55),
+    ('ViT-B/16', 7): (84.15, 88.85, 99.00, 91.87, 95.80, 99.56, 224),
+    ('ViT-L/32', 7): (84.37, 88.28, 99.19, 92.52, 95.83, 99.45, 196),
+    ('ViT-L/16', 7): (86.30, 89.43, 99.38, 93.46, 96.81, 99.66, 783),
+    ('ViT-L/16', 14): (87.12, 89.99, 99.38, 94.04, 97.11, 99.56, 1567),
+    ('ViT-H/14', 14): (88.08, 90.36, 99.50, 94.71, 97.11, 99.71, 4262),
+    ('ResNet50x1', 7): (77.54, 84.56, 97.67, 86.07, 91.11, 94.26, 50),
+    ('ResNet50x2', 7): (82.12, 87.94, 98.29, 89.20, 93.43, 97.02, 199),
+    ('ResNet101x1', 7): (80.67, 87.07, 98.48, 89.17, 94.08, 95.95, 96),
+    ('ResNet152x1', 7): (81.88, 87.96, 98.82, 90.22, 94.17, 96.94, 141),
+    ('ResNet152x2', 7): (84.97, 89.69, 99.06, 92.05, 95.37, 98.62, 563),
+    ('ResNet152x2', 14): (85.56, 89.89, 99.24, 91.92, 95.75, 98.75, 1126),
+    ('ResNet200x3', 14): (87.22, 90.15, 99.34, 93.53, 96.32, 99.04, 3306),
+    ('R50x1+ViT-B/32', 7): (84.90, 89.15, 99.01, 92.24, 95.75, 99.46, 106),
+    ('R50x1+ViT-B/16', 7): (85.58, 89.65, 99.14, 92.63, 96.65, 99.40, 274),
+    ('R50x1+ViT-L/32', 7): (85.68, 89.04, 99.24, 92.93, 96.97, 99.43, 246),
+    ('R50x1+ViT-L/16', 7): (86.60, 89.72, 99.18, 93.64, 97.03, 99.40, 859),
+    ('R50x1+ViT-L/16', 14): (87.12, 89.76, 99.31, 93.89, 97.36, 99.11, 1668),
+}
+# Table 6 model -> vit.build_vit variant (None: this codebase builds no such model).
+TABLE6_VARIANTS = {'ViT-B/32': 'B/32', 'ViT-B/16': 'B/16', 'ViT-L/32': 'L/32',
+                   'ViT-L/16': 'L/16', 'ViT-H/14': 'H/14', 'R50x1+ViT-B/16': 'R50+B/16',
+                   'R50x1+ViT-L/32': 'R50+L/32'}
+JFT_IMAGES = 303e6  # Section 4.1: "JFT ... with 18k classes and 303M high-resolution images".
+JFT_CLASSES = 18_000
+PRETRAIN_SIZE = 224  # Pre-training resolution.
+
+
+def pretraining_exaflops(variant: str, epochs: int) -> float:
+  """Pre-training compute as the paper's exaFLOPs: the forward pass's multiply-adds at 224 px
+  (XLA's count, JFT head) x 2 FLOPs each x 3 (forward + backward) x images seen (epochs x 303M).
+  """
+  model = vit.build_vit(dict(variant=variant, num_classes=JFT_CLASSES))
+  image = jax.ShapeDtypeStruct((1, PRETRAIN_SIZE, PRETRAIN_SIZE, 3), jnp.float32)
+  multiply_adds = model_stats.gflops(model, image) * 1e9
+  return 3 * 2 * multiply_adds * epochs * JFT_IMAGES / 1e18
+
+
+def _table6_rows():
+  rows = []
+  for (model, epochs), figures in TABLE6_PAPER.items():
+    for column, paper in zip(TABLE6_COLUMNS, figures):
+      name = f'{model} {epochs} epochs {column}'
+      source = _source(6, f'{model} {epochs} epochs', column)
+      variant = TABLE6_VARIANTS.get(model)
+      if column != 'exaFLOPs':
+        how = Unavailable(NOT_RELEASED_JFT)
+      elif variant:
+        how = Computed(lambda variant=variant, epochs=epochs: pretraining_exaflops(variant,
+                                                                                  epochs))
+      elif model.startswith('ResNet'):
+        how = Unavailable(NOT_HERE.format(f'BiT {model}'))
+      else:
+        how = Unavailable(NOT_HERE.format(model))
+      rows.append(Row(name, paper, how, percent=column != 'exaFLOPs', source=source))
   return tuple(rows)
 
 
@@ -140,4 +238,7 @@ TABLES = {
                         'vit_jax.main', SOURCE),
     'vit-table5': Table('vit-table5', 'ViT Table 5: top-1 % by pre-training dataset and model',
                         _table5_rows(), ClassificationTask, 'vit_jax.main', SOURCE),
+    'vit-table6': Table('vit-table6', 'ViT Table 6: JFT-300M scaling study, top-1 % and '
+                        'pre-training exaFLOPs', _table6_rows(), ClassificationTask,
+                        'vit_jax.main', SOURCE),
 }
