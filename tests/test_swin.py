@@ -190,3 +190,29 @@ def test_relative_tables_resize_as_torch_bicubic():
         torch.from_numpy(table).permute(1, 0).reshape(1, 3, 13, 13), size=(side, side),
         mode='bicubic').reshape(3, side * side).permute(1, 0).numpy()
     np.testing.assert_allclose(swin_weights.resize_table(table, side * side), want, atol=1e-5)
+
+
+def test_backbone_features_are_timm_stage_outputs_normed():
+  """classifier 'features': the four stage outputs (strides 4-32) through fresh LayerNorms
+  (scale 1, offset 0 at init), against timm's forward_intermediates normalised the same way;
+  the classifier's norm and head are left out of the loaded checkpoint."""
+  fields = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=3)
+  size = (96, 96)
+  peer = _timm_model(size, fields)
+  images = _images(size)
+  model = swin.build_swin(dict(fields, num_classes=None, classifier='features'))
+  variables = model.init(jax.random.PRNGKey(0), images)
+  assert 'head' not in variables['params'] and 'norm' not in variables['params']
+  loaded = swin_weights.from_torch(_numpy_state(peer))
+  params = {**loaded, **{f'norm{i}': variables['params'][f'norm{i}'] for i in range(4)}}
+  del params['norm'], params['head']
+  ours = model.apply({'params': params}, images)
+  with torch.no_grad():
+    theirs = peer.forward_intermediates(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
+                                        intermediates_only=True)  # NCHW.
+  assert [f.shape for f in ours] == [(1, 24, 24, 16), (1, 12, 12, 32), (1, 6, 6, 64),
+                                     (1, 3, 3, 128)]
+  for mine, reference in zip(ours, theirs):
+    reference = reference.permute(0, 2, 3, 1)
+    normed = torch.nn.functional.layer_norm(reference, reference.shape[-1:]).numpy()
+    np.testing.assert_allclose(mine, normed, atol=1e-4, rtol=0)

@@ -307,7 +307,11 @@ class SwinTransformer(nn.Module):
   """Swin classifier: images [B, H, W, C] -> logits [B, num_classes].
 
   num_classes None returns the pooled features [B, 8C]; classifier 'unpooled' the final-normed
-  map [B, H/32, W/32, 8C] (no head).
+  map [B, H/32, W/32, 8C] (no head); classifier 'features' the backbone's four stage outputs
+  [B, H/4, W/4, C], ... [B, H/32, W/32, 8C] (strides 4-32), each through its own LayerNorm
+  `norm{i}` as the original detection / segmentation backbones add them (no final norm, no
+  head). Unlike those backbones, stages no larger than the window are not shifted here, as
+  in the classifier (only maps of at most 7 tokens a side differ: inputs under 224 px).
   """
   num_classes: Optional[int]
   embed_dim: int
@@ -317,7 +321,7 @@ class SwinTransformer(nn.Module):
   patch_size: int = 4
   mlp_ratio: float = 4.0
   drop_path_rate: float = 0.0  # Of the last block; linear from 0 over all blocks of all stages.
-  classifier: str = 'gap'  # 'gap': mean over tokens after the final norm; 'unpooled'.
+  classifier: str = 'gap'  # 'gap' (mean over tokens after the final norm), 'unpooled', 'features'.
   dtype: jnp.dtype = jnp.float32  # Compute dtype ('bfloat16' for mixed precision); params f32.
   remat: str = 'none'  # See REMAT_POLICIES.
   scan: bool = False  # Each stage's blocks under nn.scan, in pairs (see SwinStage).
@@ -330,16 +334,22 @@ class SwinTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
-    if self.classifier not in ('gap', 'unpooled'):
-      raise UserError(f'unknown Swin classifier {self.classifier!r}: use gap or unpooled')
+    if self.classifier not in ('gap', 'unpooled', 'features'):
+      raise UserError(f'unknown Swin classifier {self.classifier!r}: use gap, unpooled or '
+                      'features')
     if len(self.depths) != len(self.num_heads):
       raise UserError(f'Swin depths {self.depths} and num_heads {self.num_heads} need one '
                       'entry per stage each')
     x = PatchEmbed(self.embed_dim, self.patch_size, self.dtype, name='patch_embed')(images)
+    features = []
     for i, (depth, heads, rates) in enumerate(zip(self.depths, self.num_heads,
                                                   self.drop_path_rates())):
       x = SwinStage(depth, heads, self.window_size, i > 0, rates, self.mlp_ratio, self.dtype,
                     remat_policy_name(self.remat), self.scan, name=f'layers_{i}')(x, train)
+      if self.classifier == 'features':
+        features.append(layer_norm(dtype=self.dtype, name=f'norm{i}')(x))
+    if self.classifier == 'features':
+      return features
     x = layer_norm(dtype=self.dtype, name='norm')(x)
     if self.classifier == 'unpooled':
       return x

@@ -89,7 +89,8 @@ def timm_layout(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 # Modules (timm's names) whose tensors are plain Linear / LayerNorm / conv weights and biases.
-_PLAIN = re.compile(r'patch_embed\.(proj|norm)|norm|head\.fc|layers\.\d+\.downsample\.(norm|reduction)|'
+_PLAIN = re.compile(r'patch_embed\.(proj|norm)|norm\d?|head\.fc|'
+                    r'layers\.\d+\.downsample\.(norm|reduction)|'
                     r'layers\.\d+\.blocks\.\d+\.(norm1|norm2|attn\.proj|mlp\.fc1|mlp\.fc2)')
 
 
@@ -202,7 +203,8 @@ def read_swin(path: str) -> Params:
 def load_swin(fresh: Params, path: str) -> Params:
   """Fine-tuning start: `fresh` filled from the Swin checkpoint at `path`. Relative position
   tables of another window are resized (torch bicubic, as the original); a head for another
-  class count starts at zero, as the original re-initialises it."""
+  class count starts at zero, as the original re-initialises it; a backbone keeps its stage
+  norms as initialised and leaves the classifier's norm and head out."""
   loaded = unpair_blocks(flatten(read_swin(path)))  # Compared per block, then laid out as
   wanted = unpair_blocks(flatten(fresh))  # the model wants them.
   resized = [k for k in loaded if k.endswith(TABLE) and k in wanted
@@ -218,6 +220,9 @@ def load_swin(fresh: Params, path: str) -> Params:
   if head_differs:
     fresh = unflatten({k: np.zeros_like(v) if k.startswith('head/') else v
                        for k, v in flatten(fresh).items()})
-  return fill(fresh, unflatten(loaded), optional=(r'head/.*',), layers=BLOCKS,
+  # A backbone (classifier 'features') has fresh stage norms instead of the final norm and head.
+  backbone = any(re.fullmatch(r'norm\d/.*', k) for k in wanted)
+  optional = (r'head/.*',) + ((r'norm\d?/.*',) if backbone else ())
+  return fill(fresh, unflatten(loaded), optional=optional, layers=BLOCKS,
               source=f'checkpoint {path}',
               fix='check config.model (variant, window_size, embed_dim, depths, num_heads)')
