@@ -14,13 +14,13 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Optional
+from typing import Optional, Sequence
 
-import jax
+# Light imports only: a mistake in the flags or the config file is one line within a second; JAX,
+# TensorFlow and the tasks are imported by `_train`, once the config has loaded.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vit_jax.framework import host_memory, logs, registry, train
 from vit_jax.framework.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -50,6 +50,7 @@ def fail(message: str) -> None:
 def _initialize_distributed() -> None:
   """jax.distributed.initialize, with a watchdog: when a process never joins, JAX aborts the
   process from C++ (no Python error); the watchdog ends it first with a line that says why."""
+  import jax  # pylint: disable=g-import-not-at-top  # Heavy: see the imports above.
   timeout = _DISTRIBUTED_TIMEOUT.value
   joined = threading.Event()
 
@@ -67,6 +68,11 @@ def _initialize_distributed() -> None:
   joined.set()
 
 
+# The flags `python -m vit_jax.main --help` lists (fit_report passes its own).
+TRAIN_FLAGS = ('config', 'workdir', 'compilation_cache', 'distributed', 'coordinator_address',
+               'num_processes', 'process_id', 'distributed_timeout')
+
+
 def run() -> None:
   """Parses flags, builds the task the config names (vit_jax.framework.registry) and trains it."""
   # Required here, not at import: vit_jax.framework.fit_report shares --config but has no workdir.
@@ -75,38 +81,42 @@ def run() -> None:
   def main(argv):
     if len(argv) > 1:
       fail(f'unexpected arguments {argv[1:]}: use --config=... --workdir=...')
-    host_memory.reuse_freed_memory_on_cpu()  # Before JAX starts its client's threads.
-    if _COMPILATION_CACHE.value:
-      jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
-    if _DISTRIBUTED.value:
-      _initialize_distributed()
-    logs.quiet_console()
-    config = loaded_config()
-    try:
-      overrides = ' '.join(a for a in sys.argv[1:] if a.startswith('--config.'))
-      logging.info('Config: %s%s (every value goes to WORKDIR/config.json).',
-                   config_flags.get_config_filename(flags.FLAGS['config']),
-                   f' {overrides}' if overrides else '')
-      final = train.train_and_evaluate(config, _WORKDIR.value, registry.make_task(config))
-      if jax.process_index() == 0:
-        _say_where_the_results_are(_WORKDIR.value, final['step'])
-    except UserError as e:
-      fail(str(e))
-    except train.Preempted as e:
-      print(str(e), file=sys.stderr)
-      sys.exit(128 + e.signal)  # The conventional status of a job ended by a signal.
-    except KeyboardInterrupt:  # Ctrl-C outside the train loop (start-up, compiling): no step.
-      print('interrupted outside a training step; checkpoints already written are kept: run the '
-            'same command again to continue', file=sys.stderr)
-      sys.exit(128 + signal.SIGINT)
+    _train(loaded_config())
 
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=lambda argv: parse_flags(argv, TRAIN_FLAGS))
 
 
-def _say_where_the_results_are(workdir: str, step: int) -> None:
-  print(f'Results in {workdir}: final_metrics.json, checkpoints/{step}, config.json, '
-        f'{os.path.basename(logs.log_file(workdir))}; curves and predictions: '
-        f'tensorboard --logdir {workdir}', flush=True)
+def _train(config) -> None:
+  """Trains as `config` says; a user's mistake, a preemption or Ctrl-C end in one line and an
+  exit status."""
+  # pylint: disable=g-import-not-at-top  # Heavy: see the imports at the top.
+  import jax
+  from vit_jax.framework import host_memory, logs, registry, train
+  host_memory.reuse_freed_memory_on_cpu()  # Before JAX starts its client's threads.
+  if _COMPILATION_CACHE.value:
+    jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
+  if _DISTRIBUTED.value:
+    _initialize_distributed()
+  logs.quiet_console()
+  try:
+    overrides = ' '.join(a for a in sys.argv[1:] if a.startswith('--config.'))
+    logging.info('Config: %s%s (every value goes to WORKDIR/config.json).',
+                 config_flags.get_config_filename(flags.FLAGS['config']),
+                 f' {overrides}' if overrides else '')
+    final = train.train_and_evaluate(config, _WORKDIR.value, registry.make_task(config))
+    if jax.process_index() == 0:
+      print(f'Results in {_WORKDIR.value}: final_metrics.json, checkpoints/{final["step"]}, '
+            f'config.json, {os.path.basename(logs.log_file(_WORKDIR.value))}; curves and '
+            f'predictions: tensorboard --logdir {_WORKDIR.value}', flush=True)
+  except UserError as e:
+    fail(str(e))
+  except train.Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(128 + e.signal)  # The conventional status of a job ended by a signal.
+  except KeyboardInterrupt:  # Ctrl-C outside the train loop (start-up, compiling): no step.
+    print('interrupted outside a training step; checkpoints already written are kept: run the '
+          'same command again to continue', file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
 
 
 def loaded_config():
@@ -122,8 +132,12 @@ def loaded_config():
   return config
 
 
-def parse_flags(argv):
-  """absl's parser, with a flag or config-override error turned into one line."""
+def parse_flags(argv, program_flags: Sequence[str] = TRAIN_FLAGS):
+  """absl's parser, with a flag or config-override error turned into one line; --help lists
+  `program_flags` (absl's own --help lists only flags defined in the __main__ module)."""
+  if any(arg in ('-h', '--help', '--helpshort', '-?') for arg in argv[1:]):
+    print(_usage(program_flags))
+    sys.exit(0)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -145,6 +159,17 @@ def parse_flags(argv):
     suggestion = re.search(r'Did you mean "(\w+)"', message)
     hint = f' (did you mean {suggestion.group(1)!r}?)' if suggestion else ''
     fail(f'unknown config key in {key}{hint}: only keys the config file defines can be set')
+
+
+def _usage(program_flags: Sequence[str]) -> str:
+  """The program's docstring, then each of its flags with its help and default."""
+  lines = [(sys.modules['__main__'].__doc__ or '').strip(), '', 'Flags:']
+  for name in program_flags:
+    flag = flags.FLAGS[name]
+    default = '' if flag.default in (None, '') else f' (default: {flag.default})'
+    lines.append(f'  --{name}: {flag.help}{default}')
+  lines.append('  --config.KEY=VALUE: overrides one value of the config (any key it defines).')
+  return '\n'.join(lines)
 
 
 def _raised_in_config_file(error: Exception, argv) -> Optional[str]:

@@ -286,4 +286,5 @@ def run() -> None:
       cli.fail(str(e))
     print(json.dumps(result) if _JSON.value else describe(result), flush=True)
 
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=lambda argv: cli.parse_flags(
+      argv, ('config', 'topology', 'num_slices', 'json')))
