@@ -42,6 +42,24 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     "steps again; '' turns it off.")
 
 
+class _NoneOr(flags.ArgumentParser):
+  """A number override that also takes None, which turns a setting off (optim.grad_clip_norm)
+  or leaves a duration to its epochs twin (total_steps=None with total_epochs=N)."""
+
+  def __init__(self, number: flags.ArgumentParser):
+    self._number = number
+
+  def parse(self, argument):
+    return None if argument in ('None', 'none') else self._number.parse(argument)
+
+  def flag_type(self) -> str:
+    return self._number.flag_type()
+
+
+for _type, _parser in ((float, flags.FloatParser()), (int, flags.IntegerParser())):
+  config_flags.register_flag_parser_for_type(_type, _NoneOr(_parser))
+
+
 def fail(message: str) -> None:
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
