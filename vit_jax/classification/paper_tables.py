@@ -222,8 +222,8 @@ def _table6_rows():
       if column != 'exaFLOPs':
         how = Unavailable(NOT_RELEASED_JFT)
       elif variant:
-        how = Computed(lambda variant=variant, epochs=epochs: pretraining_exaflops(variant,
-                                                                                  epochs))
+        how = Computed(lambda _, variant=variant, epochs=epochs: pretraining_exaflops(variant,
+                                                                                     epochs))
       elif model.startswith('ResNet'):
         how = Unavailable(NOT_HERE.format(f'BiT {model}'))
       else:

@@ -7,7 +7,8 @@ A table is a list of rows. A row is one figure of the paper and says how ours is
                        row's config and eval protocol, on the data the config reads
   Training(workdir)    read WORKDIRS/<workdir>/final_metrics.json of a run of the row's config
   Speed(batch)         images/s of the row's model on this device (random weights)
-  Computed(count)      a figure counted from the model itself, e.g. pre-training exaFLOPs
+  Computed(count)      a figure counted from the row's model (from its config, if it has one):
+                       parameters, pre-training exaFLOPs
   Unavailable(reason)  nothing was published to evaluate and nothing here can train it
 
 A row that cannot be filled says why in one line (no weights at PATH, no data: ..., no workdir
@@ -57,8 +58,9 @@ class Unavailable:
 
 @dataclasses.dataclass(frozen=True)
 class Computed:
-  """A figure counted from shapes (no weights, data or device time): `count()`."""
-  count: Callable[[], float]
+  """A figure counted from shapes (no weights, data or device time): `count(config)`, the
+  row's config (None for a row without one)."""
+  count: Callable[[Any], float]
 
 
 How = Union[Weights, Training, Speed, Unavailable, Computed]
@@ -244,7 +246,10 @@ def fill_row(table: Table, row: Row, sources: Sources,
   if isinstance(how, Training):
     return _read_runs(table, row, how, sources.workdirs)
   if isinstance(how, Computed):
-    return Result(row, ours=float(how.count()))
+    try:
+      return Result(row, ours=float(how.count(row_config(row, sources) if row.config else None)))
+    except UserError as e:
+      return Result(row, reason=f'failed: {e}')
   if isinstance(how, Speed) and not sources.speed:
     return Result(row, reason='not timed: pass --speed to measure images/s on this device '
                   f'({jax.devices()[0].device_kind})')
