@@ -201,12 +201,14 @@ def test_backbone_features_are_timm_stage_outputs_normed():
   peer = _timm_model(size, fields)
   images = _images(size)
   model = swin.build_swin(dict(fields, num_classes=None, classifier='features'))
-  variables = model.init(jax.random.PRNGKey(0), images)
-  assert 'head' not in variables['params'] and 'norm' not in variables['params']
-  loaded = swin_weights.from_torch(_numpy_state(peer))
-  params = {**loaded, **{f'norm{i}': variables['params'][f'norm{i}'] for i in range(4)}}
+  shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), images)['params'])
+  assert 'head' not in shapes and 'norm' not in shapes
+  params = swin_weights.from_torch(_numpy_state(peer))
   del params['norm'], params['head']
-  ours = model.apply({'params': params}, images)
+  for i in range(4):  # Fresh stage norms, as initialised.
+    params[f'norm{i}'] = dict(scale=np.ones(shapes[f'norm{i}']['scale'].shape, np.float32),
+                              bias=np.zeros(shapes[f'norm{i}']['bias'].shape, np.float32))
+  ours = jax.jit(lambda p, x: model.apply({'params': p}, x))(params, images)
   with torch.no_grad():
     theirs = peer.forward_intermediates(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
                                         intermediates_only=True)  # NCHW.
