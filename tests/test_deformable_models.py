@@ -17,6 +17,7 @@ from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection
 
 from detr_jax import deformable_models, deformable_pretrained
 from helpers import ROOT
+from vit_jax.framework import weights
 
 
 def _abstract_variables(**fields):
@@ -271,3 +272,22 @@ def test_hf_files_load_and_fine_tuning_keeps_a_fresh_class_head(tmp_path):
   np.testing.assert_array_equal(
       fitted['params']['decoder']['layers_1']['bbox_embed']['layers_0']['kernel'],
       hf.state_dict()['bbox_embed.1.layers.0.weight'].numpy().T)
+
+
+@pytest.mark.slow
+def test_scanned_and_rematerialised_layers_give_the_same_outputs():
+  small = dict(num_classes=3, backbone_blocks=(1, 1, 1, 1), backbone_width=16,
+               backbone_norm='group', hidden_dim=64, num_queries=10, num_encoder_layers=2,
+               num_decoder_layers=3, num_heads=4, mlp_dim=64, with_box_refine=True,
+               two_stage=True)
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 96, 3)), jnp.float32)
+  mask = jnp.ones((2, 64, 96)).at[1, 40:].set(0)
+  model = deformable_models.DeformableDETR(**small)
+  variables = flax.linen.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), images, mask))
+  stacked = weights.unflatten(weights.stack_layers(weights.flatten(variables),
+                                                   deformable_pretrained.LAYERS))
+  expected = jax.jit(model.apply)(variables, images, mask)
+  scanned = deformable_models.DeformableDETR(**small, scan=True, remat='full')
+  ours = jax.jit(scanned.apply)(stacked, images, mask)
+  for name in ('logits', 'boxes', 'enc_logits', 'enc_boxes'):
+    np.testing.assert_allclose(ours[name], expected[name], rtol=0, atol=1e-5, err_msg=name)
