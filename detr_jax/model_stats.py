@@ -19,7 +19,7 @@ TABLE = (
     dict(model='DETR-DC5-R101', config='dc5_r101', paper_params=60e6, paper_gflops=253,
          ap=44.9),
 )
-SOURCE = 'DETR paper Table 1 (params, GFLOPs, AP at 500 epochs)'
+SOURCE = 'DETR arXiv 2005.12872v3 Table 1 (#params, GFLOPS, AP at 500 epochs)'
 # Deformable DETR (COCO val, R50, 50 epochs): paper Table 1's params, GFLOPs and AP; the single
 # scale rows from the repository's README (the paper's table lists them without AP). `config`:
 # the configs/deformable_detr_coco.py argument.
@@ -43,34 +43,34 @@ _ABLATION = 'r50,epochs=300'
 ABLATIONS = (
     # Table 2, encoder size: #layers 0 / 3 / 6 / 12.
     dict(model='DETR-R50 enc_layers=0', config=f'{_ABLATION},enc_layers=0', paper_params=33.4e6,
-         paper_gflops=76, ap=36.7, source='DETR paper Table 2 (encoder size)'),
+         paper_gflops=76, ap=36.7, source='DETR arXiv 2005.12872v3 Table 2 (encoder size)'),
     dict(model='DETR-R50 enc_layers=3', config=f'{_ABLATION},enc_layers=3', paper_params=37.4e6,
-         paper_gflops=81, ap=40.1, source='DETR paper Table 2 (encoder size)'),
+         paper_gflops=81, ap=40.1, source='DETR arXiv 2005.12872v3 Table 2 (encoder size)'),
     dict(model='DETR-R50 enc_layers=6', config=_ABLATION, paper_params=41.3e6, paper_gflops=86,
-         ap=40.6, source='DETR paper Tables 2-4 (the baseline)'),
+         ap=40.6, source='DETR arXiv 2005.12872v3 Tables 2-4 (the baseline)'),
     dict(model='DETR-R50 enc_layers=12', config=f'{_ABLATION},enc_layers=12',
-         paper_params=49.2e6, paper_gflops=95, ap=41.6, source='DETR paper Table 2 (encoder size)'),
+         paper_params=49.2e6, paper_gflops=95, ap=41.6, source='DETR arXiv 2005.12872v3 Table 2 (encoder size)'),
     # Table 3, positional encodings: spatial (encoder / decoder), output.
     dict(model='DETR-R50 spatial_pos=none,output_pos=learned_input',  # none / none, at input
          config=f'{_ABLATION},spatial_pos=none,output_pos=learned_input', ap=32.8,
-         source='DETR paper Table 3 (positional encodings)'),
+         source='DETR arXiv 2005.12872v3 Table 3 (positional encodings)'),
     dict(model='DETR-R50 spatial_pos=sine_input,output_pos=learned_input',  # sine at input
          config=f'{_ABLATION},spatial_pos=sine_input,output_pos=learned_input', ap=39.2,
-         source='DETR paper Table 3 (positional encodings)'),
+         source='DETR arXiv 2005.12872v3 Table 3 (positional encodings)'),
     dict(model='DETR-R50 spatial_pos=learned_attention',  # learned at attn. (all three)
          config=f'{_ABLATION},spatial_pos=learned_attention', ap=39.6,
-         source='DETR paper Table 3 (positional encodings)'),
+         source='DETR arXiv 2005.12872v3 Table 3 (positional encodings)'),
     dict(model='DETR-R50 spatial_pos=sine_attention_decoder',  # none / sine at attn.
          config=f'{_ABLATION},spatial_pos=sine_attention_decoder', ap=39.3,
-         source='DETR paper Table 3 (positional encodings)'),
+         source='DETR arXiv 2005.12872v3 Table 3 (positional encodings)'),
     # Table 4, loss components (the matching keeps all three costs).
     dict(model='DETR-R50 loss=class_l1', config=f'{_ABLATION},loss=class_l1', ap=35.8,
-         source='DETR paper Table 4 (loss components)'),
+         source='DETR arXiv 2005.12872v3 Table 4 (loss components)'),
     dict(model='DETR-R50 loss=class_giou', config=f'{_ABLATION},loss=class_giou', ap=39.9,
-         source='DETR paper Table 4 (loss components)'),
+         source='DETR arXiv 2005.12872v3 Table 4 (loss components)'),
     # Section 3.2: the paper reports no AP without auxiliary losses.
     dict(model='DETR-R50 aux_loss=False', config=f'{_ABLATION},aux_loss=False', ap=None,
-         source='DETR paper section 3.2 (auxiliary decoding losses; no AP given)'),
+         source='DETR arXiv 2005.12872v3 section 3.2 (auxiliary decoding losses; no AP given)'),
 )
 # The paper's GFLOPs are Detectron2's flop_count_operators (one per multiply-add, bmm added)
 # averaged over the first 100 COCO val2017 images at the eval size (800 px shorter side, at most
@@ -105,15 +105,21 @@ def trainable_count(model: models.DETR, prefix: str = '') -> int:
                  if not k.startswith(frozen)))
 
 
-# The paper's panoptic table (Table 5, COCO val): PQ and box AP of the released panoptic models;
-# it gives no parameters or GFLOPs. `config`: the configs/detr_panoptic.py argument (stage 2, the
-# whole model; 250 classes).
+# The released panoptic models: PQ and mask AP (things) from the paper's Table 5 (arXiv
+# 2005.12872v3; the README repeats both, as "PQ" and "segm AP"), box AP from the README alone
+# (no paper table has it). Neither gives parameters or GFLOPs. `config`: the
+# configs/detr_panoptic.py argument (stage 2, the whole model; 250 classes).
 PANOPTIC = (
-    dict(model='DETR-R50 panoptic', config='r50,stage=masks', pq=43.4, box_ap=38.8),
-    dict(model='DETR-DC5-R50 panoptic', config='dc5_r50,stage=masks', pq=44.6, box_ap=40.2),
-    dict(model='DETR-R101 panoptic', config='r101,stage=masks', pq=45.1, box_ap=40.1),
+    dict(model='DETR-R50 panoptic', config='r50,stage=masks', pq=43.4, mask_ap=31.1,
+         readme_box_ap=38.8),
+    dict(model='DETR-DC5-R50 panoptic', config='dc5_r50,stage=masks', pq=44.6, mask_ap=31.9,
+         readme_box_ap=40.2),
+    dict(model='DETR-R101 panoptic', config='r101,stage=masks', pq=45.1, mask_ap=33.0,
+         readme_box_ap=40.1),
 )
-PANOPTIC_SOURCE = 'DETR paper Table 5 (panoptic; PQ and box AP, no parameters or GFLOPs given)'
+PANOPTIC_SOURCE = ('PQ and mask AP: DETR arXiv 2005.12872v3 Table 5, columns PQ and AP; box AP: '
+                   'facebookresearch/detr README (panoptic model zoo); no parameters or GFLOPs '
+                   'given')
 
 
 def panoptic_row(entry: dict, model) -> dict:
@@ -127,7 +133,8 @@ def panoptic_row(entry: dict, model) -> dict:
                                       if not k.startswith('detr/'))),
              all_params=int(sum(np.prod(v.shape) for v in shapes.values())),
              paper_params=None, paper_gflops=None, paper_pq=entry['pq'],
-             paper_box_ap=entry['box_ap'], source=PANOPTIC_SOURCE, gflops_note=GFLOPS_NOTE)
+             paper_mask_ap=entry['mask_ap'], readme_box_ap=entry['readme_box_ap'],
+             source=PANOPTIC_SOURCE, gflops_note=GFLOPS_NOTE)
   for height, width in SIZES:
     row[f'gflops_{height}x{width}'] = model_stats.gflops(model, *_inputs(height, width))
   return row

@@ -10,7 +10,7 @@ for one image at 224 and 384 px; parameters with a 1000-class head. DeiT rows: t
 eight models at their own resolution, beside the README's rounded counts and top-1. Segmenter rows (ADE20K, 150
 classes, mask transformer): multiply-adds at 512 x 512 with and without the final bilinear
 upsampling, parameters without and with the official checkpoints' unused ImageNet head, beside
-the authors' and 3rd-party figures (those GFLOPs count 2 per multiply-add). DETR rows (COCO,
+the README's parameter counts (no GFLOPs are published). DETR rows (COCO,
 91 classes): trainable parameters as the paper counts them, multiply-adds at 800 x 1333 and at a
 4:3 image of 800 px, beside the paper's Table 1; then the paper's ablations (Tables 2-4), each
 built from its configs/detr_coco.py variant. Deformable DETR rows: the same counts for its five
@@ -161,12 +161,12 @@ def panoptic_rows(names):
 def _format_panoptic(rows):
   width = max([16] + [len(r['model']) + 2 for r in rows])
   header = (f'{"model":<{width}}{"params":>14}{"mask head":>12}{"GFLOPs@800x1333":>17}'
-            f'{"@800x1067":>11}{"PQ":>7}{"box AP":>8}')
+            f'{"@800x1067":>11}{"PQ":>7}{"mask AP":>9}{"box AP":>8}')
   lines = [header, '-' * len(header)]
   for r in rows:
     lines.append(f'{r["model"]:<{width}}{r["params"]:>14,}{r["mask_head_params"]:>12,}'
                  f'{r["gflops_800x1333"]:>17.1f}{r["gflops_800x1067"]:>11.1f}'
-                 f'{r["paper_pq"]:>7.1f}{r["paper_box_ap"]:>8.1f}')
+                 f'{r["paper_pq"]:>7.1f}{r["paper_mask_ap"]:>9.1f}{r["readme_box_ap"]:>8.1f}')
   return '\n'.join(lines + [f'({rows[0]["source"]})'] if rows else [])
 
 
@@ -191,16 +191,14 @@ def _format_detr(rows):
 
 def _format_segmenter(rows):
   header = (f'{"model":<16}{"params":>14}{"+ head":>14}{"paper":>8}{"diff":>8}'
-            f'{"GMACs@512":>11}{"w/o upsample":>14}{"as FLOPs":>10}{"3rd-party":>11}')
+            f'{"GMACs@512":>11}{"w/o upsample":>14}{"as FLOPs":>10}')
   lines = [header, '-' * len(header)]
   for r in rows:
     diff = 100 * (r['params_with_unused_head'] / r['paper_params'] - 1)
-    published = r['published_gflops_512']
     lines.append(f'{r["model"]:<16}{r["params"]:>14,}{r["params_with_unused_head"]:>14,}'
                  f'{r["paper_params"] / 1e6:>7.0f}M{diff:>+7.1f}%{r["gmacs_512"]:>11.1f}'
                  f'{r["gmacs_512_before_upsampling"]:>14.1f}'
-                 f'{2 * r["gmacs_512_before_upsampling"]:>10.1f}'
-                 f'{published if published else "-":>11}')
+                 f'{2 * r["gmacs_512_before_upsampling"]:>10.1f}')
   return '\n'.join(lines + [f'({rows[0]["source"]})'] if rows else [])
 
 

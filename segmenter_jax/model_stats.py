@@ -21,19 +21,19 @@ def unused_head_count(model: models.Segmenter) -> int:
 
 
 # Segmenter rows of the model table: ADE20K (150 classes), 512 x 512, mask transformer.
-# paper_params: the authors' README model zoo (S and B there are rounded up: 27M / 106M against
-# 26.42M / 103.27M in the released state dicts; L is listed at 640 px). published_gflops:
-# 3rd-party measurement (a token-merging paper; reference/segmenter.md §4.2), FLOPs counted as
-# 2 per multiply-add; the paper itself gives no GFLOPs.
+# paper_params: the rstrudel/segmenter README model zoo, column "# params" (S and B there are
+# rounded up: 27M / 106M against 26.42M / 103.27M in the released state dicts; L is listed at
+# 640 px). No GFLOPs are published: neither the paper (arXiv 2105.05633v3) nor the README gives
+# any, so ours stand alone.
 TABLE = (
-    dict(model='Seg-Ti-Mask/16', variant='Ti/16', paper_params=7e6, published_gflops=25.0),
-    dict(model='Seg-S-Mask/16', variant='S/16', paper_params=27e6, published_gflops=None),
-    dict(model='Seg-B-Mask/16', variant='B/16', paper_params=106e6, published_gflops=258.0),
-    dict(model='Seg-L-Mask/16', variant='L/16', paper_params=334e6, published_gflops=800.0),
+    dict(model='Seg-Ti-Mask/16', variant='Ti/16', paper_params=7e6),
+    dict(model='Seg-S-Mask/16', variant='S/16', paper_params=27e6),
+    dict(model='Seg-B-Mask/16', variant='B/16', paper_params=106e6),
+    dict(model='Seg-L-Mask/16', variant='L/16', paper_params=334e6),
 )
 TABLE_SIZE, TABLE_CLASSES = 512, 150
-SOURCE = ('params: README model zoo (L at 640 px); GFLOPs: 3rd-party, 2 FLOPs per multiply-add '
-          '(reference/segmenter.md §4)')
+SOURCE = ('params: rstrudel/segmenter README model zoo, column "# params" (L at 640 px); '
+          'GFLOPs: none published (paper and README give none)')
 
 
 def table_row(entry: dict) -> dict:
@@ -48,4 +48,4 @@ def table_row(entry: dict) -> dict:
               # Up to the patch-level mask logits (what analytic counts usually cover).
               gmacs_512_before_upsampling=model_stats.gflops(
                   model, image, method=models.Segmenter.patch_logits, train=False),
-              published_gflops_512=entry['published_gflops'], source=SOURCE)
+              source=SOURCE)
