@@ -52,8 +52,7 @@ def inverse_sigmoid(x, eps: float = 1e-5):
   return jnp.log(jnp.maximum(x, eps) / jnp.maximum(1 - x, eps))
 
 
-def _xavier(key, shape, dtype=jnp.float32):
-  return nn.initializers.xavier_uniform()(key, shape, dtype)
+_xavier = nn.initializers.xavier_uniform()  # The original's xavier_uniform_ (gain 1).
 
 
 class EncoderLayer(models._PostNormLayer):  # pylint: disable=protected-access
