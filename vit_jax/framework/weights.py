@@ -44,7 +44,14 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
     if not data.startswith(b'PK'):  # np.load would try it as a pickle and blame that.
       raise ValueError('not an .npz (zip) file')
     with np.load(io.BytesIO(data), allow_pickle=False) as files:
-      return dict(files)
+      arrays = dict(files)  # A zip member that is not an .npy comes back as bytes.
+    if any(name.endswith('data.pkl') for name in arrays):  # torch.save's zip layout.
+      raise ValueError('it is a PyTorch file (torch.save), not an .npz: give it a .pth name '
+                       'if it holds a state dict of this model, or convert it to .npz')
+    others = [name for name, value in arrays.items() if not isinstance(value, np.ndarray)]
+    if others:
+      raise ValueError(f'not an .npz of arrays ({others[0]!r} is not an .npy)')
+    return arrays
   except (zipfile.BadZipFile, EOFError):  # A zip's index is at its end: a cut file loses it.
     raise UserError(f'cannot read checkpoint {path!r}: the .npz is truncated or damaged; '
                     'download or write it again') from None
