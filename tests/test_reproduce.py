@@ -91,8 +91,50 @@ def test_vit_table2_evaluates_released_weights_and_reads_runs(tmp_path):
   assert f'I21k ViT-L/16 CIFAR-10' in text and '99.05' in text and '-0.10' in text
   json_path, markdown_path = reproduce.write(table, list(results.values()), str(tmp_path / 'out'))
   written = json.load(open(json_path))
-  assert len(written['rows']) == 21 and written['rows'][2]['weights'].endswith('ViT-L_16.npz')
+  assert len(written['rows']) == 35 and written['rows'][2]['weights'].endswith('ViT-L_16.npz')
+  assert written['rows'][2]['source'] == ('ViT arXiv 2010.11929v2 Table 2, row ImageNet, column '
+                                          'Ours-I21k (ViT-L/16)')
   assert '| I21k ViT-L/16 CIFAR-10 | 99.15 | 99.05 | -0.10 |' in open(markdown_path).read()
+  # The columns and row of other models and the paper's compute: the paper's figure only.
+  assert results['BiT-L ResNet152x4 VTAB (19 tasks)'].reason == (
+      'not reproducible here: BiT-L (ResNet152x4) is not a model of this codebase (the paper\'s '
+      'figure only)')
+  assert results['Noisy Student EfficientNet-L2 ImageNet'].row.paper == 88.4
+  assert 'Noisy Student EfficientNet-L2 CIFAR-10' not in results  # The paper prints "-".
+  days = results['I21k ViT-L/16 TPUv3-core-days']
+  assert (days.row.paper, days.ours) == (230., None) and days.reason.startswith('the paper\'s own')
+
+
+def test_vit_table6_exaflops_are_computed_and_accuracies_say_why():
+  table = vit_tables.TABLES['vit-table6']
+  assert len(table.rows) == 18 * 7
+  results = by_name(reproduce.fill(table, reproduce.Sources(CONFIGS)))
+
+  def exaflops(image=224, patch=16, width=768, mlp=3072, depth=12, classes=18_000, epochs=7):
+    """By hand: matmul multiply-adds of one forward pass (tests/test_model_table.py's count
+    with the JFT head) x 2 FLOPs x 3 (forward and backward) x epochs x 303M JFT images."""
+    patches = (image // patch) ** 2
+    tokens = patches + 1
+    block = 4 * tokens * width**2 + 2 * tokens**2 * width + 2 * tokens * width * mlp
+    multiply_adds = patches * patch**2 * 3 * width + depth * block + width * classes
+    return 6 * multiply_adds * epochs * 303e6 / 1e18
+
+  # XLA also counts element-wise work (softmax, GELU, LayerNorm): within 2% of the matmuls.
+  assert results['ViT-B/16 7 epochs exaFLOPs'].ours == pytest.approx(exaflops(), rel=0.02)
+  assert results['ViT-L/16 14 epochs exaFLOPs'].ours == pytest.approx(
+      exaflops(width=1024, mlp=4096, depth=24, epochs=14), rel=0.02)
+  assert results['ViT-H/14 14 epochs exaFLOPs'].ours == pytest.approx(
+      exaflops(patch=14, width=1280, mlp=5120, depth=32, epochs=14), rel=0.02)
+  # Against the paper's (its own count, unpublished): within 3% for every model built here.
+  computed = [r for r in results.values() if r.ours is not None]
+  assert len(computed) == 8 and all(r.row.name.endswith('exaFLOPs') for r in computed)
+  assert all(abs(r.difference) / r.row.paper < 0.03 for r in computed)
+  assert results['ResNet152x2 14 epochs exaFLOPs'].reason.startswith(
+      'not reproducible here: BiT ResNet152x2')
+  assert results['R50x1+ViT-B/32 7 epochs exaFLOPs'].reason.startswith(
+      'not reproducible here: R50x1+ViT-B/32')
+  assert results['ViT-H/14 14 epochs ImageNet'].row.paper == 88.08
+  assert results['ViT-H/14 14 epochs ImageNet'].reason.startswith('not reproducible: JFT-300M')
 
 
 def test_vit_table5_rows_without_weights_runs_or_release_say_why(tmp_path):
@@ -141,7 +183,7 @@ def test_vtab_label_rules_on_hand_made_examples():
 
 def _segmenter_weights(tmp_path, sources, folder, variant, c):
   """Seg-B/8's released checkpoint.pth as its .npz conversion, predicting class c."""
-  table = seg_tables.TABLES['segmenter-table6']
+  table = seg_tables.TABLES['segmenter-readme']
   row = next(r for r in table.rows if r.config.endswith(f':{variant}'))
   config = reproduce.row_config(row, sources)
   params = constant_head(table.make_task(config), ('decoder', 'head'), c)
@@ -168,47 +210,60 @@ def test_segmenter_tables_on_generated_scenes(tmp_path):
   _segmenter_weights(tmp_path, sources, 'seg_base_patch8', 'b8_linear', c)
   labels = list(shapes.generate(shapes.ShapesSettings(**SHAPES), 'validation')['label'])
 
-  table6 = seg_tables.TABLES['segmenter-table6']
-  multi_scale = next(r for r in table6.rows if r.name == 'Seg-B/8 multi-scale')
+  readme = seg_tables.TABLES['segmenter-readme']
+  multi_scale = next(r for r in readme.rows if r.name == 'Seg-B/8 ADE20K multi-scale')
   assert dict(multi_scale.protocol) == {'input.eval_stride': 480, 'input.eval_flip': True,
                                         'input.eval_scales': (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)}
   # Its 12 views take a minute to compile on a CPU: tests/test_segmenter_inference.py has them.
-  table6 = dataclasses.replace(table6, rows=tuple(r for r in table6.rows if r != multi_scale))
-  table6 = by_name(reproduce.fill(table6, sources))
+  readme = dataclasses.replace(readme, rows=tuple(
+      r for r in readme.rows if 'multi-scale' not in r.name and 'ADE20K' in r.name))
+  readme = by_name(reproduce.fill(readme, sources))
   expected = 100 * _constant_miou(labels, c)
-  assert table6['Seg-B/8 single-scale'].ours == pytest.approx(expected)
-  assert table6['Seg-B/8 single-scale'].difference == pytest.approx(expected - 49.5)
-  assert table6['Seg-T-Mask/16 single-scale'].reason == (
+  assert readme['Seg-B/8 ADE20K single-scale'].ours == pytest.approx(expected)
+  assert readme['Seg-B/8 ADE20K single-scale'].difference == pytest.approx(expected - 49.5)
+  assert readme['Seg-T-Mask/16 ADE20K single-scale'].reason == (
       f'no weights at {tmp_path}/weights/seg_tiny_mask/checkpoint.pth (published at '
       f'{seg_tables.URL}seg_tiny_mask/checkpoint.pth)')
 
   table4 = by_name(reproduce.fill(seg_tables.TABLES['segmenter-table4'], sources))
   all_labels = np.concatenate([l.ravel() for l in labels])
   sizes = np.concatenate([seg_metrics.object_size_map(l).ravel() for l in labels])
+  assert table4['Seg-B/8 mIoU'].ours == pytest.approx(expected)  # The overall column.
+  assert table4['Seg-B/8 mIoU'].row.paper == 49.54
+  assert table4['Seg-B/8 mIoU'].row.source == ('Segmenter arXiv 2105.05633v3 Table 4, row '
+                                               'Seg-B/8, column mIoU (SS)')
   for index, size in enumerate(seg_metrics.OBJECT_SIZES):
     ours = table4[f'Seg-B/8 mIoU {size}'].ours
     if (sizes == index).any():
       assert ours == pytest.approx(100 * _constant_miou([all_labels], c, sizes == index))
     else:  # No object of that size in 32 x 32 scenes: no class to average.
       assert np.isnan(ours)
-  assert table4['DeepLabv3+ ResNeSt-101 mIoU large'].reason.startswith('not reproducible')
+  assert table4['DeepLabv3+ ResNeSt-101 Large'].reason.startswith('not reproducible')
+  assert table4['Seg-L-Mask/16 mIoU large'].row.paper == 57.06  # The 512 px run's, not released.
+  assert table4['Seg-L-Mask/16 mIoU large'].reason.endswith(
+      '--config=configs/segmenter_ade20k.py:l16_mask,crop=512 '
+      f'--workdir={tmp_path}/runs/ade20k_l16_mask_512')
 
   table3 = seg_tables.TABLES['segmenter-table3']  # Its mIoU rows are Table 6's evaluations.
   timed = dataclasses.replace(table3, rows=tuple(r for r in table3.rows if 'B/8' in r.name))
   timed = by_name(reproduce.fill(timed, dataclasses.replace(sources, weights_dir=None)))
-  assert timed['Seg-B/8 images/s'].ours > 0 and timed['Seg-B/8 images/s'].row.paper is None
+  assert timed['Seg-B/8 images/s'].ours > 0 and timed['Seg-B/8 images/s'].row.paper == 7
   assert timed['Seg-B/8 mIoU'].reason.startswith(
       'no weights at WEIGHTS_DIR/seg_base_patch8/checkpoint.pth')
   untimed = by_name(reproduce.fill(table3, reproduce.Sources(CONFIGS)))
   assert untimed['Seg-L/16 images/s'].reason.startswith('not timed: pass --speed')
   assert untimed['Seg-B/16 mIoU'].reason.endswith(
       '--config=configs/segmenter_ade20k.py:b16_linear --workdir=WORKDIRS/ade20k_b16_linear')
+  assert untimed['Seg-B†/16 mIoU'].row.paper == 47.08  # Table 3's (Table 4 prints 47.10).
+  assert untimed['Seg-Ti/16 ImNet acc.'].reason.startswith('the ImageNet top-1 of the pre-trained')
+  assert untimed['Seg-S/32 mIoU'].row.paper == 40.64
 
   os.makedirs(tmp_path / 'runs' / 'ade20k_s16_linear_4000')
   with open(tmp_path / 'runs' / 'ade20k_s16_linear_4000' / 'final_metrics.json', 'w') as f:
     json.dump({'miou': 0.3731}, f)
   table5 = by_name(reproduce.fill(seg_tables.TABLES['segmenter-table5'], sources))
   assert table5['Seg-S/16 4000 images'].difference == pytest.approx(37.31 - 38.31)
+  assert table5['Seg-S/16 12000 images'].row.paper == 43.42
   assert table5['Seg-S/16 8000 images'].reason.endswith(
       '--config=configs/segmenter_ade20k.py:s16_linear,train_subset=8000 '
       f'--workdir={tmp_path}/runs/ade20k_s16_linear_8000')
@@ -219,8 +274,8 @@ def test_segmenter_rows_without_data_say_so(tmp_path):
   (tmp_path / 'weights' / 'seg_base_patch8' / 'checkpoint.pth').write_bytes(b'')
   sources = reproduce.Sources(CONFIGS, weights_dir=str(tmp_path / 'weights'),
                               data_dir=str(tmp_path / 'ADEChallengeData2016'))
-  table = seg_tables.TABLES['segmenter-table6']
-  result = by_name(reproduce.fill(table, sources))['Seg-B/8 single-scale']
+  table = seg_tables.TABLES['segmenter-readme']
+  result = by_name(reproduce.fill(table, sources))['Seg-B/8 ADE20K single-scale']
   assert result.reason == (f"no data: config.input.data_dir '{tmp_path}/ADEChallengeData2016' "
                            'is not a folder: point it at the folder root (layouts in '
                            'segmenter_jax/segmentation_input.py)')
@@ -247,6 +302,7 @@ class _Config(dict):
 def test_detr_table1_evaluates_a_conversion_of_the_released_file(tmp_path):
   """Random tiny DETR weights as scripts/convert_detr_checkpoint.py writes them, beside where
   detr-r50-e632da11.pth would be, scored on generated shapes: one eval fills the six rows."""
+  from detr_jax import model_stats as detr_stats
   from detr_jax import paper_tables as detr_tables
   from helpers import load_config
   shapes_config = load_config('detr_shapes')
@@ -256,31 +312,53 @@ def test_detr_table1_evaluates_a_conversion_of_the_released_file(tmp_path):
   table = detr_tables.TABLES['detr-table1']
   sources = reproduce.Sources(CONFIGS, weights_dir=str(tmp_path), overrides=overrides)
   rng = np.random.default_rng(0)
-  task = table.make_task(reproduce.row_config(table.rows[0], sources))
+  task = table.make_task(reproduce.row_config(
+      next(r for r in table.rows if r.name == 'DETR AP'), sources))
   variables = reproduce.abstract_variables(
       task, lambda x: (0.1 * rng.standard_normal(x.shape)).astype(x.dtype))
   weights.write_npz(str(tmp_path / 'detr-r50-e632da11.npz'), variables)
   results = by_name(reproduce.fill(table, sources))
-  r50 = [results[f'DETR {metric}'].ours for metric in detr_tables.METRICS]
+  r50 = [results[f'DETR {column}'].ours for column in detr_tables.METRIC_OF]
   # COCO's -1 (shown -100) marks a size with no object: the shapes are all small.
   assert all(0 <= ap <= 100 or ap == -100 for ap in r50), r50
   assert r50[1] >= r50[2]  # AP50 >= AP75.
-  assert results['DETR AP_large'].ours == -100
+  assert results['DETR APL'].ours == -100
+  # #params counted from the tiny model the overrides build.
+  assert results['DETR #params (M)'].ours == pytest.approx(
+      detr_stats.trainable_count(task.model) / 1e6)
 
 
 def test_detr_tables_say_why_rows_are_empty(tmp_path):
   from detr_jax import paper_tables as detr_tables
   table1 = by_name(reproduce.fill(detr_tables.TABLES['detr-table1'],
                                   reproduce.Sources(CONFIGS, weights_dir=str(tmp_path))))
-  assert len(table1) == 24
-  assert table1['DETR-DC5-R101 AP_large'].reason == (
+  assert len(table1) == 10 * 9
+  assert table1['DETR-DC5-R101 APL'].reason == (
       f'no weights at {tmp_path}/detr-r101-dc5-a2e86def.pth (published at '
       'https://dl.fbaipublicfiles.com/detr/detr-r101-dc5-a2e86def.pth)')
-  panoptic = reproduce.fill(detr_tables.TABLES['detr-panoptic'], reproduce.Sources(CONFIGS))
-  assert [r.row.paper for r in panoptic] == [43.4, 44.6, 45.1]
-  assert panoptic[0].reason == (
+  assert table1['Faster RCNN-FPN+ APS'].row.paper == 26.6
+  assert table1['Faster RCNN-FPN+ APS'].reason == (
+      'not reproducible here: Faster RCNN-FPN+ is not a model of this codebase (the paper\'s '
+      'figure only)')
+  # Trainable parameters counted from the model (tests/test_model_table.py: 41,302,368).
+  assert table1['DETR #params (M)'].ours == pytest.approx(41.302368)
+  assert table1['DETR-DC5 FPS'].reason.startswith('the paper\'s V100 frames/s')
+  table4 = by_name(reproduce.fill(detr_tables.TABLES['detr-table4'], reproduce.Sources(CONFIGS)))
+  assert table4['loss=class_l1 APS'].row.paper == 13.7
+  assert table4['loss=class_l1 APS'].reason.endswith(
+      '--config=configs/detr_coco.py:r50,epochs=300,loss=class_l1 '
+      '--workdir=WORKDIRS/coco_r50_300_class_l1')
+  assert table4['loss=class_l1 APS'].row.source == ('DETR arXiv 2005.12872v3 Table 4, row class '
+                                                   '+ l1, column APS')
+  table5 = by_name(reproduce.fill(detr_tables.TABLES['detr-table5'], reproduce.Sources(CONFIGS)))
+  assert [table5[f'DETR R50 {c}'].row.paper for c in ('PQ', 'SQ', 'RQ', 'PQth', 'PQst')] == [
+      43.4, 79.3, 53.8, 48.2, 36.3]
+  assert table5['DETR-R101 R101 mask AP'].row.paper == 33.0  # Not the README's box AP 40.1.
+  assert table5['DETR R50 PQ'].reason == (
       'no weights at WEIGHTS_DIR/detr-r50-panoptic-00ce5173.pth (published at '
       'https://dl.fbaipublicfiles.com/detr/detr-r50-panoptic-00ce5173.pth)')
+  assert table5['DETR R50 box AP'].row.source.startswith('facebookresearch/detr README.md')
+  assert table5['UPSnet-M R50 RQst'].reason.startswith('not reproducible here: UPSnet-M R50')
 
 
 def test_vtab_task_preprocessing_takes_the_label_from_the_rule():
