@@ -79,6 +79,7 @@ def _assert_same_update(task, batch, accum_steps):
   return one_step
 
 
+@pytest.mark.slow
 def test_classification_accumulated_equals_one_step():
   config = tiny_digits_config(**{'model.dropout_rate': 0.0})
   task = ClassificationTask(config)

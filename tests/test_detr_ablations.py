@@ -36,6 +36,7 @@ def _images(batch=2, size=64):
   return images * mask[..., None], mask
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arg, fields', [
     ('r50,enc_layers=0', dict(num_encoder_layers=0)),
     ('r50,spatial_pos=none', dict(encoder_spatial_pos='none', decoder_spatial_pos='none')),
@@ -139,6 +140,7 @@ def test_loss_variants_keep_the_matching_cost(arg, loss_weights):
   assert task.cost_weights == {'class_weight': 1., 'bbox_weight': 5., 'giou_weight': 2.}
 
 
+@pytest.mark.slow
 def test_aux_loss_false_drops_the_decoder_layer_losses():
   images, mask = _images()
   batch = {'image': images, 'pixel_mask': mask, 'labels': jnp.array([[0, 2, 0], [1, 0, 0]]),

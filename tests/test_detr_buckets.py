@@ -46,6 +46,7 @@ def _tiny_detr_with_trained_looking_batch_norm():
   return model, jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+@pytest.mark.slow
 def test_an_image_has_the_same_outputs_in_any_bucket_that_leaves_padding_beside_it():
   model, variables = _tiny_detr_with_trained_looking_batch_norm()
   image = np.random.default_rng(1).normal(size=(64, 96, 3)).astype(np.float32)
@@ -167,6 +168,7 @@ def test_padding_report_on_hand_counted_sizes():
   assert rows['buckets, batch 2 grouped in windows of 2'].shapes == 2
 
 
+@pytest.mark.slow
 def test_padding_report_command_reads_an_annotation_file(tmp_path):
   images = [{'id': i, 'file_name': f'{i}.jpg', 'height': h, 'width': w}
             for i, (h, w) in enumerate([(480, 640)] * 3 + [(640, 480)], 1)]

@@ -209,6 +209,7 @@ def test_shape_boxes_are_tight_around_drawn_pixels_and_classes_balanced():
   assert 0.42 < np.mean(fill[3]) < 0.58 and max(fill[3]) < 0.7
 
 
+@pytest.mark.slow
 def test_shapes_source_and_stream_are_deterministic_from_the_seed():
   config = ml_collections.ConfigDict(dict(
       source='shapes', shapes=dict(SHAPES), max_boxes=4, augment='detr', train_scales=(48, 64),

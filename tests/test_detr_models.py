@@ -97,6 +97,7 @@ def test_official_layout_converts_completely(tmp_path):
                                 state['backbone.0.body.layer2.0.downsample.1.running_var'])
 
 
+@pytest.mark.slow
 def test_fine_tuning_on_new_classes_keeps_a_fresh_head():
   state = {k: v.numpy() for k, v in official_detr_state_dict().items()}
   model = models.DETR(num_classes=3, num_encoder_layers=6)
@@ -130,6 +131,7 @@ def test_a_pickle_that_carries_code_is_refused(tmp_path):
   assert not os.path.exists(marker)
 
 
+@pytest.mark.slow
 def test_mismatched_checkpoint_names_the_tensors():
   state = {k: v.numpy() for k, v in official_detr_state_dict().items()}
   model = models.DETR(num_classes=91, hidden_dim=128, num_heads=8, mlp_dim=256)
@@ -139,6 +141,7 @@ def test_mismatched_checkpoint_names_the_tensors():
     pretrained.fit_variables(fresh, pretrained.convert_state_dict(state))
 
 
+@pytest.mark.slow
 def test_converter_script_writes_what_init_from_reads(tmp_path):
   source, output = str(tmp_path / 'detr.pth'), str(tmp_path / 'detr.npz')
   state = official_detr_state_dict()
@@ -153,6 +156,7 @@ def test_converter_script_writes_what_init_from_reads(tmp_path):
                                 state['class_embed.weight'].numpy().T)
 
 
+@pytest.mark.slow
 def test_backbone_norm_choices():
   images, mask = jnp.zeros((1, 64, 64, 3)), jnp.ones((1, 64, 64))
   small = dict(num_classes=3, backbone_blocks=(1, 1, 1, 1), backbone_width=16, hidden_dim=32,

@@ -221,6 +221,7 @@ def test_a_box_model_checkpoint_fills_the_panoptic_models_detr(tiny_variables):
   jax.tree.map(np.testing.assert_array_equal, fitted['params'], fresh['params']['detr'])
 
 
+@pytest.mark.slow
 def test_freezing_the_box_model_trains_only_the_mask_head(tiny_variables):
   """The second stage: no gradient reaches `detr` (so clipping sees the mask head's alone) and
   lr_mults 0 keeps AdamW's weight decay off it: after a step only the mask head has moved."""

@@ -54,6 +54,7 @@ def shapes_params():
   return jax.tree.map(lambda p: jnp.ones(p.shape, p.dtype), abstract)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('stage, trained, frozen', [
     ('masks', 'mask_head/out_lay/kernel', 'detr/class_embed/kernel'),
     ('boxes', 'detr/class_embed/kernel', 'mask_head/out_lay/kernel')])

@@ -59,6 +59,7 @@ def test_scanned_params_are_stacked_under_the_layers_axis():
       np.shape, flax.linen.meta.unbox(shapes))
 
 
+@pytest.mark.slow
 def test_scanned_model_gives_the_per_layer_models_outputs():
   images, pixel_mask = _inputs()
   variables = _random_variables(models.DETR(**_SMALL), images, pixel_mask)
@@ -96,6 +97,7 @@ def _transformer_stacked(variables):
   return weights.unflatten(weights.stack_layers(weights.flatten(variables), _TRANSFORMER_LAYERS))
 
 
+@pytest.mark.slow
 def test_scanned_transformer_without_encoder_and_decoder_positions():
   """The paper's ablations: no encoder layers (no params to stack), and no spatial or query
   positions broadcast to the decoder's layers (None)."""
@@ -113,6 +115,7 @@ def test_scanned_transformer_without_encoder_and_decoder_positions():
   assert 'encoder' not in variables['params']
 
 
+@pytest.mark.slow
 def test_scanned_rematerialised_gradients_match_the_per_layer_models():
   inputs = _transformer_inputs()
   # Dropout off: scan draws each layer's dropout from its own key, the loop from its names'.

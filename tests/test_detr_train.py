@@ -30,6 +30,7 @@ def test_main_job_trains_and_scores_every_eval_image(workdir):
   assert_prediction_pictures(workdir, steps=[4])  # Boxes with names and scores.
 
 
+@pytest.mark.slow
 def test_too_few_classes_is_a_one_line_error(workdir):
   result = run_module(_tiny_shapes_args(workdir, '--config.model.num_classes=2'))
   assert result.returncode == 2
@@ -39,6 +40,7 @@ def test_too_few_classes_is_a_one_line_error(workdir):
       'itself)')
 
 
+@pytest.mark.slow
 def test_coco_recipe_without_coco_says_how_to_get_it(workdir, tmp_path):
   result = run_module(['detr_jax.main', '--config=configs/detr_coco.py:r50,epochs=300',
                        f'--workdir={workdir}', f'--config.input.data_dir={tmp_path}'])

@@ -61,6 +61,7 @@ def test_unwritable_workdir(tmp_path):
   assert blocker.read_text() == 'not a directory'
 
 
+@pytest.mark.slow
 def test_bad_value_in_config(workdir):
   # The whole command, as a user runs it: one line, exit code 2, nothing written.
   result = run_module(['vit_jax.main', '--config=configs/vit_digits.py', f'--workdir={workdir}',
@@ -123,6 +124,7 @@ def test_missing_init_from_is_found_before_the_model_is_built(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'workdir'), ClassificationTask(config))
 
 
+@pytest.mark.slow
 def test_eval_batch_that_does_not_split_over_the_devices_stops_before_training(workdir):
   result = run_module(['vit_jax.main', '--config=configs/vit_digits.py', f'--workdir={workdir}',
                        '--config.input.eval_batch_size=129'],

@@ -63,6 +63,7 @@ def test_tpu_two_slices_split_the_first_mesh_axis():
     sharding.make_mesh((('data', 1), ('model', -1)), devices)
 
 
+@pytest.mark.slow
 def test_unknown_topology_is_one_line_error():
   result = run_module(['scripts.fit_report', '--config=configs/vit_digits.py',
                        '--topology=v5x-64'], timeout=300)

@@ -76,6 +76,7 @@ def test_a_threads_freed_memory_is_the_next_threads():
   assert reused < _PAGES_128MB // 100
 
 
+@pytest.mark.slow
 @linux_only
 def test_xla_steps_mostly_reuse_their_scratch():
   """Without the setting each of 20 steps faults in its whole scratch again; with it the heap

@@ -72,6 +72,7 @@ def test_parameter_names_follow_official_checkpoint():
   assert len(names) == 4 + 12 * 16 + 2 + 2
 
 
+@pytest.mark.slow
 def test_original_initialisation():
   model = vit.build_vit(dict(variant='S/16', num_classes=5, head_bias_init=-10.0))
   params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))['params']
