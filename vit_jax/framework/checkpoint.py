@@ -6,6 +6,7 @@ needs to continue the same run).
 """
 
 import contextlib
+import errno
 import gc
 import sys
 from typing import Any, Optional
@@ -39,10 +40,12 @@ class Checkpointer:
     return step % self.every_steps == 0
 
   def save(self, step: int, state: Any, meta: dict) -> bool:
-    """Saves now (asynchronously); the caller decides when."""
-    return self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                      meta=ocp.args.JsonSave(meta)), force=True)
+    """Saves now (asynchronously); the caller decides when. A full disk (here or in the save
+    before, which finishes first) is a UserError, its partial files removed."""
+    with self._disk_full_said():
+      return self._manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        meta=ocp.args.JsonSave(meta)), force=True)
 
   def restore(self, step: int, target: Any) -> tuple[Any, dict]:
     """Restores into `target`: a tree of arrays or `jax.ShapeDtypeStruct`s with shardings."""
@@ -124,10 +127,32 @@ class Checkpointer:
     self._manager.reload()
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._disk_full_said():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.close()
+    with self._disk_full_said():
+      self._manager.close()
+
+  @contextlib.contextmanager
+  def _disk_full_said(self):
+    """A save that failed for want of space: the partial checkpoint (orbax's tmp folder) is
+    removed and the run stops with one line; the checkpoints written before are kept."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except  # Orbax and tensorstore wrap it.
+      if not _is_disk_full(e):
+        raise
+      if jax.process_index() == 0:
+        for partial in paths.glob(paths.join(self._directory, '*.orbax-checkpoint-tmp*')):
+          paths.remove(partial)
+      kept = self.all_steps()
+      resume = (f'it continues from checkpoint {max(kept)}' if kept else
+                'no checkpoint was written, so it starts over')
+      raise UserError(f'the disk is full: a checkpoint could not be written to '
+                      f'{self._directory} (No space left on device); its partial files were '
+                      f'removed. Free some space, or pass a --workdir on a larger disk, and run '
+                      f'the same command again: {resume}') from None
 
 
 @contextlib.contextmanager
@@ -142,6 +167,15 @@ def _abandoned_reads_silenced():
   finally:
     gc.collect()
     sys.unraisablehook = previous
+
+
+def _is_disk_full(error: BaseException) -> bool:
+  """Whether ENOSPC is behind `error` (tensorstore words it in a ValueError's text)."""
+  while error is not None:
+    if getattr(error, 'errno', None) == errno.ENOSPC or 'No space left on device' in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def _first_line(error: Exception) -> str:

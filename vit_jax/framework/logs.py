@@ -9,6 +9,7 @@ called from Python (tests, notebooks), where the console is left as it is.
 
 import contextlib
 import logging as py_logging
+import sys
 from typing import Iterator
 
 import jax
@@ -36,7 +37,7 @@ def to_file(folder: str) -> Iterator[str]:
   `log_file(folder)`, whose path it gives; `folder` is local: the workdir, or the
   `paths.Mirror` of one in object storage."""
   path = log_file(folder)
-  handler = py_logging.FileHandler(path)
+  handler = _FileHandler(path)
   handler.setFormatter(logging.PythonFormatter())
   handler.setLevel(py_logging.INFO)
   logger = py_logging.getLogger()  # The root, where absl's records also arrive.
@@ -48,12 +49,25 @@ def to_file(folder: str) -> Iterator[str]:
     handler.close()
 
 
+class _FileHandler(py_logging.FileHandler):
+  """A line the file cannot take (its disk is full) is lost from the file alone, not printed
+  with a traceback: the console has its own copy, and the run says what filled up."""
+
+  def handleError(self, record: py_logging.LogRecord) -> None:
+    if not isinstance(sys.exc_info()[1], OSError):
+      super().handleError(record)
+
+
 def for_console(record: py_logging.LogRecord) -> bool:
-  """Whether a log line is for the console too (not FILE_ONLY, not Orbax's INFO)."""
+  """Whether a log line is for the console too (not FILE_ONLY, only Orbax's warnings)."""
   if not getattr(record, 'console', True):
     return False
-  # Orbax logs every checkpoint step at INFO through absl; its warnings stay.
-  return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
+  # Orbax logs every checkpoint step at INFO through absl, and a failed write as an error with
+  # a traceback per thread and array (the run reports the failure in one line): warnings stay.
+  # asyncio's 'Task exception was never retrieved' lines are those writes' too.
+  if '/orbax/' in record.pathname or record.name == 'asyncio':
+    return record.levelno == py_logging.WARNING
+  return True
 
 
 def quiet_console() -> None:
