@@ -125,8 +125,8 @@ def test_attend_bias_gradient():
   plain = lambda q, k, v, b: jax.nn.softmax(jnp.einsum('bnth,bnsh->bnts', q, k) + b) @ v
   ours = lambda q, k, v, b: attend(q, k, v, None, None, 1.0, b)
   loss = lambda f: lambda *a: (f(*a) * jnp.arange(4.0)).sum()
-  for got, want in zip(jax.grad(loss(ours), argnums=(0, 1, 2, 3))(q, k, v, bias),
-                       jax.grad(loss(plain), argnums=(0, 1, 2, 3))(q, k, v, bias)):
+  gradients = lambda f: jax.jit(jax.grad(loss(f), argnums=(0, 1, 2, 3)))(q, k, v, bias)
+  for got, want in zip(gradients(ours), gradients(plain)):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
@@ -144,6 +144,7 @@ def _official_layout(timm_state):
   return out
 
 
+@pytest.mark.slow  # Two models (per block and scanned) compiled.
 def test_official_checkpoint_loads_and_round_trips(tmp_path):
   fields = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=3)
   size = (96, 96)
