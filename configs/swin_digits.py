@@ -8,7 +8,9 @@ no shift), one head of 32 channels per 32 of width as every Swin. The recipe is 
 one's shape (AdamW, weight decay 0.05 on the weight matrices, clipping at 5, warmup then cosine,
 stochastic depth) at the digits job's scale.
 
-Measured: see the note at the end of this file.
+Measured (seed 0, this config): test accuracy 98.1% at step 500, 98.6% at 1000, 98.9% (356 of
+360) at 1500. The run shared 2 CPU cores with load average 13-19 (other jobs): 72 min of wall
+time in two legs (resumed from the step-656 checkpoint) for 12.7 min of CPU time.
 """
 
 import ml_collections
