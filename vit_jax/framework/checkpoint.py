@@ -179,7 +179,8 @@ def _is_disk_full(error: BaseException) -> bool:
 
 
 def _first_line(error: Exception) -> str:
-  return f'{type(error).__name__}: {(str(error).splitlines() or [""])[0][:200]}'
+  text = (str(error).splitlines() or [''])[0].split(' See full TensorStore details')[0]
+  return f'{type(error).__name__}: {text[:200]}'
 
 
 def _shapes_by_name(tree: Any) -> dict[str, tuple]:
