@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from detr_jax import detection_input, shapes
-from vit_jax.framework import task
+from vit_jax.framework import logs, task
 from vit_jax.framework.errors import UserError
 
 METRICS = ('AP', 'AP50', 'AP75', 'AP_small', 'AP_medium', 'AP_large')
@@ -100,7 +100,7 @@ class CocoEvaluator(task.Evaluator):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
       stats = self._evaluate()
-    logging.info('pycocotools:\n%s', printed.getvalue())
+    logging.info('pycocotools:\n%s', printed.getvalue(), **logs.FILE_ONLY)  # Not the console.
     return dict(zip(METRICS, (float(s) for s in stats[:6])))
 
   def _evaluate(self):

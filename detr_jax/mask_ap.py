@@ -22,6 +22,7 @@ from pycocotools import coco, cocoeval
 from pycocotools import mask as mask_utils
 
 from detr_jax import panoptic_postprocess
+from vit_jax.framework import logs
 
 METRICS = ('mask_AP', 'mask_AP50', 'mask_AP75', 'mask_AP_small', 'mask_AP_medium',
            'mask_AP_large')
@@ -97,5 +98,6 @@ class MaskAP:
       evaluator.evaluate()
       evaluator.accumulate()
       evaluator.summarize()
-    logging.info('pycocotools (masks of the things classes):\n%s', printed.getvalue())
+    logging.info('pycocotools (masks of the things classes):\n%s', printed.getvalue(),
+                 **logs.FILE_ONLY)  # Not the console.
     return dict(zip(METRICS, (float(s) for s in evaluator.stats[:6])))
