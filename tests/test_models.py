@@ -134,6 +134,7 @@ def _loss_and_grads(**model_options):
   return value, weights.unflatten(weights.unstack_layers(weights.flatten(grads), vit_weights.VIT_LAYERS))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('options', [
     dict(remat='full'), dict(remat='dots_saveable'), dict(remat='nothing_saveable'),
     dict(scan=True), dict(scan=True, remat='full'), dict(scan=True, remat='dots_saveable')],
@@ -155,6 +156,7 @@ def test_scanned_blocks_are_stacked_on_a_named_layers_axis():
       'layers', 'embed', 'mlp')
 
 
+@pytest.mark.slow
 def test_scan_and_loop_load_the_same_npz_and_give_the_same_logits(tmp_path):
   path = str(tmp_path / 'vit.npz')
   vit_weights.write_vit_npz(path, _small_params())
@@ -181,6 +183,7 @@ def test_scan_and_loop_load_the_same_npz_and_give_the_same_logits(tmp_path):
     np.testing.assert_array_equal(scan_file[name], loop_file[name])
 
 
+@pytest.mark.slow
 def test_segmenter_encoder_scans_with_per_layer_drop_path():
   from segmenter_jax import models as segmenter_models  # Its encoder is this ViT.
   fields = dict(hidden_size=32, num_layers=3, num_heads=4, mlp_dim=64, patch_size=4,
@@ -219,6 +222,7 @@ def _layer_norm_float64(x, scale, bias, epsilon):
   return centred / np.sqrt((centred**2).mean(-1, keepdims=True) + epsilon) * scale + bias
 
 
+@pytest.mark.slow
 def test_layer_norm_matches_float64_and_flax_gradients():
   # Off-centre inputs (mean 3, std 5) and a non-trivial scale and bias.
   x = jnp.asarray(np.random.default_rng(0).normal(3.0, 5.0, (2, 7, 48)), jnp.float32)

@@ -101,6 +101,7 @@ class _CountingTask(ClassificationTask):
       yield batch
 
 
+@pytest.mark.slow
 def test_the_loop_reads_ahead_but_never_past_its_last_step(workdir):
   # Bit-exact resume with prefetching on (the default) is tests/test_train.py's resume tests.
   config = tiny_digits_config(total_steps=4, checkpoint_every=4, prefetch_batches=3)

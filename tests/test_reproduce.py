@@ -143,8 +143,8 @@ def test_vit_table5_rows_without_weights_runs_or_release_say_why(tmp_path):
   results = by_name(reproduce.fill(table, reproduce.Sources(CONFIGS)))
   assert all(r.ours is None and r.reason and '\n' not in r.reason for r in results.values())
   assert results['ImageNet-21k ViT-B/32 ImageNet ReaL'].reason == (
-      'no weights at WEIGHTS_DIR/imagenet21k+imagenet2012/ViT-B_32.npz (published at '
-      'gs://vit_models/imagenet21k+imagenet2012/ViT-B_32.npz)')
+      'no weights: pass --weights_dir=DIR with imagenet21k+imagenet2012/ViT-B_32.npz in it '
+      '(published at gs://vit_models/imagenet21k+imagenet2012/ViT-B_32.npz)')
   assert results['ImageNet-21k ViT-H/14 ImageNet ReaL'].reason.endswith(
       '--config=configs/vit_finetune.py:h14,imagenet2012,real=true '
       '--workdir=WORKDIRS/h14_imagenet2012')
@@ -202,6 +202,7 @@ def _constant_miou(labels, c, keep=None):
   return np.mean(scored == c) / len(classes)
 
 
+@pytest.mark.slow
 def test_segmenter_tables_on_generated_scenes(tmp_path):
   sources = reproduce.Sources(CONFIGS, weights_dir=str(tmp_path / 'weights'),
                               workdirs=str(tmp_path / 'runs'), speed=True,
@@ -249,7 +250,7 @@ def test_segmenter_tables_on_generated_scenes(tmp_path):
   timed = by_name(reproduce.fill(timed, dataclasses.replace(sources, weights_dir=None)))
   assert timed['Seg-B/8 images/s'].ours > 0 and timed['Seg-B/8 images/s'].row.paper == 7
   assert timed['Seg-B/8 mIoU'].reason.startswith(
-      'no weights at WEIGHTS_DIR/seg_base_patch8/checkpoint.pth')
+      'no weights: pass --weights_dir=DIR with seg_base_patch8/checkpoint.pth in it')
   untimed = by_name(reproduce.fill(table3, reproduce.Sources(CONFIGS)))
   assert untimed['Seg-L/16 images/s'].reason.startswith('not timed: pass --speed')
   assert untimed['Seg-B/16 mIoU'].reason.endswith(
@@ -355,8 +356,8 @@ def test_detr_tables_say_why_rows_are_empty(tmp_path):
       43.4, 79.3, 53.8, 48.2, 36.3]
   assert table5['DETR-R101 R101 mask AP'].row.paper == 33.0  # Not the README's box AP 40.1.
   assert table5['DETR R50 PQ'].reason == (
-      'no weights at WEIGHTS_DIR/detr-r50-panoptic-00ce5173.pth (published at '
-      'https://dl.fbaipublicfiles.com/detr/detr-r50-panoptic-00ce5173.pth)')
+      'no weights: pass --weights_dir=DIR with detr-r50-panoptic-00ce5173.pth in it (published '
+      'at https://dl.fbaipublicfiles.com/detr/detr-r50-panoptic-00ce5173.pth)')
   assert table5['DETR R50 box AP'].row.source.startswith('facebookresearch/detr README.md')
   assert table5['UPSnet-M R50 RQst'].reason.startswith('not reproducible here: UPSnet-M R50')
 

@@ -164,7 +164,8 @@ class _Config(dict):
     return self[name]
 
 
-@pytest.mark.parametrize('scales, flip', [((1.0,), False), ((0.5, 0.75, 1.0, 1.5), True)])
+@pytest.mark.parametrize('scales, flip', [
+    ((1.0,), False), pytest.param((0.5, 0.75, 1.0, 1.5), True, marks=pytest.mark.slow)])
 def test_segment_matches_original_inference(scales, flip):
   window, stride, img_scale = 16, 12, (64, 24)
   logits_fn = make_logits_fn(window)
