@@ -177,9 +177,9 @@ def _panoptic_rows():
     for column, paper in zip(TABLE5_COLUMNS, figures):
       name, source = f'{model} {column}', _source(5, model, column)
       if column == 'AP':
-        name, source = f'{model} mask AP', source + ' (mask AP, things); README: segm AP'
-      elif column == 'PQ':
-        source += '; README: PQ'
+        name, source = f'{model} mask AP', source + ' (mask AP, things)'
+      if model in PANOPTIC and column in ('PQ', 'AP'):  # The README repeats these two.
+        source += f'; README: {"PQ" if column == "PQ" else "segm AP"}'
       if model not in PANOPTIC:
         rows.append(Row(name, paper, Unavailable(NOT_HERE.format(model)), source=source))
         continue
