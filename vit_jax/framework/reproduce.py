@@ -18,6 +18,7 @@ segmenter_jax/paper_tables.py); `scripts/reproduce.py TABLE` is the command line
 
 import dataclasses
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -151,13 +152,13 @@ def row_config(row: Row, sources: Sources):
   return config
 
 
-def weights_path(row_weights: Weights, weights_dir: Optional[str]) -> tuple[Optional[str], str]:
+def weights_path(row_weights: Weights, weights_dir: str) -> tuple[Optional[str], str]:
   """(the file found, or None; where it was looked for): the published file, else its .npz
   conversion beside it."""
-  path = paths.join(weights_dir or 'WEIGHTS_DIR', row_weights.file)
+  path = paths.join(weights_dir, row_weights.file)
   converted = os.path.splitext(path)[0] + '.npz'
   for candidate in (path, converted):
-    if weights_dir and paths.isfile(candidate):
+    if paths.isfile(candidate):
       return candidate, path
   return None, path
 
@@ -254,6 +255,9 @@ def fill_row(table: Table, row: Row, sources: Sources,
     return Result(row, reason='not timed: pass --speed to measure images/s on this device '
                   f'({jax.devices()[0].device_kind})')
   if isinstance(how, Weights):
+    if not sources.weights_dir:
+      return Result(row, reason=f'no weights: pass --weights_dir=DIR with {how.file} in it '
+                    f'(published at {how.url})')
     path, wanted = weights_path(how, sources.weights_dir)
     if path is None:
       return Result(row, reason=f'no weights at {wanted} (published at {how.url})')
@@ -322,8 +326,19 @@ def as_text(table: Table, results: Sequence[Result]) -> str:
   missing = [r for r in results if r.ours is None]
   if missing:
     lines.append('')
-    lines += [f'{r.row.name}: {r.reason}' for r in missing]
+    # Rows of one model that miss for one reason (its weights) share one line.
+    for reason, same in itertools.groupby(missing, key=lambda r: r.reason):
+      names = [r.row.name for r in same]
+      lines.append(f'{_shortened(names)}: {reason}')
   return '\n'.join(lines)
+
+
+def _shortened(names: Sequence[str]) -> str:
+  """'DETR AP', 'DETR AP50' -> 'DETR AP, AP50': the words all names start with, once."""
+  words = [name.split(' ') for name in names]
+  shared = len(os.path.commonprefix(words)) if len(names) > 1 else 0
+  shared = min(shared, min(len(w) for w in words) - 1)  # Every name keeps a word of its own.
+  return ' '.join(words[0][:shared] + [', '.join(' '.join(w[shared:]) for w in words)])
 
 
 def as_markdown(table: Table, results: Sequence[Result]) -> str:
