@@ -64,8 +64,9 @@ def for_console(record: py_logging.LogRecord) -> bool:
     return False
   # Orbax logs every checkpoint step at INFO through absl, and a failed write as an error with
   # a traceback per thread and array (the run reports the failure in one line): warnings stay.
-  # asyncio's 'Task exception was never retrieved' lines are those writes' too.
-  if '/orbax/' in record.pathname or record.name == 'asyncio':
+  # asyncio's 'Task exception was never retrieved' lines are those writes' too; gcsfs logs each
+  # retry of a bucket it cannot reach with a traceback (the read that failed says so).
+  if '/orbax/' in record.pathname or record.name in ('asyncio', 'gcsfs'):
     return record.levelno == py_logging.WARNING
   return True
 

@@ -57,7 +57,9 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
                     'download or write it again') from None
   except (OSError, ValueError) as e:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise UserError(f'cannot read checkpoint {path!r}: {reason}') from None
+    where = (': without access to it, download it and pass its local path instead, e.g. '
+             '--config.init_from=/path/to/file.npz' if paths.is_url(path) else '')
+    raise UserError(f'cannot read checkpoint {path!r}: {reason}{where}') from None
 
 
 def write_npz(path: str, tree: Params) -> None:
