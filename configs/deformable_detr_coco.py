@@ -21,6 +21,8 @@ import ml_collections
 
 from vit_jax.framework import config_args, loop_config
 
+detr_coco = config_args.import_beside(__file__, 'detr_coco')
+
 # Variant -> model fields (the original's flags).
 VARIANTS = {
     'deformable': {},
@@ -38,24 +40,11 @@ def get_config(arg='deformable'):
   config.task = 'detection'
   config.seed = 42
 
-  config.input.source = 'tfds'
-  config.input.dataset = 'coco/2017'
-  config.input.eval_split = 'validation'
-  config.input.category_layout = 'coco_ids'  # Labels are COCO ids: 91 = max id + 1 classes.
-  config.input.augment = 'detr'  # Flip; multi-scale resize, or resize + random crop + resize.
-  config.input.train_scales = tuple(range(480, 801, 32))
-  config.input.max_size = 1333
-  config.input.crop_resize_scales = (400, 500, 600)
-  config.input.crop_min, config.input.crop_max = 384, 600
-  config.input.eval_scale = 800
-  # Each image zero-padded, with a mask, to the smallest bucket that holds it: an image's padded
-  # shape depends on the image alone, which matters here (the input projections' GroupNorm
-  # takes its statistics over the padded map). The original pads to each GPU's largest image.
-  config.input.pad_buckets = ((608, 832), (832, 608), (800, 1088), (1088, 800), (800, 1344),
-                              (1344, 800))
-  config.input.bucket_window = 8
-  config.input.pad_size = (1333, 1333)  # The fixed canvas, when pad_buckets is ().
-  config.input.max_boxes = 100
+  # DETR's COCO input: the same sources, augmentation, padding buckets and box count. Each image
+  # is padded to the smallest bucket that holds it, so its padded shape depends on the image
+  # alone, which matters here: the input projections' GroupNorm takes its statistics over the
+  # padded map (the original pads to each GPU's largest image).
+  config.input = detr_coco.get_config('r50').input
   config.input.batch_size = 32  # 2 per GPU on 16 V100.
   config.input.eval_batch_size = 32
   config.input.shuffle_buffer = 10_000

@@ -245,7 +245,7 @@ class DeformableDETR(nn.Module):
   two_stage: bool = False
   dtype: jnp.dtype = jnp.float32
   scan: bool = False  # See models._layer_stack.
-  remat: object = 'none'  # A name in vit_jax.layers.remat.REMAT_POLICIES (True / False).
+  remat: str = 'none'  # A name in vit_jax.layers.remat.REMAT_POLICIES.
 
   # The detection task trains sigmoid classes with the focal loss and keeps the top scores.
   sigmoid_classes: ClassVar[bool] = True
