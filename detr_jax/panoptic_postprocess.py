@@ -25,7 +25,9 @@ Step 2 has two rules (MASK_RULES). Masks come at stride 4 of the zero-padded ima
   the padding the original would have had (`padded_size`): the image's own size by default, a
   batch of one image as the original's evaluation with --batch_size 1.
 - 'cropped': the mask logits upsampled 4x and cropped to the image, as the original's
-  PostProcessSegm does; independent of the padding.
+  PostProcessSegm does; independent of the padding. On the shapes job's model (1000 steps) the
+  rules agree at its 64 px eval size (the image fills its canvas); at 54 px on the 64 px canvas
+  PQ is 0.412 by the original's rule and 0.408 cropped.
 """
 
 from typing import Sequence
