@@ -77,6 +77,7 @@ def _random_timm(model, seed):
   return model.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('distilled', [False, True], ids=['vit', 'deit'])
 def test_encoder_matches_timm_with_padding_and_position_embedding_resize(distilled):
   d, heads, patch, crop = 64, 2, 8, 32
@@ -133,6 +134,7 @@ def _tiny(decoder, **changes):
       num_classes=5, decoder=decoder), **changes))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('decoder', models.DECODERS)
 def test_logits_at_input_resolution_for_any_size(decoder):
   model = _tiny(decoder)
@@ -148,6 +150,7 @@ def test_logits_at_input_resolution_for_any_size(decoder):
   np.testing.assert_allclose(apply({'params': params}, larger)[:, :13, :22], logits, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_mask_transformer_normalisation():
   # One pixel per patch: upsampling is the identity, so the logits are mask_norm's output.
   model = _tiny('mask_transformer', num_classes=7, patch_size=1, image_size=4)
@@ -169,6 +172,7 @@ def test_mask_transformer_normalisation():
                              (scores - mean) / np.sqrt(var + 1e-5), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_official_initialisation_statistics():
   # S's width, one encoder block (the statistics are per tensor; init time is per block).
   model = models.build_segmenter(dict(variant='S/16', num_layers=1, image_size=32,

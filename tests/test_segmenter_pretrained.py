@@ -278,6 +278,7 @@ def _vit_npz(path, seed=0):
   return params
 
 
+@pytest.mark.slow
 def test_encoder_from_vit_npz_matches_timms_loader(tmp_path, caplog):
   path = str(tmp_path / 'vit.npz')
   vit = _vit_npz(path)

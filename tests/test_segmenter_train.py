@@ -86,6 +86,7 @@ def test_main_job_writes_miou(workdir):
   assert_prediction_pictures(workdir, steps=[3])  # Truth and predicted masks with a legend.
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line(workdir):
   result = run_module(['segmenter_jax.main', '--config=configs/segmenter_shapes.py',
                        f'--workdir={workdir}', '--config.model.decoder=conv'], timeout=300)
@@ -199,6 +200,7 @@ def test_data_errors_inside_tf_data_become_one_line(tmp_path):
     next(iter(task.eval_input()))
 
 
+@pytest.mark.slow
 def test_init_from_a_vit_npz_fills_the_encoder(tmp_path):
   config = tiny_config()
   task = segmentation.SegmentationTask(config)

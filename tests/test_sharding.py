@@ -126,6 +126,7 @@ def test_rule_for_an_axis_the_model_does_not_have_is_an_error():
     sharding.variable_shardings(abstract, mesh, MISSPELT_RULES)
 
 
+@pytest.mark.slow
 def test_misspelt_rule_from_the_command_line_is_one_line(workdir):
   result = run_module(['vit_jax.main', '--config=configs/vit_digits.py', f'--workdir={workdir}',
                        f'--config.sharding_rules={MISSPELT_RULES}'], timeout=300)

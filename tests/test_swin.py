@@ -84,6 +84,7 @@ def test_reduced_depth_variants_match_timm(variant):
   _check_logits(REDUCED[variant], (size, size))
 
 
+@pytest.mark.slow
 def test_non_square_shifted_windows_match_timm():
   """192 x 288: every stage a multiple of the window 3 and larger than it, so each odd block is
   shifted and masked on a non-square map (58 x 72 down to 6 x 9)."""
@@ -116,6 +117,7 @@ def test_drop_path_rates_rise_over_all_blocks():
   np.testing.assert_allclose(sum(rates, ()), torch.linspace(0, 0.2, 12).numpy(), atol=1e-7)
 
 
+@pytest.mark.slow
 def test_attend_bias_gradient():
   """attend's written backward for an additive bias broadcast over the batch, against autodiff
   of softmax(q k + bias) v."""
