@@ -18,8 +18,6 @@ counted from the model (trainable ones, as the paper); FPS is a V100 figure of t
 """
 
 from detr_jax import model_stats, models
-from detr_jax.detection import DetectionTask
-from detr_jax.panoptic import PanopticTask
 from vit_jax.framework.reproduce import Computed, Row, Table, Training, Unavailable, Weights
 
 PAPER = 'DETR arXiv 2005.12872v3'
@@ -185,16 +183,15 @@ def _panoptic_rows():
         continue
       backbone, file, _ = PANOPTIC[model]
       rows.append(Row(name, paper, Weights(file, URL + file), PANOPTIC_METRIC_OF[column],
-                      config=f'detr_panoptic.py:{backbone},stage=masks', make_task=PanopticTask,
-                      source=source))
+                      config=f'detr_panoptic.py:{backbone},stage=masks', source=source))
   for model, (_, _, box_ap) in PANOPTIC.items():
     rows.append(Row(f'{model} box AP', box_ap, Unavailable(BOX_AP_OF_PANOPTIC),
                     source=f'{README}, COCO panoptic val5k models, row {model}, column box AP'))
   return tuple(rows)
 
 
-def _table(name, title, rows, make_task=DetectionTask):
-  return Table(name, title, rows, make_task, 'detr_jax.main', SOURCE)
+def _table(name, title, rows):
+  return Table(name, title, rows, 'detr_jax.main', SOURCE)
 
 
 TABLES = {
@@ -207,6 +204,5 @@ TABLES = {
     'detr-table4': _table('detr-table4', 'DETR Table 4: loss components (R50, 300 epochs), box '
                           'AP %', _ablation_rows(4)),
     'detr-table5': _table('detr-table5', 'DETR Table 5: COCO val2017 panoptic quality % and '
-                          'mask AP % of the released panoptic models', _panoptic_rows(),
-                          PanopticTask),
+                          'mask AP % of the released panoptic models', _panoptic_rows()),
 }

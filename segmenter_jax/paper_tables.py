@@ -227,7 +227,7 @@ def _readme_rows():
 
 
 def _table(name: str, title: str, rows) -> Table:
-  return Table(name, title, rows, SegmentationTask, 'segmenter_jax.main', SOURCE)
+  return Table(name, title, rows, 'segmenter_jax.main', SOURCE)
 
 
 TABLES = {

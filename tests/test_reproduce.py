@@ -17,7 +17,7 @@ from segmenter_jax import paper_tables as seg_tables
 from segmenter_jax import segmentation_input, shapes
 from vit_jax.classification import paper_tables as vit_tables
 from vit_jax.classification import vit_weights
-from vit_jax.framework import reproduce, weights
+from vit_jax.framework import registry, reproduce, weights
 
 CONFIGS = os.path.join(ROOT, 'configs')
 TINY_VIT = (('model.variant', None), ('model.patch_size', 8), ('model.hidden_size', 8),
@@ -63,7 +63,7 @@ def test_vit_table2_evaluates_released_weights_and_reads_runs(tmp_path):
                  tfds.builder('imagenet2012_real').as_dataset(split='validation')]
     c = int(np.bincount(labels).argmax())
     config = reproduce.row_config(row, sources)
-    params = constant_head(table.make_task(config), ('head',), c)
+    params = constant_head(registry.make_task(config), ('head',), c)
     path = tmp_path / 'weights' / 'imagenet21k+imagenet2012' / 'ViT-L_16.npz'
     path.parent.mkdir(parents=True)
     vit_weights.write_vit_npz(str(path), params)  # The official layout, as gs://vit_models has it.
@@ -186,7 +186,7 @@ def _segmenter_weights(tmp_path, sources, folder, variant, c):
   table = seg_tables.TABLES['segmenter-readme']
   row = next(r for r in table.rows if r.config.endswith(f':{variant}'))
   config = reproduce.row_config(row, sources)
-  params = constant_head(table.make_task(config), ('decoder', 'head'), c)
+  params = constant_head(registry.make_task(config), ('decoder', 'head'), c)
   path = tmp_path / 'weights' / folder / 'checkpoint.npz'
   path.parent.mkdir(parents=True)
   weights.write_npz(str(path), params)
@@ -313,7 +313,7 @@ def test_detr_table1_evaluates_a_conversion_of_the_released_file(tmp_path):
   table = detr_tables.TABLES['detr-table1']
   sources = reproduce.Sources(CONFIGS, weights_dir=str(tmp_path), overrides=overrides)
   rng = np.random.default_rng(0)
-  task = table.make_task(reproduce.row_config(
+  task = registry.make_task(reproduce.row_config(
       next(r for r in table.rows if r.name == 'DETR AP'), sources))
   variables = reproduce.abstract_variables(
       task, lambda x: (0.1 * rng.standard_normal(x.shape)).astype(x.dtype))

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax.classification import vit
-from vit_jax.classification.task import ClassificationTask, REAL_DATASET
+from vit_jax.classification.task import REAL_DATASET
 from vit_jax.framework import model_stats
 from vit_jax.framework.reproduce import Computed, Row, Table, Training, Unavailable, Weights
 
@@ -234,11 +234,9 @@ def _table6_rows():
 
 TABLES = {
     'vit-table2': Table('vit-table2', 'ViT Table 2: comparison with the state of the art '
-                        '(top-1 %, VTAB mean %)', _table2_rows(), ClassificationTask,
-                        'vit_jax.main', SOURCE),
+                        '(top-1 %, VTAB mean %)', _table2_rows(), 'vit_jax.main', SOURCE),
     'vit-table5': Table('vit-table5', 'ViT Table 5: top-1 % by pre-training dataset and model',
-                        _table5_rows(), ClassificationTask, 'vit_jax.main', SOURCE),
+                        _table5_rows(), 'vit_jax.main', SOURCE),
     'vit-table6': Table('vit-table6', 'ViT Table 6: JFT-300M scaling study, top-1 % and '
-                        'pre-training exaFLOPs', _table6_rows(), ClassificationTask,
-                        'vit_jax.main', SOURCE),
+                        'pre-training exaFLOPs', _table6_rows(), 'vit_jax.main', SOURCE),
 }

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vit_jax.framework import evaluation, model_stats, paths, sharding, weights
+from vit_jax.framework import evaluation, model_stats, paths, registry, sharding, weights
 from vit_jax.framework import task as task_lib
 from vit_jax.framework.errors import UserError
 
@@ -78,7 +78,8 @@ class Row:
   config: str = ''  # 'FILE.py:ARG' under the configs directory.
   protocol: tuple[tuple[str, Any], ...] = ()  # Config fields set on top: the eval protocol.
   percent: bool = True  # The metric is a fraction; shown x100 like the paper.
-  make_task: Optional[Callable[[Any], task_lib.Task]] = None  # Default: the table's.
+  # Default: the task the row's config names (vit_jax.framework.registry).
+  make_task: Optional[Callable[[Any], task_lib.Task]] = None
   source: str = ''  # Where the paper's figure was read: paper, version, table, row, column.
 
 
@@ -87,7 +88,6 @@ class Table:
   name: str  # What the command line takes, e.g. 'vit-table2'.
   title: str
   rows: tuple[Row, ...]
-  make_task: Callable[[Any], task_lib.Task]
   main: str  # The module that trains a row's config, e.g. 'vit_jax.main'.
   source: str  # Where the paper figures come from.
 
@@ -262,7 +262,7 @@ def fill_row(table: Table, row: Row, sources: Sources,
     if path is None:
       return Result(row, reason=f'no weights at {wanted} (published at {how.url})')
     evaluated = {} if evaluated is None else evaluated
-    key = (row.config, row.protocol, path, row.make_task or table.make_task)
+    key = (row.config, row.protocol, path, row.make_task or registry.make_task)
     if key not in evaluated:
       evaluated[key] = _evaluate_row(table, row, sources, path)
     metrics = evaluated[key]
@@ -271,7 +271,7 @@ def fill_row(table: Table, row: Row, sources: Sources,
   else:  # Speed.
     try:
       config = row_config(row, sources)
-      task = (row.make_task or table.make_task)(config)
+      task = (row.make_task or registry.make_task)(config)
       return Result(row, ours=images_per_second(task, config, how.batch, how.repeats))
     except UserError as e:
       return Result(row, reason=f'failed: {e}')
@@ -284,7 +284,7 @@ def _evaluate_row(table: Table, row: Row, sources: Sources, path: str) -> dict |
   """The metrics of the weights at `path` under the row's config, or why there are none."""
   try:
     config = row_config(row, sources)
-    task = (row.make_task or table.make_task)(config)
+    task = (row.make_task or registry.make_task)(config)
     try:
       for split in task.eval_splits.values():
         task.eval_source(split)
