@@ -159,14 +159,30 @@ class Checkpointer:
 def _abandoned_reads_silenced():
   """Orbax reads arrays in concurrent coroutines; when one read fails, each abandoned one prints
   a traceback as it is collected ('Exception ignored in ...'), thousands for a big model. They
-  are collected here, without a word: the one warning of `_set_aside` says what happened."""
+  are collected here, without a word: the one warning of `_set_aside` says what happened.
+  Reads still in flight in tensorstore's threads finish later, into the event loop orbax has
+  closed by then ('Event loop is closed'): those stay silent for good."""
   previous = sys.unraisablehook
   sys.unraisablehook = lambda unraisable: None
   try:
     yield
   finally:
     gc.collect()
-    sys.unraisablehook = previous
+    sys.unraisablehook = _without_late_completions(previous)
+
+
+def _without_late_completions(hook):
+  """`hook`, except for a result handed to an asyncio loop that no longer runs: nothing awaits
+  it, so there is nothing to say."""
+  if getattr(hook, 'drops_late_completions', False):
+    return hook
+
+  def filtered(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == 'Event loop is closed'):
+      hook(unraisable)
+  filtered.drops_late_completions = True
+  return filtered
 
 
 def _is_disk_full(error: BaseException) -> bool:
