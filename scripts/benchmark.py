@@ -53,8 +53,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from vit_jax.classification import swin, swin_weights, vit, vit_weights
-from vit_jax.framework import host_memory, weights
+from vit_jax.classification import swin_weights, vit_weights
+from vit_jax.framework import host_memory, registry, weights
 from vit_jax.framework.errors import UserError
 
 TIMM_SIZES = {'Ti': 'tiny', 'S': 'small', 'B': 'base', 'L': 'large', 'H': 'huge'}
@@ -167,6 +167,11 @@ def _loss_differences(jax_train: Contender, peer_train: Contender) -> tuple[floa
 # -------------------------------------------------------------------------------- tasks
 
 
+def our_model(task: str, name: str, fields: dict):
+  """Our model as a config names it (config.task, config.model.name; vit_jax.framework.registry)."""
+  return registry.task_class(task).MODELS[name](dict(fields, name=name))
+
+
 def vit_rows(args) -> tuple[str, dict]:
   import timm
   if args.model in SWIN_MODELS:
@@ -177,8 +182,8 @@ def vit_rows(args) -> tuple[str, dict]:
                     f'with SIZE in {sorted(TIMM_SIZES)} (timm has no same-named hybrids)')
   image_size = args.size or (224, 224)
   # timm's numerics: erf GELU; its init (random head, so that the outputs compare something).
-  model = vit.build_vit(dict(variant=args.model, num_classes=1000, gelu_approximate=False,
-                                weight_init='timm'))
+  model = our_model('classification', 'vit', dict(
+      variant=args.model, num_classes=1000, gelu_approximate=False, weight_init='timm'))
   images = _images(args.batch, image_size)
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), images[:1]))['params']
   peer = timm.create_model(f'vit_{TIMM_SIZES[size]}_patch{patch}_224',
@@ -203,7 +208,7 @@ def swin_rows(args) -> tuple[str, dict]:
   import timm
   variant, timm_name = SWIN_MODELS[args.model]
   image_size = args.size or (224, 224)
-  model = swin.build_swin(dict(variant=variant, num_classes=1000))
+  model = our_model('classification', 'swin', dict(variant=variant, num_classes=1000))
   # No stochastic depth on either side (timm's default is 0.1): the same work in a train step.
   peer = timm.create_model(timm_name, pretrained=False, img_size=image_size, drop_path_rate=0.0)
   params = swin_weights.from_torch({k: v.numpy() for k, v in peer.state_dict().items()})
@@ -301,7 +306,6 @@ def _detr_torch_train_step(peer, images, pixel_mask, targets, flops: float) -> C
 
 def detr_rows(args) -> tuple[str, dict]:
   from transformers import DetrConfig, DetrForObjectDetection
-  from detr_jax import models as detr_models
   from detr_jax import pretrained
   height, width = args.size or (800, 1067)
   torch.manual_seed(0)
@@ -315,9 +319,10 @@ def detr_rows(args) -> tuple[str, dict]:
       giou_cost=DETR_WEIGHTS['giou_weight'], bbox_loss_coefficient=DETR_WEIGHTS['bbox_weight'],
       giou_loss_coefficient=DETR_WEIGHTS['giou_weight'], eos_coefficient=DETR_EOS_COEF)).eval()
   variables = pretrained.convert_state_dict({k: v.numpy() for k, v in peer.state_dict().items()})
-  model = detr_models.DETR(num_classes=91, backbone_blocks=DETR_SIZE['backbone_blocks'],
-                           num_encoder_layers=DETR_SIZE['layers'],
-                           num_decoder_layers=DETR_SIZE['layers'], dropout_rate=0.0)
+  model = our_model('detection', 'detr', dict(
+      num_classes=91, backbone_blocks=DETR_SIZE['backbone_blocks'],
+      num_encoder_layers=DETR_SIZE['layers'], num_decoder_layers=DETR_SIZE['layers'],
+      dropout_rate=0.0))
   images = _images(args.batch, (height, width))
   mask = np.ones((args.batch, height, width), np.int32)
   apply = lambda v, x, m: model.apply(v, x, m)
@@ -423,7 +428,7 @@ def segmenter_rows(args) -> tuple[str, dict]:
              patch_size=patch, image_size=size, n_cls=num_classes,
              decoder=dict(name=args.decoder, n_layers=decoder_layers, n_heads=heads))
   params, fields = pretrained.convert_official(peer.state_dict(), {'net_kwargs': net})
-  model = seg_models.build_segmenter(fields)
+  model = our_model('segmentation', 'segmenter', fields)
 
   images = _images(args.batch, size)
   labels = np.random.default_rng(3).integers(0, num_classes, (args.batch,) + size)
