@@ -106,6 +106,7 @@ def _transformer_outputs(pos, src, layers=2, **fields):
   return decoded
 
 
+@pytest.mark.slow
 def test_spatial_encodings_enter_where_the_variant_says():
   pos = jax.random.normal(jax.random.PRNGKey(3), (2, 12, 32))
   src = jax.random.normal(jax.random.PRNGKey(4), (2, 12, 32))

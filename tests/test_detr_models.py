@@ -109,6 +109,7 @@ def test_fine_tuning_on_new_classes_keeps_a_fresh_head():
   np.testing.assert_array_equal(fitted['params']['query_embed'], state['query_embed.weight'])
 
 
+@pytest.mark.slow
 def test_backbone_from_a_torchvision_resnet():
   resnet = {k: v.numpy() for k, v in torchvision.models.resnet50().state_dict().items()}
   model = models.DETR(num_classes=3, num_encoder_layers=1, num_decoder_layers=1)

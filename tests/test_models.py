@@ -209,6 +209,7 @@ def test_unknown_remat_policy_is_a_one_line_error_listing_the_choices():
     vit.build_vit(dict(variant='Ti/16', num_classes=10, remat='dots'))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_close_loss():
   (loss, _), (loss_bf16, grads_bf16) = _loss_and_grads(), _loss_and_grads(dtype=jnp.bfloat16)
   # bfloat16 has 8 bits of mantissa: 1% on the loss is the expected scale of its rounding.

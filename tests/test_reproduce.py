@@ -105,6 +105,7 @@ def test_vit_table2_evaluates_released_weights_and_reads_runs(tmp_path):
   assert (days.row.paper, days.ours) == (230., None) and days.reason.startswith('the paper\'s own')
 
 
+@pytest.mark.slow
 def test_vit_table6_exaflops_are_computed_and_accuracies_say_why():
   table = vit_tables.TABLES['vit-table6']
   assert len(table.rows) == 18 * 7

@@ -238,6 +238,7 @@ def test_load_pretrained_reads_official_files_and_converted_npz(tmp_path):
     pretrained.load_pretrained(_fresh(other), str(tmp_path / 'converted.npz'), other)
 
 
+@pytest.mark.slow
 def test_convert_script_writes_params_and_config(tmp_path):
   _write_official(tmp_path, 'linear')
   out = str(tmp_path / 'seg.npz')

@@ -61,6 +61,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, got['opt_state'], expected['opt_state'])
 
 
+@pytest.mark.slow
 def test_eval_accuracy_equals_independent_count(workdir):
   # Eval batch 64 divides neither the 360 test nor the 1437 training images; the training split
   # is scored as a second eval (config.evals) at the same steps.
@@ -80,6 +81,7 @@ def test_eval_accuracy_equals_independent_count(workdir):
     assert metrics[key] == pytest.approx(np.mean(logits.argmax(-1) == data['label']))
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_full_batch():
   params = {}
   for accum in (1, 4):

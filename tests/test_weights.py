@@ -162,6 +162,7 @@ def test_training_starts_from_init_from(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, state['params'], source)
 
 
+@pytest.mark.slow
 def test_hybrid_logits_match_timm_on_the_same_weights(tmp_path):
   got, expected = _logits_here_and_in_timm('R26+S/32', 'vit_small_r26_s32_224', tmp_path, seed=2)
   # timm's hybrid uses GroupNorm eps 1e-5 and weight standardisation w / sqrt(var + 1e-8); the
