@@ -5,6 +5,7 @@ through `cli.parse_flags` and `cli.loaded_config`, which print the line and exit
 on the UserError they raise; a few cases run the whole command as a user does.
 """
 
+import logging
 import os
 import re
 
@@ -18,11 +19,18 @@ from vit_jax.framework.errors import UserError
 
 
 def _parse(capsys, *args) -> str:
-  """The one line `python -m vit_jax.main ARGS` stops with while reading its flags and config."""
+  """The one line `python -m vit_jax.main ARGS` stops with while reading its flags and config.
+  Parsing (and unparsing) absl's flags sets the 'absl' logger's level from its verbosity flag:
+  the level is put back afterwards, so that later tests' caplog still sees INFO lines."""
+  level = logging.getLogger('absl').level
   flags.FLAGS.unparse_flags()
-  with pytest.raises(SystemExit) as stopped:
-    cli.parse_flags(['vit_jax.main', *args])
-    cli.loaded_config()
+  try:
+    with pytest.raises(SystemExit) as stopped:
+      cli.parse_flags(['vit_jax.main', *args])
+      cli.loaded_config()
+  finally:
+    flags.FLAGS.unparse_flags()
+    logging.getLogger('absl').setLevel(level)
   assert stopped.value.code == 2
   lines = capsys.readouterr().err.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: '), lines

@@ -270,9 +270,10 @@ def test_config_mistakes_are_one_line_errors():
     assert '\n' not in str(error.value)
   with pytest.raises(UserError, match='needs a variant'):
     models.build_segmenter(dict(good, variant=None))
-  with pytest.raises(UserError, match='distillation token needs classifier token_unpooled'):
+  with pytest.raises(UserError, match='distillation token needs classifier token or '
+                                      "token_unpooled \\(not 'gap'\\)"):
     vit_models.VisionTransformer(num_classes=3, patch_size=4, hidden_size=8, num_layers=1,
-                                 num_heads=2, mlp_dim=8, distilled=True).init(
+                                 num_heads=2, mlp_dim=8, distilled=True, classifier='gap').init(
                                      jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
 
 
