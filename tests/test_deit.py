@@ -141,7 +141,8 @@ def test_exact_parameter_counts():
 def test_model_table_lists_every_deit_model():
   result = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'scripts', 'model_table.py'), '--json', '--models=',
-       '--segmenter=', '--detr=', '--detr_ablations=', '--detr_panoptic='],
+       '--segmenter=', '--detr=', '--detr_ablations=', '--detr_panoptic=', '--deformable_detr=',
+       '--swin='],
       capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=ROOT))
   assert result.returncode == 0, result.stderr[-2000:]
   rows = {row['model']: row for row in json.loads(result.stdout)}
