@@ -46,7 +46,7 @@ def main(model):
   task = make_task(config)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     # DETR's configs count epochs; the schedule's length does not change the layout.
-    tx, _ = optim.make_optimizer(config.optim, config.get('total_steps', 1000))
+    tx, _ = optim.make_optimizer(config.optim, config.get('total_steps') or 1000)
     abstract, shardings = train.state_shardings(task, tx, jax.random.PRNGKey(0), mesh, rules)
     state = jax.jit(lambda r: train.init_state(task, tx, r), out_shardings=shardings)(
         jax.random.PRNGKey(0))

@@ -95,10 +95,13 @@ def check_rules_name_model_axes(rules, logical_specs) -> None:
                       'in config.sharding_rules')
 
 
-def variable_shardings(abstract_variables, mesh, rules):
-  """NamedShardings for a tree of (boxed) variables from `jax.eval_shape(model.init, ...)`."""
+def variable_shardings(abstract_variables, mesh, rules, check_rules: bool = True):
+  """NamedShardings for a tree of (boxed) variables from `jax.eval_shape(model.init, ...)`;
+  `check_rules=False` for variables beside the model (a teacher, or none), whose axes need not
+  cover the rules the model's were checked against."""
   specs = nn.get_partition_spec(abstract_variables)
-  check_rules_name_model_axes(rules, specs)
+  if check_rules:
+    check_rules_name_model_axes(rules, specs)
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 

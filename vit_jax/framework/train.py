@@ -157,7 +157,7 @@ def frozen_variables(task: task_lib.Task, mesh, rules) -> tuple[dict, dict]:
   """(the task's frozen variables on the devices, their shardings): laid out by their logical
   axis names as the params are, read once per run (a resumed run reads them again)."""
   boxed = task.frozen_variables()
-  shardings = sharding.variable_shardings(boxed, mesh, rules)
+  shardings = sharding.variable_shardings(boxed, mesh, rules, check_rules=False)
   is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
   values = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, boxed,
                         is_leaf=is_box)  # nn.meta.unbox would constrain host arrays to the mesh.
