@@ -67,11 +67,12 @@ class Checkpointer:
     """
     unreadable = []  # (step, error), newest first.
     for step in sorted(self.all_steps(), reverse=True):
-      try:
-        saved = self._saved_shapes(step)
-      except Exception as e:  # Orbax, tensorstore and JSON each raise their own types.
-        unreadable.append((step, e))
-        continue
+      with _abandoned_reads_silenced():  # Reading the metadata opens every array too.
+        try:
+          saved = self._saved_shapes(step)
+        except Exception as e:  # Orbax, tensorstore and JSON each raise their own types.
+          unreadable.append((step, e))
+          continue
       self._check_fits(step, saved, target)
       with _abandoned_reads_silenced():
         try:
