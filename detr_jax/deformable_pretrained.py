@@ -40,7 +40,6 @@ _HF_TO_OFFICIAL = [
     (r'\.(mlp\.)?fc(\d)\.', r'.linear\2.'),
     (r'\.o_proj\.', '.out_proj.'),
 ]
-_HF_QKV = re.compile(r'^(.*)\.(q|k|v)_proj\.(weight|bias)$')
 
 
 def _official_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -48,18 +47,7 @@ def _official_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   state = {k: v for k, v in state.items() if not k.endswith('num_batches_tracked')}
   if not any(k.startswith('model.') for k in state):
     return state
-  renamed, fused = {}, {}
-  for key, value in state.items():
-    for pattern, replacement in _HF_TO_OFFICIAL:
-      key = re.sub(pattern, replacement, key)
-    qkv = _HF_QKV.match(key)
-    if qkv:
-      fused.setdefault(f'{qkv[1]}.in_proj_{qkv[3]}', {})[qkv[2]] = value
-    else:
-      renamed[key] = value
-  for key, parts in fused.items():
-    renamed[key] = np.concatenate([parts['q'], parts['k'], parts['v']])
-  return renamed
+  return pretrained.official_from_hf(state, _HF_TO_OFFICIAL)
 
 
 def _our_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -78,21 +78,27 @@ def _official_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
       heads = {re.sub(pattern, replacement, k): v for k, v in heads.items()}
     return {**{f'detr.{k}': v for k, v in box.items()}, **heads}
   if any(k.startswith('model.') for k in state):  # HF transformers.
-    renamed, fused = {}, {}
-    for key, value in state.items():
-      for pattern, replacement in _HF_TO_OFFICIAL:
-        key = re.sub(pattern, replacement, key)
-      qkv = _HF_QKV.match(key)
-      if qkv:
-        fused.setdefault(f'{qkv[1]}.in_proj_{qkv[3]}', {})[qkv[2]] = value
-      else:
-        renamed[key] = value
-    for key, parts in fused.items():
-      renamed[key] = np.concatenate([parts['q'], parts['k'], parts['v']])
-    return renamed
+    return official_from_hf(state, _HF_TO_OFFICIAL)
   if 'conv1.weight' in state and 'layer1.0.conv1.weight' in state:  # torchvision ResNet.
     return {f'backbone.0.body.{k}': v for k, v in state.items() if not k.startswith('fc.')}
   return state
+
+
+def official_from_hf(state: dict[str, np.ndarray], table) -> dict[str, np.ndarray]:
+  """HF transformers' keys renamed by `table` ((pattern, replacement) pairs, applied in order),
+  and HF's separate q/k/v projections fused back into the official `in_proj_{weight,bias}`."""
+  renamed, fused = {}, {}
+  for key, value in state.items():
+    for pattern, replacement in table:
+      key = re.sub(pattern, replacement, key)
+    qkv = _HF_QKV.match(key)
+    if qkv:
+      fused.setdefault(f'{qkv[1]}.in_proj_{qkv[3]}', {})[qkv[2]] = value
+    else:
+      renamed[key] = value
+  for key, parts in fused.items():
+    renamed[key] = np.concatenate([parts['q'], parts['k'], parts['v']])
+  return renamed
 
 
 def _path(key: str) -> list[str]:
