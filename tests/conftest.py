@@ -17,7 +17,6 @@ def pytest_configure(config):
   """One persistent compilation cache for this session's in-process compiles: tests that build
   the same small model and step compile it once. A fresh folder, so no test sees another
   session's entries; set before any test module imports (JAX reads the setting once)."""
-  config.addinivalue_line('markers', 'slow: takes more than ~10 s (deselect with -m "not slow")')
   config.addinivalue_line(
       'markers', 'slow: more than ~10 s on 2 CPU cores; `-m "not slow"` is the fast subset that '
       'people run while they work (CI runs everything)')
