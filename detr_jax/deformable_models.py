@@ -40,6 +40,7 @@ from detr_jax import deformable_attention, models
 from vit_jax.framework.errors import UserError
 from vit_jax.layers.convolution import conv_general_dilated
 from vit_jax.layers.initializers import partitioned, torch_default
+from vit_jax.layers.attention_kernels import attention_name
 from vit_jax.layers.remat import remat_policy_name
 
 # The class logits' initial bias: every class starts at probability 0.01 (RetinaNet's prior).
@@ -246,6 +247,9 @@ class DeformableDETR(nn.Module):
   dtype: jnp.dtype = jnp.float32
   scan: bool = False  # See models._layer_stack.
   remat: str = 'none'  # A name in vit_jax.layers.remat.REMAT_POLICIES.
+  # The decoder's self-attention (vit_jax.layers.attention_kernels); the deformable ones are
+  # their own operator.
+  attention: str = 'auto'
 
   # The detection task trains sigmoid classes with the focal loss and keeps the top scores.
   sigmoid_classes: ClassVar[bool] = True
@@ -300,6 +304,7 @@ class DeformableDETR(nn.Module):
     remat = remat_policy_name(self.remat)
     layer_fields = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                         dropout_rate=self.dropout_rate, dtype=dtype,
+                        attention_impl=attention_name(self.attention),
                         spatial_shapes=spatial_shapes)
     encoder_layer = lambda layer_class, name: layer_class(
         **layer_fields, num_points=self.encoder_points, name=name)

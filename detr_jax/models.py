@@ -23,6 +23,7 @@ import numpy as np
 
 from vit_jax.framework.errors import UserError
 from vit_jax.layers.attention import MultiHeadAttention
+from vit_jax.layers.attention_kernels import attention_name
 from vit_jax.layers.convolution import conv_general_dilated
 from vit_jax.layers.normalization import LayerNorm
 from vit_jax.layers.remat import REMAT_POLICIES, remat_policy_name
@@ -225,6 +226,7 @@ class _PostNormLayer(nn.Module):
   mlp_dim: int
   dropout_rate: float = 0.1
   dtype: jnp.dtype = jnp.float32
+  attention_impl: str = 'auto'  # model.attention (vit_jax.layers.attention_kernels).
 
   def add_and_norm(self, x, y, norm_name, train):
     return _layer_norm(norm_name)(x + nn.Dropout(self.dropout_rate)(y, deterministic=not train))
@@ -233,7 +235,8 @@ class _PostNormLayer(nn.Module):
     """torch.nn.MultiheadAttention: dropout on the attention weights, xavier kernels (q, k, v
     with the fused matrix's fans; out_proj its own), zero biases."""
     return MultiHeadAttention(self.num_heads, self.dropout_rate, self.dtype,
-                              qkv_kernel_init=_fused_in_proj_init, out_name='out_proj', name=name)
+                              qkv_kernel_init=_fused_in_proj_init, out_name='out_proj',
+                              attention=self.attention_impl, name=name)
 
   def feed_forward(self, x, train):
     width = x.shape[-1]
@@ -357,11 +360,13 @@ class Transformer(nn.Module):
   output_pos: str = 'attention'  # One of OUTPUT_POS.
   scan: bool = False  # See _layer_stack.
   remat: str = 'none'  # A name in vit_jax.layers.remat.REMAT_POLICIES.
+  attention: str = 'auto'  # See vit_jax.layers.attention_kernels.
 
   @nn.compact
   def __call__(self, src, mask, query_pos, pos, *, train: bool):
     def layer(kind, name):
-      return kind(self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype, name=name)
+      return kind(self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype,
+                  attention_impl=self.attention, name=name)
     remat = remat_policy_name(self.remat)
     src, encoder_pos = _place(src, pos, self.encoder_spatial_pos)
     memory = Encoder(self.num_encoder_layers, layer, self.scan, remat, name='encoder')(
@@ -432,6 +437,9 @@ class DETR(nn.Module):
   # pass (a name in vit_jax.layers.remat.REMAT_POLICIES).
   scan: bool = False
   remat: str = 'none'
+  # The attention implementation (vit_jax.layers.attention_kernels; DETR's attention dropout
+  # runs the reference in training).
+  attention: str = 'auto'
 
   @nn.compact
   def __call__(self, images, pixel_mask, *, train: bool = False, mask_features: bool = False):
@@ -463,7 +471,7 @@ class DETR(nn.Module):
     hs, memory = Transformer(
         self.num_encoder_layers, self.num_decoder_layers, self.num_heads, self.mlp_dim,
         self.dropout_rate, self.dtype, self.encoder_spatial_pos, self.decoder_spatial_pos,
-        self.output_pos, self.scan, self.remat, name='transformer')(
+        self.output_pos, self.scan, self.remat, self.attention, name='transformer')(
             flat(src), mask.reshape(b, h * w), query_pos, flat(pos), train=train)
     d = self.hidden_dim
     logits = _linear(self.num_classes + 1, d, ('embed', 'classes'), 'class_embed', self.dtype,
@@ -488,4 +496,6 @@ def build_detr(model_config) -> DETR:
                     '"no object" class itself)')
   if isinstance(fields.get('dtype'), str):
     fields['dtype'] = jnp.dtype(fields['dtype'])
+  if 'attention' in fields:
+    fields['attention'] = attention_name(fields['attention'])
   return DETR(**fields)

@@ -57,6 +57,7 @@ import jax.numpy as jnp
 from vit_jax.classification import vit as vit_models
 from vit_jax.framework.errors import UserError
 from vit_jax.layers import normalization, remat
+from vit_jax.layers.attention_kernels import attention_name
 
 # Segmenter's numerics: torch LayerNorm and GELU defaults (reference/segmenter.md §1.3).
 LAYER_NORM_EPSILON = 1e-5
@@ -92,6 +93,7 @@ class MaskTransformer(nn.Module):
   dropout_rate: float = 0.1
   drop_path_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  attention: str = 'auto'  # See vit_jax.layers.attention_kernels.
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -109,7 +111,7 @@ class MaskTransformer(nn.Module):
       x = vit_models.Encoder1DBlock(
           self.mlp_dim or 4 * width, self.num_heads, self.dropout_rate, self.dropout_rate,
           LAYER_NORM_EPSILON, gelu_approximate=False, dtype=self.dtype, drop_path_rate=rate,
-          weight_init='timm', name=f'blocks_{i}')(x, train)
+          weight_init='timm', attention=self.attention, name=f'blocks_{i}')(x, train)
     x = normalization.LayerNorm(LAYER_NORM_EPSILON, self.dtype, name='decoder_norm')(x)
     patches, classes = x[:, :-k], x[:, -k:]
     # Raw (d, d) parameters used as x @ P (no bias), initialised d^-0.5 * randn: into the space
@@ -180,7 +182,8 @@ def decode_variant(variant: str) -> dict:
 
 _DEFAULTS = dict(decoder_layers=2, dropout_rate=0.0, drop_path_rate=0.1,
                  decoder_dropout_rate=0.1, decoder_drop_path_rate=0.0, distilled=False,
-                 decoder_num_heads=None, dtype=jnp.float32, remat='none', scan=False)
+                 decoder_num_heads=None, dtype=jnp.float32, remat='none', scan=False,
+                 attention='auto')
 _SIZE_FIELDS = ('hidden_size', 'num_layers', 'num_heads', 'mlp_dim', 'patch_size')
 FIELDS = frozenset(('variant', 'name', 'image_size', 'num_classes', 'decoder') + _SIZE_FIELDS
                    + tuple(_DEFAULTS))
@@ -220,7 +223,7 @@ def build_segmenter(model_config) -> Segmenter:
       classifier='token_unpooled', dropout_rate=kwargs['dropout_rate'],
       attention_dropout_rate=kwargs['dropout_rate'], layer_norm_epsilon=LAYER_NORM_EPSILON,
       gelu_approximate=False, dtype=dtype, remat=remat.remat_policy_name(kwargs['remat']),
-      scan=bool(kwargs['scan']),
+      scan=bool(kwargs['scan']), attention=attention_name(kwargs['attention']),
       distilled=bool(kwargs['distilled']), drop_path_rate=kwargs['drop_path_rate'],
       weight_init='timm', posemb_grid=_grid(kwargs['image_size'], kwargs['patch_size']))
   if kwargs['decoder'] == 'linear':
@@ -229,5 +232,6 @@ def build_segmenter(model_config) -> Segmenter:
     decoder = MaskTransformer(
         kwargs['num_classes'], kwargs['decoder_layers'],
         kwargs['decoder_num_heads'] or kwargs['num_heads'], 4 * kwargs['hidden_size'],
-        kwargs['decoder_dropout_rate'], kwargs['decoder_drop_path_rate'], dtype)
+        kwargs['decoder_dropout_rate'], kwargs['decoder_drop_path_rate'], dtype,
+        kwargs['attention'])
   return Segmenter(encoder, decoder)

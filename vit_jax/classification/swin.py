@@ -26,6 +26,7 @@ import numpy as np
 from vit_jax.framework.errors import UserError
 from vit_jax.layers.activations import gelu
 from vit_jax.layers.attention import Projection, attend
+from vit_jax.layers.attention_kernels import attention_name
 from vit_jax.layers.drop_path import drop_path
 from vit_jax.layers.initializers import partitioned, torch_default
 from vit_jax.layers.normalization import LayerNorm
@@ -367,6 +368,9 @@ def build_swin(model_config) -> SwinTransformer:
   fields = dict(model_config)
   fields.pop('name', None)
   variant = fields.pop('variant', None)
+  # model.attention, checked: Swin's windows (49 tokens, a relative position bias) always run
+  # the reference `attend`, whose weights are small there.
+  attention_name(fields.pop('attention', 'auto'))
   kwargs = decode_variant(variant) if variant else {}
   kwargs.update({k: v for k, v in fields.items() if v is not None or k == 'num_classes'})
   missing = {'embed_dim', 'depths', 'num_heads'} - set(kwargs)

@@ -16,6 +16,7 @@ from vit_jax.classification.resnet import resnet_stem
 from vit_jax.framework.errors import UserError
 from vit_jax.layers.activations import gelu
 from vit_jax.layers.attention import MultiHeadAttention
+from vit_jax.layers.attention_kernels import attention_name
 from vit_jax.layers.drop_path import drop_path
 from vit_jax.layers.initializers import partitioned, torch_default
 from vit_jax.layers.normalization import LayerNorm
@@ -143,6 +144,7 @@ class Encoder1DBlock(nn.Module):
   dtype: jnp.dtype = jnp.float32
   drop_path_rate: float = 0.0
   weight_init: str = 'vit'  # See WEIGHT_INITS.
+  attention: str = 'auto'  # See vit_jax.layers.attention_kernels.
 
   @nn.compact
   def __call__(self, inputs, train: bool, drop_path_rate=None):
@@ -152,6 +154,7 @@ class Encoder1DBlock(nn.Module):
     kernel_init = _timm_kernel if self.weight_init == 'timm' else None
     x = MultiHeadAttention(self.num_heads, self.attention_dropout_rate, self.dtype,
                            qkv_kernel_init=kernel_init, out_kernel_init=kernel_init,
+                           attention=self.attention,
                            name='MultiHeadDotProductAttention_0')(x, train=train)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     x = drop_path(self, x, rate, train) + inputs
@@ -185,6 +188,7 @@ class Encoder(nn.Module):
   weight_init: str = 'vit'  # See WEIGHT_INITS.
   posemb_grid: Optional[tuple[int, int]] = None  # See AddPositionEmbs.grid.
   scan: bool = False
+  attention: str = 'auto'  # See vit_jax.layers.attention_kernels.
 
   @nn.compact
   def __call__(self, x, *, train: bool, grid: Optional[tuple[int, int]] = None):
@@ -208,12 +212,12 @@ class Encoder(nn.Module):
           split_rngs={'params': True, 'dropout': True}, length=self.num_layers,
           metadata_params={nn.PARTITION_NAME: 'layers'})
       layer_rates = jnp.asarray(rates, jnp.float32) if self.drop_path_rate else None
-      x, _ = scanned(block(*fields, weight_init=self.weight_init, name='encoderblock'), x,
-                     layer_rates)
+      x, _ = scanned(block(*fields, weight_init=self.weight_init, attention=self.attention,
+                           name='encoderblock'), x, layer_rates)
     else:
       for i, rate in enumerate(rates):
         x = block(*fields, drop_path_rate=rate, weight_init=self.weight_init,
-                  name=f'encoderblock_{i}')(x, train)
+                  attention=self.attention, name=f'encoderblock_{i}')(x, train)
     return LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm')(x)
 
 
@@ -253,6 +257,7 @@ class VisionTransformer(nn.Module):
   weight_init: str = 'vit'
   posemb_grid: Optional[tuple[int, int]] = None
   scan: bool = False  # The encoder blocks under nn.scan (see Encoder).
+  attention: str = 'auto'  # See vit_jax.layers.attention_kernels.
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
@@ -288,7 +293,7 @@ class VisionTransformer(nn.Module):
                 self.attention_dropout_rate, self.layer_norm_epsilon, self.gelu_approximate,
                 self.dtype, self.remat, self.drop_path_rate, self.weight_init,
                 tuple(self.posemb_grid) if self.posemb_grid else None, self.scan,
-                name='Transformer')(x, train=train, grid=(h, w))
+                self.attention, name='Transformer')(x, train=train, grid=(h, w))
 
     if self.classifier == 'token' and self.distilled:
       return self._distilled_heads(x[:, 0], x[:, 1], train)
@@ -341,4 +346,6 @@ def build_vit(model_config) -> VisionTransformer:
     kwargs['posemb_grid'] = tuple(kwargs['posemb_grid'])
   if 'remat' in kwargs:
     kwargs['remat'] = remat_policy_name(kwargs['remat'])
+  if 'attention' in kwargs:
+    kwargs['attention'] = attention_name(kwargs['attention'])
   return VisionTransformer(**kwargs)

@@ -35,6 +35,10 @@ def defaults() -> ml_collections.ConfigDict:
   # vit_jax.layers.remat); scan: the repeated blocks under nn.scan (compiled once, any depth).
   config.model.remat = 'none'
   config.model.scan = False
+  # The attention implementation (vit_jax.layers.attention_kernels): 'auto' (the backend's best:
+  # cuDNN on GPU for bfloat16, Pallas flash on TPU, the reference on CPU), 'xla' (the
+  # reference), 'pallas_flash' or 'cudnn'.
+  config.model.attention = 'auto'
 
   # Durations: each in steps or in epochs (vit_jax.framework.durations), one of the pair.
   config.total_steps = _placeholder(int)

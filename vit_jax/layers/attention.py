@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax.framework.errors import UserError
+from vit_jax.layers import attention_kernels
 
 _xavier = nn.initializers.xavier_uniform()
 
@@ -148,6 +149,8 @@ class MultiHeadAttention(nn.Module):
   qkv_kernel_init, out_kernel_init: kernel initialisers; default xavier_uniform on the 2-D view
   (the original ViT's); biases start at zero.
   out_name: the output projection's name ('out' in ViT's checkpoints, 'out_proj' in DETR's).
+  attention: the implementation (`model.attention`, vit_jax.layers.attention_kernels): 'auto'
+  is `attend` on CPU; attention dropout in training always runs `attend`.
   """
   num_heads: int
   dropout_rate: float = 0.0
@@ -155,6 +158,7 @@ class MultiHeadAttention(nn.Module):
   qkv_kernel_init: Optional[Callable] = None
   out_kernel_init: Optional[Callable] = None
   out_name: str = 'out'
+  attention: str = 'auto'
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv=None, *, query_pos=None, key_pos=None, key_mask=None,
@@ -183,6 +187,10 @@ class MultiHeadAttention(nn.Module):
     if train and self.dropout_rate > 0:
       kept = jax.random.bernoulli(self.make_rng('dropout'), keep_rate,
                                   query.shape[:3] + key.shape[2:3])
-    y = attend(query, key, value, mask, kept, keep_rate)
+    implementation = attention_kernels.resolve(self.attention, query.dtype)
+    if kept is None and implementation != 'xla':
+      y = attention_kernels.kernel_attend(implementation, query, key, value, key_mask)
+    else:
+      y = attend(query, key, value, mask, kept, keep_rate)
     return Projection(heads + (width,), ('heads', 'kv', 'embed'), 'bnth,nhd->btd', self.dtype,
                       self.out_kernel_init, name=self.out_name)(y)
