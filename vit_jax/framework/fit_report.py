@@ -8,6 +8,10 @@ libtpu describes for the slice and compiled by the TPU compiler, so "fits" is th
 verdict, not an estimate. Needs libtpu (`pip install -e ".[tpu]"`), no TPU and no data: the
 batch's shapes come from the task's `train_example_spec`.
 
+`model.attention` 'auto' resolves on the compiling host (CPU: the reference `attend`, the larger
+footprint); --config.model.attention=pallas_flash compiles the TPU flash kernel a TPU run's
+'auto' picks (vit_jax/layers/attention_kernels.py).
+
 Slice names as users say them: v5e-N and v6e-N count chips (one JAX device each); v4-N and
 v5p-N count TensorCores, two per chip, so v4-32 is 16 chips (2x2x4) and 16 JAX devices
 (megacore). libtpu's own form (v5e:8x8, v4:2x2x4) is accepted too.

@@ -22,8 +22,12 @@ reference then spreads the weight evenly; the kernels' sums would be 0).
 compile for TPU from a CPU host (the fit report) names 'pallas_flash' explicitly.
 """
 
+import math
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from vit_jax.framework.errors import UserError
 
@@ -57,7 +61,7 @@ def kernel_attend(name: str, query, key, value, key_mask=None):
   """softmax(q k) v by kernel `name` ('pallas_flash' or 'cudnn'): [B, N, T, H] x [B, N, S, H]
   -> [B, N, T, H]; key_mask: None or [B, S], true for keys that may be attended to."""
   if name == 'pallas_flash':
-    return _pallas_flash(query, key, value, key_mask)
+    return _per_shard(_pallas_flash, query, key, value, key_mask)
   if name == 'cudnn':
     return _cudnn(query, key, value, key_mask)
   raise ValueError(f'no kernel {name!r}')
@@ -66,6 +70,35 @@ def kernel_attend(name: str, query, key, value, key_mask=None):
 def _pad_to_block(x, axis):
   pad = -x.shape[axis] % _BLOCK
   return jnp.pad(x, [(0, pad if i == axis else 0) for i in range(x.ndim)]) if pad else x
+
+
+def _mesh_axes(logical: str, size: int, mesh) -> tuple:
+  """The mesh axes the logical rules give `logical`, as far as they divide `size`."""
+  axes = nn.logical_to_mesh_axes((logical,))[0]
+  axes = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
+  kept, shards = [], 1
+  for axis in axes:
+    if axis in mesh.axis_names and size % (shards * mesh.shape[axis]) == 0:
+      kept.append(axis)
+      shards *= mesh.shape[axis]
+  return tuple(kept) or None
+
+
+def _per_shard(kernel, query, key, value, key_mask):
+  """`kernel` on each device's shard: XLA cannot partition a Mosaic kernel, so under a
+  multi-device mesh it runs in shard_map over the batch and head axes the logical rules name
+  ('batch', 'heads'; every other mesh axis holds a replica)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or math.prod(mesh.shape.values()) == 1:
+    return kernel(query, key, value, key_mask)
+  batch = _mesh_axes('batch', query.shape[0], mesh)
+  spec = P(batch, _mesh_axes('heads', query.shape[1], mesh), None, None)
+  if key_mask is None:
+    return jax.shard_map(lambda q, k, v: kernel(q, k, v, None), mesh=mesh,
+                         in_specs=(spec,) * 3, out_specs=spec, check_vma=False)(
+                             query, key, value)
+  return jax.shard_map(kernel, mesh=mesh, in_specs=(spec,) * 3 + (P(batch, None),),
+                       out_specs=spec, check_vma=False)(query, key, value, key_mask)
 
 
 def _pallas_flash(query, key, value, key_mask):
