@@ -7,6 +7,11 @@ DETR job, so the two compare on equal footing; what changes is the paper's: mult
 deformable attention over four levels (strides 8-64: 8x8, 4x4, 2x2 and 1x1 maps of the 64 px
 images), sigmoid classes with the focal loss, matching and loss weights class 2 / L1 5 / GIoU 2,
 the sampling offsets and reference points at 0.1x the learning rate.
+
+  --config=configs/deformable_detr_shapes.py:backbone=swin
+
+takes DETR's small Swin backbone (configs/detr_shapes.py) at strides 8, 16, 32 (8x8, 4x4, 2x2),
+the stride-64 level a 3x3/2 convolution of its stride-32 output, as with ResNet.
 """
 
 import ml_collections
@@ -16,10 +21,12 @@ from vit_jax.framework import config_args
 detr = config_args.import_beside(__file__, 'detr_shapes')
 
 
-def get_config():
+def get_config(arg=''):
   """DETR's shapes job (data, backbone, widths, optimizer, steps) with Deformable DETR's model,
   focal classes and matching weights."""
-  config = detr.get_config()
+  args = config_args.parse(arg, 'configs/deformable_detr_shapes.py', names={},
+                           options={'backbone': ('resnet', 'swin')})
+  config = detr.get_config(f'backbone={args.backbone}')
 
   config.model.name = 'deformable_detr'
   config.model.dilation = False  # Multi-scale levels instead of DETR's stride-16 map.

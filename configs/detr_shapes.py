@@ -7,6 +7,12 @@ download. The loss, matching and optimizer are the paper's (set loss with the sa
 Hungarian matching, AdamW, clipping at 0.1); the model is small and, with no ImageNet weights
 offline, its backbone is trained from scratch: GroupNorm instead of frozen batch norm, no frozen
 stem, the full learning rate. It reaches AP50 >= 0.7 on the 256 validation images.
+
+  --config=configs/detr_shapes.py:backbone=swin
+
+takes a small Swin Transformer instead of the ResNet (detr_jax/swin_backbone.py; width 32, two
+blocks a stage, head_dim 32, window 4: 16x16 to 2x2 maps, the last padded to one shifted window)
+at stride 32, DETR's own (no DC5 for Swin): a 2x2 map of the 64 px images.
 """
 
 import ml_collections
@@ -16,7 +22,15 @@ from vit_jax.framework import config_args, loop_config
 coco = config_args.import_beside(__file__, 'detr_coco')
 
 
-def get_config():
+# The Swin backbone of `backbone=swin` (DETR's backbone_* fields; see detr_jax/swin_backbone.py).
+SWIN = dict(backbone='swin', backbone_width=32, backbone_blocks=(2, 2, 2, 2),
+            backbone_heads=(1, 2, 4, 8), backbone_window=4, backbone_drop_path=0.1,
+            dilation=False)
+
+
+def get_config(arg=''):
+  args = config_args.parse(arg, 'configs/detr_shapes.py', names={},
+                           options={'backbone': ('resnet', 'swin')})
   config = loop_config.defaults()
   config.task = 'detection'
 
@@ -49,6 +63,8 @@ def get_config():
   config.model.num_heads = 4  # 8.
   config.model.mlp_dim = 128  # 2048.
   config.model.dropout_rate = 0.0  # 0.1.
+  if args.backbone == 'swin':
+    config.model.update(SWIN)
 
   paper = coco.get_config('r50')
   config.loss = paper.loss  # The set loss: aux losses, class 1 / L1 5 / GIoU 2, eos_coef 0.1.

@@ -232,6 +232,12 @@ class DeformableDETR(nn.Module):
   backbone_blocks: Optional[tuple[int, ...]] = None  # Small backbones for experiments.
   backbone_width: int = 64
   backbone_norm: str = 'frozen'  # 'group' to train a backbone from scratch.
+  # 'swin' instead of ResNet, sized by these (see swin_backbone.py); depths: backbone_blocks.
+  backbone: str = 'resnet'
+  backbone_variant: Optional[str] = None
+  backbone_heads: Optional[tuple[int, ...]] = None
+  backbone_window: Optional[int] = None
+  backbone_drop_path: float = 0.0
   num_feature_levels: int = 4  # 1: single scale (C5); else C3-C5 and strided extra levels.
   hidden_dim: int = 256
   num_queries: int = 300  # Two-stage: the number of proposals kept.
@@ -278,10 +284,8 @@ class DeformableDETR(nn.Module):
   def __call__(self, images, pixel_mask, *, train: bool = False):
     self._check()
     d, dtype = self.hidden_dim, self.dtype
-    stages = models.ResNet(self.backbone_depth, self.dilation, self.backbone_blocks,
-                           self.backbone_width, self.backbone_norm, dtype, name='backbone')(
-        images.astype(dtype))
-    features = stages[1:] if self.num_feature_levels > 1 else stages[-1:]
+    features = models.backbone_stages(self, images.astype(dtype),
+                                      (1, 2, 3) if self.num_feature_levels > 1 else (3,), train)
     pixel_mask = pixel_mask.astype(bool)
     maps = [InputProjection(d, dtype=dtype, name=f'input_proj_{level}')(x)
             for level, x in enumerate(features)]

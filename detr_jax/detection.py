@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from detr_jax import (coco_eval, deformable_models, deformable_pretrained, detection_input,
-                      losses, matcher, models, padding_buckets, pretrained, transforms)
+                      losses, matcher, models, padding_buckets, pretrained, swin_backbone,
+                      transforms)
 from vit_jax.framework import drawing, task
 from vit_jax.framework.errors import UserError
 
@@ -57,6 +58,9 @@ class DetectionTask(task.Task):
                            train=False)
 
   def pretrained_variables(self, variables, path):
+    if getattr(self.model, 'backbone', 'resnet') == 'swin' and not path.endswith('.npz'):
+      # No detector with a Swin backbone is released: a .pth is a Swin ImageNet checkpoint.
+      return swin_backbone.load_swin_backbone(variables, path)
     weights = (deformable_pretrained if isinstance(self.model, deformable_models.DeformableDETR)
                else pretrained)
     return weights.fit_variables(

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from detr_jax import swin_backbone
 from vit_jax.framework.errors import UserError
 from vit_jax.layers.attention import MultiHeadAttention
 from vit_jax.layers.attention_kernels import attention_name
@@ -402,6 +403,22 @@ class BoxHead(nn.Module):
     return jax.nn.sigmoid(x.astype(jnp.float32))
 
 
+BACKBONES = ('resnet', 'swin')
+
+
+def backbone_stages(model, images, levels: tuple[int, ...], train: bool) -> list:
+  """A child 'backbone' chosen by `model.backbone` (the fields of DETR and Deformable DETR):
+  its outputs at `levels` (0..3: layer1..layer4, strides 4..32, layer4 16 under DC5). Called
+  inside the model's compact __call__."""
+  if model.backbone == 'swin':
+    return swin_backbone.swin_backbone(model, levels)(images, train=train)
+  if model.backbone != 'resnet':
+    raise UserError(f'unknown backbone {model.backbone!r}: use one of {", ".join(BACKBONES)}')
+  outputs = ResNet(model.backbone_depth, model.dilation, model.backbone_blocks,
+                   model.backbone_width, model.backbone_norm, model.dtype, name='backbone')(images)
+  return [outputs[level] for level in levels]
+
+
 class DETR(nn.Module):
   """images [B, H, W, 3] (normalised, zero-padded), pixel_mask [B, H, W] (1 = image) ->
   {'logits': [L, B, Q, num_classes + 1], 'boxes': [L, B, Q, 4]} for every decoder layer
@@ -417,6 +434,12 @@ class DETR(nn.Module):
   backbone_blocks: Optional[tuple[int, ...]] = None  # Small backbones for experiments.
   backbone_width: int = 64
   backbone_norm: str = 'frozen'  # 'group' to train a backbone from scratch.
+  # 'swin' instead of ResNet, sized by these (see swin_backbone.py); depths: backbone_blocks.
+  backbone: str = 'resnet'
+  backbone_variant: Optional[str] = None
+  backbone_heads: Optional[tuple[int, ...]] = None
+  backbone_window: Optional[int] = None
+  backbone_drop_path: float = 0.0
   hidden_dim: int = 256
   num_queries: int = 100
   num_encoder_layers: int = 6
@@ -449,9 +472,7 @@ class DETR(nn.Module):
       if getattr(self, field) not in choices:
         raise UserError(f'unknown DETR {field} {getattr(self, field)!r}: use one of '
                         f'{", ".join(choices)}')
-    stages = ResNet(self.backbone_depth, self.dilation, self.backbone_blocks,
-                    self.backbone_width, self.backbone_norm, self.dtype, name='backbone')(
-        images.astype(self.dtype))
+    stages = backbone_stages(self, images.astype(self.dtype), (0, 1, 2, 3), train)
     features = stages[-1]
     b, h, w, c = features.shape
     mask = downsample_mask(pixel_mask.astype(bool), (h, w))

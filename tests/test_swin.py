@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.classification import swin, swin_weights
+from vit_jax.classification import swin, swin_22k_to_1k, swin_weights
 from vit_jax.layers.attention import attend
 
 timm_swin = pytest.importorskip('timm.models.swin_transformer')
@@ -221,3 +221,28 @@ def test_backbone_features_are_timm_stage_outputs_normed():
     reference = reference.permute(0, 2, 3, 1)
     normed = torch.nn.functional.layer_norm(reference, reference.shape[-1:]).numpy()
     np.testing.assert_allclose(mine, normed, atol=1e-4, rtol=0)
+
+
+def test_22k_head_into_1k_classes_keeps_the_imagenet_1k_rows(tmp_path):
+  """A 21841-class (ImageNet-22k) checkpoint starting a 1000-class model keeps the 1k classes'
+  rows of its head, as the original's load_pretrained with data/map22kto1k.txt (1000 distinct
+  rows, first 359, 368, 460, last 21817: reference/swin.md §3); other sizes start at zero."""
+  indices = swin_22k_to_1k.INDICES
+  assert (len(set(indices)), indices[:3], indices[-1]) == (1000, (359, 368, 460), 21817)
+  fields = dict(embed_dim=8, depths=(1, 1), num_heads=(1, 2), window_size=2)
+  torch.manual_seed(0)
+  peer = timm_swin.SwinTransformer(img_size=16, num_classes=21841, embed_dim=8, depths=(1, 1),
+                                   num_heads=(1, 2), window_size=2)
+  state = _official_layout(_numpy_state(peer))
+  path = os.path.join(tmp_path, 'swin_22k.pth')
+  torch.save({'model': {k: torch.from_numpy(v) for k, v in state.items()}}, path)
+  for classes in (1000, 10):
+    model = swin.build_swin(dict(fields, num_classes=classes))
+    shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), _images((16, 16))))
+    fresh = jax.tree.map(lambda x: np.ones(x.shape, x.dtype), shapes['params'])
+    head = swin_weights.load_swin(fresh, path)['head']
+    if classes == 1000:
+      np.testing.assert_array_equal(head['kernel'], state['head.weight'][list(indices)].T)
+      np.testing.assert_array_equal(head['bias'], state['head.bias'][list(indices)])
+    else:
+      assert not np.asarray(head['kernel']).any() and not np.asarray(head['bias']).any()

@@ -189,13 +189,15 @@ class SwinBlock(nn.Module):
   mlp_ratio: float = 4.0
   drop_path_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  fixed_window: bool = False  # See SwinTransformer.
 
   @nn.compact
   def __call__(self, inputs, train: bool, drop_path_rate=None):
     """[B, H, W, C] -> [B, H, W, C]; drop_path_rate: this block's, traced under nn.scan."""
     rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
     _, height, width, channels = inputs.shape
-    window, shift = window_and_shift(height, width, self.window_size)
+    window, shift = ((self.window_size, self.window_size // 2) if self.fixed_window else
+                     window_and_shift(height, width, self.window_size))
     shift = shift if self.shifted else 0
     x = layer_norm(dtype=self.dtype, name='norm1')(inputs)
     # Pad to whole windows before the roll (the detection backbone's order): the mask is built
@@ -224,13 +226,15 @@ class SwinPair(nn.Module):
   mlp_ratio: float = 4.0
   dtype: jnp.dtype = jnp.float32
   remat: str = 'none'
+  fixed_window: bool = False
 
   @nn.compact
   def __call__(self, x, rates, train: bool):
     block = _maybe_remat(SwinBlock, self.remat, scanned=True)
     for i, name in enumerate(PAIR):
       x = block(self.num_heads, self.window_size, name == 'shifted', self.mlp_ratio,
-                dtype=self.dtype, name=name)(x, train, None if rates is None else rates[i])
+                dtype=self.dtype, fixed_window=self.fixed_window, name=name)(
+                    x, train, None if rates is None else rates[i])
     return x, None
 
 
@@ -280,6 +284,7 @@ class SwinStage(nn.Module):
   dtype: jnp.dtype = jnp.float32
   remat: str = 'none'
   scan: bool = False
+  fixed_window: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -295,12 +300,13 @@ class SwinStage(nn.Module):
       rates = (jnp.asarray(self.drop_path_rates, jnp.float32).reshape(-1, 2)
                if any(self.drop_path_rates) else None)
       pair = SwinPair(self.num_heads, self.window_size, self.mlp_ratio, self.dtype, self.remat,
-                      name='blocks')
+                      self.fixed_window, name='blocks')
       return scanned(pair, x, rates)[0]
     block = _maybe_remat(SwinBlock, self.remat, scanned=False)
     for i in range(self.depth):
       x = block(self.num_heads, self.window_size, i % 2 == 1, self.mlp_ratio,
-                self.drop_path_rates[i], self.dtype, name=f'blocks_{i}')(x, train)
+                self.drop_path_rates[i], self.dtype, self.fixed_window, name=f'blocks_{i}')(
+                    x, train)
     return x
 
 
@@ -311,8 +317,10 @@ class SwinTransformer(nn.Module):
   map [B, H/32, W/32, 8C] (no head); classifier 'features' the backbone's four stage outputs
   [B, H/4, W/4, C], ... [B, H/32, W/32, 8C] (strides 4-32), each through its own LayerNorm
   `norm{i}` as the original detection / segmentation backbones add them (no final norm, no
-  head). Unlike those backbones, stages no larger than the window are not shifted here, as
-  in the classifier (only maps of at most 7 tokens a side differ: inputs under 224 px).
+  head), for the stages in `out_indices` only. Stages no larger than the window are not
+  shifted and shrink the window, as in the classifier, unless `fixed_window`: the detection
+  backbone's rule (every block keeps window_size, the map padded up to it, odd blocks always
+  shifted), which keeps the parameters independent of the input size.
   """
   num_classes: Optional[int]
   embed_dim: int
@@ -326,6 +334,8 @@ class SwinTransformer(nn.Module):
   dtype: jnp.dtype = jnp.float32  # Compute dtype ('bfloat16' for mixed precision); params f32.
   remat: str = 'none'  # See REMAT_POLICIES.
   scan: bool = False  # Each stage's blocks under nn.scan, in pairs (see SwinStage).
+  fixed_window: bool = False  # The detection backbone's windows (see above).
+  out_indices: Optional[tuple[int, ...]] = None  # classifier 'features': the stages (all).
 
   def drop_path_rates(self) -> list[tuple[float, ...]]:
     """Each stage's per-block rates: torch.linspace(0, rate, sum(depths)) split by stage."""
@@ -341,13 +351,18 @@ class SwinTransformer(nn.Module):
     if len(self.depths) != len(self.num_heads):
       raise UserError(f'Swin depths {self.depths} and num_heads {self.num_heads} need one '
                       'entry per stage each')
+    out_indices = range(len(self.depths)) if self.out_indices is None else self.out_indices
+    if not set(out_indices) <= set(range(len(self.depths))):
+      raise UserError(f'Swin out_indices {self.out_indices}: use stages 0 to '
+                      f'{len(self.depths) - 1}')
     x = PatchEmbed(self.embed_dim, self.patch_size, self.dtype, name='patch_embed')(images)
     features = []
     for i, (depth, heads, rates) in enumerate(zip(self.depths, self.num_heads,
                                                   self.drop_path_rates())):
       x = SwinStage(depth, heads, self.window_size, i > 0, rates, self.mlp_ratio, self.dtype,
-                    remat_policy_name(self.remat), self.scan, name=f'layers_{i}')(x, train)
-      if self.classifier == 'features':
+                    remat_policy_name(self.remat), self.scan, self.fixed_window,
+                    name=f'layers_{i}')(x, train)
+      if self.classifier == 'features' and i in out_indices:
         features.append(layer_norm(dtype=self.dtype, name=f'norm{i}')(x))
     if self.classifier == 'features':
       return features
@@ -381,7 +396,9 @@ def build_swin(model_config) -> SwinTransformer:
     raise UserError(f'unknown Swin model fields {sorted(unknown)}')
   if 'num_classes' not in kwargs:
     raise UserError('model config needs num_classes')
-  kwargs['depths'], kwargs['num_heads'] = tuple(kwargs['depths']), tuple(kwargs['num_heads'])
+  for field in ('depths', 'num_heads', 'out_indices'):
+    if kwargs.get(field) is not None:
+      kwargs[field] = tuple(kwargs[field])
   if isinstance(kwargs.get('dtype'), str):
     kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
   if 'remat' in kwargs:

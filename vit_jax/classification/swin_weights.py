@@ -22,6 +22,7 @@ import re
 import numpy as np
 from absl import logging
 
+from vit_jax.classification import swin_22k_to_1k
 from vit_jax.classification.swin import PAIR
 from vit_jax.framework.errors import UserError
 from vit_jax.framework.weights import (Params, fill, first_names, flatten, join_torch_qkv,
@@ -200,11 +201,18 @@ def read_swin(path: str) -> Params:
   return from_torch(read_pth(path), f'checkpoint {path}')
 
 
+def _is_22k_to_1k(loaded, wanted) -> bool:
+  return (np.shape(loaded.get('head/bias')) == (swin_22k_to_1k.NUM_22K_CLASSES,) and
+          np.shape(wanted.get('head/bias')) == (len(swin_22k_to_1k.INDICES),))
+
+
 def load_swin(fresh: Params, path: str) -> Params:
   """Fine-tuning start: `fresh` filled from the Swin checkpoint at `path`. Relative position
   tables of another window are resized (torch bicubic, as the original); a head for another
-  class count starts at zero, as the original re-initialises it; a backbone keeps its stage
-  norms as initialised and leaves the classifier's norm and head out."""
+  class count starts at zero, as the original re-initialises it, but a 21841-class (22K) head
+  read into 1000 classes keeps the ImageNet-1k classes' rows, as the original does
+  (swin_22k_to_1k); a backbone keeps its stage norms as initialised and leaves the
+  classifier's norm and head out."""
   loaded = unpair_blocks(flatten(read_swin(path)))  # Compared per block, then laid out as
   wanted = unpair_blocks(flatten(fresh))  # the model wants them.
   resized = [k for k in loaded if k.endswith(TABLE) and k in wanted
@@ -217,7 +225,11 @@ def load_swin(fresh: Params, path: str) -> Params:
     loaded = pair_blocks(loaded)
   head_differs = any(k in wanted and np.shape(loaded[k]) != np.shape(wanted[k])
                      for k in loaded if k.startswith('head/'))
-  if head_differs:
+  if head_differs and _is_22k_to_1k(loaded, wanted):
+    logging.info('Keeping the ImageNet-1k rows of the 22K head (the original\'s map22kto1k).')
+    loaded['head/kernel'] = np.asarray(loaded['head/kernel'])[:, list(swin_22k_to_1k.INDICES)]
+    loaded['head/bias'] = np.asarray(loaded['head/bias'])[list(swin_22k_to_1k.INDICES)]
+  elif head_differs:
     fresh = unflatten({k: np.zeros_like(v) if k.startswith('head/') else v
                        for k, v in flatten(fresh).items()})
   # A backbone (classifier 'features') has fresh stage norms instead of the final norm and head.
