@@ -11,10 +11,11 @@ distillation from `teacher` (the paper's is RegNetY-16GF, not in this zoo: any m
 classification zoo with its weights serves, e.g. a ViT or DeiT .npz/.pth). finetune_384=true is
 the 384-pixel fine-tune (30 epochs, lr 5e-6 at batch 512, wd 1e-8) from a 224 checkpoint.
 
-Not yet in this recipe: the training augmentations (RandAugment rand-m9-mstd0.5-inc1, Mixup 0.8
-/ CutMix 1.0, random erasing 0.25; the ops are vit_jax/classification/augment.py, not yet wired
-into the input pipeline), repeated augmentation, ImageNet mean/std normalisation, the bicubic
-crop and the 0.875 eval crop ratio (eval_resize approximates it).
+The input is DeiT's (reference/deit.md §3.1, §4): bicubic RandomResizedCrop, flip, RandAugment
+rand-m9-mstd0.5-inc1, ImageNet mean/std, random erasing 0.25, Mixup 0.8 / CutMix 1.0 (switch
+0.5) on groups of 64 with the smoothing 0.1 in the targets, 3 repeats; eval crop ratio 0.875.
+Differences: an epoch is the whole split (DeiT floors it to a multiple of 256); RandAugment's
+warps interpolate bilinearly (timm: bicubic).
 """
 
 import ml_collections
@@ -31,16 +32,24 @@ def get_config(arg: str = 'B'):
   config.task = 'classification'
 
   size = 384 if args.finetune_384 else 224
-  config.input = ml_collections.ConfigDict()
   config.input.source = 'tfds'
   config.input.dataset = 'imagenet2012'
-  config.input.data_dir = ml_collections.config_dict.placeholder(str)
   config.input.train_split = 'train'
   config.input.eval_split = 'validation'
   config.input.image_size = size
-  config.input.augment = 'inception_crop'
+  config.input.augment = 'random_resized_crop'  # Then the flip.
   config.input.min_area = 0.08  # RandomResizedCrop scale (0.08, 1).
-  config.input.eval_resize = int(size / 0.875)  # 256 / 438, then the centre crop.
+  config.input.interpolation = 'bicubic'
+  config.input.randaugment = 'rand-m9-mstd0.5-inc1'
+  config.input.normalization = 'deit'  # ImageNet mean and std.
+  config.input.random_erasing = 0.25  # Pixel mode, one box.
+  config.input.mixup_alpha = 0.8
+  config.input.cutmix_alpha = 1.0
+  config.input.mix_prob = 1.0
+  config.input.mix_switch_prob = 0.5
+  config.input.mix_group = 32 if args.finetune_384 else 64  # DeiT-B's per-GPU batch.
+  config.input.repeats = 3  # RASampler.
+  config.input.eval_crop_ratio = 0.875  # Short side to 256 / 438, then the centre crop.
   config.input.batch_size = 512 if args.finetune_384 else 1024
   config.input.eval_batch_size = 1024
   config.input.shuffle_buffer = 250_000

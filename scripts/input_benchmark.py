@@ -1,6 +1,7 @@
 """Training input throughput per CPU core: each task's own decode + augmentation, from JPEGs on disk.
 
   python scripts/input_benchmark.py --task=vit [--images=64] [--batch=8] [--seconds=20]
+  python scripts/input_benchmark.py --task=deit
   python scripts/input_benchmark.py --task=detr
   python scripts/input_benchmark.py --task=segmenter
 
@@ -13,6 +14,9 @@ TF ops to one thread each. Rows:
 
   vit        configs/vit_b16_i21k.py (inception crop to 224) and configs/vit_finetune.py
              (inception crop to 384), on ImageNet-sized 500x375 JPEGs
+  deit       configs/deit.py:B (bicubic RandomResizedCrop to 224, flip, RandAugment
+             rand-m9-mstd0.5-inc1, mean/std, random erasing 0.25, then Mixup / CutMix on the
+             batch) on the same JPEGs; repeated augmentation changes no per-image work
   detr       configs/detr_coco.py:r50 (flip, multi-scale resize, long side <= 1333, padding) on
              COCO-sized 640x480 JPEGs with 7 boxes each
   segmenter  configs/segmenter_ade20k.py (random resize of the 2048x512 scale by 0.5-2, 512 crop,
@@ -43,7 +47,7 @@ from vit_jax.framework import input_pipeline, reproduce
 from vit_jax.framework.errors import UserError
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
-TASKS = ('vit', 'detr', 'segmenter')
+TASKS = ('vit', 'deit', 'detr', 'segmenter')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +64,8 @@ RECIPES = {
     'vit': (Recipe('ViT-B/16 i21k pre-training, 224', 'vit_b16_i21k.py', 500, 375, 'vit'),
             Recipe('ViT-B/16 fine-tuning, 384', 'vit_finetune.py:b16,imagenet2012', 500, 375,
                    'vit')),
+    'deit': (Recipe('DeiT-B ImageNet, 224: RandAugment, erasing, Mixup/CutMix', 'deit.py:B', 500,
+                    375, 'vit'),),
     'detr': (Recipe('DETR-R50 COCO, multi-scale to 1333', 'detr_coco.py:r50', 640, 480,
                     'detr'),),
     'segmenter': (Recipe('Segmenter ADE20K, 512 crop', 'segmenter_ade20k.py:s16_mask', 683, 512,
@@ -156,48 +162,58 @@ def write_ade_folder(root: str, count: int, width: int, height: int, seed: int =
     Image.fromarray(label).save(os.path.join(label_dir, f'{i:08d}.png'))
 
 
-WRITERS = {'vit': write_classification_folder, 'detr': write_coco_folder,
-           'segmenter': write_ade_folder}
+WRITERS = {'vit': write_classification_folder, 'deit': write_classification_folder,
+           'detr': write_coco_folder, 'segmenter': write_ade_folder}
 
 
 # ----------------------------------------------------------------------------- the recipes' input
 
 
 def recipe_input(recipe: Recipe, data_dir: str):
-  """(Source, train_preprocess) of `recipe`'s config, reading the folder at `data_dir`."""
-  config = reproduce.load_config(CONFIGS_DIR, recipe.config).input
+  """(Source, train_preprocess, batch preprocess or None) of `recipe`'s config, reading the
+  folder at `data_dir`."""
+  full_config = reproduce.load_config(CONFIGS_DIR, recipe.config)
+  config = full_config.input
   if recipe.task == 'vit':
     config.update(source='folder', data_dir=data_dir, train_split='train')
+    config.mix_group = 0  # Mixup on the benchmark's batch: the same work per image.
     return (classification_input.make_source(config, 'train'),
-            classification_input.train_preprocess(config))
+            classification_input.train_preprocess(config),
+            classification_input.train_batch_preprocess(
+                config, full_config.model.num_classes, full_config.loss.get('label_smoothing', 0)))
   if recipe.task == 'detr':
     config.update(source='coco_folder', data_dir=data_dir, train_split='train')
-    return detection_input.make_source(config, 'train'), detection_input.train_preprocess(config)
+    return (detection_input.make_source(config, 'train'), detection_input.train_preprocess(config),
+            None)
   config.update(source='folder', data_dir=data_dir, train_split='training')
   return (segmentation_input.make_source(config, 'training'),
-          segmentation_input.train_preprocess(config))
+          segmentation_input.train_preprocess(config), None)
 
 
 def train_dataset(source: input_pipeline.Source, preprocess: Callable, batch: int,
-                  threads: int) -> tf.data.Dataset:
+                  threads: int, batch_preprocess: Optional[Callable] = None) -> tf.data.Dataset:
   """The per-example work of the train stream (`input_pipeline.train_batches`: load, then
-  preprocess with a stateless seed per example, then batch), on `threads` threads."""
+  preprocess with a stateless seed per example, then batch, then the batch's own work such as
+  Mixup), on `threads` threads."""
   examples = tf.data.Dataset.zip(source.read().repeat(), tf.data.Dataset.range(2**62))
-  ds = examples.map(lambda example, index: preprocess(source.load(example),
-                                                      tf.stack([tf.constant(0, tf.int64), index])),
+  seed = lambda index: tf.stack([tf.constant(0, tf.int64), index])
+  ds = examples.map(lambda example, index: (preprocess(source.load(example), seed(index)),
+                                            seed(index)),
                     num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch, drop_remainder=True)
+  ds = ds.map(batch_preprocess or (lambda batch, seeds: batch))
   options = tf.data.Options()
   options.threading.private_threadpool_size = threads
   options.threading.max_intra_op_parallelism = 1  # One op on one thread: cores are `threads`.
-  return ds.batch(batch, drop_remainder=True).prefetch(1).with_options(options)
+  return ds.prefetch(1).with_options(options)
 
 
 def measure(recipe: Recipe, data_dir: str, batch: int = 8, seconds: float = 20.0,
             threads: int = 1, warmup_batches: int = 2, min_batches: int = 2) -> Throughput:
   """Images through `recipe`'s train input: batches are pulled until `seconds` of wall time and
   `min_batches` have passed, after `warmup_batches` untimed ones."""
-  source, preprocess = recipe_input(recipe, data_dir)
-  batches = train_dataset(source, preprocess, batch, threads).as_numpy_iterator()
+  source, preprocess, batch_preprocess = recipe_input(recipe, data_dir)
+  batches = train_dataset(source, preprocess, batch, threads, batch_preprocess).as_numpy_iterator()
   for _ in range(warmup_batches):
     first = next(batches)
   wall, cpu, count = time.perf_counter(), time.process_time(), 0

@@ -60,13 +60,17 @@ def _source(data_dir, split='train'):
   return config, classification_input.make_source(config.input, split)
 
 
-def _stream(data_dir, num_batches, start=0, index=None, count=None):
-  """The classification task's training batches, with each example's id and seed beside them."""
+def _stream(data_dir, num_batches, start=0, index=None, count=None, repeats=1, mix=False):
+  """The classification task's training batches, with each example's id and seed beside them;
+  `mix`: Mixup / CutMix on pairs of rows."""
   config, source = _source(data_dir)
   classify = classification_input.train_preprocess(config.input)
+  config.input.update(mixup_alpha=0.8, cutmix_alpha=1.0, mix_group=2)
+  mixing = classification_input.train_batch_preprocess(config.input, 10, 0.1) if mix else None
   batches = input_pipeline.train_batches(
       source, lambda ex, seed: dict(classify(ex, seed), id=ex['id'], seed=seed), BATCH,
-      start_example=start, seed=SEED, process_index=index, process_count=count)
+      start_example=start, seed=SEED, process_index=index, process_count=count, repeats=repeats,
+      batch_preprocess=mixing)
   return list(itertools.islice(batches, num_batches))
 
 
@@ -100,6 +104,27 @@ def test_global_batches_do_not_depend_on_the_process_count(data_dirs):
     for index in range(count):
       _assert_same(_stream(data_dirs['array_record'], 6, index=index, count=count),
                    _rows(one, index, count))
+
+
+def test_repeated_augmentation_reads_deits_order_for_any_process_count(data_dirs):
+  one = _stream(data_dirs['array_record'], 6, repeats=3, mix=True)  # Into the second epoch.
+  # DeiT's RASampler: epoch e's permutation, each record 3 times in a row, cut to the epoch's
+  # length; here each global batch then sorted by copy number (a stable sort).
+  ids = np.array([ex['id'] for ex in tfds.builder(NAME, data_dir=data_dirs['array_record'])
+                  .as_data_source('train')])
+  order = np.concatenate([np.repeat(np.random.default_rng([SEED, e]).permutation(NUM_TRAIN), 3)
+                          [:NUM_TRAIN] for e in range(2)])
+  positions = np.arange(6 * BATCH).reshape(6, BATCH)
+  positions = np.take_along_axis(positions, np.argsort(positions % NUM_TRAIN % 3, axis=1,
+                                                       kind='stable'), axis=1).ravel()
+  np.testing.assert_array_equal(np.concatenate([b['id'] for b in one]), ids[order[positions]])
+  np.testing.assert_array_equal(np.concatenate([b['seed'][:, 1] for b in one]), positions)
+  for index in range(2):
+    _assert_same(_stream(data_dirs['array_record'], 6, index=index, count=2, repeats=3, mix=True),
+                 _rows(one, index, 2))
+  _assert_same(_stream(data_dirs['array_record'], 2, start=4 * BATCH, repeats=3, mix=True),
+               one[4:])
+  assert one[0]['label'].shape == (BATCH, 10)  # Mixed targets.
 
 
 def test_resume_continues_the_stream_bit_exactly(data_dirs):

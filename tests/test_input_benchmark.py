@@ -39,3 +39,11 @@ def test_detr_command_prints_its_row_at_coco_sizes(capsys):
   assert row and float(row.group(1)) > 0, out
   # Short side 480..800 (or a crop), long side at most 1333, in a padded (bucket) canvas.
   assert 480 <= min(int(row.group(3)), int(row.group(4))), out
+
+
+def test_deit_row_mixes_the_batch_into_target_distributions():
+  results = input_benchmark.run('deit', images=2, batch=2, seconds=0, warmup_batches=1,
+                                min_batches=1)
+  assert [r.recipe.config for r in results] == ['deit.py:B']
+  assert results[0].shapes == {'image': (2, 224, 224, 3), 'label': (2, 1000)}
+  assert results[0].per_cpu_second > 0

@@ -1,11 +1,12 @@
 """DeiT's training augmentations as timm implements them (reference/deit.md §4), in TensorFlow
-for the host's tf.data pipeline: RandAugment `rand-m9-mstd0.5-inc1`, random erasing (pixel
-mode) and batch Mixup / CutMix with smoothed targets.
+for the host's tf.data pipeline: RandomResizedCrop's box, RandAugment `rand-m9-mstd0.5-inc1`,
+random erasing (pixel mode) and batch Mixup / CutMix with smoothed targets.
 
 Every op is a deterministic function of its input and its random parameters (`magnitude`,
 `factor`, the erased box and its noise, lambda and the CutMix box), so each is checked against
-timm's own function on the same parameters; the samplers (`rand_augment`, `random_erasing`,
-`mixup_parameters`) draw those parameters from a stateless seed as timm's draw them.
+timm's own function on the same parameters; the samplers (`random_resized_crop_box`,
+`rand_augment`, `random_erasing`, `mixup_parameters`) draw those parameters from a stateless seed
+as timm's draw them.
 
 Pixel ops (RandAugment's) take and return uint8 (H, W, C) images and reproduce Pillow's
 arithmetic (lookup tables, the L conversion, truncating blends). The warps (rotate, shear,
@@ -224,6 +225,38 @@ def rand_augment(image, seed, num_ops: int = 2, magnitude: float = 9.0,
   return image
 
 
+# ------------------------------------------------------------ RandomResizedCrop's box
+
+
+def random_resized_crop_box(height, width, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                            attempts: int = 10):
+  """timm's RandomResizedCropAndInterpolation.get_params: (top, left, h, w) of the first of
+  `attempts` boxes that fits (area ~ U(scale) of the image, log-aspect (w / h) uniform in
+  `ratio`, offsets uniform and inclusive); if none fits, the centred box of the whole image
+  clipped to the aspect range."""
+  height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
+  h_float, w_float = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+  draws = tf.random.stateless_uniform([attempts, 4], seed, dtype=tf.float64)
+  area = h_float * w_float * (scale[0] + (scale[1] - scale[0]) * draws[:, 0])
+  aspect = tf.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * draws[:, 1])
+  box_w = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)
+  box_h = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
+  fits = (box_w <= width) & (box_h <= height)
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+  top = tf.cast(draws[first, 2] * tf.cast(height - box_h[first] + 1, tf.float64), tf.int32)
+  left = tf.cast(draws[first, 3] * tf.cast(width - box_w[first] + 1, tf.float64), tf.int32)
+  in_ratio = w_float / h_float
+  fallback_w = tf.where(in_ratio > max(ratio),
+                        tf.cast(tf.round(h_float * max(ratio)), tf.int32), width)
+  fallback_h = tf.where(in_ratio < min(ratio),
+                        tf.cast(tf.round(w_float / min(ratio)), tf.int32), height)
+  fit = tf.reduce_any(fits)
+  box_h, box_w = tf.where(fit, box_h[first], fallback_h), tf.where(fit, box_w[first], fallback_w)
+  top = tf.where(fit, top, (height - box_h) // 2)
+  left = tf.where(fit, left, (width - box_w) // 2)
+  return top, left, box_h, box_w
+
+
 # ----------------------------------------------------------------- random erasing
 
 
@@ -255,10 +288,10 @@ def random_erasing(image, seed, probability: float = 0.25, min_area: float = 0.0
   box_h, box_w = box_h[first], box_w[first]
   top = tf.cast(draws[first, 2] * tf.cast(height - box_h + 1, tf.float32), tf.int32)
   left = tf.cast(draws[first, 3] * tf.cast(width - box_w + 1, tf.float32), tf.int32)
-  noise = tf.random.stateless_normal(tf.shape(image), noise_seed, dtype=image.dtype)
-  erased = erase(image, top, left, box_h, box_w, noise)
   do_erase = (tf.random.stateless_uniform([], erase_seed) < probability) & tf.reduce_any(fits)
-  return tf.where(do_erase, erased, image)
+  # The image's worth of noise only for the images erased: drawing it is most of the cost.
+  noise = lambda: tf.random.stateless_normal(tf.shape(image), noise_seed, dtype=image.dtype)
+  return tf.cond(do_erase, lambda: erase(image, top, left, box_h, box_w, noise()), lambda: image)
 
 
 # ----------------------------------------------------------------- Mixup / CutMix
@@ -295,8 +328,8 @@ def mix(images, labels, lam, use_cutmix, cy, cx, num_classes: int, smoothing: fl
   box_area = tf.cast((bottom - top) * (right - left), tf.float32)
   cut_lam = 1.0 - box_area / tf.cast(height * width, tf.float32)
   lam = tf.where(use_cutmix, cut_lam, tf.cast(lam, tf.float32))
-  mixed = tf.where(use_cutmix, tf.where(box[None], partner, images),
-                   lam * images + (1.0 - lam) * partner)
+  mixed = tf.cond(tf.convert_to_tensor(use_cutmix), lambda: tf.where(box[None], partner, images),
+                  lambda: lam * images + (1.0 - lam) * partner)
   targets = smoothed_targets(labels, num_classes, smoothing)
   return mixed, lam * targets + (1.0 - lam) * tf.reverse(targets, [0])
 

@@ -13,12 +13,32 @@ config.input fields:
   image_size      training and eval crop
   eval_resize     eval: resize the short side to this, then center-crop image_size;
                   0 / None: resize straight to image_size x image_size (the original ViT)
+  eval_crop_ratio DeiT's eval (timm's crop_pct): resize the short side to
+                  int(image_size / ratio) as torchvision does, then the centre crop (0.875);
+                  0 / None: `eval_resize` applies
   augment         inception_crop (random area min_area..100%, flip) | flip | none |
-                  pad_crop (zero-pad by `pad` pixels, random crop back; no flip)
+                  pad_crop (zero-pad by `pad` pixels, random crop back; no flip) |
+                  random_resized_crop (timm's: area min_area..100%, aspect 3/4..4/3, 10 tries,
+                  then flip; the crop is resized to uint8 pixels as PIL's is)
+  interpolation   bilinear (default) | bicubic (PIL's: antialiased when shrinking); every resize
+  normalization   vit: [-1, 1] as `(x - 127.5) / 127.5` (default, the original ViT) |
+                  deit: ImageNet mean and std of x / 255 (timm's)
+  randaugment     '' (off) | timm's string, e.g. rand-m9-mstd0.5-inc1 (DeiT), after the flip
+  random_erasing  probability of timm's RandomErasing (pixel mode), after normalisation (0: off)
+  mixup_alpha, cutmix_alpha   timm's Mixup in batch mode, after batching (both 0: off)
+  mix_prob, mix_switch_prob   a group is mixed with mix_prob (1.0); CutMix, when both alphas
+                  are on, with mix_switch_prob (0.5)
+  mix_group       examples mixed together (one lambda, partners = the group reversed): DeiT's
+                  per-GPU batch (64); must divide the host's batch. 0: the host's batch, which
+                  makes the batches depend on the process count. Targets are smoothed by
+                  config.loss.label_smoothing.
+  repeats         repeated augmentation (the loop's key, see input_pipeline.train_batches)
   channels        3 (1 for grayscale sources)
   batch_size, eval_batch_size, shuffle_buffer
 
-Pixels go to [-1, 1] as `(x - 127.5) / 127.5`, as in the original ViT.
+Each example's randomness comes from its stateless seed (config seed, example index), each
+mixed group's from its first example's: the stream is the same on resume and for any process
+count (sources read in one global order).
 """
 
 import dataclasses
@@ -30,10 +50,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from vit_jax.classification import augment as timm_augment
 from vit_jax.framework import input_pipeline, paths
-from vit_jax.framework.errors import UserError
+from vit_jax.framework.errors import UserError, choose
 
-AUGMENTATIONS = ('inception_crop', 'flip', 'pad_crop', 'none')
+AUGMENTATIONS = ('inception_crop', 'random_resized_crop', 'flip', 'pad_crop', 'none')
+INTERPOLATIONS = ('bilinear', 'bicubic')
+# config.input.normalization -> (mean, std) of x / 255, or None for ViT's (x - 127.5) / 127.5.
+NORMALIZATIONS = {'vit': None, 'deit': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 
 
@@ -165,12 +189,38 @@ def _decode(image: tf.Tensor, channels: int) -> tf.Tensor:
   return image
 
 
-def _to_unit_range(image: tf.Tensor) -> tf.Tensor:
-  return (tf.cast(image, tf.float32) - 127.5) / 127.5
+def _normalizer(input_config):
+  """config.input.normalization as a function of float pixels in [0, 255]."""
+  stats = choose('config.input.normalization', input_config.get('normalization', 'vit'),
+                 NORMALIZATIONS)
+  if stats is None:
+    return lambda image: (tf.cast(image, tf.float32) - 127.5) / 127.5
+  if input_config.get('channels', 3) != 3:
+    raise UserError('config.input.normalization=deit needs RGB images: set '
+                    '--config.input.channels=3 or --config.input.normalization=vit')
+  mean, std = (tf.constant(v, tf.float32) for v in stats)
+  return lambda image: (tf.cast(image, tf.float32) / 255.0 - mean) / std  # ToTensor, Normalize.
 
 
-def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
-  return tf.image.resize(image, (size, size), method='bilinear')
+def _interpolation(input_config) -> str:
+  method = input_config.get('interpolation', 'bilinear')
+  if method not in INTERPOLATIONS:
+    raise UserError(f'unknown config.input.interpolation {method!r}: choose one of '
+                    f'{INTERPOLATIONS}')
+  return method
+
+
+def _resize(image: tf.Tensor, size, method: str = 'bilinear') -> tf.Tensor:
+  """To `size` (an int: square); bicubic as PIL's (antialiased when shrinking)."""
+  size = (size, size) if isinstance(size, int) else size
+  return tf.image.resize(image, size, method=method, antialias=method == 'bicubic')
+
+
+def _to_pixels(image: tf.Tensor) -> tf.Tensor:
+  """Float pixels -> uint8 as PIL stores a resized image (rounded, clipped)."""
+  if image.dtype == tf.uint8:
+    return image
+  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
 def _resize_small_and_crop(image: tf.Tensor, resize: int, crop: int) -> tf.Tensor:
@@ -184,11 +234,55 @@ def _resize_small_and_crop(image: tf.Tensor, resize: int, crop: int) -> tf.Tenso
   return image[top:top + crop, left:left + crop]
 
 
+def _resize_by_ratio_and_crop(image: tf.Tensor, crop: int, ratio: float, method: str):
+  """torchvision's Resize(int(crop / ratio)) (short side; long side truncated) and
+  CenterCrop(crop) (offsets rounded half to even), on uint8 pixels as PIL's: DeiT's eval."""
+  short = int(crop / ratio)
+  shape = tf.cast(tf.shape(image)[:2], tf.float64)
+  new_shape = tf.where(shape == tf.reduce_min(shape), tf.cast(short, tf.float64),
+                       tf.floor(short * shape / tf.reduce_min(shape)))
+  new_shape = tf.cast(new_shape, tf.int32)
+  image = _to_pixels(_resize(image, new_shape, method))
+  top, left = (tf.cast(tf.round(tf.cast(new_shape[i] - crop, tf.float64) / 2), tf.int32)
+               for i in (0, 1))
+  return tf.cast(image[top:top + crop, left:left + crop], tf.float32)
+
+
+def rand_augment_args(spec: str) -> dict:
+  """timm's RandAugment string -> `augment.rand_augment`'s arguments, e.g.
+  'rand-m9-mstd0.5-inc1' -> 2 ops at magnitude N(9, 0.5). Only the increasing op list
+  (inc) exists here."""
+  parts = spec.split('-')
+  args = {'num_ops': 2, 'magnitude': 10.0, 'magnitude_std': 0.0}
+  names = {'m': 'magnitude', 'n': 'num_ops', 'mstd': 'magnitude_std'}
+  increasing = False
+  try:
+    if parts[0] != 'rand':
+      raise ValueError
+    for part in parts[1:]:
+      key, value = re.fullmatch(r'([a-z]+)([\d.]+)', part).groups()
+      if key == 'inc':
+        increasing = True  # timm takes bool(value) of the string: inc0 is on too.
+      else:
+        args[names[key]] = int(value) if key == 'n' else float(value)
+  except (ValueError, KeyError, AttributeError):
+    increasing = None
+  if not increasing:
+    raise UserError(f'config.input.randaugment {spec!r}: use timm\'s form rand-mM[-nN]'
+                    '[-mstdS]-inc1, e.g. rand-m9-mstd0.5-inc1 (only the increasing ops, inc1, '
+                    'are implemented)')
+  return args
+
+
 def train_preprocess(input_config):
   size, augment = input_config.image_size, input_config.get('augment', 'inception_crop')
   channels = input_config.get('channels', 3)
   if augment not in AUGMENTATIONS:
     raise UserError(f'unknown config.input.augment {augment!r}: choose one of {AUGMENTATIONS}')
+  method, normalize = _interpolation(input_config), _normalizer(input_config)
+  spec = input_config.get('randaugment') or ''
+  rand_args = rand_augment_args(spec) if spec else None
+  erasing = input_config.get('random_erasing') or 0.0
 
   def preprocess(example, seed):
     image = _decode(example['image'], channels)
@@ -199,37 +293,112 @@ def train_preprocess(input_config):
           area_range=(input_config.get('min_area', 0.05), 1.0), min_object_covered=0.0,
           use_image_if_no_bounding_boxes=True)
       image = tf.slice(image, begin, crop_size)
-    image = _resize(image, size)
+    if augment == 'random_resized_crop':
+      top, left, height, width = timm_augment.random_resized_crop_box(
+          tf.shape(image)[0], tf.shape(image)[1], crop_seed,
+          scale=(input_config.get('min_area', 0.08), 1.0))
+      image = _to_pixels(_resize(image[top:top + height, left:left + width], size, method))
+    else:
+      image = _resize(image, size, method)
     if augment == 'pad_crop':
       pad = input_config.get('pad', 4)
       image = tf.pad(image, [(pad, pad), (pad, pad), (0, 0)])
       image = tf.image.stateless_random_crop(image, (size, size, channels), crop_seed)
-    if augment in ('inception_crop', 'flip'):
+    if augment in ('inception_crop', 'random_resized_crop', 'flip'):
       image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    if rand_args:  # Seeds folded in beside the crop's and flip's, which stay as they were.
+      image = timm_augment.rand_augment(
+          _to_pixels(image), tf.random.experimental.stateless_fold_in(seed, 1), **rand_args)
+    image = normalize(image)
     image.set_shape((size, size, channels))
-    return {'image': _to_unit_range(image), 'label': tf.cast(example['label'], tf.int32)}
+    if erasing:
+      image = timm_augment.random_erasing(
+          image, tf.random.experimental.stateless_fold_in(seed, 2), probability=erasing)
+    return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
 
   return preprocess
 
 
+def train_batch_preprocess(input_config, num_classes: int, label_smoothing: float = 0.0,
+                           host_batch: Optional[int] = None):
+  """Mixup / CutMix (timm's batch mode) as `input_pipeline.train_batches`' batch hook: (host
+  batch, the examples' seeds) -> batch with mixed images and mixed smoothed targets
+  ([batch, num_classes] float32). None when config.input asks for neither. `host_batch`, if
+  known, is checked against config.input.mix_group now rather than when tf.data traces."""
+  mixup_alpha = input_config.get('mixup_alpha') or 0.0
+  cutmix_alpha = input_config.get('cutmix_alpha') or 0.0
+  if mixup_alpha <= 0 and cutmix_alpha <= 0:
+    return None
+  # timm: CutMix alone when mixup is off, Mixup alone when CutMix is; else switch.
+  switch = (input_config.get('mix_switch_prob', 0.5) if mixup_alpha > 0 and cutmix_alpha > 0
+            else float(cutmix_alpha > 0))
+  prob, group = input_config.get('mix_prob', 1.0), input_config.get('mix_group') or 0
 
-def train_example_spec(input_config) -> dict[str, tf.TensorSpec]:
-  """What `train_preprocess` yields, from the config alone (no data is read), so a train step
-  can be compiled for a machine this one is not (vit_jax.framework.fit_report)."""
+  def check_group(local):
+    size = group or local
+    if local % size or size % 2:
+      raise UserError(f'config.input.mix_group {size} must be even and divide the host\'s batch '
+                      f'of {local} examples: set --config.input.mix_group')
+    return size
+
+  if host_batch:
+    check_group(host_batch)
+
+  def mix_batch(batch, seeds):
+    images = batch['image']
+    local, height, width, channels = images.shape
+    size = check_group(local)
+
+    def mix_group(args):
+      group_images, labels, seed = args
+      apply_seed, draw_seed = tf.unstack(tf.random.experimental.stateless_split(
+          tf.random.experimental.stateless_fold_in(seed, 3), 2))
+      lam, use_cutmix, cy, cx = timm_augment.mixup_parameters(
+          draw_seed, height, width, mixup_alpha or 1.0, cutmix_alpha or 1.0, switch)
+      apply = tf.random.stateless_uniform([], apply_seed) < prob
+      return timm_augment.mix(group_images, labels, tf.where(apply, lam, 1.0),
+                              use_cutmix & apply, cy, cx, num_classes, label_smoothing)
+
+    grouped = (tf.reshape(images, [local // size, size, height, width, channels]),
+               tf.reshape(batch['label'], [local // size, size]), seeds[::size])
+    mixed, targets = tf.map_fn(mix_group, grouped,
+                               fn_output_signature=(tf.float32, tf.float32))
+    return dict(batch, image=tf.reshape(mixed, images.shape),
+                label=tf.reshape(targets, [local, num_classes]))
+
+  return mix_batch
+
+
+def train_example_spec(input_config, num_classes: Optional[int] = None) -> dict[str, tf.TensorSpec]:
+  """What the training stream yields per example, from the config alone (no data is read), so a
+  train step can be compiled for a machine this one is not (vit_jax.framework.fit_report).
+  With Mixup / CutMix the label is a [num_classes] target distribution."""
   size, channels = input_config.image_size, input_config.get('channels', 3)
-  return {'image': tf.TensorSpec((size, size, channels), tf.float32),
-          'label': tf.TensorSpec((), tf.int32)}
+  label = tf.TensorSpec((), tf.int32)
+  if num_classes and ((input_config.get('mixup_alpha') or 0) > 0
+                      or (input_config.get('cutmix_alpha') or 0) > 0):
+    label = tf.TensorSpec((num_classes,), tf.float32)
+  return {'image': tf.TensorSpec((size, size, channels), tf.float32), 'label': label}
 
 
 def eval_preprocess(input_config):
   size = input_config.image_size
-  resize = input_config.get('eval_resize')
+  resize, ratio = input_config.get('eval_resize'), input_config.get('eval_crop_ratio')
   channels = input_config.get('channels', 3)
+  method, normalize = _interpolation(input_config), _normalizer(input_config)
+  if resize and ratio:
+    raise UserError('config.input.eval_resize and eval_crop_ratio both set: keep one (DeiT\'s '
+                    'eval is eval_crop_ratio=0.875, ViT\'s eval_resize)')
 
   def preprocess(example):
     image = _decode(example['image'], channels)
-    image = _resize_small_and_crop(image, resize, size) if resize else _resize(image, size)
+    if ratio:
+      image = _resize_by_ratio_and_crop(image, size, ratio, method)
+    elif resize:
+      image = _resize_small_and_crop(image, resize, size)
+    else:
+      image = _resize(image, size, method)
     image.set_shape((size, size, channels))
-    return {'image': _to_unit_range(image), 'label': tf.cast(example['label'], tf.int32)}
+    return {'image': normalize(image), 'label': tf.cast(example['label'], tf.int32)}
 
   return preprocess

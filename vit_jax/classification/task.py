@@ -170,8 +170,16 @@ class ClassificationTask(task.Task):
   def train_preprocess(self):
     return self._with_label(classification_input.train_preprocess(self.config.input))
 
+  def train_batch_preprocess(self):
+    """Mixup / CutMix when config.input asks, the label smoothing folded into the targets."""
+    return classification_input.train_batch_preprocess(
+        self.config.input, self.config.model.num_classes,
+        self.config.loss.get('label_smoothing', 0.0),
+        host_batch=self.config.input.batch_size // jax.process_count())
+
   def train_example_spec(self):
-    return classification_input.train_example_spec(self.config.input)
+    return classification_input.train_example_spec(self.config.input,
+                                                   self.config.model.num_classes)
 
   def eval_preprocess(self, split):
     inputs, _ = self._input_config(split)

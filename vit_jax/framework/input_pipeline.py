@@ -6,7 +6,8 @@ skipping is cheap) in a fixed order. On top of it:
 - `train_batches`: an endless, deterministic stream. Epoch e is the source shuffled with seed
   (seed, e); augmentation randomness is a function of (seed, example index). Resuming at
   example N skips at most one epoch of raw records and yields exactly the batches an
-  uninterrupted run would have.
+  uninterrupted run would have. `repeats` (DeiT's repeated augmentation) shows each example
+  several times an epoch with different seeds; a batch hook (Mixup) runs after batching.
 - `eval_batches`: every example once, padded with zeros to whole batches, with `_mask` (1 real,
   0 padding); every host yields the same number of batches so that multi-host evals line up.
 
@@ -226,13 +227,26 @@ def _decodes(path: str) -> bool:
 def train_batches(source: Source, preprocess: Callable[[Example, tf.Tensor], Example],
                   batch_size: int, start_example: int = 0, seed: int = 0,
                   prefetch: int = 2, process_index: Optional[int] = None,
-                  process_count: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
+                  process_count: Optional[int] = None, repeats: int = 1,
+                  batch_preprocess: Optional[Callable[[Example, tf.Tensor], Example]] = None
+                  ) -> Iterator[dict[str, np.ndarray]]:
   """This host's part of the global training stream, from global example `start_example`.
 
   `preprocess(example, seed)` gets a stateless seed (shape [2], int64) unique to the example;
   `batch_size` is the global batch size. `process_index` and `process_count` (default: jax's)
-  let one process compute what another would read.
+  let one process compute what another would read. `batch_preprocess(batch, seeds)`, if given,
+  runs on each host batch after batching, with its examples' seeds ([local batch, 2]), e.g.
+  Mixup on groups of rows.
+
+  `repeats` > 1 is repeated augmentation (DeiT's RASampler, reference/deit.md §3.3): an epoch
+  keeps its length in examples but holds the first 1/repeats of its shuffled order, each
+  example `repeats` times, every copy with its own seed (so its own augmentation). Within each
+  global batch the rows are sorted by copy number, so an example's copies lie about
+  batch_size / repeats rows apart and go to different devices, as DeiT deals them to different
+  GPUs; the layout depends on the global batch only, not on the process count.
   """
+  if repeats < 1:
+    raise UserError(f'config.input.repeats is {repeats}: use 1 (off) or more')
   count = jax.process_count() if process_count is None else process_count
   if batch_size % count:
     raise UserError(f'batch size {batch_size} is not divisible by the {count} hosts')
@@ -245,24 +259,40 @@ def train_batches(source: Source, preprocess: Callable[[Example, tf.Tensor], Exa
     return lambda e: read().shuffle(source.shuffle_buffer, seed=seed * 1_000_003 + e,
                                     reshuffle_each_iteration=False)
 
+  def epoch(read, length):
+    """Epoch e: the shuffled examples, each `repeats` times, cut to `length` examples."""
+    if repeats == 1:
+      return shuffled(read)
+    return lambda e: shuffled(read)(e).flat_map(
+        lambda ex: tf.data.Dataset.from_tensors(ex).repeat(repeats)).take(length)
+
+  def host_rows(batch, positions, length):
+    """This host's rows of a global batch, after sorting the rows by copy number."""
+    if repeats > 1:
+      order = tf.argsort(positions % length % repeats, stable=True)
+      batch = tf.nest.map_structure(lambda t: tf.gather(t, order), batch)
+    return tf.nest.map_structure(lambda t: t[host * local_batch:(host + 1) * local_batch], batch)
+
   def augment(example, index):
-    return preprocess(source.load(example), tf.stack([tf.constant(seed, tf.int64), index]))
+    example_seed = tf.stack([tf.constant(seed, tf.int64), index])
+    example = preprocess(source.load(example), example_seed)
+    return example if batch_preprocess is None else (example, example_seed)
 
   if source.read_all is not None:  # One global stream; this host keeps its slice of each batch.
     total = _count(source.read_all())
     first_epoch, offset = divmod(start_example, total)
-    examples = tf.data.Dataset.range(first_epoch, 2**62).flat_map(shuffled(source.read_all))
+    examples = tf.data.Dataset.range(first_epoch, 2**62).flat_map(
+        epoch(source.read_all, total))
     indices = tf.data.Dataset.range(start_example, 2**62)
     ds = tf.data.Dataset.zip(examples.skip(offset), indices).batch(batch_size, drop_remainder=True)
-    ds = ds.map(lambda *batch: tf.nest.map_structure(
-        lambda t: t[host * local_batch:(host + 1) * local_batch], batch)).unbatch()
+    ds = ds.map(lambda *batch: host_rows(batch, batch[1], total)).unbatch()
   elif isinstance(source.read, RecordReader):  # One global order; this host reads its rows.
-    # The k-th example of this host is row host * local_batch + k % local_batch of global batch
-    # k // local_batch: its global index, from which its epoch and record follow (no skipping).
-    indices = tf.data.Dataset.range(2**62).map(
-        lambda k: (start_example + k // local_batch * batch_size + host * local_batch
-                   + k % local_batch))
-    record_of = _record_of(source.read.num_records, seed)
+    # Global example index -> its epoch and record (no skipping); each host takes its rows of
+    # every global batch of indices.
+    num_records = source.read.num_records
+    indices = tf.data.Dataset.range(start_example, 2**62).batch(batch_size).map(
+        lambda i: host_rows(i, i, num_records)).unbatch()
+    record_of = _record_of(num_records, seed, repeats)
     records = indices.batch(local_batch).map(
         lambda i: tf.ensure_shape(tf.numpy_function(record_of, [i], tf.int64, stateful=False),
                                   [None])).unbatch()
@@ -274,17 +304,22 @@ def train_batches(source: Source, preprocess: Callable[[Example, tf.Tensor], Exa
                  'file_format=array_record for batches that do not.')
     local_start = start_example // count
     first_epoch, offset = divmod(local_start, source.num_examples)
-    examples = tf.data.Dataset.range(first_epoch, 2**62).flat_map(shuffled(source.read))
+    examples = tf.data.Dataset.range(first_epoch, 2**62).flat_map(
+        epoch(source.read, source.num_examples))
     indices = tf.data.Dataset.range(local_start, 2**62).map(lambda i: i * count + host)
     ds = tf.data.Dataset.zip(examples.skip(offset), indices)
   ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(local_batch, drop_remainder=True).prefetch(prefetch)
-  return NumpyBatches(_deterministic(ds))
+  ds = ds.batch(local_batch, drop_remainder=True)
+  if batch_preprocess is not None:
+    ds = ds.map(batch_preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  return NumpyBatches(_deterministic(ds.prefetch(prefetch)))
 
 
-def _record_of(num_records: int, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+def _record_of(num_records: int, seed: int,
+               repeats: int = 1) -> Callable[[np.ndarray], np.ndarray]:
   """Global example indices -> record indices: epoch e is one permutation of all records, drawn
-  with seed (seed, e), the same on every host."""
+  with seed (seed, e), the same on every host; with `repeats`, its first records each
+  `repeats` times in a row."""
 
   @functools.lru_cache(maxsize=2)  # The epoch being read and the next one.
   def order(epoch: int) -> np.ndarray:
@@ -294,7 +329,7 @@ def _record_of(num_records: int, seed: int) -> Callable[[np.ndarray], np.ndarray
     epochs, offsets = np.divmod(indices, num_records)
     records = np.empty_like(indices)
     for epoch in np.unique(epochs):
-      records[epochs == epoch] = order(int(epoch))[offsets[epochs == epoch]]
+      records[epochs == epoch] = order(int(epoch))[offsets[epochs == epoch] // repeats]
     return records
 
   return record_of

@@ -26,6 +26,7 @@ def defaults() -> ml_collections.ConfigDict:
   config.input.eval_split = _placeholder(str)
   config.input.batch_size = _placeholder(int)  # Global, over all hosts and devices.
   config.input.eval_batch_size = _placeholder(int)
+  config.input.repeats = 1  # Repeated augmentation: each example this many times an epoch.
 
   # The model keys every model takes (the rest are its builder's fields, the recipe's to set).
   config.model = ml_collections.ConfigDict()

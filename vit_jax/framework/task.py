@@ -112,6 +112,11 @@ class Task(abc.ABC):
   def train_preprocess(self) -> Callable:
     """(raw example, stateless seed) -> training example (augmented, fixed shapes)."""
 
+  def train_batch_preprocess(self) -> Callable | None:
+    """(host batch, its examples' seeds [batch, 2]) -> batch, after batching (e.g. Mixup on
+    groups of rows), or None (default)."""
+    return None
+
   @abc.abstractmethod
   def eval_preprocess(self, split: str) -> Callable:
     """raw example -> eval example (fixed shapes)."""
@@ -166,7 +171,9 @@ class Task(abc.ABC):
     split = self.config.input.train_split
     return self._checked(input_pipeline.train_batches(
         self.train_source, self.train_preprocess(), self.config.input.batch_size,
-        start_example=start_example, seed=self.config.seed), split)
+        start_example=start_example, seed=self.config.seed,
+        repeats=self.config.input.get('repeats', 1),
+        batch_preprocess=self.train_batch_preprocess()), split)
 
   def eval_input(self, split: str | None = None) -> Iterable[Batch]:
     """This host's eval batches of `split` (default: the first eval split), padded, with
