@@ -177,10 +177,17 @@ def test_sources_without_random_access_keep_per_host_parts_and_say_so(data_dirs,
   assert np.all(batch['id'] <= 0) == (case != 'tfrecord')
 
 
+# DeiT's input: 3 repeats, Mixup / CutMix on pairs of rows.
+DEIT_CHANGES = {'input.repeats': 3, 'input.mixup_alpha': 0.8, 'input.cutmix_alpha': 1.0,
+                'input.mix_group': 2, 'loss.label_smoothing': 0.1}
+
+
 @pytest.mark.slow
-def test_two_processes_train_like_one_and_resume_to_the_same_batches(data_dirs, tmp_path):
+@pytest.mark.parametrize('deit', [False, True], ids=['plain', 'deit'])
+def test_two_processes_train_like_one_and_resume_to_the_same_batches(data_dirs, tmp_path, deit):
   changes = [f'{key}={value!r}' for key, value in
-             dict(_config_changes(data_dirs['array_record']), checkpoint_every=1000).items()]
+             dict(_config_changes(data_dirs['array_record']), checkpoint_every=1000,
+                  **(DEIT_CHANGES if deit else {})).items()]
   config = run_config(*changes)
   single = str(tmp_path / 'single')  # The reference: this process, one device.
   train.train_and_evaluate(config, single, ClassificationTask(config))
@@ -190,7 +197,7 @@ def test_two_processes_train_like_one_and_resume_to_the_same_batches(data_dirs, 
   # Cross-process all-reduces sum in another order: float32 round-off only.
   np.testing.assert_allclose(train_losses(multi), train_losses(single), rtol=1e-5)
   # Each process got its rows of the one-process batches, from step 0 and resumed at step 3.
-  one = _stream(data_dirs['array_record'], 6)
+  one = _stream(data_dirs['array_record'], 6, repeats=3 if deit else 1, mix=deit)
   for index in range(2):
     saved = np.load(os.path.join(multi, f'batches_{index}.npz'))
     for start in (0, 3):
