@@ -73,10 +73,9 @@ from PIL import Image
 
 from segmenter_jax import augment, shapes
 from vit_jax.framework import input_pipeline, paths
-from vit_jax.framework.errors import UserError
+from vit_jax.framework.errors import UserError, choose
 
 SOURCES = ('shapes', 'tfds', 'folder', 'pascal_context', 'cityscapes')
-NORMALIZATIONS = ('vit', 'deit')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 IGNORE_INDEX = augment.IGNORE_INDEX
 
@@ -90,13 +89,8 @@ CITYSCAPES_CLASSES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', '
 
 def normalization(input_config) -> tuple[tuple[float, ...], tuple[float, ...]]:
   """(mean, std) in pixel units; Segmenter rounds 255 * the encoder's values to 2 decimals."""
-  name = input_config.get('normalization', 'vit')
-  if name == 'vit':
-    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-  elif name == 'deit':
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-  else:
-    raise UserError(f'unknown config.input.normalization {name!r}: use one of {NORMALIZATIONS}')
+  mean, std = choose('config.input.normalization', input_config.get('normalization', 'vit'),
+                     input_pipeline.NORMALIZATIONS)
   return tuple(round(255 * v, 2) for v in mean), tuple(round(255 * v, 2) for v in std)
 
 

@@ -56,8 +56,6 @@ from vit_jax.framework.errors import UserError, choose
 
 AUGMENTATIONS = ('inception_crop', 'random_resized_crop', 'flip', 'pad_crop', 'none')
 INTERPOLATIONS = ('bilinear', 'bicubic')
-# config.input.normalization -> (mean, std) of x / 255, or None for ViT's (x - 127.5) / 127.5.
-NORMALIZATIONS = {'vit': None, 'deit': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 
 
@@ -191,9 +189,9 @@ def _decode(image: tf.Tensor, channels: int) -> tf.Tensor:
 
 def _normalizer(input_config):
   """config.input.normalization as a function of float pixels in [0, 255]."""
-  stats = choose('config.input.normalization', input_config.get('normalization', 'vit'),
-                 NORMALIZATIONS)
-  if stats is None:
+  name = input_config.get('normalization', 'vit')
+  stats = choose('config.input.normalization', name, input_pipeline.NORMALIZATIONS)
+  if name == 'vit':  # The original's arithmetic, to the bit.
     return lambda image: (tf.cast(image, tf.float32) - 127.5) / 127.5
   if input_config.get('channels', 3) != 3:
     raise UserError('config.input.normalization=deit needs RGB images: set '

@@ -41,6 +41,11 @@ from vit_jax.framework.errors import UserError
 
 Example = dict[str, tf.Tensor]
 
+# config.input.normalization -> (mean, std) per channel of pixels / 255: the original ViT's
+# [-1, 1], DeiT's ImageNet statistics (timm's defaults; DeiT and Segmenter's DeiT backbones).
+NORMALIZATIONS = {'vit': ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+                  'deit': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+
 # The TF runtime must leave accelerators to JAX.
 tf.config.set_visible_devices([], 'GPU')
 
