@@ -248,7 +248,8 @@ def train_batches(source: Source, preprocess: Callable[[Example, tf.Tensor], Exa
   example `repeats` times, every copy with its own seed (so its own augmentation). Within each
   global batch the rows are sorted by copy number, so an example's copies lie about
   batch_size / repeats rows apart and go to different devices, as DeiT deals them to different
-  GPUs; the layout depends on the global batch only, not on the process count.
+  GPUs; the layout depends on the global batch only, not on the process count. Sources read in
+  per-host parts repeat each host's examples in a row instead.
   """
   if repeats < 1:
     raise UserError(f'config.input.repeats is {repeats}: use 1 (off) or more')
