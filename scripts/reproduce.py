@@ -18,14 +18,15 @@ import sys
 
 from detr_jax import paper_tables as detr_tables
 from segmenter_jax import paper_tables as segmenter_tables
+from vit_jax.classification import deit_tables
 from vit_jax.classification import paper_tables as vit_tables
 from vit_jax.classification import swin_tables
 from vit_jax.framework import reproduce
 from vit_jax.framework.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TABLES = {**vit_tables.TABLES, **swin_tables.TABLES, **segmenter_tables.TABLES,
-          **detr_tables.TABLES}
+TABLES = {**vit_tables.TABLES, **deit_tables.TABLES, **swin_tables.TABLES,
+          **segmenter_tables.TABLES, **detr_tables.TABLES}
 
 
 def main(argv=None):

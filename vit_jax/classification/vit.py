@@ -221,6 +221,9 @@ class Encoder(nn.Module):
     return LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm')(x)
 
 
+DISTILLED_EVALS = ('mean', 'head', 'head_dist')
+
+
 class VisionTransformer(nn.Module):
   """ViT classifier. `num_classes=None` returns the pooled (or unpooled) representation.
 
@@ -229,8 +232,9 @@ class VisionTransformer(nn.Module):
   LayerNorm, for dense heads such as Segmenter's decoders).
   distilled: DeiT's distillation token `dist` after the class token ([cls, dist, patches]),
   with 'token' or 'token_unpooled'. With 'token' its own head `head_dist` reads it: training
-  returns (head logits, head_dist logits), inference their mean (as DeiT and timm); without
-  a head the representation is the mean of the two tokens.
+  returns (head logits, head_dist logits), inference their mean (as DeiT and timm; or one head
+  alone with `distilled_eval` 'head' / 'head_dist', the paper's ablation); without a head the
+  representation is the mean of the two tokens.
   posemb_grid: the patch grid the position embeddings are stored for; other grids get them
   resized on the fly (see AddPositionEmbs). None: fixed by the input seen at init.
   """
@@ -251,6 +255,7 @@ class VisionTransformer(nn.Module):
   dtype: jnp.dtype = jnp.float32  # Compute dtype ('bfloat16' for mixed precision); params f32.
   remat: str = 'none'  # See REMAT_POLICIES.
   distilled: bool = False
+  distilled_eval: str = 'mean'  # Inference of a distilled model: 'mean', 'head' or 'head_dist'.
   drop_path_rate: float = 0.0  # Stochastic depth of the last block (see Encoder).
   # 'vit': the original's initialisers; 'timm': timm's / Segmenter's (Linear kernels and class
   # tokens N(0, 0.02), biases 0, patch embedding PyTorch's default).
@@ -268,6 +273,9 @@ class VisionTransformer(nn.Module):
                            or self.representation_size is not None):
       raise UserError(f'a distillation token needs classifier token or token_unpooled (not '
                       f'{self.classifier!r}) and no representation_size')
+    if self.distilled_eval not in DISTILLED_EVALS:
+      raise UserError(f'unknown distilled_eval {self.distilled_eval!r}: use '
+                      f'{" | ".join(DISTILLED_EVALS)}')
     _check_weight_init(self.weight_init)
     timm_init = self.weight_init == 'timm'
     x = images
@@ -322,7 +330,10 @@ class VisionTransformer(nn.Module):
     if self.num_classes is None:
       return (cls_token + dist_token) / 2
     logits, dist_logits = self._head('head')(cls_token), self._head('head_dist')(dist_token)
-    return (logits, dist_logits) if train else (logits + dist_logits) / 2
+    if train:
+      return logits, dist_logits
+    return {'mean': (logits + dist_logits) / 2, 'head': logits,
+            'head_dist': dist_logits}[self.distilled_eval]
 
 
 def build_vit(model_config) -> VisionTransformer:
