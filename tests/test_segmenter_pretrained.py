@@ -347,3 +347,52 @@ def test_deit_encoder_from_a_timm_pth_keeps_both_tokens_apart_when_resizing(tmp_
   np.testing.assert_array_equal(
       params['encoder']['Transformer']['encoderblock_1']['MlpBlock_0']['Dense_0']['kernel'],
       state['blocks.1.mlp.fc1.weight'].numpy().T)
+
+
+def test_seg_b_dagger_starts_from_a_deit_pth_and_decodes_patch_tokens_only(tmp_path):
+  """Seg-B†-Mask/16's start (configs/segmenter_ade20k.py:deit_b16_mask, shrunk): a distilled
+  DeiT .pth in timm's layout as config.init_from (heads dropped, its 6x6 grid resized to the
+  crop's 4x4), then a forward whose mask decoder reads timm's tokens without cls and dist."""
+  from helpers import load_config
+  from vit_jax.framework import registry
+  config = load_config('segmenter_ade20k', 'deit_b16_mask')
+  assert config.model.variant == 'DeiT-B/16' and config.input.normalization == 'deit'
+  config.model.update(variant=None, distilled=True, hidden_size=D, num_layers=LAYERS,
+                      num_heads=HEADS, mlp_dim=4 * D, patch_size=PATCH, image_size=CROP,
+                      num_classes=CLASSES, decoder_layers=1)
+  config.input.crop_size = CROP
+  task = registry.make_task(config)
+  assert task.model.num_prefix_tokens == 2
+
+  make_timm = functools.partial(  # Segmenter's blocks: LayerNorm eps 1e-5.
+      timm.models.deit.VisionTransformerDistilled, patch_size=PATCH, embed_dim=D, depth=LAYERS,
+      num_heads=HEADS, num_classes=1000, norm_layer=functools.partial(torch.nn.LayerNorm,
+                                                                      eps=1e-5))
+  torch.manual_seed(0)
+  release = make_timm(img_size=48)
+  state = {k: torch.randn(v.shape) * 0.1 + ('norm' in k and k.endswith('weight'))  # LN scale ~1.
+           for k, v in release.state_dict().items()}
+  torch.save({'model': state}, str(tmp_path / 'deit_distilled.pth'))  # As DeiT releases.
+  rng = np.random.default_rng(1)  # Random decoder weights without compiling an init.
+  fresh = jax.tree.map(lambda x: 0.1 * rng.standard_normal(x.shape, np.float32), _fresh(task.model))
+  params = task.pretrained_params(fresh, str(tmp_path / 'deit_distilled.pth'))
+  assert 'head' not in params['encoder'] and 'head_dist' not in params['encoder']
+  jax.tree.map(np.testing.assert_array_equal, params['decoder'], fresh['decoder'])
+
+  images = np.random.default_rng(0).uniform(-2, 2, (2, CROP, CROP, 3)).astype(np.float32)
+  logits = jax.eval_shape(functools.partial(task.model.apply, train=False), {'params': params},
+                          images)
+  assert logits.shape == (2, CROP, CROP, CLASSES)
+
+  at_crop = make_timm(img_size=CROP).eval()
+  state['pos_embed'] = torch_resize_pos_embed(state['pos_embed'], (6, 6), (4, 4), 2)
+  at_crop.load_state_dict(state)
+  with torch.no_grad():
+    tokens = at_crop.forward_features(torch.from_numpy(images.transpose(0, 3, 1, 2)))
+  patch_tokens = jnp.asarray(tokens[:, 2:].numpy())  # 16 patches: cls and dist dropped.
+  expected = jax.jit(functools.partial(task.model.decoder.apply, train=False))(
+      {'params': params['decoder']}, patch_tokens)
+  ours = jax.jit(functools.partial(task.model.apply, method=models.Segmenter.patch_logits))(
+      {'params': params}, images)
+  assert np.isfinite(ours).all() and np.std(ours) > 0.1
+  np.testing.assert_allclose(np.asarray(ours).reshape(2, 16, CLASSES), expected, atol=1e-4)
