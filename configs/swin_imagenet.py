@@ -19,11 +19,11 @@ The repo's learning rates are per 512 images (main.py scales them by the total b
 5e-4 -> 1e-3 at 1024 (in1k), 1.25e-4 -> 1e-3 at 4096 (in22k), 2e-5 -> 4e-5 at 1024 (fine-tuning).
 This loop does not rescale: change --config.optim.lr with --config.input.batch_size.
 
-Not here yet: the DeiT augmentations the repo trains with (RandAugment rand-m9-mstd0.5-inc1,
-Mixup 0.8 / CutMix 1.0, label smoothing 0.1, random erasing 0.25) are being built for the DeiT
-recipe (issue 26) and have no config keys yet; until then training uses the inception crop and
-flip only. Inputs are scaled to [-1, 1] as every model here, not the repo's ImageNet mean / std.
-The warmup starts at 0, not the repo's warmup lr (1e-6, or 4e-8 when fine-tuning).
+Every recipe trains with the repo's timm augmentations (DeiT's, vit_jax/classification/input.py):
+bicubic RandomResizedCrop (0.08-1) and flip, RandAugment rand-m9-mstd0.5-inc1, random erasing
+0.25 (pixel mode), Mixup 0.8 / CutMix 1.0 (switch 0.5) on groups of 128 rows (the repo's
+per-GPU batch), label smoothing 0.1, ImageNet mean / std; no repeated augmentation. The warmup
+starts at 0, not the repo's warmup lr (1e-6, or 4e-8 when fine-tuning).
 """
 
 import ml_collections
@@ -72,8 +72,17 @@ def get_config(arg: str = 'T'):
   config.input.image_size = args.size
   # The repo's eval: short side to 256/224 * size and a central crop at 224; at 384 a squash.
   config.input.eval_resize = 256 if args.size == 224 else None
-  config.input.augment = 'inception_crop'  # RandomResizedCrop (0.08-1) and flip.
+  config.input.augment = 'random_resized_crop'  # timm's (0.08-1, ratio 3/4-4/3), then flip.
   config.input.min_area = 0.08
+  config.input.interpolation = 'bicubic'
+  config.input.normalization = 'deit'  # ImageNet mean and std.
+  config.input.randaugment = 'rand-m9-mstd0.5-inc1'
+  config.input.random_erasing = 0.25
+  config.input.mixup_alpha = 0.8
+  config.input.cutmix_alpha = 1.0
+  config.input.mix_prob = 1.0
+  config.input.mix_switch_prob = 0.5
+  config.input.mix_group = 128
   config.input.batch_size = batch
   config.input.eval_batch_size = 1024
 
@@ -88,6 +97,7 @@ def get_config(arg: str = 'T'):
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = 'softmax_xent'
+  config.loss.label_smoothing = 0.1  # Of the mixed targets.
 
   config.optim.name = 'adamw'
   config.optim.lr = lr_per_512 * batch / 512
