@@ -14,15 +14,12 @@ last block's stochastic depth (0.2 for Swin-T in the Swin detection configs). It
 weights (official or timm `.pth`, init_from) load through `swin_weights.load_swin`.
 """
 
-from typing import Optional
-
 from vit_jax.classification import swin, swin_weights
 from vit_jax.framework.errors import UserError
 from vit_jax.framework.weights import Params
 
 
-def swin_backbone(model, levels: tuple[int, ...],
-                  name: Optional[str] = 'backbone') -> swin.SwinTransformer:
+def swin_backbone(model, levels: tuple[int, ...]) -> swin.SwinTransformer:
   """The Swin feature extractor a DETR-family model's backbone_* fields describe."""
   if model.dilation:
     raise UserError('dilation (DC5) is a ResNet option: a Swin backbone keeps stride 32 '
@@ -39,7 +36,7 @@ def swin_backbone(model, levels: tuple[int, ...],
     size['window_size'] = model.backbone_window
   return swin.SwinTransformer(
       num_classes=None, classifier='features', fixed_window=True, out_indices=tuple(levels),
-      drop_path_rate=model.backbone_drop_path, dtype=model.dtype, name=name, **size)
+      drop_path_rate=model.backbone_drop_path, dtype=model.dtype, name='backbone', **size)
 
 
 def load_swin_backbone(variables, path: str):
