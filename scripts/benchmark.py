@@ -3,6 +3,7 @@
   python scripts/benchmark.py --task=vit --model=B/16 --batch=8 [--repeats=5]
   python scripts/benchmark.py --task=vit --model=swin_t --batch=8
   python scripts/benchmark.py --task=detr --size=800x1067 --batch=1
+  python scripts/benchmark.py --task=deformable_detr --size=512x683 --batch=1
   python scripts/benchmark.py --task=segmenter --model=B/16 --size=512 --batch=1
 
 Peers, on the same weights (their outputs are compared and the largest difference printed; for
@@ -16,6 +17,14 @@ the train steps, the relative loss difference in the first step and after one up
              (its own matcher), the same loss and matching weights, random boxes as targets,
              dropout 0; the recipe's AdamW (lr 1e-4, backbone 1e-5, weight decay 1e-4,
              gradients clipped to norm 0.1; stem and layer1 frozen, without gradients) on both.
+  deformable_detr
+             HF transformers' DeformableDetrForObjectDetection (Deformable DETR-R50, 4 levels,
+             300 queries) on its pure-PyTorch attention (grid_sample: HF's path on CPU, where
+             no custom kernel runs); inference, and a train step as detr's: our task's loss
+             (focal class term, focal matching cost, host matching) against HF's, the
+             original's matching weights (2, 5, 2) and loss weights (1, 5, 2: HF fixes the
+             class term's at 1, the recipe's is 2), dropout 0; the recipe's AdamW (lr 2e-4;
+             backbone, sampling offsets and reference points 2e-5; clip 0.1) on both.
   segmenter  timm's ViT as the encoder plus TorchMaskTransformer below, a torch copy of our
              decoder (the original Segmenter code cannot ship), its weights converted into ours
              by the official checkpoint's converter. Inference up to the patch-level mask
@@ -264,11 +273,16 @@ def _detr_targets(batch: int, slots: int = 5, num_classes: int = 91):
   return rng.integers(0, num_classes, (batch, slots)), boxes, mask
 
 
-def _detr_jax_train_step(model, variables, images, pixel_mask, targets) -> Contender:
+def _detr_jax_train_step(model, variables, images, pixel_mask, targets, *,
+                         cost_weights=DETR_WEIGHTS, loss_weights=DETR_WEIGHTS,
+                         eos_coef=DETR_EOS_COEF, focal=None, optim_config=DETR_OPTIM
+                         ) -> Contender:
   """Our DETR task's loss (matching by scipy in a host callback, set loss over all decoder
-  layers) under the recipe's optimizer; only the trainable parameters get gradients."""
+  layers; `focal`: sigmoid classes, Deformable DETR's) under the recipe's optimizer; only the
+  trainable parameters get gradients."""
   from detr_jax import losses, matcher
   from vit_jax.framework import optim
+  focal = focal or {}
   flat = weights.flatten(variables['params'])
   frozen = {k: v for k, v in flat.items() if re.fullmatch(DETR_FROZEN, k)}
   trainable = weights.unflatten({k: v for k, v in flat.items() if k not in frozen})
@@ -280,28 +294,32 @@ def _detr_jax_train_step(model, variables, images, pixel_mask, targets) -> Conte
     logits, pred_boxes = outputs['logits'], outputs['boxes']
     per_layer = lambda x: jnp.broadcast_to(x, logits.shape[:1] + x.shape)
     cost = matcher.matching_cost(logits, pred_boxes, per_layer(labels), per_layer(boxes),
-                                 per_layer(box_mask), **DETR_WEIGHTS)
+                                 per_layer(box_mask), **cost_weights, **focal)
     target_query = matcher.hungarian_match(cost, box_mask)
     return losses.set_loss(logits, pred_boxes, labels, boxes, box_mask, target_query,
-                           eos_coef=DETR_EOS_COEF, **DETR_WEIGHTS)[0]
-  tx, _ = optim.make_optimizer(ml_collections.ConfigDict(DETR_OPTIM), total_steps=1)
+                           eos_coef=eos_coef, **loss_weights, **focal)[0]
+  tx, _ = optim.make_optimizer(ml_collections.ConfigDict(optim_config), total_steps=1)
   return _jax_optimized(loss, tx, trainable, images, pixel_mask, *targets)
 
 
-def _detr_torch_train_step(peer, images, pixel_mask, targets, flops: float) -> Contender:
-  """HF's loss (its own Hungarian matcher, auxiliary losses) under the same optimizer as
-  torch DETR's main.py: HF leaves the stem and layer1 without gradients, as the original."""
+def _detr_torch_train_step(peer, images, pixel_mask, targets, flops: float,
+                           optim_config=DETR_OPTIM, slower=(r'\.backbone\.',)) -> Contender:
+  """HF's loss (its own Hungarian matcher, auxiliary losses) under the same optimizer as the
+  original's main.py: parameters whose HF name matches a `slower` regex at lr x the recipe's
+  multiplier (one for all: 0.1). HF leaves the stem and layer1 without gradients, as the
+  original."""
   labels = [{'class_labels': torch.from_numpy(l[m]), 'boxes': torch.from_numpy(b[m])}
             for l, b, m in zip(*targets)]
   trainable = [(name, p) for name, p in peer.named_parameters() if p.requires_grad]
-  lr, mult = DETR_OPTIM['lr'], dict(DETR_OPTIM['lr_mults'])[r'backbone/.*']
+  is_slower = lambda name: any(re.search(regex, name) for regex in slower)
+  lr, mult = optim_config['lr'], optim_config['lr_mults'][0][1]
   optimizer = torch.optim.AdamW(
-      [{'params': [p for name, p in trainable if '.backbone.' not in name]},
-       {'params': [p for name, p in trainable if '.backbone.' in name], 'lr': lr * mult}],
-      lr=lr, weight_decay=DETR_OPTIM['weight_decay'])
+      [{'params': [p for name, p in trainable if not is_slower(name)]},
+       {'params': [p for name, p in trainable if is_slower(name)], 'lr': lr * mult}],
+      lr=lr, weight_decay=optim_config['weight_decay'])
   return _torch_optimized(
       peer, lambda: peer(pixel_values=images, pixel_mask=pixel_mask, labels=labels).loss,
-      optimizer, flops, clip_norm=DETR_OPTIM['grad_clip_norm'])
+      optimizer, flops, clip_norm=optim_config['grad_clip_norm'])
 
 
 def detr_rows(args) -> tuple[str, dict]:
@@ -342,6 +360,76 @@ def detr_rows(args) -> tuple[str, dict]:
   title = (f'DETR-{name}, batch {args.batch}, {height}x{width}, float32; peer HF transformers '
            f'DETR; class logits differ by at most {difference:.1e}; train-step loss differs by '
            f'{first:.1e} relative, after one AdamW step by {second:.1e}')
+  return title, {'inference': (jax_infer, peer_infer), 'train step': (jax_train, peer_train)}
+
+
+# Deformable DETR (configs/deformable_detr_coco.py), both sides: the matching cost's weights
+# (class 2, L1 5, GIoU 2), focal alpha 0.25 and gamma 2; in the loss L1 5 and GIoU 2, and the
+# class term at 1: HF fixes loss_ce's weight at 1 (the recipe's is 2).
+DEFORMABLE_COST = dict(class_weight=2, bbox_weight=5, giou_weight=2)
+DEFORMABLE_LOSS = dict(class_weight=1, bbox_weight=5, giou_weight=2)
+DEFORMABLE_FOCAL = dict(focal_alpha=0.25, focal_gamma=2.0)
+# Deformable DETR-R50 (4 levels, 6 + 6 layers, 300 queries); the test takes a smaller one.
+DEFORMABLE_SIZE = dict(timm_backbone='resnet50', backbone_blocks=None, layers=6, queries=300)
+# The recipe's optimizer: AdamW at 2e-4, the backbone and the sampling offsets and reference
+# points at 2e-5 (the original's lr_backbone and lr_linear_proj_mult), weight decay 1e-4 on
+# every parameter, gradients clipped to norm 0.1; the stem and layer1 are frozen.
+DEFORMABLE_OPTIM = dict(name='adamw', lr=2e-4, weight_decay=1e-4, wd_mask='.*',
+                        grad_clip_norm=0.1,
+                        lr_mults=((r'backbone/.*', 0.1),
+                                  (r'.*/?(sampling_offsets|reference_points)/.*', 0.1)))
+# The same groups by HF's names.
+DEFORMABLE_SLOWER = (r'\.backbone\.', r'sampling_offsets|reference_points')
+
+
+def deformable_detr_rows(args) -> tuple[str, dict]:
+  from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection
+  from detr_jax import deformable_pretrained
+  height, width = args.size or (800, 1067)
+  size = DEFORMABLE_SIZE
+  torch.manual_seed(0)
+  # Dropout off on both sides (HF's attention and activation dropouts are 0 already).
+  peer = DeformableDetrForObjectDetection(DeformableDetrConfig(
+      use_timm_backbone=True, backbone=size['timm_backbone'], use_pretrained_backbone=False,
+      num_labels=91, encoder_layers=size['layers'], decoder_layers=size['layers'],
+      num_queries=size['queries'], dropout=0.0, auxiliary_loss=True,
+      class_cost=DEFORMABLE_COST['class_weight'], bbox_cost=DEFORMABLE_COST['bbox_weight'],
+      giou_cost=DEFORMABLE_COST['giou_weight'],
+      bbox_loss_coefficient=DEFORMABLE_LOSS['bbox_weight'],
+      giou_loss_coefficient=DEFORMABLE_LOSS['giou_weight'],
+      focal_alpha=DEFORMABLE_FOCAL['focal_alpha'])).eval()
+  variables = deformable_pretrained.convert_state_dict(
+      {k: v.numpy() for k, v in peer.state_dict().items()})
+  model = our_model('detection', 'deformable_detr', dict(
+      num_classes=91, backbone_blocks=size['backbone_blocks'],
+      num_encoder_layers=size['layers'], num_decoder_layers=size['layers'],
+      num_queries=size['queries'], dropout_rate=0.0))
+  images = _images(args.batch, (height, width))
+  mask = np.ones((args.batch, height, width), np.int32)
+  apply = lambda v, x, m: model.apply(v, x, m)
+  infer = jax.jit(apply)
+  flops = _jax_flops(apply, variables, images, mask)
+  jax_infer = Contender(lambda: jax.block_until_ready(infer(variables, images, mask)), flops)
+  torch_images, torch_mask = _nchw(images), torch.from_numpy(mask).long()
+  peer_infer = _torch_inference(peer, torch_images, torch_mask, flops=flops)
+  difference = np.abs(np.asarray(jax_infer.run()['logits'][-1])
+                      - peer_infer.run().logits.numpy()).max()
+  targets = _detr_targets(args.batch)
+  jax_train = _detr_jax_train_step(
+      model, variables, images, mask, targets, cost_weights=DEFORMABLE_COST,
+      loss_weights=DEFORMABLE_LOSS, eos_coef=0.0, focal=DEFORMABLE_FOCAL,
+      optim_config=DEFORMABLE_OPTIM)
+  peer_train = _detr_torch_train_step(peer, torch_images, torch_mask, targets, jax_train.flops,
+                                      DEFORMABLE_OPTIM, DEFORMABLE_SLOWER)
+  first, second = _loss_differences(jax_train, peer_train)
+  name = 'R50' if size['backbone_blocks'] is None else (
+      f"{size['timm_backbone']} backbone, {size['layers']}+{size['layers']} layers, "
+      f"{size['queries']} queries")
+  title = (f'Deformable DETR-{name}, batch {args.batch}, {height}x{width}, float32; peer HF '
+           f'transformers DeformableDetrForObjectDetection with its pure-PyTorch attention '
+           f'(grid_sample, its path on CPU); class logits differ by at most {difference:.1e}; '
+           f'train-step loss differs by {first:.1e} relative, after one AdamW step by '
+           f'{second:.1e}')
   return title, {'inference': (jax_infer, peer_infer), 'train step': (jax_train, peer_train)}
 
 
@@ -462,7 +550,8 @@ def segmenter_rows(args) -> tuple[str, dict]:
   return title, {'inference': (jax_infer, peer_infer), 'train step': (jax_train, peer_train)}
 
 
-TASKS = {'vit': vit_rows, 'detr': detr_rows, 'segmenter': segmenter_rows}
+TASKS = {'vit': vit_rows, 'detr': detr_rows, 'deformable_detr': deformable_detr_rows,
+         'segmenter': segmenter_rows}
 
 
 # ------------------------------------------------------------------------------ timing
@@ -507,7 +596,8 @@ def main(argv: Optional[list[str]] = None):
                       help='ViT variant (vit, segmenter), e.g. B/16; or swin_t, swin_s, swin_b')
   parser.add_argument('--decoder', default='mask_transformer', help='segmenter decoder')
   parser.add_argument('--size', type=_size, default=None,
-                      help='N or HxW (default: vit 224, detr 800x1067, segmenter 512)')
+                      help='N or HxW (default: vit 224, detr and deformable_detr 800x1067, '
+                           'segmenter 512)')
   parser.add_argument('--batch', type=int, default=None, help='default: vit 8, others 1')
   parser.add_argument('--repeats', type=int, default=5)
   args = parser.parse_args(argv)

@@ -3,6 +3,7 @@
   python scripts/reproduce.py vit-table2 --weights_dir=W --data_dir=~/tensorflow_datasets
   python scripts/reproduce.py segmenter-table6 --weights_dir=W --data_dir=ADEChallengeData2016
   python scripts/reproduce.py detr-table1 --weights_dir=W --data_dir=~/tensorflow_datasets
+  python scripts/reproduce.py deformable-detr --weights_dir=W --data_dir=~/tensorflow_datasets
   python scripts/reproduce.py vit-table5 --workdirs=RUNS --out=tables/
 
 Rows with released weights are evaluated when the weights are under --weights_dir (the
@@ -16,6 +17,7 @@ import argparse
 import os
 import sys
 
+from detr_jax import deformable_tables
 from detr_jax import paper_tables as detr_tables
 from segmenter_jax import paper_tables as segmenter_tables
 from vit_jax.classification import deit_tables
@@ -26,7 +28,7 @@ from vit_jax.framework.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLES = {**vit_tables.TABLES, **deit_tables.TABLES, **swin_tables.TABLES,
-          **segmenter_tables.TABLES, **detr_tables.TABLES}
+          **segmenter_tables.TABLES, **detr_tables.TABLES, **deformable_tables.TABLES}
 
 
 def main(argv=None):

@@ -20,13 +20,16 @@ _spec.loader.exec_module(benchmark)
     # Logits of O(1): float32 summation order only.
     ('vit', ['--model=Ti/16', '--size=32'], ('inference', 'train step'), 1e-5),
     ('segmenter', ['--model=Ti/16', '--size=32'], ('inference', 'train step'), 1e-4),
-    ('detr', ['--size=64x96'], ('inference', 'train step'), 1e-4)])
+    ('detr', ['--size=64x96'], ('inference', 'train step'), 1e-4),
+    ('deformable_detr', ['--size=64x96'], ('inference', 'train step'), 1e-4)])
 def test_prints_the_same_outputs_throughput_and_ratio(capsys, monkeypatch, task, flags, rows,
                                                       tolerance):
   # A small DETR (ResNet-26, 2 + 2 layers: one auxiliary loss): the train step of DETR-R50
   # compiles too long for a test on a loaded 2-core machine.
   monkeypatch.setattr(benchmark, 'DETR_SIZE', dict(timm_backbone='resnet26',
                                                    backbone_blocks=(2, 2, 2, 2), layers=2))
+  monkeypatch.setattr(benchmark, 'DEFORMABLE_SIZE', dict(
+      timm_backbone='resnet26', backbone_blocks=(2, 2, 2, 2), layers=2, queries=30))
   benchmark.main([f'--task={task}', '--batch=1', '--repeats=1'] + flags)
   out = capsys.readouterr().out
   difference = float(re.search(r'differ by at most ([\d.e+-]+)', out).group(1))
