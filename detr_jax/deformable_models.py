@@ -253,9 +253,11 @@ class DeformableDETR(nn.Module):
   dtype: jnp.dtype = jnp.float32
   scan: bool = False  # See models._layer_stack.
   remat: str = 'none'  # A name in vit_jax.layers.remat.REMAT_POLICIES.
-  # The decoder's self-attention (vit_jax.layers.attention_kernels); the deformable ones are
-  # their own operator.
+  # The decoder's self-attention (vit_jax.layers.attention_kernels) and the dropout on its
+  # weights (None: dropout_rate, the original's); the deformable ones are their own operator,
+  # without attention dropout.
   attention: str = 'auto'
+  attention_dropout_rate: Optional[float] = None
 
   # The detection task trains sigmoid classes with the focal loss and keeps the top scores.
   sigmoid_classes: ClassVar[bool] = True
@@ -309,6 +311,7 @@ class DeformableDETR(nn.Module):
     layer_fields = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                         dropout_rate=self.dropout_rate, dtype=dtype,
                         attention_impl=attention_name(self.attention),
+                        attention_dropout_rate=self.attention_dropout_rate,
                         spatial_shapes=spatial_shapes)
     encoder_layer = lambda layer_class, name: layer_class(
         **layer_fields, num_points=self.encoder_points, name=name)

@@ -228,6 +228,8 @@ class _PostNormLayer(nn.Module):
   dropout_rate: float = 0.1
   dtype: jnp.dtype = jnp.float32
   attention_impl: str = 'auto'  # model.attention (vit_jax.layers.attention_kernels).
+  # The dropout on the attention weights (torch.nn.MultiheadAttention's); None: dropout_rate.
+  attention_dropout_rate: Optional[float] = None
 
   def add_and_norm(self, x, y, norm_name, train):
     return _layer_norm(norm_name)(x + nn.Dropout(self.dropout_rate)(y, deterministic=not train))
@@ -235,7 +237,8 @@ class _PostNormLayer(nn.Module):
   def attention(self, name):
     """torch.nn.MultiheadAttention: dropout on the attention weights, xavier kernels (q, k, v
     with the fused matrix's fans; out_proj its own), zero biases."""
-    return MultiHeadAttention(self.num_heads, self.dropout_rate, self.dtype,
+    rate = self.dropout_rate if self.attention_dropout_rate is None else self.attention_dropout_rate
+    return MultiHeadAttention(self.num_heads, rate, self.dtype,
                               qkv_kernel_init=_fused_in_proj_init, out_name='out_proj',
                               attention=self.attention_impl, name=name)
 
@@ -362,12 +365,14 @@ class Transformer(nn.Module):
   scan: bool = False  # See _layer_stack.
   remat: str = 'none'  # A name in vit_jax.layers.remat.REMAT_POLICIES.
   attention: str = 'auto'  # See vit_jax.layers.attention_kernels.
+  attention_dropout_rate: Optional[float] = None  # None: dropout_rate.
 
   @nn.compact
   def __call__(self, src, mask, query_pos, pos, *, train: bool):
     def layer(kind, name):
       return kind(self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype,
-                  attention_impl=self.attention, name=name)
+                  attention_impl=self.attention,
+                  attention_dropout_rate=self.attention_dropout_rate, name=name)
     remat = remat_policy_name(self.remat)
     src, encoder_pos = _place(src, pos, self.encoder_spatial_pos)
     memory = Encoder(self.num_encoder_layers, layer, self.scan, remat, name='encoder')(
@@ -460,9 +465,11 @@ class DETR(nn.Module):
   # pass (a name in vit_jax.layers.remat.REMAT_POLICIES).
   scan: bool = False
   remat: str = 'none'
-  # The attention implementation (vit_jax.layers.attention_kernels; DETR's attention dropout
-  # runs the reference in training).
+  # The attention implementation (vit_jax.layers.attention_kernels; attention dropout runs the
+  # reference in training), and the dropout on the attention weights (None: dropout_rate, the
+  # original's; 0 keeps the FFN and residual dropout and lets the kernel train).
   attention: str = 'auto'
+  attention_dropout_rate: Optional[float] = None
 
   @nn.compact
   def __call__(self, images, pixel_mask, *, train: bool = False, mask_features: bool = False):
@@ -492,7 +499,8 @@ class DETR(nn.Module):
     hs, memory = Transformer(
         self.num_encoder_layers, self.num_decoder_layers, self.num_heads, self.mlp_dim,
         self.dropout_rate, self.dtype, self.encoder_spatial_pos, self.decoder_spatial_pos,
-        self.output_pos, self.scan, self.remat, self.attention, name='transformer')(
+        self.output_pos, self.scan, self.remat, self.attention, self.attention_dropout_rate,
+        name='transformer')(
             flat(src), mask.reshape(b, h * w), query_pos, flat(pos), train=train)
     d = self.hidden_dim
     logits = _linear(self.num_classes + 1, d, ('embed', 'classes'), 'class_embed', self.dtype,

@@ -27,6 +27,8 @@ Model config fields (`build_segmenter`):
   dropout_rate    encoder dropout (0.0, the official default).
   drop_path_rate  encoder stochastic depth of the last block, linear from 0 (0.1).
   decoder_dropout_rate, decoder_drop_path_rate   the mask transformer's (0.1, 0.0).
+  attention_dropout_rate   the dropout on the attention weights in encoder and decoder (None:
+                  each one's dropout rate, the original's; 0 lets the attention kernel train).
   hidden_size, num_layers, num_heads, mlp_dim, patch_size, distilled   override the variant.
   decoder_num_heads   mask transformer heads (default: the encoder's, = width / 64 for every
                   released size).
@@ -94,6 +96,7 @@ class MaskTransformer(nn.Module):
   drop_path_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
   attention: str = 'auto'  # See vit_jax.layers.attention_kernels.
+  attention_dropout_rate: Optional[float] = None  # On the attention weights; None: dropout_rate.
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -106,10 +109,12 @@ class MaskTransformer(nn.Module):
     cls_emb = self.param('cls_emb', _partitioned(_trunc_normal, (None, 'classes', 'embed')),
                          (1, k, width))
     x = jnp.concatenate([x, jnp.tile(cls_emb.astype(x.dtype), (x.shape[0], 1, 1))], axis=1)
+    attention_dropout = (self.dropout_rate if self.attention_dropout_rate is None
+                         else self.attention_dropout_rate)
     for i in range(self.num_layers):
       rate = self.drop_path_rate * i / (self.num_layers - 1) if self.num_layers > 1 else 0.0
       x = vit_models.Encoder1DBlock(
-          self.mlp_dim or 4 * width, self.num_heads, self.dropout_rate, self.dropout_rate,
+          self.mlp_dim or 4 * width, self.num_heads, self.dropout_rate, attention_dropout,
           LAYER_NORM_EPSILON, gelu_approximate=False, dtype=self.dtype, drop_path_rate=rate,
           weight_init='timm', attention=self.attention, name=f'blocks_{i}')(x, train)
     x = normalization.LayerNorm(LAYER_NORM_EPSILON, self.dtype, name='decoder_norm')(x)
@@ -183,7 +188,7 @@ def decode_variant(variant: str) -> dict:
 _DEFAULTS = dict(decoder_layers=2, dropout_rate=0.0, drop_path_rate=0.1,
                  decoder_dropout_rate=0.1, decoder_drop_path_rate=0.0, distilled=False,
                  decoder_num_heads=None, dtype=jnp.float32, remat='none', scan=False,
-                 attention='auto')
+                 attention='auto', attention_dropout_rate=None)
 _SIZE_FIELDS = ('hidden_size', 'num_layers', 'num_heads', 'mlp_dim', 'patch_size')
 FIELDS = frozenset(('variant', 'name', 'image_size', 'num_classes', 'decoder') + _SIZE_FIELDS
                    + tuple(_DEFAULTS))
@@ -217,11 +222,13 @@ def build_segmenter(model_config) -> Segmenter:
   if kwargs['decoder'] not in DECODERS:
     raise UserError(f'unknown decoder {kwargs["decoder"]!r}: use one of {DECODERS}')
   dtype = jnp.dtype(kwargs['dtype'])
+  attention_dropout = kwargs['attention_dropout_rate']
   encoder = vit_models.VisionTransformer(
       num_classes=None, patch_size=kwargs['patch_size'], hidden_size=kwargs['hidden_size'],
       num_layers=kwargs['num_layers'], num_heads=kwargs['num_heads'], mlp_dim=kwargs['mlp_dim'],
       classifier='token_unpooled', dropout_rate=kwargs['dropout_rate'],
-      attention_dropout_rate=kwargs['dropout_rate'], layer_norm_epsilon=LAYER_NORM_EPSILON,
+      attention_dropout_rate=(kwargs['dropout_rate'] if attention_dropout is None
+                              else attention_dropout), layer_norm_epsilon=LAYER_NORM_EPSILON,
       gelu_approximate=False, dtype=dtype, remat=remat.remat_policy_name(kwargs['remat']),
       scan=bool(kwargs['scan']), attention=attention_name(kwargs['attention']),
       distilled=bool(kwargs['distilled']), drop_path_rate=kwargs['drop_path_rate'],
@@ -233,5 +240,5 @@ def build_segmenter(model_config) -> Segmenter:
         kwargs['num_classes'], kwargs['decoder_layers'],
         kwargs['decoder_num_heads'] or kwargs['num_heads'], 4 * kwargs['hidden_size'],
         kwargs['decoder_dropout_rate'], kwargs['decoder_drop_path_rate'], dtype,
-        kwargs['attention'])
+        kwargs['attention'], attention_dropout)
   return Segmenter(encoder, decoder)

@@ -373,3 +373,17 @@ def mmseg_mean_iou(predictions, labels, num_classes, ignore_index=255):
     acc = total['intersect'] / total['label']
   return {'iou': iou, 'miou': np.nanmean(iou), 'mean_accuracy': np.nanmean(acc),
           'pixel_accuracy': total['intersect'].sum() / total['label'].sum()}
+
+
+def random_variables(model, *inputs, **kwargs):
+  """Every variable of `model` random (batch-norm variances positive), so that each weight
+  matters; from the shapes alone, as a full init would take longer than the tests."""
+  import flax
+  import jax
+  from vit_jax.framework import weights
+  shapes = flax.linen.meta.unbox(jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), *inputs, **kwargs)))
+  flat, rng = weights.flatten(shapes), np.random.default_rng(0)
+  return weights.unflatten({
+      key: (np.abs(noise) + 0.5 if key.endswith('/var') else 0.3 * noise).astype(np.float32)
+      for key, noise in ((k, rng.standard_normal(v.shape)) for k, v in flat.items())})

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from detr_jax import models, panoptic_model, pretrained
-from helpers import official_detr_state_dict
+from helpers import official_detr_state_dict, random_variables
 from vit_jax.framework import weights
 from vit_jax.framework.errors import UserError
 
@@ -25,17 +25,6 @@ def _inputs():
   images = jax.random.normal(jax.random.PRNGKey(1), (2, 64, 96, 3))
   pixel_mask = jnp.ones((2, 64, 96)).at[1, 40:].set(0).at[1, :, 50:].set(0)
   return images * pixel_mask[..., None], pixel_mask
-
-
-def _random_variables(model, *inputs, **kwargs):
-  """Every variable random (batch-norm variances positive), so that each weight matters; from
-  the shapes alone, as a full init would take longer than the tests."""
-  shapes = flax.linen.meta.unbox(jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), *inputs, **kwargs)))
-  flat, rng = weights.flatten(shapes), np.random.default_rng(0)
-  return weights.unflatten({
-      key: (np.abs(noise) + 0.5 if key.endswith('/var') else 0.3 * noise).astype(np.float32)
-      for key, noise in ((k, rng.standard_normal(v.shape)) for k, v in flat.items())})
 
 
 def _stacked(variables):
@@ -54,7 +43,7 @@ def test_scanned_params_are_stacked_under_the_layers_axis():
       'layers', 'embed', 'mlp')
   # The box head's layers differ in shape: not a stack.
   assert set(shapes['params']['bbox_embed']) == {'layers_0', 'layers_1', 'layers_2'}
-  per_layer = _random_variables(models.DETR(**_SMALL), *_inputs())
+  per_layer = random_variables(models.DETR(**_SMALL), *_inputs())
   assert jax.tree.map(np.shape, _stacked(per_layer)) == jax.tree.map(
       np.shape, flax.linen.meta.unbox(shapes))
 
@@ -62,7 +51,7 @@ def test_scanned_params_are_stacked_under_the_layers_axis():
 @pytest.mark.slow
 def test_scanned_model_gives_the_per_layer_models_outputs():
   images, pixel_mask = _inputs()
-  variables = _random_variables(models.DETR(**_SMALL), images, pixel_mask)
+  variables = random_variables(models.DETR(**_SMALL), images, pixel_mask)
   outputs = {}
   for scan, tree in ((False, variables), (True, _stacked(variables))):
     apply = jax.jit(lambda v, x, m, model=models.DETR(scan=scan, **_SMALL): model.apply(
@@ -104,7 +93,7 @@ def test_scanned_transformer_without_encoder_and_decoder_positions():
   config = dict(_TRANSFORMER, num_encoder_layers=0, decoder_spatial_pos='none',
                 output_pos='input')
   inputs = _transformer_inputs()
-  variables = _random_variables(models.Transformer(**config), *inputs, train=False)
+  variables = random_variables(models.Transformer(**config), *inputs, train=False)
   apply = lambda model, tree: jax.jit(functools.partial(model.apply, train=False))(tree, *inputs)
   hs, memory = apply(models.Transformer(**config), variables)
   hs_scan, memory_scan = apply(models.Transformer(scan=True, **config),
@@ -120,7 +109,7 @@ def test_scanned_rematerialised_gradients_match_the_per_layer_models():
   inputs = _transformer_inputs()
   # Dropout off: scan draws each layer's dropout from its own key, the loop from its names'.
   config = dict(_TRANSFORMER, num_encoder_layers=1, num_decoder_layers=2, dropout_rate=0.0)
-  variables = _random_variables(models.Transformer(**config), *inputs, train=False)
+  variables = random_variables(models.Transformer(**config), *inputs, train=False)
   keys = jax.random.split(jax.random.PRNGKey(4), 2)
   hs_weights, memory_weights = jax.random.normal(keys[0], (2, 2, 5, 32)), jax.random.normal(
       keys[1], (2, 6, 32))
@@ -145,7 +134,7 @@ def test_scanned_rematerialised_gradients_match_the_per_layer_models():
 def test_scanned_dropout_follows_the_rng_in_every_layer():
   inputs = _transformer_inputs()
   model = models.Transformer(scan=True, dropout_rate=0.5, **_TRANSFORMER)
-  variables = _random_variables(model, *inputs, train=False)
+  variables = random_variables(model, *inputs, train=False)
   run = jax.jit(lambda key: model.apply(variables, *inputs, train=True,
                                        rngs={'dropout': key})[0])
   key = functools.partial(jax.random.key, impl='rbg')  # Compiles in half threefry's time.
@@ -183,7 +172,7 @@ def test_stacked_npz_of_a_scanned_panoptic_run_fills_a_per_layer_model(tmp_path)
   images, pixel_mask = _inputs()
   tiny = dict(_SMALL, hidden_dim=64, num_heads=8)  # The mask head's widths need 64 / 8.
   scanned = panoptic_model.DETRPanoptic(models.DETR(scan=True, **tiny))
-  variables = _random_variables(scanned, images, pixel_mask)
+  variables = random_variables(scanned, images, pixel_mask)
   assert variables['params']['detr']['transformer']['encoder']['layers']['norm1'][
       'scale'].shape == (2, 64)
   path = str(tmp_path / 'scanned.npz')

@@ -386,6 +386,9 @@ def build_swin(model_config) -> SwinTransformer:
   # model.attention, checked: Swin's windows (49 tokens, a relative position bias) always run
   # the reference `attend`, whose weights are small there.
   attention_name(fields.pop('attention', 'auto'))
+  if fields.pop('attention_dropout_rate', None):
+    raise UserError('Swin has no attention dropout (the recipes\' attn_drop_rate is 0): leave '
+                    'model.attention_dropout_rate unset or 0')
   kwargs = decode_variant(variant) if variant else {}
   kwargs.update({k: v for k, v in fields.items() if v is not None or k == 'num_classes'})
   missing = {'embed_dim', 'depths', 'num_heads'} - set(kwargs)

@@ -40,6 +40,11 @@ def defaults() -> ml_collections.ConfigDict:
   # cuDNN on GPU for bfloat16, Pallas flash on TPU, the reference on CPU), 'xla' (the
   # reference), 'pallas_flash' or 'cudnn'.
   config.model.attention = 'auto'
+  # The dropout on the attention weights alone; None: the model's original (DETR's, Deformable
+  # DETR's decoder self-attention and Segmenter's: their dropout_rate, decoder_dropout_rate in
+  # Segmenter's decoder; ViT and DeiT: 0; Swin has none). Training with it runs the reference
+  # attention (no kernel draws dropout): 0 keeps the FFN and residual dropout and the kernel.
+  config.model.attention_dropout_rate = _placeholder(float)
 
   # Durations: each in steps or in epochs (vit_jax.framework.durations), one of the pair.
   config.total_steps = _placeholder(int)
