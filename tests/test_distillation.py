@@ -7,6 +7,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import torch
@@ -37,12 +38,15 @@ def deit_distillation_loss(outputs, labels, teacher_logits, kind, alpha, tau, ba
 
 def _config(kind, alpha=0.5, tau=1.0, teacher_from=None):
   config = load_config('deit_digits', kind)
-  config.model.drop_path_rate = 0.0  # Deterministic student: its logits are compared.
-  config.update(distillation_alpha=alpha, distillation_tau=tau)
-  config.teacher.model.update(hidden_size=32, num_layers=1, num_heads=2, mlp_dim=32,
-                              dropout_rate=0.0)
-  config.teacher.init_from = teacher_from
-  config.input.update(batch_size=16, eval_batch_size=64)
+  # Deterministic student (its logits are compared) with the distillation token in every kind.
+  config.model.update(drop_path_rate=0.0, distilled=True, patch_size=4)
+  config.update(distillation=kind, distillation_alpha=alpha, distillation_tau=tau)
+  config.teacher = ml_collections.ConfigDict(dict(  # A tiny ViT, written as an .npz.
+      model=dict(name='vit', num_classes=10, patch_size=4, hidden_size=32, num_layers=1,
+                 num_heads=2, mlp_dim=32, dropout_rate=0.0), init_from=teacher_from))
+  config.input.update(image_size=16, pad=1, mixup_alpha=0.0, cutmix_alpha=0.0, batch_size=16,
+                      eval_batch_size=64)
+  config.loss.label_smoothing = 0.0  # DeiT's base criterion as the reference computes it.
   config.update(total_steps=3, log_every=1, eval_every=3, checkpoint_every=3, draw_examples=0)
   return config
 

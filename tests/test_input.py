@@ -54,6 +54,10 @@ def test_digits_split_is_fixed():
   assert set(np.bincount(test['label'])) <= {35, 36, 37}  # Stratified: ~36 per class.
   np.testing.assert_array_equal(test['label'], classification_input.digits_arrays('test')['label'])
   assert train['image'].dtype == np.uint8 and train['image'].max() == 255
+  small = classification_input.digits_arrays('train[:10%]')  # Within each class.
+  np.testing.assert_array_equal(np.bincount(small['label']),
+                                np.round(np.bincount(train['label']) / 10))
+  assert {x.tobytes() for x in small['image']} <= {x.tobytes() for x in train['image']}
 
 
 def _digits_stream(config, start_example):

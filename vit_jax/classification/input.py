@@ -9,7 +9,7 @@ config.input fields:
                   the training split's class folders name the classes of every split; a
                   split may take a percent of each class, e.g. train[:98%] and train[98%:])
   on_bad_image    folder: skip (default; counted in the log) | stop (one line naming the files)
-  train_split, eval_split
+  train_split, eval_split  (folder and digits: a percent slice within each class, train[:10%])
   image_size      training and eval crop
   eval_resize     eval: resize the short side to this, then center-crop image_size;
                   0 / None: resize straight to image_size x image_size (the original ViT)
@@ -63,17 +63,27 @@ def digits_arrays(split: str) -> dict[str, np.ndarray]:
   """scikit-learn's 1797 handwritten digits (8x8, 16 grey levels) as uint8 images.
 
   Fixed split: 360 test examples (35-37 per class) drawn once with a fixed seed, stratified; the
-  other 1437 are the training set.
+  other 1437 are the training set. A percent slice takes it within each class, as for folders:
+  'train[:10%]' is a small training set with every class (configs/deit_digits.py).
   """
   from sklearn import datasets, model_selection  # Only this offline source needs scikit-learn.
-  if split not in ('train', 'test'):
-    raise UserError(f'digits has splits train and test, not {split!r}')
+  try:
+    name, start, stop = _split_slice(split)
+  except UserError:
+    name = None
+  if name not in ('train', 'test'):
+    raise UserError(f'digits has splits train and test (optionally sliced, e.g. train[:10%]), '
+                    f'not {split!r}')
   digits = datasets.load_digits()
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   labels = digits.target.astype(np.int64)
   train, test = model_selection.train_test_split(
       np.arange(len(labels)), test_size=360, stratify=labels, random_state=0)
-  part = np.sort(train if split == 'train' else test)
+  part = np.sort(train if name == 'train' else test)
+  if (start, stop) != (0, 100):
+    part = np.sort(np.concatenate([
+        members[round(len(members) * start / 100):round(len(members) * stop / 100)]
+        for members in (part[labels[part] == c] for c in range(10))]))
   return {'image': images[part], 'label': labels[part]}
 
 

@@ -212,7 +212,7 @@ def _shapes_by_name(tree: Any) -> dict[str, tuple]:
 def load_state(workdir: str, step: Optional[int] = None) -> dict:
   """A run's saved train state (newest step by default) as numpy on this host, whatever devices
   or processes wrote it: for inference, analysis and notebooks."""
-  directory = paths.join(workdir, 'checkpoints')
+  directory = paths.join(paths.absolute(workdir), 'checkpoints')  # Orbax wants absolute paths.
   steps = sorted(int(d) for d in paths.listdir(directory) if d.isdigit())
   if not steps or (step is not None and step not in steps):
     raise UserError(f'no checkpoint {"" if step is None else step} in {directory} (found '
