@@ -322,6 +322,22 @@ def _detr_torch_train_step(peer, images, pixel_mask, targets, flops: float,
       optimizer, flops, clip_norm=optim_config['grad_clip_norm'])
 
 
+def _detector_inference(model, variables, peer, batch: int, size: tuple[int, int]):
+  """DETR-style inference on both sides: the inputs (unpadded images), the two contenders and
+  the largest difference of the last layer's class logits."""
+  images = _images(batch, size)
+  mask = np.ones((batch, *size), np.int32)
+  apply = lambda v, x, m: model.apply(v, x, m)
+  infer = jax.jit(apply)
+  flops = _jax_flops(apply, variables, images, mask)
+  jax_infer = Contender(lambda: jax.block_until_ready(infer(variables, images, mask)), flops)
+  torch_images, torch_mask = _nchw(images), torch.from_numpy(mask).long()
+  peer_infer = _torch_inference(peer, torch_images, torch_mask, flops=flops)
+  difference = np.abs(np.asarray(jax_infer.run()['logits'][-1])
+                      - peer_infer.run().logits.numpy()).max()
+  return images, mask, torch_images, torch_mask, jax_infer, peer_infer, difference
+
+
 def detr_rows(args) -> tuple[str, dict]:
   from transformers import DetrConfig, DetrForObjectDetection
   from detr_jax import pretrained
@@ -341,16 +357,8 @@ def detr_rows(args) -> tuple[str, dict]:
       num_classes=91, backbone_blocks=DETR_SIZE['backbone_blocks'],
       num_encoder_layers=DETR_SIZE['layers'], num_decoder_layers=DETR_SIZE['layers'],
       dropout_rate=0.0))
-  images = _images(args.batch, (height, width))
-  mask = np.ones((args.batch, height, width), np.int32)
-  apply = lambda v, x, m: model.apply(v, x, m)
-  infer = jax.jit(apply)
-  flops = _jax_flops(apply, variables, images, mask)
-  jax_infer = Contender(lambda: jax.block_until_ready(infer(variables, images, mask)), flops)
-  torch_images, torch_mask = _nchw(images), torch.from_numpy(mask).long()
-  peer_infer = _torch_inference(peer, torch_images, torch_mask, flops=flops)
-  difference = np.abs(np.asarray(jax_infer.run()['logits'][-1])
-                      - peer_infer.run().logits.numpy()).max()
+  images, mask, torch_images, torch_mask, jax_infer, peer_infer, difference = (
+      _detector_inference(model, variables, peer, args.batch, (height, width)))
   targets = _detr_targets(args.batch)
   jax_train = _detr_jax_train_step(model, variables, images, mask, targets)
   peer_train = _detr_torch_train_step(peer, torch_images, torch_mask, targets, jax_train.flops)
@@ -404,16 +412,8 @@ def deformable_detr_rows(args) -> tuple[str, dict]:
       num_classes=91, backbone_blocks=size['backbone_blocks'],
       num_encoder_layers=size['layers'], num_decoder_layers=size['layers'],
       num_queries=size['queries'], dropout_rate=0.0))
-  images = _images(args.batch, (height, width))
-  mask = np.ones((args.batch, height, width), np.int32)
-  apply = lambda v, x, m: model.apply(v, x, m)
-  infer = jax.jit(apply)
-  flops = _jax_flops(apply, variables, images, mask)
-  jax_infer = Contender(lambda: jax.block_until_ready(infer(variables, images, mask)), flops)
-  torch_images, torch_mask = _nchw(images), torch.from_numpy(mask).long()
-  peer_infer = _torch_inference(peer, torch_images, torch_mask, flops=flops)
-  difference = np.abs(np.asarray(jax_infer.run()['logits'][-1])
-                      - peer_infer.run().logits.numpy()).max()
+  images, mask, torch_images, torch_mask, jax_infer, peer_infer, difference = (
+      _detector_inference(model, variables, peer, args.batch, (height, width)))
   targets = _detr_targets(args.batch)
   jax_train = _detr_jax_train_step(
       model, variables, images, mask, targets, cost_weights=DEFORMABLE_COST,
