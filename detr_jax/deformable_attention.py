@@ -38,6 +38,27 @@ def _corner_table(value_map):
   return corners.transpose(0, 3, 1, 2, 4, 5).reshape(b, m, (h + 1) * (w + 1), 4 * d)
 
 
+@jax.custom_vjp
+def _weighted_corner_sum(corners, corner_weights):
+  """[B, M, Q, P, 4, D] x [B, M, Q, P, 4] -> [B, M, Q, D]. As a multiply-and-sum XLA fuses the
+  gather into it and never writes the corners (1.8x faster than an einsum on the CPU); its
+  autodiff is 1.7x slower than the einsum's, so the gradient is the einsum's."""
+  return (corners * corner_weights[..., None]).sum((3, 4))
+
+
+def _weighted_corner_sum_forward(corners, corner_weights):
+  return _weighted_corner_sum(corners, corner_weights), (corners, corner_weights)
+
+
+def _weighted_corner_sum_backward(residuals, grad):
+  corners, corner_weights = residuals
+  return (jnp.einsum('bmqd,bmqpc->bmqpcd', grad, corner_weights),
+          jnp.einsum('bmqpcd,bmqd->bmqpc', corners, grad))
+
+
+_weighted_corner_sum.defvjp(_weighted_corner_sum_forward, _weighted_corner_sum_backward)
+
+
 def deformable_sample(value, spatial_shapes: SpatialShapes, locations, weights):
   """The weighted sum of bilinear samples of every level's value map, per query and head.
 
@@ -58,7 +79,7 @@ def deformable_sample(value, spatial_shapes: SpatialShapes, locations, weights):
   if s != sum(h * w for h, w in spatial_shapes):
     raise ValueError(f'value has {s} tokens but the spatial shapes {spatial_shapes} hold '
                      f'{sum(h * w for h, w in spatial_shapes)}')
-  out = jnp.zeros((b, q, m, d), dtype)
+  out = jnp.zeros((b, m, q, d), dtype)
   start = 0
   for level, (h, w) in enumerate(spatial_shapes):
     table = _corner_table(value[:, start:start + h * w].reshape(b, h, w, m, d))
@@ -76,8 +97,8 @@ def deformable_sample(value, spatial_shapes: SpatialShapes, locations, weights):
                                   mode='promise_in_bounds').reshape(b, m, q, points, 4, d)
     bilinear = jnp.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], -1)
     point_weight = jnp.moveaxis(weights[:, :, :, level], 2, 1) * on_map  # [B, M, Q, P]
-    out += jnp.einsum('bmqpcd,bmqpc->bqmd', corners, bilinear * point_weight[..., None])
-  return out.reshape(b, q, m * d)
+    out += _weighted_corner_sum(corners, bilinear * point_weight[..., None])
+  return jnp.moveaxis(out, 1, 2).reshape(b, q, m * d)
 
 
 def sampling_locations(reference, offsets, spatial_shapes: SpatialShapes,
