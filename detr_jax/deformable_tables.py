@@ -16,7 +16,6 @@ sizes that bracket the paper's per-image average (detr_jax/model_stats.py, as
 scripts/model_table.py); training GPU hours and frames/s are the paper's V100 figures only.
 """
 
-from detr_jax import detection
 from detr_jax import model_stats as detr_stats
 from detr_jax import paper_tables as detr_tables
 from vit_jax.framework.reproduce import Computed, Row, Table, Training, Unavailable, Weights
@@ -93,17 +92,6 @@ GFLOPS_PROTOCOL = ('; the paper\'s is an average over COCO val images at 800 px 
                    '1333): ours at 800x1333 and 800x1067 bracket it')
 
 
-def _model(config):
-  """The DETR or Deformable DETR the config builds."""
-  return detection.DetectionTask.MODELS[config.model.name](config.model)
-
-
-def trainable_millions(config) -> float:
-  """Trainable parameters (the original's n_parameters: all but the frozen stem and layer1),
-  in millions."""
-  return detr_stats.trainable_count(_model(config)) / 1e6
-
-
 _COUNTS = {}  # Model config (JSON) -> detr_stats.counts: rows of one model count it once.
 
 
@@ -113,7 +101,7 @@ def gflops_at(height: int, width: int):
   def count(config) -> float:
     key = config.model.to_json_best_effort(sort_keys=True)
     if key not in _COUNTS:
-      _COUNTS[key] = detr_stats.counts(_model(config))
+      _COUNTS[key] = detr_stats.counts(detr_tables.detector(config))
     return _COUNTS[key][f'gflops_{height}x{width}']
   return count
 
@@ -124,7 +112,7 @@ _GFLOPS = {size: gflops_at(*size) for size in GFLOPS_SIZES}
 def _computed_rows(label: str, column: str, paper: float, config: str, source: str):
   """The params row or the GFLOPs rows (one per size) of the model `config` builds."""
   if column == 'params':
-    return [Row(f'{label} params (M)', paper / 1e6, Computed(trainable_millions),
+    return [Row(f'{label} params (M)', paper / 1e6, Computed(detr_tables.trainable_millions),
                 percent=False, config=config, source=source)]
   return [Row(f'{label} GFLOPs at {height}x{width}', paper, Computed(_GFLOPS[height, width]),
               percent=False, config=config, source=source + GFLOPS_PROTOCOL)

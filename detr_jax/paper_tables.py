@@ -17,7 +17,7 @@ panopticapi's PQ (detr_jax/panoptic_quality.py) and mask AP on the things classe
 counted from the model (trainable ones, as the paper); FPS is a V100 figure of the paper only.
 """
 
-from detr_jax import model_stats, models
+from detr_jax import detection, model_stats
 from vit_jax.framework.reproduce import Computed, Row, Table, Training, Unavailable, Weights
 
 PAPER = 'DETR arXiv 2005.12872v3'
@@ -57,9 +57,15 @@ def _source(table, row: str, column: str) -> str:
   return f'{PAPER} Table {table}, row {row}, column {column}'
 
 
+def detector(config):
+  """The DETR or Deformable DETR `config` builds (config.model.name)."""
+  return detection.DetectionTask.MODELS[config.model.name](config.model)
+
+
 def trainable_millions(config) -> float:
-  """Trainable parameters (as the paper counts them) of the DETR `config` builds, in millions."""
-  return model_stats.trainable_count(models.build_detr(config.model)) / 1e6
+  """Trainable parameters (as the papers count them: all but the frozen stem and layer1) of
+  the detector `config` builds, in millions."""
+  return model_stats.trainable_count(detector(config)) / 1e6
 
 
 def _params_row(name: str, paper: float, arg: str, source: str) -> Row:

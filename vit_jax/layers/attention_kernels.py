@@ -14,9 +14,9 @@ keys and values with S != T allowed (DETR's cross-attention), and a [B, S] key p
 keeps the softmax's running max and sum in float32 whatever the input dtype.
 
 Fallbacks to the reference, per call: attention dropout in training (neither kernel draws
-dropout inside; `model.attention_dropout_rate=0` turns off that dropout alone, keeping the
-FFN and residual dropout), an additive bias (Swin's windows, 49 tokens, where the weights are small), and
-'auto' resolving to 'xla'. A key padding mask must leave each query at least one key (the
+dropout inside; `model.attention_dropout_rate=0` turns off that dropout alone, keeping the FFN
+and residual dropout), an additive bias (Swin's windows, 49 tokens, where the weights are
+small), and 'auto' resolving to 'xla'. A key padding mask must leave each query at least one key (the
 reference then spreads the weight evenly; the kernels' sums would be 0).
 
 'auto' resolves for the backend the trace runs on (`jax.default_backend()`): an ahead-of-time
