@@ -111,10 +111,10 @@ class DetectionTask(task.Task):
     if split not in self._ground_truth:  # Read once per split, on the first eval.
       self._ground_truth[split] = coco_eval.ground_truth(self.config.input, split)
     ground_truth, label_to_category = self._ground_truth[split]
-    return coco_eval.CocoEvaluator(ground_truth, label_to_category, self._postprocess)
+    return coco_eval.CocoEvaluator(ground_truth, label_to_category, self.postprocess)
 
   @property
-  def _postprocess(self):
+  def postprocess(self):
     """Scores, labels and absolute boxes of a batch's predictions (coco_eval)."""
     return coco_eval.sigmoid_postprocess if self.focal else coco_eval.postprocess
 
@@ -197,20 +197,31 @@ class DetectionTask(task.Task):
     outputs = self.model.apply(variables, batch['image'], batch['pixel_mask'], train=False)
     return {'logits': outputs['logits'][-1], 'boxes': outputs['boxes'][-1]}
 
-  def draw(self, batch, outputs):
-    """Ground truth beside the best config.draw_top_k predictions scoring at least
-    config.draw_threshold, on the eval-size image."""
-    pictures = {}
+  def detections(self, batch, outputs) -> list[dict]:
+    """Per image: its eval-size pixels (0..1, padding cut), the true boxes and labels, and the
+    predicted scores, labels and boxes, boxes as (x0, y0, x1, y1) in those pixels."""
+    found = []
     for i, image in enumerate(batch['image']):
       inside = batch['pixel_mask'][i] > 0  # The image without its padding.
       size = np.array([inside.any(1).sum(), inside.any(0).sum()])
       pixels = image[:size[0], :size[1]] * transforms.IMAGENET_STD + transforms.IMAGENET_MEAN
-      scores, labels, boxes = self._postprocess(
+      scores, labels, boxes = self.postprocess(
           outputs['logits'][i:i + 1], outputs['boxes'][i:i + 1], size[None])
       real = batch['box_mask'][i] > 0
       _, _, true_boxes = coco_eval.postprocess(  # Normalised (cx, cy, w, h) -> pixels.
           np.zeros((1, real.sum(), 2)), batch['boxes'][i][real][None], size[None])
+      found.append(dict(pixels=np.clip(pixels, 0, 1), true_boxes=true_boxes[0],
+                        true_labels=batch['labels'][i][real], scores=scores[0],
+                        labels=labels[0], boxes=boxes[0]))
+    return found
+
+  def draw(self, batch, outputs):
+    """Ground truth beside the best config.draw_top_k predictions scoring at least
+    config.draw_threshold, on the eval-size image."""
+    pictures = {}
+    for i, found in enumerate(self.detections(batch, outputs)):
       pictures[str(i)] = drawing.draw_detections(
-          np.clip(pixels, 0, 1), true_boxes[0], batch['labels'][i][real], boxes[0], labels[0],
-          scores[0], self.class_names, self.config.draw_threshold, self.config.draw_top_k)
+          found['pixels'], found['true_boxes'], found['true_labels'], found['boxes'],
+          found['labels'], found['scores'], self.class_names, self.config.draw_threshold,
+          self.config.draw_top_k)
     return pictures

@@ -209,11 +209,17 @@ def _shapes_by_name(tree: Any) -> dict[str, tuple]:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def saved_steps(workdir: str) -> list[int]:
+  """The steps a run's workdir holds checkpoints of, ascending."""
+  directory = paths.join(paths.absolute(workdir), 'checkpoints')
+  return sorted(int(d) for d in paths.listdir(directory) if d.isdigit())
+
+
 def load_state(workdir: str, step: Optional[int] = None) -> dict:
   """A run's saved train state (newest step by default) as numpy on this host, whatever devices
   or processes wrote it: for inference, analysis and notebooks."""
   directory = paths.join(paths.absolute(workdir), 'checkpoints')  # Orbax wants absolute paths.
-  steps = sorted(int(d) for d in paths.listdir(directory) if d.isdigit())
+  steps = saved_steps(workdir)
   if not steps or (step is not None and step not in steps):
     raise UserError(f'no checkpoint {"" if step is None else step} in {directory} (found '
                     f'{steps}): train first, or pass the --workdir of a run')
