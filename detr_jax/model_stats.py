@@ -92,17 +92,22 @@ def _inputs(height: int, width: int):
 _PARAM_INPUT = (128, 128)
 
 
-def _param_shapes(model) -> dict:
-  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), *_inputs(*_PARAM_INPUT))
+def _variables(model) -> dict:
+  """The model's variable shapes; one trace serves every count and input size."""
+  return model_stats.variable_shapes(model, *_inputs(*_PARAM_INPUT))
+
+
+def _param_shapes(variables) -> dict:
   return flax.traverse_util.flatten_dict(flax.linen.meta.unbox(variables['params']), sep='/')
 
 
-def trainable_count(model: models.DETR, prefix: str = '') -> int:
+def trainable_count(model: models.DETR, prefix: str = '', variables=None) -> int:
   """Parameters the original trains: all but the frozen stem and layer1 (and the frozen
-  batch-norm buffers, which are not parameters); `prefix`: where the box model sits."""
+  batch-norm buffers, which are not parameters); `prefix`: where the box model sits;
+  `variables`: `_variables(model)` if already traced."""
   frozen = (f'{prefix}backbone/conv1/', f'{prefix}backbone/layer1_')
-  return int(sum(np.prod(v.shape) for k, v in _param_shapes(model).items()
-                 if not k.startswith(frozen)))
+  shapes = _param_shapes(_variables(model) if variables is None else variables)
+  return int(sum(np.prod(v.shape) for k, v in shapes.items() if not k.startswith(frozen)))
 
 
 # The released panoptic models: PQ and mask AP (things) from the paper's Table 5 (arXiv
@@ -126,9 +131,10 @@ def panoptic_row(entry: dict, model) -> dict:
   """A PANOPTIC entry and its `panoptic_model.DETRPanoptic`: parameters trained over both stages
   (all but the frozen stem and layer1), the mask head's alone (stage 2), and multiply-adds
   (the masks of all 100 queries at stride 4 included)."""
-  shapes = _param_shapes(model)
+  variables = _variables(model)
+  shapes = _param_shapes(variables)
   row = dict(model=entry['model'], config=f'configs/detr_panoptic.py:{entry["config"]}',
-             params=trainable_count(model, prefix='detr/'),
+             params=trainable_count(model, prefix='detr/', variables=variables),
              mask_head_params=int(sum(np.prod(v.shape) for k, v in shapes.items()
                                       if not k.startswith('detr/'))),
              all_params=int(sum(np.prod(v.shape) for v in shapes.values())),
@@ -136,16 +142,19 @@ def panoptic_row(entry: dict, model) -> dict:
              paper_mask_ap=entry['mask_ap'], readme_box_ap=entry['readme_box_ap'],
              source=PANOPTIC_SOURCE, gflops_note=GFLOPS_NOTE)
   for height, width in SIZES:
-    row[f'gflops_{height}x{width}'] = model_stats.gflops(model, *_inputs(height, width))
+    row[f'gflops_{height}x{width}'] = model_stats.gflops(model, *_inputs(height, width),
+                                                         variables=variables)
   return row
 
 
 def counts(model: models.DETR) -> dict:
   """Trainable and all parameters, and multiply-adds at each of SIZES."""
-  result = dict(params=trainable_count(model),
-                all_params=model_stats.parameter_count(model, *_inputs(*_PARAM_INPUT)))
+  variables = _variables(model)
+  result = dict(params=trainable_count(model, variables=variables),
+                all_params=model_stats.parameter_count(model, variables=variables))
   for height, width in SIZES:
-    result[f'gflops_{height}x{width}'] = model_stats.gflops(model, *_inputs(height, width))
+    result[f'gflops_{height}x{width}'] = model_stats.gflops(model, *_inputs(height, width),
+                                                            variables=variables)
   return result
 
 

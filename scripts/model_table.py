@@ -43,8 +43,10 @@ def vit_rows(variants):
     image = lambda size: jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     family = variant.rpartition('+')[2].split('/')[0]
     paper = None if '+' in variant else model_stats.VIT_PAPER_PARAMS.get(family)
-    rows.append(dict(model=f'ViT-{variant}', params=model_stats.parameter_count(model, image(224)),
-                     gflops=model_stats.gflops(model, image(224)),
+    variables = model_stats.variable_shapes(model, image(224))  # Traced once for both.
+    rows.append(dict(model=f'ViT-{variant}',
+                     params=model_stats.parameter_count(model, variables=variables),
+                     gflops=model_stats.gflops(model, image(224), variables=variables),
                      gflops_384=model_stats.gflops(model, image(384)),
                      paper_params=paper, paper_gflops=None, source='ViT paper Table 1'))
   return rows
@@ -58,9 +60,10 @@ def deit_rows(names):
       raise SystemExit(f'error: unknown DeiT rows {name!r}: use {sorted(deit.RELEASES)}')
     model = deit.build_deit(release.model_config())
     image = jax.ShapeDtypeStruct((1, release.image_size, release.image_size, 3), jnp.float32)
+    variables = model_stats.variable_shapes(model, image)
     rows.append(dict(model=name, timm_name=release.timm_name, image_size=release.image_size,
-                     params=model_stats.parameter_count(model, image),
-                     gflops=model_stats.gflops(model, image),
+                     params=model_stats.parameter_count(model, variables=variables),
+                     gflops=model_stats.gflops(model, image, variables=variables),
                      paper_params=release.readme_params, paper_top1=release.readme_top1,
                      source='DeiT README'))
   return rows
@@ -88,9 +91,11 @@ def swin_rows(variants):
     size = 384 if variant.endswith('-384') else 224
     model = swin.build_swin(dict(variant=variant, num_classes=1000))
     image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    variables = model_stats.variable_shapes(model, image)
     rows.append(dict(model=f'Swin-{variant}', image_size=size,
-                     params=model_stats.parameter_count(model, image),
-                     gflops=model_stats.gflops(model, image), paper_params=paper_params * 1e6,
+                     params=model_stats.parameter_count(model, variables=variables),
+                     gflops=model_stats.gflops(model, image, variables=variables),
+                     paper_params=paper_params * 1e6,
                      paper_gflops=paper_gflops, original_gflops=original_gflops,
                      source=f'{name}: {swin_tables.SOURCE}'))
   return rows
@@ -130,10 +135,11 @@ def segmenter_rows(names):
                                                           'Segmenter')]
 
 
-def detr_rows(names, table=detr_stats.TABLE):
+def detr_rows(names, table=detr_stats.TABLE, counted=None):
   """Rows of `table` named `names`, each model built from its configs/detr_coco.py variant;
-  rows with the same model (the loss ablations) are counted once."""
-  rows, counted = [], {}
+  rows with the same model (the loss ablations) are counted once, and so are models already in
+  `counted` (repr of the model: its counts), which this fills."""
+  rows, counted = [], {} if counted is None else counted
   for entry in _entries(table, names, 'DETR'):
     model = detr_models.build_detr(_model_config('detr_coco.py', entry['config']))
     if repr(model) not in counted:
@@ -240,8 +246,10 @@ def main():
   rows = vit_rows([m for m in args.models.split(',') if m])
   deit_table = deit_rows([m for m in args.deit.split(',') if m])
   seg_rows = segmenter_rows([m for m in args.segmenter.split(',') if m])
-  detr_table = detr_rows([m for m in args.detr.split(',') if m])
-  ablations = detr_rows([m for m in args.detr_ablations.split(';') if m], detr_stats.ABLATIONS)
+  counted = {}  # DETR-R50 is also the ablations' baseline.
+  detr_table = detr_rows([m for m in args.detr.split(',') if m], counted=counted)
+  ablations = detr_rows([m for m in args.detr_ablations.split(';') if m], detr_stats.ABLATIONS,
+                        counted)
   panoptic = panoptic_rows([m for m in args.detr_panoptic.split(',') if m])
   deformable = deformable_rows([m for m in args.deformable_detr.split(',') if m])
   swin_table = swin_rows([m for m in args.swin.split(',') if m])

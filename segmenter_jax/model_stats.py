@@ -40,12 +40,14 @@ def table_row(entry: dict) -> dict:
   model = models.build_segmenter(dict(variant=entry['variant'], image_size=TABLE_SIZE,
                                       num_classes=TABLE_CLASSES, decoder='mask_transformer'))
   image = _images(TABLE_SIZE)
-  params = model_stats.parameter_count(model, image, train=False)
+  variables = model_stats.variable_shapes(model, image, train=False)  # Traced once for all three.
+  params = model_stats.parameter_count(model, variables=variables)
   return dict(model=entry['model'], params=params,
               params_with_unused_head=params + unused_head_count(model),
               paper_params=entry['paper_params'],
-              gmacs_512=model_stats.gflops(model, image, train=False),
+              gmacs_512=model_stats.gflops(model, image, variables=variables, train=False),
               # Up to the patch-level mask logits (what analytic counts usually cover).
               gmacs_512_before_upsampling=model_stats.gflops(
-                  model, image, method=models.Segmenter.patch_logits, train=False),
+                  model, image, method=models.Segmenter.patch_logits, variables=variables,
+                  train=False),
               source=SOURCE)

@@ -10,20 +10,30 @@ import jax
 import numpy as np
 
 
-def parameter_count(model: nn.Module, *inputs: jax.ShapeDtypeStruct, **kwargs) -> int:
-  """Number of parameters (collection 'params'), computed from shapes only; `kwargs` go to
-  `model.init` (e.g. train=False)."""
-  variables = jax.eval_shape(functools.partial(model.init, **kwargs), jax.random.PRNGKey(0),
-                             *inputs)
+def variable_shapes(model: nn.Module, *inputs: jax.ShapeDtypeStruct, **kwargs):
+  """The shapes of `model.init`'s variables for `inputs` (one trace, nothing computed);
+  `kwargs` go to `model.init` (e.g. train=False)."""
+  return jax.eval_shape(functools.partial(model.init, **kwargs), jax.random.PRNGKey(0), *inputs)
+
+
+def parameter_count(model: nn.Module, *inputs: jax.ShapeDtypeStruct, variables=None,
+                    **kwargs) -> int:
+  """Number of parameters (collection 'params'), computed from shapes only; `variables`: those
+  of `variable_shapes` if already traced."""
+  if variables is None:
+    variables = variable_shapes(model, *inputs, **kwargs)
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.meta.unbox(variables['params']))))
 
 
-def gflops(model: nn.Module, *inputs: jax.ShapeDtypeStruct, method=None, **kwargs) -> float:
+def gflops(model: nn.Module, *inputs: jax.ShapeDtypeStruct, method=None, variables=None,
+           **kwargs) -> float:
   """Giga multiply-adds of one forward pass (XLA counts a multiply-add as 2 flops; papers and
   fvcore, DeiT and DETR included, count it as 1). `method` (default `__call__`) is the pass
-  counted; `kwargs` go to init and apply."""
-  variables = jax.eval_shape(functools.partial(model.init, **kwargs), jax.random.PRNGKey(0),
-                             *inputs)
+  counted; `kwargs` go to init and apply; `variables`: `variable_shapes` of the model at inputs
+  of these shapes (or any, where its variables do not depend on the input size), which saves
+  tracing the model a second time."""
+  if variables is None:
+    variables = variable_shapes(model, *inputs, **kwargs)
   forward = lambda v, *x: model.apply(v, *x, method=method, **kwargs)
   cost = jax.jit(forward).lower(variables, *inputs).cost_analysis()
   return float(cost['flops']) / 2e9
