@@ -22,7 +22,8 @@ DOCUMENTED = [
     ('segmenter_ade20k', 'deit_b16_mask'), ('segmenter_pascal_context', 'l16_mask'),
     ('segmenter_cityscapes', 'l16_mask'), ('swin_digits',), ('swin_imagenet', 'T'),
     ('swin_imagenet', 'B,recipe=ft22k,size=384'), ('deit', 'B'), ('deit', 'S,distilled=true'),
-    ('deit', 'B,finetune_384=true'), ('deit_digits', 'hard'),
+    ('deit', 'B,finetune_384=true'), ('deit_digits', 'hard'), ('vit_augreg_i1k', 'B/16'),
+    ('vit_augreg_i1k', 'S/32,aug=light2'),
 ]
 # The fields every task reads under the same name; a duration is one of a pair.
 SCHEMA = ['task', 'seed', 'init_from', 'profile', 'log_every', 'keep_checkpoints', 'mesh',

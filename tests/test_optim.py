@@ -212,3 +212,36 @@ def test_unknown_names_are_clear_errors():
     optim.make_optimizer(ml_collections.ConfigDict(dict(name='lamb', lr=1.0)), 10)
   with pytest.raises(UserError, match='unknown config.optim.schedule.name'):
     optim.make_schedule(1.0, dict(name='exp'), 10)
+
+
+def test_absolute_weight_decay_is_big_visions_update():
+  """wd_times_lr=False: big_vision's chain (clip, Adam, x lr, + wd x param on kernels, x the
+  schedule's shape, x -1), by hand in float64: update = -s_t (lr adam_t + wd param) for kernels,
+  -s_t lr adam_t for biases, s_t = t / warmup during the warmup."""
+  lr, wd, warmup, b1, b2, eps = 1e-3, 1e-4, 4, 0.9, 0.999, 1e-8
+  rng = np.random.default_rng(0)
+  params = {'kernel': rng.normal(size=(3, 2)), 'bias': rng.normal(size=(2,))}
+  grads = [jax.tree.map(lambda p: rng.normal(size=p.shape), params) for _ in range(3)]
+  tx, _ = optim.make_optimizer(ml_collections.ConfigDict(dict(
+      name='adamw', lr=lr, weight_decay=wd, wd_times_lr=False, wd_mask='.*kernel', b1=b1, b2=b2,
+      eps=eps, schedule=dict(name='warmup_cosine', warmup_steps=warmup))), total_steps=100)
+  ours = jax.tree.map(lambda p: p.astype(np.float32), params)
+  state = tx.init(ours)
+  expected = dict(params)
+  moments = {k: (np.zeros_like(p), np.zeros_like(p)) for k, p in params.items()}
+  for t, g in enumerate(grads):
+    updates, state = tx.update(jax.tree.map(lambda x: x.astype(np.float32), g), state, ours)
+    ours = optax.apply_updates(ours, updates)
+    shape = t / warmup  # optax evaluates the schedule at the count before the step.
+    for key, param in expected.items():
+      m, v = moments[key]
+      m, v = b1 * m + (1 - b1) * g[key], b2 * v + (1 - b2) * g[key] ** 2
+      moments[key] = m, v
+      adam = (m / (1 - b1 ** (t + 1))) / (np.sqrt(v / (1 - b2 ** (t + 1))) + eps)
+      decay = wd * param if key == 'kernel' else 0.0
+      expected[key] = param - shape * (lr * adam + decay)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), ours,
+               expected)
+  with pytest.raises(UserError, match='wd_times_lr=False'):
+    optim.make_optimizer(ml_collections.ConfigDict(dict(
+        name='adam', lr=lr, weight_decay=wd, wd_times_lr=False)), 10)

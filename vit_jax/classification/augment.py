@@ -51,7 +51,7 @@ def equalize(image):
   histograms = _histograms(image)
   last = tf.gather(histograms, tf.reduce_max(  # The count of the highest level present.
       tf.where(histograms > 0, tf.range(256), 0), axis=1), batch_dims=1)
-  step = (tf.reduce_sum(histograms, 1) - last) // 256
+  step = (tf.reduce_sum(histograms, 1) - last) // 255
   before = tf.cumsum(histograms, axis=1, exclusive=True)
   safe_step = tf.maximum(step, 1)[:, None]
   equalized = (safe_step // 2 + before) // safe_step
@@ -85,7 +85,7 @@ def _luminance(image):
   return (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) // 65536
 
 
-def _blend(degenerate, image, factor):
+def blend(degenerate, image, factor):
   """Image.blend(degenerate, image, factor): float32, clamped, truncated."""
   degenerate, image = tf.cast(degenerate, tf.float32), tf.cast(image, tf.float32)
   blended = degenerate + tf.cast(factor, tf.float32) * (image - degenerate)
@@ -95,32 +95,34 @@ def _blend(degenerate, image, factor):
 def color(image, factor):
   """ImageEnhance.Color: blend from the image's grey version."""
   grey = _luminance(image)[..., None]
-  return _blend(tf.broadcast_to(grey, tf.shape(image)), image, factor)
+  return blend(tf.broadcast_to(grey, tf.shape(image)), image, factor)
 
 
 def contrast(image, factor):
   """ImageEnhance.Contrast: blend from the mean grey level, rounded."""
   mean = tf.reduce_mean(tf.cast(_luminance(image), tf.float64))
-  return _blend(tf.fill(tf.shape(image), tf.floor(mean + 0.5)), image, factor)
+  return blend(tf.fill(tf.shape(image), tf.floor(mean + 0.5)), image, factor)
 
 
 def brightness(image, factor):
   """ImageEnhance.Brightness: blend from black."""
-  return _blend(tf.zeros_like(image), image, factor)
+  return blend(tf.zeros_like(image), image, factor)
 
 
-def sharpness(image, factor):
+def sharpness(image, factor, truncate: bool = False):
   """ImageEnhance.Sharpness: blend from ImageFilter.SMOOTH ([1 1 1; 1 5 1; 1 1 1] / 13,
-  rounded; the border pixels left as they are)."""
+  rounded; the border pixels left as they are). truncate: the smoothed levels truncated, as
+  TF-EfficientNet's RandAugment (big_vision's) casts them."""
   pixels = tf.cast(image, tf.float32)[None]
   kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
   channels = tf.shape(image)[-1]
   kernel = tf.tile(kernel[:, :, None, None], [1, 1, channels, 1])
   smooth = tf.nn.depthwise_conv2d(pixels, kernel, [1, 1, 1, 1], 'VALID')[0]
-  smooth = tf.cast(tf.clip_by_value(tf.floor(smooth + 0.5), 0.0, 255.0), tf.uint8)
+  smooth = smooth if truncate else tf.floor(smooth + 0.5)
+  smooth = tf.cast(tf.clip_by_value(smooth, 0.0, 255.0), tf.uint8)
   degenerate = tf.pad(smooth, [[1, 1], [1, 1], [0, 0]])
   inside = tf.pad(tf.ones_like(smooth, tf.bool), [[1, 1], [1, 1], [0, 0]])
-  return _blend(tf.where(inside, degenerate, image), image, factor)
+  return blend(tf.where(inside, degenerate, image), image, factor)
 
 
 # --------------------------------------------------------------- RandAugment's warps
@@ -132,14 +134,21 @@ def affine(image, matrix, fill=FILL):
   one inside interpolates between the nearest pixels (the edge's repeated)."""
   a, b, c, d, e, f = [tf.cast(m, tf.float32) for m in matrix]
   # TF's transform maps output indices (centres at integers) to input indices.
-  transform = tf.stack([a, b, c + 0.5 * (a + b) - 0.5, d, e, f + 0.5 * (d + e) - 0.5, 0.0, 0.0])
+  return project(image, (a, b, c + 0.5 * (a + b) - 0.5, d, e, f + 0.5 * (d + e) - 0.5), fill)
+
+
+def project(image, transform, fill=FILL, interpolation: str = 'BILINEAR'):
+  """Output pixel (x, y) samples the input at index (a x + b y + c, d x + e y + f) (TF's and
+  tfa.image's convention: pixel centres at integers), `transform` = (a, b, c, d, e, f);
+  BILINEAR or NEAREST; a sample outside the image is `fill`."""
+  transform = tf.stack([tf.cast(t, tf.float32) for t in transform] + [0.0, 0.0])
   pixels = tf.cast(image, tf.float32)[None]
 
   def warp(images, interpolation, fill_mode):
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=transform[None], output_shape=tf.shape(image)[:2],
         fill_value=0.0, interpolation=interpolation, fill_mode=fill_mode)[0]
-  warped = warp(pixels, 'BILINEAR', 'NEAREST')
+  warped = warp(pixels, interpolation, 'NEAREST')
   inside = warp(tf.ones_like(pixels[..., :1]), 'NEAREST', 'CONSTANT') > 0.5
   filled = tf.where(inside, warped, tf.constant(fill, tf.float32)[:tf.shape(image)[-1]])
   return tf.cast(tf.clip_by_value(tf.floor(filled), 0.0, 255.0), tf.uint8)

@@ -23,7 +23,10 @@ config.input fields:
   interpolation   bilinear (default) | bicubic (PIL's: antialiased when shrinking); every resize
   normalization   vit: [-1, 1] as `(x - 127.5) / 127.5` (default, the original ViT) |
                   deit: ImageNet mean and std of x / 255 (timm's)
-  randaugment     '' (off) | timm's string, e.g. rand-m9-mstd0.5-inc1 (DeiT), after the flip
+  randaugment     '' (off) | timm's string, e.g. rand-m9-mstd0.5-inc1 (DeiT) | big_vision's
+                  randaug(N,M), e.g. randaug(2,15) (AugReg: TF-EfficientNet's ops, on the
+                  resized crop truncated to uint8 as big_vision's; big_vision_randaugment.py);
+                  after the flip
   random_erasing  probability of timm's RandomErasing (pixel mode), after normalisation (0: off)
   mixup_alpha, cutmix_alpha   timm's Mixup in batch mode, after batching (both 0: off)
   mix_prob, mix_switch_prob   a group is mixed with mix_prob (1.0); CutMix, when both alphas
@@ -51,6 +54,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from vit_jax.classification import augment as timm_augment
+from vit_jax.classification import big_vision_randaugment
 from vit_jax.framework import input_pipeline, paths
 from vit_jax.framework.errors import UserError, choose
 
@@ -278,7 +282,7 @@ def rand_augment_args(spec: str) -> dict:
   if not increasing:
     raise UserError(f'config.input.randaugment {spec!r}: use timm\'s form rand-mM[-nN]'
                     '[-mstdS]-inc1, e.g. rand-m9-mstd0.5-inc1 (only the increasing ops, inc1, '
-                    'are implemented)')
+                    'are implemented), or big_vision\'s randaug(N,M)')
   return args
 
 
@@ -289,7 +293,11 @@ def train_preprocess(input_config):
     raise UserError(f'unknown config.input.augment {augment!r}: choose one of {AUGMENTATIONS}')
   method, normalize = _interpolation(input_config), _normalizer(input_config)
   spec = input_config.get('randaugment') or ''
-  rand_args = rand_augment_args(spec) if spec else None
+  big_vision_args = big_vision_randaugment.parse(spec) if spec.startswith('randaug') else None
+  rand_args = rand_augment_args(spec) if spec and not big_vision_args else None
+  if big_vision_args and channels != 3:
+    raise UserError(f'config.input.randaugment={spec} needs RGB images: set '
+                    '--config.input.channels=3')
   erasing = input_config.get('random_erasing') or 0.0
 
   def preprocess(example, seed):
@@ -317,6 +325,10 @@ def train_preprocess(input_config):
     if rand_args:  # Seeds folded in beside the crop's and flip's, which stay as they were.
       image = timm_augment.rand_augment(
           _to_pixels(image), tf.random.experimental.stateless_fold_in(seed, 1), **rand_args)
+    if big_vision_args:  # big_vision's resize casts to uint8: truncates.
+      image = big_vision_randaugment.rand_augment(
+          tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8),
+          tf.random.experimental.stateless_fold_in(seed, 1), **big_vision_args)
     image = normalize(image)
     image.set_shape((size, size, channels))
     if erasing:

@@ -72,6 +72,7 @@ def defaults() -> ml_collections.ConfigDict:
   config.optim.schedule = ml_collections.ConfigDict(dict(name='constant'))
   config.optim.weight_decay = 0.0
   config.optim.wd_mask = r'.*/kernel'  # Regex of the parameters that decay.
+  config.optim.wd_times_lr = True  # adamw's decay x lr_t; False: big_vision's (optim.py).
   config.optim.grad_clip_norm = _placeholder(float)  # None: no clipping.
   config.optim.lr_mults = ()  # ((regex, multiplier), ...); 0 freezes.
   config.optim.accum_steps = 1  # Micro-batches per step, gradients summed before one update.

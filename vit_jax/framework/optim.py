@@ -11,6 +11,10 @@ config.optim fields (see configs/ for complete examples):
   b1, b2, eps     for adam / adamw; mu_dtype, e.g. 'bfloat16'
   weight_decay    adamw: decoupled (multiplied by lr, as optax and torch do);
                   others: L2 added to the gradient (torch SGD / Adam semantics)
+  wd_times_lr     adamw: True (default) decays by lr_t * weight_decay; False: big_vision's
+                  absolute decay, update = -(lr_t / lr) * (lr * adam + weight_decay * param),
+                  the decay following the schedule's shape but not the lr (AugReg's wd 1e-4 =
+                  "wd 0.1" x lr 1e-3); lr_mults scale the decay too (big_vision's do not)
   wd_mask         regex over parameter paths ('a/b/kernel') that are decayed
   grad_clip_norm  global-norm clipping before anything else (None: off)
   lr_mults        ((regex, multiplier), ...): first match wins; e.g. DETR's backbone. 0 freezes:
@@ -107,6 +111,11 @@ def make_optimizer(optim, total_steps: int, epochs: Optional[durations.Epochs] =
                            epochs)
   wd = float(optim.get('weight_decay', 0.0) or 0.0)
   wd_mask = regex_mask(optim.get('wd_mask', r'.*/kernel'))
+  if wd and not optim.get('wd_times_lr', True):
+    if name != 'adamw' or float(optim.lr) <= 0:
+      raise UserError('config.optim.wd_times_lr=False (big_vision\'s absolute weight decay) needs '
+                      '--config.optim.name=adamw and a positive --config.optim.lr')
+    wd /= float(optim.lr)  # adamw multiplies it by lr_t: what is left is the schedule's shape.
 
   chain = []
   if optim.get('grad_clip_norm'):
