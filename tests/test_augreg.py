@@ -228,7 +228,7 @@ def test_randaugment_strings():
     classification_input.train_preprocess(config)
 
 
-@pytest.mark.slow  # ~20 s: TensorFlow's first build of the RandAugment graph is most of it.
+@pytest.mark.slow  # 65-190 s on the shared 2-core machine at load 7-9 (input graph, compile).
 def test_recipe_trains_on_its_own_input():
   """Three steps on one batch of the recipe's input (big_vision's RandAugment at 20, Mixup 0.8
   targets), loss (sigmoid, head bias) and optimizer (clipped Adam, absolute decay) on digits."""
