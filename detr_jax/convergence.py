@@ -1,18 +1,20 @@
 """DETR against Deformable DETR on equal footing: the shapes jobs' AP50 by step and by training
 time over seeds, and both models' boxes on the same validation images after the same time.
 
-A run is a workdir of `python -m detr_jax.main`; its curve comes from its TensorBoard events
-(`eval_AP50` at each eval, the time `train_loss` was written at each log step). Training time at
-step s runs from the first step's log: that step's compile (minutes for Deformable DETR on a
-CPU, seconds on an accelerator) is left out, the evals are counted. A resumed run's time
-includes its restart.
+A run is a workdir of `python -m detr_jax.main`; its AP50 curve comes from its TensorBoard events
+(`eval_AP50` at each eval). Training time is steps x the seconds a train step takes, measured
+for both models in one process in alternating rounds (`step_seconds`): a run's own wall clock
+depends on what else the machine runs, and the first step's compile (minutes for Deformable DETR
+on a CPU, seconds on an accelerator) and the evals are left out.
 """
 
-import dataclasses
 import glob
 import os
-from typing import Mapping, Optional, Sequence
+import time
+from typing import Any, Mapping, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.framework import drawing
@@ -21,42 +23,58 @@ from vit_jax.framework.errors import UserError
 METRIC = 'eval_AP50'
 
 
-@dataclasses.dataclass(frozen=True)
-class Curve:
-  """One run: AP50 at each eval step, and the training seconds at each logged step."""
-  ap50: Mapping[int, float]
-  seconds: Mapping[int, float]
-
-  def seconds_at(self, step: int) -> float:
-    """Training seconds at `step`, interpolated between the logged steps around it."""
-    steps = sorted(self.seconds)
-    return float(np.interp(step, steps, [self.seconds[s] for s in steps]))
-
-  def ap50_by(self, seconds: float) -> tuple[int, float]:
-    """(step, AP50) of the last eval reached within `seconds` of training; (0, 0.0) if none."""
-    reached = [s for s in sorted(self.ap50) if self.seconds_at(s) <= seconds]
-    return (reached[-1], self.ap50[reached[-1]]) if reached else (0, 0.0)
-
-
-def read_curve(workdir: str) -> Curve:
-  """The run's curve from its event files (several when it was resumed)."""
+def read_curve(workdir: str) -> dict[int, float]:
+  """The run's AP50 at each eval step, from its event files (several when it was resumed)."""
   import tensorflow as tf  # The input pipeline's dependency; only this reader needs it here.
   files = sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*')))
   if not files:
     raise UserError(f'no TensorBoard events in {workdir}: train it first (python -m '
                     f'detr_jax.main --workdir={workdir} ...)')
-  ap50, logged = {}, {}
+  ap50 = {}
   for path in files:
     for event in tf.compat.v1.train.summary_iterator(path):
       for value in event.summary.value:
         if value.tag == METRIC:
           ap50[int(event.step)] = float(tf.make_ndarray(value.tensor))
-        elif value.tag == 'train_loss':  # Written when the step has finished.
-          logged[int(event.step)] = event.wall_time
-  if not ap50 or 1 not in logged:
-    raise UserError(f'{workdir} has no eval or no first-step log yet: let the run reach its '
-                    f'first eval (--config.eval_every)')
-  return Curve(ap50, {step: t - logged[1] for step, t in logged.items()})
+  if not ap50:
+    raise UserError(f'{workdir} has no eval yet: let the run reach its first eval '
+                    f'(--config.eval_every)')
+  return ap50
+
+
+def step_seconds(configs: Mapping[str, Any], steps: int = 20, repeats: int = 3) -> dict[str, float]:
+  """Seconds per train step of each config's task on its first training batch: the median of
+  `repeats` rounds of `steps` steps, the models taking turns (after one compiled warm-up step
+  each), so that a change in the machine's load falls on all of them."""
+  from vit_jax.framework import optim, registry, train  # The loop: heavy, for timing only.
+  runs = {}
+  for name, config in configs.items():
+    task = registry.make_task(config)
+    tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+    state = train.init_state(task, tx, jax.random.PRNGKey(config.seed))
+    batch = jax.tree.map(jnp.asarray, next(iter(task.train_input(start_example=0))))
+    step = jax.jit(train.make_train_step(task, tx, schedule, 1))
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    runs[name] = [step, state, batch]
+  times = {name: [] for name in configs}
+  for _ in range(repeats):
+    for name, run in runs.items():
+      step, state, batch = run
+      start = time.perf_counter()
+      for _ in range(steps):
+        state, metrics = step(state, batch)
+      jax.block_until_ready(metrics)
+      times[name].append((time.perf_counter() - start) / steps)
+      run[1] = state
+  return {name: float(np.median(spent)) for name, spent in times.items()}
+
+
+def ap50_within(curve: Mapping[int, float], seconds: float,
+                seconds_per_step: float) -> tuple[int, float]:
+  """(step, AP50) of the last eval reached within `seconds` of training; (0, 0.0) if none."""
+  reached = [s for s in sorted(curve) if s * seconds_per_step <= seconds]
+  return (reached[-1], curve[reached[-1]]) if reached else (0, 0.0)
 
 
 def _spread(values: Sequence[float]) -> str:
@@ -66,30 +84,30 @@ def _spread(values: Sequence[float]) -> str:
   return f'{values.mean():.3f} ± {values.std(ddof=1):.3f} (min {values.min():.3f})'
 
 
-def table(curves: Mapping[str, Sequence[Curve]]) -> str:
+def table(curves: Mapping[str, Sequence[Mapping[int, float]]],
+          seconds_per_step: Mapping[str, float]) -> str:
   """Markdown: each model's AP50 (mean ± std over seeds, and the worst seed) and training
-  minutes at every eval step; then each model's AP50 reached within the other's total time."""
+  minutes at every eval step; then the AP50 each model reaches within the other's whole run."""
   names = list(curves)
-  steps = sorted(set.intersection(*(set(c.ap50) for runs in curves.values() for c in runs)))
+  steps = sorted(set.intersection(*(set(c) for runs in curves.values() for c in runs)))
   lines = ['| step | ' + ' | '.join(f'{n} AP50 | {n} min' for n in names) + ' |',
            '| ---: |' + ' ---: | ---: |' * len(names)]
   for step in steps:
     cells = []
     for name in names:
-      runs = curves[name]
-      minutes = np.mean([c.seconds_at(step) for c in runs]) / 60
-      cells += [_spread([c.ap50[step] for c in runs]), f'{minutes:.1f}']
+      cells += [_spread([c[step] for c in curves[name]]),
+                f'{step * seconds_per_step[name] / 60:.1f}']
     lines.append(f'| {step} | ' + ' | '.join(cells) + ' |')
   lines.append('')
   for name in names:
     for other in names:
-      if other == name:
-        continue
-      budget = np.mean([c.seconds_at(max(c.ap50)) for c in curves[other]])
-      reached = [c.ap50_by(budget) for c in curves[name]]
-      lines.append(f'Within {other}\'s {budget / 60:.1f} min ({len(curves[other])} runs, mean), '
-                   f'{name} reaches AP50 {_spread([ap for _, ap in reached])} at steps '
-                   f'{", ".join(str(s) for s, _ in reached)}.')
+      if other != name:
+        last = min(max(c) for c in curves[other])
+        budget = last * seconds_per_step[other]
+        reached = [ap50_within(c, budget, seconds_per_step[name]) for c in curves[name]]
+        lines.append(f'Within {other}\'s {last} steps ({budget / 60:.1f} min), {name} reaches '
+                     f'AP50 {_spread([ap for _, ap in reached])} (step '
+                     f'{", ".join(str(s) for s, _ in reached)}).')
   return '\n'.join(lines)
 
 
@@ -124,7 +142,8 @@ def predictions_figure(detections: Mapping[str, Sequence[dict]], class_names, th
   return drawing.side_by_side([_stack(p) for p in panels.values()], list(panels))
 
 
-def checkpoint_within(curve: Curve, seconds: float, saved: Sequence[int]) -> Optional[int]:
+def checkpoint_within(seconds: float, seconds_per_step: float,
+                      saved: Sequence[int]) -> Optional[int]:
   """The last saved step reached within `seconds` of training (None if none)."""
-  reached = [s for s in sorted(saved) if curve.seconds_at(s) <= seconds]
+  reached = [s for s in sorted(saved) if s * seconds_per_step <= seconds]
   return reached[-1] if reached else None

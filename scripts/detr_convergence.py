@@ -1,6 +1,7 @@
 """DETR against Deformable DETR on equal footing: both offline shapes jobs over seeds, their AP50
 by step and by training time, and both models' boxes on the same validation images after the
-same training time (the README's figure).
+same training time (the README's figure). Training time is steps x each model's seconds per
+train step, measured here with the models taking turns (detr_jax/convergence.py).
 
   python scripts/detr_convergence.py --workdir=workdirs/convergence
   python scripts/detr_convergence.py --workdir=workdirs/convergence --no_train   # read only
@@ -55,14 +56,15 @@ def train(root: str, name: str, seed: int, every: int, total_steps) -> None:
                   f'--config.keep_checkpoints={total // every + 1}'], check=True)
 
 
-def figure(root: str, seed: int, curves: dict, total_steps) -> Image.Image:
+def figure(root: str, seed: int, curves: dict, seconds_per_step: dict, total_steps) -> Image.Image:
   """Both models of `seed` on the same validation images, each at its last checkpoint within
-  the training time of the run that finished first."""
-  budget = min(curve.seconds_at(max(curve.ap50)) for curve in curves.values())
+  the training time of the run that takes less."""
+  budget = min(max(curve) * seconds_per_step[name] for name, curve in curves.items())
   detections, class_names, config = {}, None, None
-  for name, curve in curves.items():
+  for name in curves:
     workdir = _workdir(root, name, seed)
-    step = convergence.checkpoint_within(curve, budget, checkpoint.saved_steps(workdir))
+    step = convergence.checkpoint_within(budget, seconds_per_step[name],
+                                         checkpoint.saved_steps(workdir))
     if step is None:
       raise UserError(f'{workdir} has no checkpoint within {budget / 60:.1f} min of training: '
                       f'run it with checkpoints at least as often as its evals (--every)')
@@ -72,7 +74,7 @@ def figure(root: str, seed: int, curves: dict, total_steps) -> Image.Image:
     variables = {'params': state['params'], **state['model_state']}
     examples = task.drawn_examples()
     outputs = jax.device_get(jax.jit(task.draw_outputs)(variables, examples))
-    minutes = curve.seconds_at(step) / 60
+    minutes = step * seconds_per_step[name] / 60
     detections[f'{name}: {step} steps, {minutes:.1f} min'] = task.detections(examples, outputs)
     class_names = task.class_names
   return Image.fromarray(convergence.predictions_figure(
@@ -86,6 +88,8 @@ def main(argv=None) -> None:
   parser.add_argument('--every', type=int, default=1000, help='steps between evals')
   parser.add_argument('--total_steps', type=int, help='default: the configs\' (8000)')
   parser.add_argument('--no_train', action='store_true', help='read the runs that exist')
+  parser.add_argument('--timing_steps', type=int, default=20,
+                      help='train steps per timed round (the models alternate, 3 rounds)')
   parser.add_argument('--figure', help='where the PNG goes (the first seed\'s runs)')
   args = parser.parse_args(argv)
   try:
@@ -99,12 +103,17 @@ def main(argv=None) -> None:
           train(args.workdir, name, seed, args.every, args.total_steps)
     curves = {name: [convergence.read_curve(_workdir(args.workdir, name, seed))
                      for seed in seeds] for name in JOBS}
+    seconds = convergence.step_seconds(
+        {name: _config(name, seeds[0], args.total_steps) for name in JOBS}, args.timing_steps)
+    timings = ', '.join(f'{name} {s:.3f} s' for name, s in seconds.items())
     print(f'AP50 on the 256 validation images, seeds {args.seeds} (mean ± std, worst seed); '
-          f'training minutes without the first step\'s compile, evals included:\n')
-    print(convergence.table(curves))
+          f'training minutes = steps x seconds per train step measured here in alternating '
+          f'rounds ({timings}), without compiles and evals:\n')
+    print(convergence.table(curves, seconds))
     if args.figure:
       first = {name: runs[0] for name, runs in curves.items()}
-      figure(args.workdir, seeds[0], first, args.total_steps).save(args.figure, optimize=True)
+      figure(args.workdir, seeds[0], first, seconds, args.total_steps).save(args.figure,
+                                                                            optimize=True)
       print(f'\nfigure: {args.figure}')
   except (UserError, subprocess.CalledProcessError) as e:
     raise SystemExit(f'error: {e}') from None

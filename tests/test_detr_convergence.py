@@ -1,5 +1,5 @@
-"""detr_jax/convergence.py and scripts/detr_convergence.py: curves read from a run's events, the
-seeds' table with equal-time AP50, and the side-by-side picture."""
+"""detr_jax/convergence.py and scripts/detr_convergence.py: AP50 curves read from a run's events,
+the seeds' table with equal-time AP50, and the side-by-side picture."""
 
 import os
 import sys
@@ -15,48 +15,39 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'scr
 import detr_convergence  # noqa: E402
 
 
-def _curve(ap50, seconds):
-  return convergence.Curve(ap50, {1: 0.0, **seconds})
+DETR = [{1000: 0.1, 2000: 0.3}, {1000: 0.2, 2000: 0.5}]
+DEFORMABLE = [{1000: 0.6, 2000: 0.9}, {1000: 0.7, 2000: 0.8}]
+SECONDS_PER_STEP = {'DETR': 0.06, 'Deformable DETR': 0.15}
 
 
-DETR = [_curve({1000: 0.1, 2000: 0.3}, {1000: 100.0, 2000: 200.0}),
-        _curve({1000: 0.2, 2000: 0.5}, {1000: 110.0, 2000: 220.0})]
-DEFORMABLE = [_curve({1000: 0.6, 2000: 0.9}, {1000: 150.0, 2000: 300.0}),
-              _curve({1000: 0.7, 2000: 0.8}, {1000: 150.0, 2000: 300.0})]
-
-
-def test_curve_interpolates_time_and_finds_the_eval_reached_in_time():
-  curve = DETR[0]
-  assert curve.seconds_at(1500) == pytest.approx(150.0)
-  assert curve.ap50_by(199.0) == (1000, 0.1)
-  assert curve.ap50_by(50.0) == (0, 0.0)
-  assert convergence.checkpoint_within(curve, 150.0, [500, 1000, 2000]) == 1000
-  assert convergence.checkpoint_within(curve, 10.0, [1000, 2000]) is None
+def test_the_eval_and_checkpoint_reached_in_time():
+  assert convergence.ap50_within(DETR[0], 119.0, 0.06) == (1000, 0.1)
+  assert convergence.ap50_within(DETR[0], 120.0, 0.06) == (2000, 0.3)
+  assert convergence.ap50_within(DETR[0], 50.0, 0.06) == (0, 0.0)
+  assert convergence.checkpoint_within(150.0, 0.1, [500, 1000, 2000]) == 1000
+  assert convergence.checkpoint_within(10.0, 0.1, [1000, 2000]) is None
 
 
 def test_table_gives_mean_spread_worst_seed_and_equal_time_ap50():
-  text = convergence.table({'DETR': DETR, 'Deformable DETR': DEFORMABLE})
+  text = convergence.table({'DETR': DETR, 'Deformable DETR': DEFORMABLE}, SECONDS_PER_STEP)
   lines = text.splitlines()
-  # Step 2000: DETR 0.3 and 0.5 (mean 0.4, sample std 0.1414), 210 s = 3.5 min on average.
-  assert lines[3] == ('| 2000 | 0.400 ± 0.141 (min 0.300) | 3.5 | 0.850 ± 0.071 (min 0.800) '
+  # Step 2000: DETR 0.3 and 0.5 (mean 0.4, sample std 0.1414) in 2000 x 0.06 s = 2.0 min.
+  assert lines[3] == ('| 2000 | 0.400 ± 0.141 (min 0.300) | 2.0 | 0.850 ± 0.071 (min 0.800) '
                       '| 5.0 |')
-  # DETR's 210 s (mean) reach Deformable DETR's step-1000 evals (150 s) only.
-  assert ("Within DETR's 3.5 min (2 runs, mean), Deformable DETR reaches AP50 0.650 ± 0.071 "
-          "(min 0.600) at steps 1000, 1000.") in lines
-  assert ("Within Deformable DETR's 5.0 min (2 runs, mean), DETR reaches AP50 0.400 ± 0.141 "
-          "(min 0.300) at steps 2000, 2000.") in lines
+  # DETR's 120 s reach Deformable DETR's step 1000 (150 s) in neither seed.
+  assert ("Within DETR's 2000 steps (2.0 min), Deformable DETR reaches AP50 0.000 ± 0.000 "
+          "(min 0.000) (step 0, 0).") in lines
+  assert ("Within Deformable DETR's 2000 steps (5.0 min), DETR reaches AP50 0.400 ± 0.141 "
+          "(min 0.300) (step 2000, 2000).") in lines
 
 
 def test_read_curve_from_the_loops_events(tmp_path):
   from clu import metric_writers
   writer = metric_writers.SummaryWriter(str(tmp_path))
-  for step in (1, 100, 200):
-    writer.write_scalars(step, {'train_loss': 1.0 / step})
+  writer.write_scalars(100, {'train_loss': 0.5})
   writer.write_scalars(200, {'eval_AP50': 0.25, 'eval_AP': 0.1})
   writer.close()
-  curve = convergence.read_curve(str(tmp_path))
-  assert curve.ap50 == {200: 0.25}
-  assert curve.seconds[1] == 0.0 and 0 <= curve.seconds[100] <= curve.seconds[200] < 60
+  assert convergence.read_curve(str(tmp_path)) == {200: 0.25}
 
 
 def test_read_curve_of_an_untrained_workdir_says_so(tmp_path):
