@@ -16,8 +16,8 @@ the 384-pixel fine-tune (30 epochs, lr 5e-6 at batch 512, wd 1e-8) from a 224 ch
 The input is DeiT's (reference/deit.md §3.1, §4): bicubic RandomResizedCrop, flip, RandAugment
 rand-m9-mstd0.5-inc1, ImageNet mean/std, random erasing 0.25, Mixup 0.8 / CutMix 1.0 (switch
 0.5) on groups of 64 with the smoothing 0.1 in the targets, 3 repeats; eval crop ratio 0.875.
-Differences: an epoch is the whole split (DeiT floors it to a multiple of 256); RandAugment's
-warps interpolate bilinearly (timm: bicubic).
+RandAugment's warps resample bicubically as timm's (config.input.interpolation). Difference: an
+epoch is the whole split (DeiT floors it to a multiple of 256).
 """
 
 import ml_collections

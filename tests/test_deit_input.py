@@ -114,6 +114,23 @@ def test_rand_augment_strings():
       classification_input.rand_augment_args(bad)
 
 
+@pytest.mark.parametrize('interpolation', ['bicubic', 'bilinear'])
+def test_rand_augment_warps_resample_as_the_crop(monkeypatch, interpolation):
+  """timm hands the transform's interpolation to RandAugment: DeiT's warps are bicubic."""
+  seen = []
+
+  def spy(image, seed, **kwargs):
+    seen.append(kwargs['interpolation'])
+    return image
+  monkeypatch.setattr(augment, 'rand_augment', spy)
+  config = load_config('deit', 'Ti').input
+  assert config.interpolation == 'bicubic'
+  config.update(image_size=16, interpolation=interpolation)
+  classification_input.train_preprocess(config)(
+      {'image': np.zeros((20, 24, 3), np.uint8), 'label': 0}, tf.constant([0, 1]))
+  assert seen == [interpolation]
+
+
 def _batch(num_examples, size=8, num_classes=10):
   rng = np.random.default_rng(0)
   return {'image': tf.constant(rng.normal(size=(num_examples, size, size, 3)), tf.float32),

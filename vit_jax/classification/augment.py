@@ -10,12 +10,18 @@ as timm's draw them.
 
 Pixel ops (RandAugment's) take and return uint8 (H, W, C) images and reproduce Pillow's
 arithmetic (lookup tables, the L conversion, truncating blends). The warps (rotate, shear,
-translate) interpolate bilinearly where timm's use PIL's bicubic; they agree with PIL's bilinear.
+translate) resample as PIL's Image.transform(AFFINE): `interpolation='bicubic'` (DeiT's, timm's
+hparams interpolation=BICUBIC) equals PIL's to the bit (PIL's transform cubic has a = -1, not
+its resize's -0.5; float64 in its order of operations); a rotation can differ by one grey level
+on a few pixels in 10^5 where TF's cos or sin rounds otherwise than Python's. 'bilinear' is TF's
+float32 projective transform: within one grey level of PIL's BILINEAR on a few % of pixels.
 """
 
 import math
 
 import tensorflow as tf
+
+from vit_jax.framework.errors import UserError
 
 FILL = (124, 116, 104)  # RandAugment's fill: round(255 x ImageNet mean).
 
@@ -128,10 +134,16 @@ def sharpness(image, factor, truncate: bool = False):
 # --------------------------------------------------------------- RandAugment's warps
 
 
-def affine(image, matrix, fill=FILL):
-  """PIL's Image.transform(AFFINE, matrix, BILINEAR): output pixel (x, y) samples the input at
-  (a x + b y + c, d x + e y + f) (pixel centres at +0.5); a sample outside the image is `fill`,
-  one inside interpolates between the nearest pixels (the edge's repeated)."""
+def affine(image, matrix, fill=FILL, interpolation: str = 'bilinear'):
+  """PIL's Image.transform(AFFINE, matrix, BILINEAR or BICUBIC): output pixel (x, y) samples
+  the input at (a x + b y + c, d x + e y + f) (pixel centres at +0.5); a sample outside the
+  image is `fill`, one inside interpolates between the nearest pixels (the edge's repeated).
+  Bilinear returns uint8; bicubic returns the image's dtype (a float image unrounded, as PIL's
+  mode F)."""
+  if interpolation == 'bicubic':
+    return _bicubic_affine(image, matrix, fill)
+  if interpolation != 'bilinear':
+    raise UserError(f'RandAugment interpolation {interpolation!r}: use bilinear or bicubic')
   a, b, c, d, e, f = [tf.cast(m, tf.float32) for m in matrix]
   # TF's transform maps output indices (centres at integers) to input indices.
   return project(image, (a, b, c + 0.5 * (a + b) - 0.5, d, e, f + 0.5 * (d + e) - 0.5), fill)
@@ -154,30 +166,96 @@ def project(image, transform, fill=FILL, interpolation: str = 'BILINEAR'):
   return tf.cast(tf.clip_by_value(tf.floor(filled), 0.0, 255.0), tf.uint8)
 
 
-def rotate(image, degrees, fill=FILL):
-  """Image.rotate(degrees) about the centre (counter-clockwise)."""
-  height, width = tf.cast(tf.shape(image)[0], tf.float32), tf.cast(tf.shape(image)[1], tf.float32)
-  angle = -tf.cast(degrees, tf.float32) * math.pi / 180.0
-  cos, sin = tf.cos(angle), tf.sin(angle)
+def _float64(value):
+  """A Python float straight to float64 (tf.cast would pass it through float32 first)."""
+  return tf.cast(value, tf.float64) if tf.is_tensor(value) else tf.constant(value, tf.float64)
+
+
+def _cubic(v0, v1, v2, v3, d):
+  """PIL's transform cubic through four samples, at fraction d of the way from v1 to v2: Keys'
+  kernel with a = -1 (its resize uses -0.5), written in PIL's operation order so that float64
+  rounds as its doubles do."""
+  p2 = v2 - v0
+  p3 = 2.0 * (v0 - v1) + v2 - v3
+  p4 = -v0 + v1 - v2 + v3
+  return v1 + d * (p2 + d * (p3 + d * p4))
+
+
+def _bicubic_affine(image, matrix, fill):
+  """PIL's affine transform with BICUBIC (libImaging/Geometry.c), to the bit on uint8: the 4x4
+  neighbours of the sample point (rows and columns clamped to the image), the cubic along each
+  row then down the column in float64, clipped to 0..255 and truncated; `fill` outside."""
+  a, b, c, d, e, f = [_float64(m) for m in matrix]
+  height, width, channels = tf.unstack(tf.shape(image))
+  h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+  y = tf.range(h, dtype=tf.float64)[:, None] + 0.5
+  x = tf.range(w, dtype=tf.float64)[None, :] + 0.5
+  x_in, y_in = tf.reshape(a * x + b * y + c, [-1]), tf.reshape(d * x + e * y + f, [-1])
+  inside = (x_in >= 0.0) & (x_in < w) & (y_in >= 0.0) & (y_in < h)
+  x_in, y_in = x_in - 0.5, y_in - 0.5  # Pixel centres to indices.
+  left, top = tf.floor(x_in), tf.floor(y_in)
+  dx, dy = x_in - left, y_in - top
+  # The image edge-padded by 2: a point inside has its neighbours (indices left - 1 ..
+  # left + 2, left >= -1) at padded columns left + 1 .. left + 4.
+  padded = tf.gather(image, tf.clip_by_value(tf.range(-2, height + 2), 0, height - 1))
+  padded = tf.gather(padded, tf.clip_by_value(tf.range(-2, width + 2), 0, width - 1), axis=1)
+  top = tf.clip_by_value(tf.cast(top, tf.int32), -1, height - 1) + 1  # Outside: any pixels.
+  left = tf.clip_by_value(tf.cast(left, tf.int32), -1, width - 1) + 1
+  if image.dtype == tf.uint8:  # Up to 4 channels packed in an int32: a third of the gathers.
+    pixels = tf.reshape(tf.bitcast(tf.pad(padded, [[0, 0], [0, 0], [0, 4 - channels]]),
+                                   tf.int32), [-1])
+    gather = lambda index: tf.bitcast(tf.gather(pixels, index), tf.uint8)[..., :channels]
+  else:
+    pixels = tf.reshape(tf.transpose(padded, [2, 0, 1]), [channels, -1])
+    gather = lambda index: tf.transpose(tf.gather(pixels, index, axis=1), [1, 2, 3, 0])
+
+  def taps(rows, cols):
+    """The neighbours at these row and column offsets, (column, row, pixel, channel) float64."""
+    index = ((top + tf.constant(rows)[:, None]) * (width + 4)
+             + left + tf.constant(cols)[:, None, None])
+    return tf.cast(gather(index), tf.float64)
+
+  def cubic(samples, d):  # Along the first axis; d broadcast once (TF's broadcasting is slow).
+    return _cubic(*tf.unstack(samples), tf.broadcast_to(d[:, None], tf.shape(samples)[1:]))
+
+  def along_rows(rows):  # (row, pixel, channel); dx all 0 (shears and shifts along y): column 1.
+    return tf.cond(tf.reduce_all(dx == 0.0), lambda: taps(rows, [1])[0],
+                   lambda: cubic(taps(rows, [0, 1, 2, 3]), dx))
+
+  # dy all 0 (shears and shifts along x): row 1 alone. Either shortcut is what the cubic gives.
+  values = tf.cond(tf.reduce_all(dy == 0.0), lambda: along_rows([1])[0],
+                   lambda: cubic(along_rows([0, 1, 2, 3]), dy))
+  if image.dtype == tf.uint8:
+    values = tf.floor(tf.clip_by_value(values, 0.0, 255.0))
+  values = tf.where(inside[:, None], values, tf.constant(fill, tf.float64)[:channels])
+  return tf.reshape(tf.cast(values, image.dtype), tf.shape(image))
+
+
+def rotate(image, degrees, fill=FILL, interpolation: str = 'bilinear'):
+  """Image.rotate(degrees) about the centre (counter-clockwise), its matrix computed as PIL's
+  (angle mod 360, cos and sin rounded to 15 decimals) in float64."""
+  height, width = tf.cast(tf.shape(image)[0], tf.float64), tf.cast(tf.shape(image)[1], tf.float64)
+  angle = -(tf.math.floormod(_float64(degrees), 360.0) * (math.pi / 180.0))
+  cos, sin = [tf.round(v * 1e15) / 1e15 for v in (tf.cos(angle), tf.sin(angle))]
   cx, cy = width / 2.0, height / 2.0
-  return affine(image, (cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy),
-                fill)
+  matrix = (cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy)
+  return affine(image, matrix, fill, interpolation)
 
 
-def shear_x(image, factor, fill=FILL):
-  return affine(image, (1.0, factor, 0.0, 0.0, 1.0, 0.0), fill)
+def shear_x(image, factor, fill=FILL, interpolation: str = 'bilinear'):
+  return affine(image, (1.0, factor, 0.0, 0.0, 1.0, 0.0), fill, interpolation)
 
 
-def shear_y(image, factor, fill=FILL):
-  return affine(image, (1.0, 0.0, 0.0, factor, 1.0, 0.0), fill)
+def shear_y(image, factor, fill=FILL, interpolation: str = 'bilinear'):
+  return affine(image, (1.0, 0.0, 0.0, factor, 1.0, 0.0), fill, interpolation)
 
 
-def translate_x(image, pixels, fill=FILL):
-  return affine(image, (1.0, 0.0, pixels, 0.0, 1.0, 0.0), fill)
+def translate_x(image, pixels, fill=FILL, interpolation: str = 'bilinear'):
+  return affine(image, (1.0, 0.0, pixels, 0.0, 1.0, 0.0), fill, interpolation)
 
 
-def translate_y(image, pixels, fill=FILL):
-  return affine(image, (1.0, 0.0, 0.0, 0.0, 1.0, pixels), fill)
+def translate_y(image, pixels, fill=FILL, interpolation: str = 'bilinear'):
+  return affine(image, (1.0, 0.0, 0.0, 0.0, 1.0, pixels), fill, interpolation)
 
 
 # ------------------------------------------------- rand-m9-mstd0.5-inc1: ops and their levels
@@ -187,40 +265,45 @@ def _signed(value, negate):
   return tf.where(negate, -value, value)
 
 
-# timm's `_RAND_INCREASING_TRANSFORMS`, each as (image, magnitude in [0, 10], negate) -> image.
+# timm's `_RAND_INCREASING_TRANSFORMS`, each as (image, magnitude in [0, 10], negate,
+# the warps' interpolation) -> image.
 RAND_INCREASING = (
-    ('AutoContrast', lambda x, m, s: auto_contrast(x)),
-    ('Equalize', lambda x, m, s: equalize(x)),
-    ('Invert', lambda x, m, s: invert(x)),
-    ('Rotate', lambda x, m, s: rotate(x, _signed(m / 10 * 30, s))),
-    ('PosterizeIncreasing', lambda x, m, s: posterize(x, 4 - tf.cast(m / 10 * 4, tf.int32))),
-    ('SolarizeIncreasing', lambda x, m, s: solarize(x, 256 - tf.cast(m / 10 * 256, tf.int32))),
-    ('SolarizeAdd', lambda x, m, s: solarize_add(x, tf.cast(m / 10 * 110, tf.int32))),
-    ('ColorIncreasing', lambda x, m, s: color(x, 1.0 + _signed(m / 10 * 0.9, s))),
-    ('ContrastIncreasing', lambda x, m, s: contrast(x, 1.0 + _signed(m / 10 * 0.9, s))),
-    ('BrightnessIncreasing', lambda x, m, s: brightness(x, 1.0 + _signed(m / 10 * 0.9, s))),
-    ('SharpnessIncreasing', lambda x, m, s: sharpness(x, 1.0 + _signed(m / 10 * 0.9, s))),
-    ('ShearX', lambda x, m, s: shear_x(x, _signed(m / 10 * 0.3, s))),
-    ('ShearY', lambda x, m, s: shear_y(x, _signed(m / 10 * 0.3, s))),
-    ('TranslateXRel', lambda x, m, s: translate_x(
-        x, _signed(m / 10 * 0.45, s) * tf.cast(tf.shape(x)[1], tf.float64))),
-    ('TranslateYRel', lambda x, m, s: translate_y(
-        x, _signed(m / 10 * 0.45, s) * tf.cast(tf.shape(x)[0], tf.float64))),
+    ('AutoContrast', lambda x, m, s, r: auto_contrast(x)),
+    ('Equalize', lambda x, m, s, r: equalize(x)),
+    ('Invert', lambda x, m, s, r: invert(x)),
+    ('Rotate', lambda x, m, s, r: rotate(x, _signed(m / 10 * 30, s), interpolation=r)),
+    ('PosterizeIncreasing', lambda x, m, s, r: posterize(x, 4 - tf.cast(m / 10 * 4, tf.int32))),
+    ('SolarizeIncreasing',
+     lambda x, m, s, r: solarize(x, 256 - tf.cast(m / 10 * 256, tf.int32))),
+    ('SolarizeAdd', lambda x, m, s, r: solarize_add(x, tf.cast(m / 10 * 110, tf.int32))),
+    ('ColorIncreasing', lambda x, m, s, r: color(x, 1.0 + _signed(m / 10 * 0.9, s))),
+    ('ContrastIncreasing', lambda x, m, s, r: contrast(x, 1.0 + _signed(m / 10 * 0.9, s))),
+    ('BrightnessIncreasing', lambda x, m, s, r: brightness(x, 1.0 + _signed(m / 10 * 0.9, s))),
+    ('SharpnessIncreasing', lambda x, m, s, r: sharpness(x, 1.0 + _signed(m / 10 * 0.9, s))),
+    ('ShearX', lambda x, m, s, r: shear_x(x, _signed(m / 10 * 0.3, s), interpolation=r)),
+    ('ShearY', lambda x, m, s, r: shear_y(x, _signed(m / 10 * 0.3, s), interpolation=r)),
+    ('TranslateXRel', lambda x, m, s, r: translate_x(
+        x, _signed(m / 10 * 0.45, s) * tf.cast(tf.shape(x)[1], tf.float64), interpolation=r)),
+    ('TranslateYRel', lambda x, m, s, r: translate_y(
+        x, _signed(m / 10 * 0.45, s) * tf.cast(tf.shape(x)[0], tf.float64), interpolation=r)),
 )
 
 
-def apply_op(image, index, magnitude, negate):
-  """RAND_INCREASING[index] at `magnitude` (after noise and clipping), negated if `negate`."""
+def apply_op(image, index, magnitude, negate, interpolation: str = 'bilinear'):
+  """RAND_INCREASING[index] at `magnitude` (after noise and clipping), negated if `negate`; the
+  warps resample with `interpolation` (bilinear or bicubic, timm's hparams['interpolation'])."""
   magnitude = tf.cast(magnitude, tf.float64)
-  branches = [lambda fn=fn: fn(image, magnitude, negate) for _, fn in RAND_INCREASING]
+  branches = [lambda fn=fn: fn(image, magnitude, negate, interpolation)
+              for _, fn in RAND_INCREASING]
   return tf.switch_case(tf.cast(index, tf.int32), branches)
 
 
 def rand_augment(image, seed, num_ops: int = 2, magnitude: float = 9.0,
-                 magnitude_std: float = 0.5, prob: float = 0.5):
+                 magnitude_std: float = 0.5, prob: float = 0.5, interpolation: str = 'bilinear'):
   """timm's RandAugment `rand-m{magnitude}-n{num_ops}-mstd{magnitude_std}-inc1`: `num_ops` ops
   drawn uniformly with replacement, each applied with probability `prob` at a magnitude
-  ~ N(magnitude, magnitude_std) clipped to [0, 10], signed ops negated with probability 1/2."""
+  ~ N(magnitude, magnitude_std) clipped to [0, 10], signed ops negated with probability 1/2;
+  the warps resample with `interpolation` (timm takes the transform's: bicubic for DeiT)."""
   for seed in tf.unstack(tf.random.experimental.stateless_split(seed, num_ops)):
     op_seed, apply_seed, noise_seed, sign_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 4))
@@ -230,7 +313,8 @@ def rand_augment(image, seed, num_ops: int = 2, magnitude: float = 9.0,
         0.0, 10.0)
     negate = tf.random.stateless_uniform([], sign_seed) < 0.5
     apply = tf.random.stateless_uniform([], apply_seed) < prob
-    image = tf.cond(apply, lambda: apply_op(image, index, level, negate), lambda: image)
+    image = tf.cond(apply, lambda: apply_op(image, index, level, negate, interpolation),
+                    lambda: image)
   return image
 
 

@@ -21,6 +21,7 @@ config.input fields:
                   random_resized_crop (timm's: area min_area..100%, aspect 3/4..4/3, 10 tries,
                   then flip; the crop is resized to uint8 pixels as PIL's is)
   interpolation   bilinear (default) | bicubic (PIL's: antialiased when shrinking); every resize
+                  and RandAugment's warps (as timm's transforms pass it on)
   normalization   vit: [-1, 1] as `(x - 127.5) / 127.5` (default, the original ViT) |
                   deit: ImageNet mean and std of x / 255 (timm's)
   randaugment     '' (off) | timm's string, e.g. rand-m9-mstd0.5-inc1 (DeiT) | big_vision's
@@ -324,7 +325,8 @@ def train_preprocess(input_config):
       image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     if rand_args:  # Seeds folded in beside the crop's and flip's, which stay as they were.
       image = timm_augment.rand_augment(
-          _to_pixels(image), tf.random.experimental.stateless_fold_in(seed, 1), **rand_args)
+          _to_pixels(image), tf.random.experimental.stateless_fold_in(seed, 1),
+          interpolation=method, **rand_args)  # timm's: the warps resample as the crop.
     if big_vision_args:  # big_vision's resize casts to uint8: truncates.
       image = big_vision_randaugment.rand_augment(
           tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8),
