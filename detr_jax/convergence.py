@@ -118,18 +118,19 @@ def _stack(panels: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
   return np.concatenate(parts, axis=0)
 
 
-def predictions_figure(detections: Mapping[str, Sequence[dict]], class_names, threshold: float,
-                       top_k: int) -> np.ndarray:
+def predictions_figure(detections: Mapping[str, Sequence[dict]], class_names,
+                       threshold: float = 0.0, top_k: Optional[int] = None) -> np.ndarray:
   """Columns: the ground truth, then each model's boxes scoring at least `threshold` (its best
-  `top_k`), a row per image. detections[title]: that model's DetectionTask.detections on the
-  same images."""
+  `top_k`; None: as many as the image has objects, which compares a softmax model's scores
+  with a sigmoid one's without a common threshold), a row per image. detections[title]: that
+  model's DetectionTask.detections on the same images."""
   first = next(iter(detections.values()))
   columns = {'ground truth': [(d, d['true_boxes'], d['true_labels'], None) for d in first]}
   for title, found in detections.items():
     columns[title] = []
     for d in found:
-      kept = [k for k in np.argsort(-d['scores'], kind='stable')[:top_k]
-              if d['scores'][k] >= threshold]
+      best = np.argsort(-d['scores'], kind='stable')[:top_k or len(d['true_labels'])]
+      kept = [k for k in best if d['scores'][k] >= threshold]
       columns[title].append((d, d['boxes'][kept], d['labels'][kept], d['scores'][kept]))
   panels = {}
   for title, rows in columns.items():

@@ -6,10 +6,11 @@ train step, measured here with the models taking turns (detr_jax/convergence.py)
   python scripts/detr_convergence.py --workdir=workdirs/convergence
   python scripts/detr_convergence.py --workdir=workdirs/convergence --no_train   # read only
       [--seeds=0,1,2] [--every=1000] [--total_steps=N] [--figure=docs/figures/detr_convergence.png]
+      [--seconds_per_step=DETR,DEFORMABLE]   # seconds measured before: no timing
 
-The runs train in turn (seed 0 DETR, seed 0 Deformable DETR, seed 1 DETR, ...) so that the
-machine's load falls on both alike; a finished run is read, not repeated, and a stopped one
-resumes. Each is `python -m detr_jax.main --config=configs/<job>_shapes.py` with
+The runs train in turn (seed 0 DETR, seed 0 Deformable DETR, seed 1 DETR, ...); a finished run
+is read, not repeated, and a stopped one resumes. With --no_train the finished runs are read
+(the first seed's run even if unfinished, when none is). Each is `python -m detr_jax.main --config=configs/<job>_shapes.py` with
 --config.seed and an eval and checkpoint every --every steps (all checkpoints kept).
 """
 
@@ -58,9 +59,10 @@ def train(root: str, name: str, seed: int, every: int, total_steps) -> None:
 
 def figure(root: str, seed: int, curves: dict, seconds_per_step: dict, total_steps) -> Image.Image:
   """Both models of `seed` on the same validation images, each at its last checkpoint within
-  the training time of the run that takes less."""
+  the training time of the run that takes less: each model's best boxes, as many as the image
+  has objects."""
   budget = min(max(curve) * seconds_per_step[name] for name, curve in curves.items())
-  detections, class_names, config = {}, None, None
+  detections, class_names = {}, None
   for name in curves:
     workdir = _workdir(root, name, seed)
     step = convergence.checkpoint_within(budget, seconds_per_step[name],
@@ -77,8 +79,8 @@ def figure(root: str, seed: int, curves: dict, seconds_per_step: dict, total_ste
     minutes = step * seconds_per_step[name] / 60
     detections[f'{name}: {step} steps, {minutes:.1f} min'] = task.detections(examples, outputs)
     class_names = task.class_names
-  return Image.fromarray(convergence.predictions_figure(
-      detections, class_names, config.draw_threshold, config.draw_top_k))
+  picture = Image.fromarray(convergence.predictions_figure(detections, class_names))
+  return picture.quantize(256, dither=Image.Dither.NONE)  # Few colours: a small PNG.
 
 
 def main(argv=None) -> None:
@@ -90,6 +92,8 @@ def main(argv=None) -> None:
   parser.add_argument('--no_train', action='store_true', help='read the runs that exist')
   parser.add_argument('--timing_steps', type=int, default=20,
                       help='train steps per timed round (the models alternate, 3 rounds)')
+  parser.add_argument('--seconds_per_step', type=lambda text: [float(x) for x in text.split(',')],
+                      help='DETR,DEFORMABLE seconds per train step, measured before: no timing')
   parser.add_argument('--figure', help='where the PNG goes (the first seed\'s runs)')
   args = parser.parse_args(argv)
   try:
@@ -101,12 +105,21 @@ def main(argv=None) -> None:
       for seed in seeds:
         for name in JOBS:
           train(args.workdir, name, seed, args.every, args.total_steps)
-    curves = {name: [convergence.read_curve(_workdir(args.workdir, name, seed))
-                     for seed in seeds] for name in JOBS}
-    seconds = convergence.step_seconds(
-        {name: _config(name, seeds[0], args.total_steps) for name in JOBS}, args.timing_steps)
+    curves = {}
+    for name in JOBS:
+      workdirs = [_workdir(args.workdir, name, seed) for seed in seeds]
+      finished = [w for w in workdirs if os.path.exists(os.path.join(w, 'final_metrics.json'))]
+      for workdir in sorted(set(workdirs) - set(finished)):
+        print(f'{workdir} has not finished: left out')
+      curves[name] = [convergence.read_curve(w) for w in finished or workdirs[:1]]
+    if args.seconds_per_step:
+      seconds = dict(zip(JOBS, args.seconds_per_step))
+    else:
+      seconds = convergence.step_seconds(
+          {name: _config(name, seeds[0], args.total_steps) for name in JOBS}, args.timing_steps)
     timings = ', '.join(f'{name} {s:.3f} s' for name, s in seconds.items())
-    print(f'AP50 on the 256 validation images, seeds {args.seeds} (mean ± std, worst seed); '
+    counts = ', '.join(f'{name} {len(runs)}' for name, runs in curves.items())
+    print(f'AP50 on the 256 validation images, seeds run: {counts} (mean ± std, worst seed); '
           f'training minutes = steps x seconds per train step measured here in alternating '
           f'rounds ({timings}), without compiles and evals:\n')
     print(convergence.table(curves, seconds))

@@ -63,6 +63,8 @@ def test_figure_draws_truth_and_only_the_boxes_over_the_threshold():
   unsure = dict(found, scores=np.array([0.3, 0.2]))
   picture = convergence.predictions_figure({'sure': [found, found], 'unsure': [unsure, unsure]},
                                            ['a', 'b', 'c'], threshold=0.5, top_k=10)
+  # By default: each model's best boxes, as many as the image has objects (one here).
+  best = convergence.predictions_figure({'unsure': [unsure]}, ['a', 'b', 'c'])
   factor = drawing.enlargement(pixels.shape)
   plain = drawing.enlarge(drawing.to_rgb(pixels), factor)
   truth = drawing.draw_boxes(plain, found['true_boxes'] * factor, [1], ['a', 'b', 'c'])
@@ -75,6 +77,9 @@ def test_figure_draws_truth_and_only_the_boxes_over_the_threshold():
   np.testing.assert_array_equal(columns[0], truth)
   np.testing.assert_array_equal(columns[1], sure)
   np.testing.assert_array_equal(columns[2], plain)  # Nothing scores 0.5: no box drawn.
+  unsure_best = drawing.draw_boxes(plain, found['boxes'][:1] * factor, [1], ['a', 'b', 'c'], [0.3])
+  top = best.shape[0] - height
+  np.testing.assert_array_equal(best[top:, width + 6:2 * width + 6], unsure_best)
 
 
 def test_script_rejects_bad_seeds():
