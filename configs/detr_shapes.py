@@ -6,7 +6,8 @@ The images are generated from a seed (detr_jax/shapes.py), so this runs anywhere
 download. The loss, matching and optimizer are the paper's (set loss with the same weights,
 Hungarian matching, AdamW, clipping at 0.1); the model is small and, with no ImageNet weights
 offline, its backbone is trained from scratch: GroupNorm instead of frozen batch norm, no frozen
-stem, the full learning rate. It reaches AP50 >= 0.7 on the 256 validation images.
+stem, the full learning rate. AP50 on the 256 validation images at step 8000: 0.702 / 0.609 /
+0.710 with --config.seed=0 / 1 / 2 (one XLA thread each; round-off moves it by a few points).
 
   --config=configs/detr_shapes.py:backbone=swin
 
