@@ -73,8 +73,8 @@ def step_seconds(configs: Mapping[str, Any], steps: int = 20, repeats: int = 3) 
 def ap50_within(curve: Mapping[int, float], seconds: float,
                 seconds_per_step: float) -> tuple[int, float]:
   """(step, AP50) of the last eval reached within `seconds` of training; (0, 0.0) if none."""
-  reached = [s for s in sorted(curve) if s * seconds_per_step <= seconds]
-  return (reached[-1], curve[reached[-1]]) if reached else (0, 0.0)
+  step = last_step_within(seconds, seconds_per_step, curve)
+  return (0, 0.0) if step is None else (step, curve[step])
 
 
 def _spread(values: Sequence[float]) -> str:
@@ -143,8 +143,9 @@ def predictions_figure(detections: Mapping[str, Sequence[dict]], class_names,
   return drawing.side_by_side([_stack(p) for p in panels.values()], list(panels))
 
 
-def checkpoint_within(seconds: float, seconds_per_step: float,
-                      saved: Sequence[int]) -> Optional[int]:
-  """The last saved step reached within `seconds` of training (None if none)."""
-  reached = [s for s in sorted(saved) if s * seconds_per_step <= seconds]
+def last_step_within(seconds: float, seconds_per_step: float,
+                     steps: Sequence[int]) -> Optional[int]:
+  """The last of `steps` (evals, saved checkpoints) reached within `seconds` of training (None
+  if none)."""
+  reached = [s for s in sorted(steps) if s * seconds_per_step <= seconds]
   return reached[-1] if reached else None

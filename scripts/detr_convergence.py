@@ -65,8 +65,8 @@ def figure(root: str, seed: int, curves: dict, seconds_per_step: dict, total_ste
   detections, class_names = {}, None
   for name in curves:
     workdir = _workdir(root, name, seed)
-    step = convergence.checkpoint_within(budget, seconds_per_step[name],
-                                         checkpoint.saved_steps(workdir))
+    step = convergence.last_step_within(budget, seconds_per_step[name],
+                                        checkpoint.saved_steps(workdir))
     if step is None:
       raise UserError(f'{workdir} has no checkpoint within {budget / 60:.1f} min of training: '
                       f'run it with checkpoints at least as often as its evals (--every)')

@@ -24,8 +24,8 @@ def test_the_eval_and_checkpoint_reached_in_time():
   assert convergence.ap50_within(DETR[0], 119.0, 0.06) == (1000, 0.1)
   assert convergence.ap50_within(DETR[0], 120.0, 0.06) == (2000, 0.3)
   assert convergence.ap50_within(DETR[0], 50.0, 0.06) == (0, 0.0)
-  assert convergence.checkpoint_within(150.0, 0.1, [500, 1000, 2000]) == 1000
-  assert convergence.checkpoint_within(10.0, 0.1, [1000, 2000]) is None
+  assert convergence.last_step_within(150.0, 0.1, [500, 1000, 2000]) == 1000
+  assert convergence.last_step_within(10.0, 0.1, [1000, 2000]) is None
 
 
 def test_table_gives_mean_spread_worst_seed_and_equal_time_ap50():
