@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vit_jax.framework import interrupts
 from vit_jax.framework.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -107,34 +108,36 @@ def run() -> None:
 def _train(config) -> None:
   """Trains as `config` says; a user's mistake, a preemption or Ctrl-C end in one line and an
   exit status."""
-  # pylint: disable=g-import-not-at-top  # Heavy: see the imports at the top.
-  import jax
-  from vit_jax.framework import host_memory, logs, registry, train
-  host_memory.reuse_freed_memory_on_cpu()  # Before JAX starts its client's threads.
-  if _COMPILATION_CACHE.value:
-    jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
-  if _DISTRIBUTED.value:
-    _initialize_distributed()
-  logs.quiet_console()
   try:
-    overrides = ' '.join(a for a in sys.argv[1:] if a.startswith('--config.'))
-    logging.info('Config: %s%s (every value goes to WORKDIR/config.json).',
-                 config_flags.get_config_filename(flags.FLAGS['config']),
-                 f' {overrides}' if overrides else '')
-    final = train.train_and_evaluate(config, _WORKDIR.value, registry.make_task(config))
+    with interrupts.StartUp():  # Until the train loop takes over Ctrl-C.
+      # pylint: disable=g-import-not-at-top  # Heavy: see the imports at the top.
+      import jax
+      from vit_jax.framework import host_memory, logs, registry, train
+      host_memory.reuse_freed_memory_on_cpu()  # Before JAX starts its client's threads.
+      if _COMPILATION_CACHE.value:
+        jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
+      if _DISTRIBUTED.value:
+        _initialize_distributed()
+      logs.quiet_console()
+      overrides = ' '.join(a for a in sys.argv[1:] if a.startswith('--config.'))
+      logging.info('Config: %s%s (every value goes to WORKDIR/config.json).',
+                   config_flags.get_config_filename(flags.FLAGS['config']),
+                   f' {overrides}' if overrides else '')
+      task = registry.make_task(config)
+    final = train.train_and_evaluate(config, _WORKDIR.value, task)
     if jax.process_index() == 0:
       print(f'Results in {_WORKDIR.value}: final_metrics.json, checkpoints/{final["step"]}, '
             f'config.json, {os.path.basename(logs.log_file(_WORKDIR.value))}; curves and '
             f'predictions: tensorboard --logdir {_WORKDIR.value}', flush=True)
   except UserError as e:
     fail(str(e))
-  except train.Preempted as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(128 + e.signal)  # The conventional status of a job ended by a signal.
   except KeyboardInterrupt:  # Ctrl-C outside the train loop (start-up, compiling): no step.
     print('interrupted outside a training step; checkpoints already written are kept: run the '
           'same command again to continue', file=sys.stderr)
     sys.exit(128 + signal.SIGINT)
+  except train.Preempted as e:  # After KeyboardInterrupt: `train` may not be imported yet.
+    print(str(e), file=sys.stderr)
+    sys.exit(128 + e.signal)  # The conventional status of a job ended by a signal.
 
 
 def loaded_config():

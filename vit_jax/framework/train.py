@@ -31,7 +31,8 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
 from vit_jax.framework import checkpoint as checkpoint_lib
-from vit_jax.framework import durations, evaluation, logs, optim, paths, prefetch, sharding
+from vit_jax.framework import durations, evaluation, interrupts, logs, optim, paths, prefetch
+from vit_jax.framework import sharding
 from vit_jax.framework import task as task_lib
 from vit_jax.framework import workdir as workdir_lib
 from vit_jax.framework.errors import UserError
@@ -249,46 +250,49 @@ def train_and_evaluate(config, workdir: str, task: task_lib.Task) -> dict[str, f
 
 def _train_and_evaluate(config, workdir: str, task: task_lib.Task,
                         logdir: str) -> dict[str, float]:
-  plan = _plan(config, task)
-  with jax.set_mesh(plan.mesh), nn.logical_axis_rules(plan.rules):
-    tx, schedule = optim.make_optimizer(config.optim, plan.steps.total, plan.steps.epochs)
-    rng = jax.random.PRNGKey(config.seed)
-    abstract_state, shardings = state_shardings(task, tx, rng, plan.mesh, plan.rules)
-    batch_sharding = sharding.batch_sharding(plan.mesh, plan.rules)
-    checkpointer = checkpoint_lib.Checkpointer(
-        paths.join(workdir, 'checkpoints'), plan.steps.checkpoint_every,
-        config.keep_checkpoints)
-    state, examples_seen = _restore_or_initialize(config, workdir, task, tx, rng, abstract_state,
-                                                  shardings, checkpointer)
-    # Accepted: only now the run's files (a rejected start or resume leaves the workdir as it
-    # was: the config the checkpoints were written with, no empty TensorBoard file).
-    if jax.process_index() == 0:  # Every value of the run's config, resolved.
-      paths.write_text(paths.join(workdir, 'config.json'),
-                       config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-    writer = _make_writer(logdir)
-    first_step = int(jax.device_get(state.step))
-    _log_start(config, workdir, task, state.params, plan, first_step)
-    if first_step == 0:
-      logging.info('Parameters:\n%s', parameter_overview.get_parameter_overview(
-          state.params, include_stats=jax.process_count() == 1), **logs.FILE_ONLY)
-      writer.write_hparams(_flatten_config(config))
+  # A Ctrl-C that Python dropped during start-up stops the run before its first step.
+  with interrupts.StartUp() as start_up:
+    plan = _plan(config, task)
+    with jax.set_mesh(plan.mesh), nn.logical_axis_rules(plan.rules):
+      tx, schedule = optim.make_optimizer(config.optim, plan.steps.total, plan.steps.epochs)
+      rng = jax.random.PRNGKey(config.seed)
+      abstract_state, shardings = state_shardings(task, tx, rng, plan.mesh, plan.rules)
+      batch_sharding = sharding.batch_sharding(plan.mesh, plan.rules)
+      checkpointer = checkpoint_lib.Checkpointer(
+          paths.join(workdir, 'checkpoints'), plan.steps.checkpoint_every,
+          config.keep_checkpoints)
+      state, examples_seen = _restore_or_initialize(config, workdir, task, tx, rng, abstract_state,
+                                                    shardings, checkpointer)
+      # Accepted: only now the run's files (a rejected start or resume leaves the workdir as it
+      # was: the config the checkpoints were written with, no empty TensorBoard file).
+      if jax.process_index() == 0:  # Every value of the run's config, resolved.
+        paths.write_text(paths.join(workdir, 'config.json'),
+                         config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+      writer = _make_writer(logdir)
+      first_step = int(jax.device_get(state.step))
+      _log_start(config, workdir, task, state.params, plan, first_step)
+      if first_step == 0:
+        logging.info('Parameters:\n%s', parameter_overview.get_parameter_overview(
+            state.params, include_stats=jax.process_count() == 1), **logs.FILE_ONLY)
+        writer.write_hparams(_flatten_config(config))
 
-    frozen, frozen_shardings = frozen_variables(task, plan.mesh, plan.rules)
-    step_with_frozen = jit_train_step(task, tx, schedule, plan.accum_steps, shardings,
-                                      batch_sharding, frozen_shardings)
-    train_step = lambda state, batch: step_with_frozen(state, batch, frozen)
-    eval_step, draw_step = _eval_steps(task, shardings, batch_sharding, plan.mesh)
-    evals = evaluation.BackgroundEvaluation(task, eval_step, batch_sharding, writer, draw_step,
-                                            plan.prefetch_size)
-    start_time = time.time()
-    try:  # Whatever stops the loop, in-flight checkpoints are finished, not lost.
-      _loop(config, logdir, plan, task, state, examples_seen, train_step, batch_sharding, evals,
-            checkpointer, writer)
-    finally:
-      evals.close()
-      checkpointer.wait()
-      checkpointer.close()
-      writer.flush()
+      frozen, frozen_shardings = frozen_variables(task, plan.mesh, plan.rules)
+      step_with_frozen = jit_train_step(task, tx, schedule, plan.accum_steps, shardings,
+                                        batch_sharding, frozen_shardings)
+      train_step = lambda state, batch: step_with_frozen(state, batch, frozen)
+      eval_step, draw_step = _eval_steps(task, shardings, batch_sharding, plan.mesh)
+      evals = evaluation.BackgroundEvaluation(task, eval_step, batch_sharding, writer, draw_step,
+                                              plan.prefetch_size)
+      start_up.end()  # From here on, the loop's preemption notice takes the signals.
+      start_time = time.time()
+      try:  # Whatever stops the loop, in-flight checkpoints are finished, not lost.
+        _loop(config, logdir, plan, task, state, examples_seen, train_step, batch_sharding, evals,
+              checkpointer, writer)
+      finally:
+        evals.close()
+        checkpointer.wait()
+        checkpointer.close()
+        writer.flush()
 
   eval_metrics = evals.final_metrics()
   final = dict(eval_metrics, step=plan.steps.total)
