@@ -222,7 +222,16 @@ def _ctrl_c_inside_a_gc_callback():
     gc.callbacks.remove(callback)
 
 
-def test_ctrl_c_that_python_drops_in_a_gc_callback_is_raised_when_start_up_ends(monkeypatch):
+@pytest.fixture
+def pythons_ctrl_c_handler():
+  """Python's own SIGINT handler, as in a job (pytest-xdist's workers ignore SIGINT)."""
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_that_python_drops_in_a_gc_callback_is_raised_when_start_up_ends(
+    monkeypatch, pythons_ctrl_c_handler):
   dropped = []  # What Python prints as "Exception ignored in ...".
   monkeypatch.setattr(sys, 'unraisablehook', lambda unraisable: dropped.append(unraisable.exc_type))
   _ctrl_c_inside_a_gc_callback()  # Python's own handler: the KeyboardInterrupt is lost.
@@ -233,6 +242,17 @@ def test_ctrl_c_that_python_drops_in_a_gc_callback_is_raised_when_start_up_ends(
       went_on = True  # Start-up goes on to its end, as before; the run stops there.
   assert went_on and dropped == [KeyboardInterrupt]  # No second "Exception ignored" traceback.
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_hook_installed_during_start_up_stays_after_it(monkeypatch, pythons_ctrl_c_handler):
+  """The checkpoint module installs an unraisable hook for good, around the one before it."""
+  seen = []
+  monkeypatch.setattr(sys, 'unraisablehook', lambda unraisable: seen.append('first'))
+  with interrupts.StartUp():
+    inner = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: (seen.append('installed'), inner(unraisable))
+  sys.unraisablehook(None)
+  assert seen == ['installed', 'first']
 
 
 def test_a_second_signal_exits_at_once(monkeypatch):

@@ -30,7 +30,8 @@ class StartUp:
     raise KeyboardInterrupt
 
   def _on_unraisable(self, unraisable):
-    if not (self._received and unraisable.exc_type is KeyboardInterrupt):  # Not ours to keep.
+    ours = self._installed and self._received and unraisable.exc_type is KeyboardInterrupt
+    if not ours:
       self._previous_unraisable_hook(unraisable)
 
   def __enter__(self) -> 'StartUp':
@@ -57,5 +58,8 @@ class StartUp:
     if self._installed:
       # None: the previous handler was not installed from Python; Python's own is the nearest.
       signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
-      sys.unraisablehook = self._previous_unraisable_hook
+      # A hook installed since wraps ours (the checkpoint module's, for good): ours stays in its
+      # chain and passes everything on.
+      if sys.unraisablehook == self._on_unraisable:
+        sys.unraisablehook = self._previous_unraisable_hook
       self._installed = False
