@@ -1,7 +1,14 @@
 """pytest set-up shared by every test."""
 
+import os
 import shutil
 import tempfile
+
+from helpers import FAST_COMPILE
+
+# Compiling, not running, is most of this suite's time: tiny models, a few steps each. Set before
+# jax starts, so that the in-process compiles, child processes and notebook kernels all get it.
+os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 
 # torch before TensorFlow: torch.optim imports triton lazily, and triton's native library
 # segfaults when TensorFlow's was loaded first in the same process.

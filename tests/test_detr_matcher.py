@@ -16,7 +16,7 @@ from scipy.spatial import distance
 
 import detr_matcher_run
 from detr_jax import matcher
-from helpers import ROOT
+from helpers import ROOT, multihost_env
 from vit_jax.framework.errors import UserError
 
 
@@ -218,8 +218,7 @@ def test_matching_passes_no_gradient():
 
 
 def _run_on_8_devices(*args):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, 'tests')]))
+  env = multihost_env(8)
   result = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'tests', 'detr_matcher_run.py')] + list(args),
       env=env, capture_output=True, text=True, timeout=120)

@@ -12,7 +12,8 @@ import re
 import pytest
 from absl import flags
 
-from helpers import assert_one_line_error, load_config, run_module, tiny_digits_config
+from helpers import (assert_one_line_error, load_config, multihost_env, run_module,
+                     tiny_digits_config)
 from vit_jax.classification.task import ClassificationTask
 from vit_jax.framework import cli, registry, sharding, train, workdir as workdir_lib
 from vit_jax.framework.errors import UserError
@@ -136,7 +137,7 @@ def test_missing_init_from_is_found_before_the_model_is_built(tmp_path):
 def test_eval_batch_that_does_not_split_over_the_devices_stops_before_training(workdir):
   result = run_module(['vit_jax.main', '--config=configs/vit_digits.py', f'--workdir={workdir}',
                        '--config.input.eval_batch_size=129'],
-                      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}, timeout=300)
+                      env=multihost_env(2), timeout=300)
   assert_one_line_error(result, 'config.input.eval_batch_size (129) must be a multiple of the 2 '
                         'batch shards: pass --config.input.eval_batch_size=130')
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import ROOT, assert_one_line_error, run_module
+from helpers import ROOT, assert_one_line_error, multihost_env, run_module
 from vit_jax.classification import vit
 from vit_jax.framework import sharding
 from vit_jax.framework.errors import UserError
@@ -23,8 +23,7 @@ RTOL = 1e-5
 
 
 def _run(strategy, workdir, devices):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, 'tests')]))
+  env = multihost_env(devices)
   result = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'mesh_run.py'), strategy,
                            workdir], env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -64,8 +63,7 @@ def test_strategy_matches_single_device(strategy, specs, shard_shapes, single_de
 
 
 def _fsdp_memory(model):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, 'tests')]))
+  env = multihost_env(8)
   result = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'fsdp_memory_run.py'),
                            model], env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -17,7 +17,7 @@ import tensorflow as tf
 from PIL import Image
 
 from helpers import (ROOT, assert_one_line_error, assert_prediction_pictures, load_config,
-                     run_module, tiny_digits_config)
+                     optimised_code_env, run_module, tiny_digits_config)
 from vit_jax.classification import input as classification_input
 from vit_jax.classification.task import ClassificationTask
 from vit_jax.framework import checkpoint, interrupts, optim, train
@@ -102,7 +102,7 @@ def test_gradient_accumulation_equals_full_batch():
 def test_digits_main_job_reaches_95_percent(workdir, tmp_path):
   cache = tmp_path / 'xla_cache'
   result = run_module(['vit_jax.main', '--config=configs/vit_digits.py', f'--workdir={workdir}',
-                       f'--compilation_cache={cache}'])
+                       f'--compilation_cache={cache}'], env=optimised_code_env())  # 1500 steps.
   assert result.returncode == 0, result.stderr[-3000:]
   assert list(cache.glob('jit_train_step-*'))  # A rerun takes the compiled step from here.
   metrics = json.load(open(os.path.join(workdir, 'final_metrics.json')))
