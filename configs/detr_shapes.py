@@ -11,7 +11,8 @@ stem, the full learning rate. AP50 on the 256 validation images at step 8000: 0.
 
 8,192 training images: on 2,048 (the job's first recipe) the model overfit, AP50 stalled at
 0.702 / 0.609 / 0.710 and twice the steps did not help (16,000 on seed 0: 0.680). The steps and
-their time are unchanged; drawing the images takes ~8 s more at start-up.
+their time are unchanged; drawing the images at start-up takes 4x as long (4 s -> 17 s at
+load 8).
 
   --config=configs/detr_shapes.py:backbone=swin
 
