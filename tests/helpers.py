@@ -15,7 +15,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The suite's XLA flag (tests/conftest.py): LLVM at -O0 compiles a tiny model's step ~30% faster
-# (tests/test_accumulation.py's DETR test: 251-298 s against 432 s, alternating, at load 9) and
+# (tests/test_accumulation.py's DETR test: 251-298 s against 310-432 s, alternating, load 9) and
 # runs it slower, which only jobs of many steps notice: they run with optimised_code_env().
 FAST_COMPILE = '--xla_backend_optimization_level=0'
 

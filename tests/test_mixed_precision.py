@@ -41,13 +41,9 @@ def _config(name, changes):
   return config
 
 
-def _losses_and_state(config, dtype, state, batches):
-  """The train step's losses over `batches` from `state` with config.model.dtype = dtype, and
-  the state after them: the loop's step, without its evals and checkpoint writes (the state is
-  what a checkpoint saves)."""
-  config.model.dtype = dtype
-  task = registry.make_task(config)
-  tx, schedule = optim.make_optimizer(config.optim, total_steps=STEPS)
+def _losses_and_state(task, tx, schedule, state, batches):
+  """The loop's train step over `batches` from `state`: its losses and the state after them (what
+  a checkpoint saves), without the loop's evals and checkpoint writes."""
   step = jax.jit(train.make_train_step(task, tx, schedule, accum_steps=1))
   losses = []
   for batch in batches:
@@ -59,14 +55,16 @@ def _losses_and_state(config, dtype, state, batches):
 @pytest.mark.slow
 @pytest.mark.parametrize('task', sorted(CONFIGS))
 def test_bfloat16_losses_follow_float32_and_the_state_stays_float32(task):
-  config = CONFIGS[task]()
-  first = registry.make_task(config)
-  # The parameters are float32 in either dtype (param_dtype), so both runs start from this one.
-  tx, _ = optim.make_optimizer(config.optim, total_steps=STEPS)
-  start = jax.jit(lambda rng: train.init_state(first, tx, rng))(jax.random.PRNGKey(0))
-  batches = list(itertools.islice(first.train_input(0), STEPS))
-  float32, _ = _losses_and_state(config, 'float32', start, batches)
-  bfloat16, state = _losses_and_state(config, 'bfloat16', start, batches)
+  config = CONFIGS[task]()  # model.dtype float32, the default.
+  bfloat16_config = config.copy_and_resolve_references()  # A task reads its config when used.
+  bfloat16_config.model.dtype = 'bfloat16'
+  float32_task, bfloat16_task = registry.make_task(config), registry.make_task(bfloat16_config)
+  tx, schedule = optim.make_optimizer(config.optim, total_steps=STEPS)
+  # The parameters are float32 in either dtype (param_dtype), so both runs start from this state.
+  start = jax.jit(lambda rng: train.init_state(float32_task, tx, rng))(jax.random.PRNGKey(0))
+  batches = list(itertools.islice(float32_task.train_input(0), STEPS))
+  float32, _ = _losses_and_state(float32_task, tx, schedule, start, batches)
+  bfloat16, state = _losses_and_state(bfloat16_task, tx, schedule, start, batches)
   differences = np.abs(np.array(bfloat16) - float32) / np.abs(float32)
   print(f'{task}: float32 losses {float32}, bfloat16 {bfloat16}, relative differences '
         f'{differences.tolist()}')
