@@ -130,6 +130,9 @@ def test_attend_gradient_matches_autodiff_with_key_mask_and_dropout():
   expected_out, expected_grads = (lambda y, pull: (y, pull(cotangent)))(
       *pullback(_autodiff_attend))
   np.testing.assert_allclose(out, expected_out, atol=1e-6)
+  # Not differentiated, attend runs its primal form (the softmax divided after the matmul).
+  np.testing.assert_allclose(attend(query, key, value, key_mask, kept, 0.7), expected_out,
+                             atol=1e-6)
   for grad, expected in zip(grads, expected_grads):
     np.testing.assert_allclose(grad, expected, atol=2e-6)
   assert np.all(np.asarray(grads[1])[0, :, 4:] == 0)  # Masked keys learn nothing.
