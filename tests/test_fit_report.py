@@ -193,3 +193,39 @@ def test_tpu_flash_attention_compiles_per_shard():
   report = fit_report.report(config, registry.make_task(config),
                              fit_report.parse_topology('v5e-4'))
   assert report['fits'] and 0 < report['peak_bytes'] < report['available_bytes']
+
+
+@needs_libtpu
+def test_tpu_deformable_sampling_keeps_no_corners_for_the_backward_pass(monkeypatch):
+  # Deformable DETR's operator (detr_jax/deformable_attention.py) over three chained layers at
+  # the 512 x 683 canvas, its gradient compiled for one v5e chip, against autodiff of the same
+  # gather and multiply-and-sum, which keeps the gathered corners for the backward pass
+  # (measured: 3.06 GiB of temporaries against 7.42).
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec
+  from detr_jax import deformable_attention
+  levels = [(64, 86), (32, 43), (16, 22), (8, 11)]
+  batch, heads, channels, points = 1, 8, 32, 4
+  tokens = sum(h * w for h, w in levels)
+  devices = fit_report.topology_devices(fit_report.parse_topology('v5e-1'))
+  mesh = jax.sharding.Mesh(np.array(devices), ('data',))
+  spec = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32,
+                                              sharding=NamedSharding(mesh, PartitionSpec()))
+  inputs = (spec(batch, tokens, heads, channels),
+            spec(batch, tokens, heads, len(levels), points, 2),
+            spec(batch, tokens, heads, len(levels), points))
+
+  def temporaries():
+    def loss(value, locations, weights):
+      for _ in range(3):
+        value = jnp.tanh(deformable_attention.deformable_sample(
+            value, levels, locations, weights)).reshape(value.shape)
+      return jnp.sum(value ** 2)
+    with jax.set_mesh(mesh):
+      compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*inputs).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+  ours = temporaries()
+  monkeypatch.setattr(deformable_attention, '_sample_level', lambda table, row, weights: (
+      deformable_attention._gather_corners(table, row) * weights[..., None]).sum((3, 4)))
+  assert ours < 0.5 * temporaries()
