@@ -226,6 +226,6 @@ def test_tpu_deformable_sampling_keeps_no_corners_for_the_backward_pass(monkeypa
       compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*inputs).compile()
     return compiled.memory_analysis().temp_size_in_bytes
   ours = temporaries()
-  monkeypatch.setattr(deformable_attention, '_sample_level', lambda table, row, weights: (
-      deformable_attention._gather_corners(table, row) * weights[..., None]).sum((3, 4)))
+  monkeypatch.setattr(deformable_attention, '_sample_level',
+                      deformable_attention._sample_level.fun)  # Without its custom VJP.
   assert ours < 0.5 * temporaries()
