@@ -77,7 +77,8 @@ def test_cross_attention_with_positions_and_key_mask_matches_torch(want_weights)
     np.testing.assert_allclose(weights, expected_weights.detach().numpy(), atol=1e-6)
     assert np.all(weights[0, :, :, 4:] == 0)
     np.testing.assert_allclose(weights.sum(-1), 1, rtol=1e-6)
-  np.testing.assert_allclose(out, expected.detach().numpy(), atol=2e-6)
+  # float32 round-off of outputs up to ~5.5 (an AVX-512 CPU differs from torch by 3.1e-6 at 2.5).
+  np.testing.assert_allclose(out, expected.detach().numpy(), rtol=2e-6, atol=2e-6)
 
 
 def test_self_attention_adds_the_positions_to_queries_and_keys_only():
