@@ -35,9 +35,12 @@ the train steps, the relative loss difference in the first step and after one up
 The process runs with the train loop's host-memory setting (`vit_jax.framework.host_memory`: freed memory
 is reused, not mapped afresh each step), which both sides get alike.
 
-Every timed function runs once to warm up (JAX compiles there), then all of them in turn,
-`--repeats` rounds (A, B, A, B, ...), so that a shared machine's load falls on both alike; a
-plain 1024x1024x1024 float32 matmul in XLA and in torch takes part in every round. Prints
+Every timed function runs `--warmups` rounds untimed (JAX compiles in the first; a JAX train
+step's host heap grows for two more: ViT-B/16's at batch 8 faulted in 430k then 165k new pages
+in its second and third calls, none after, and such calls took up to 7.9 s against 4.8; torch
+faulted none after its first), then all of them in turn, `--repeats` rounds (A, B, A, B, ...),
+so that a shared machine's load falls on both alike; a plain 1024x1024x1024 float32 matmul in
+XLA and in torch takes part in every round. Prints
 images/s (median over rounds, min-max beside it), the ratio JAX / peer, and the achieved FLOP/s
 as a fraction of the same framework's matmul rate in this run. FLOPs are XLA's cost analysis of
 our model: 2 per multiply-add, the train step's counted on the whole step.
@@ -567,11 +570,13 @@ def matmuls() -> tuple[Contender, Contender]:
           Contender(lambda: [t @ t for _ in range(count)], 2.0 * count * n**3))
 
 
-def alternate(contenders: list[Contender], repeats: int) -> list[list[float]]:
-  """Seconds per call of each contender: one warm-up call each, then `repeats` rounds of one
+def alternate(contenders: list[Contender], repeats: int, warmups: int = 1
+              ) -> list[list[float]]:
+  """Seconds per call of each contender: `warmups` untimed rounds, then `repeats` rounds of one
   call each, in turn."""
-  for contender in contenders:
-    contender.run()
+  for _ in range(warmups):
+    for contender in contenders:
+      contender.run()
   times = [[] for _ in contenders]
   for _ in range(repeats):
     for contender, spent in zip(contenders, times):
@@ -600,6 +605,7 @@ def main(argv: Optional[list[str]] = None):
                            'segmenter 512)')
   parser.add_argument('--batch', type=int, default=None, help='default: vit 8, others 1')
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--warmups', type=int, default=3, help='untimed rounds first')
   args = parser.parse_args(argv)
   args.batch = args.batch or (8 if args.task == 'vit' else 1)
   torch.set_num_threads(os.cpu_count())
@@ -608,13 +614,14 @@ def main(argv: Optional[list[str]] = None):
   except UserError as e:
     parser.exit(2, f'error: {e}\n')
   contenders = [c for pair in rows.values() for c in pair] + list(matmuls())
-  times = alternate(contenders, args.repeats)
+  times = alternate(contenders, args.repeats, args.warmups)
   medians = [statistics.median(t) for t in times]
   rates = [c.flops / m for c, m in zip(contenders, medians)]
   xla_rate, torch_rate = rates[-2:]
   print(title)
   print(f'JAX on {jax.devices()[0].device_kind}, torch {torch.__version__} on '
-        f'{torch.get_num_threads()} threads; medians of {args.repeats} alternating rounds')
+        f'{torch.get_num_threads()} threads; medians of {args.repeats} alternating rounds after '
+        f'{args.warmups} untimed')
   print(f'dense {MATMUL_SIZE}^3 float32 matmul: XLA {xla_rate / 1e9:.1f} GFLOP/s, '
         f'torch {torch_rate / 1e9:.1f} GFLOP/s')
   print(f'{"":<12}{"jax img/s":>10}{"peer img/s":>11}{"jax/peer":>9}'
