@@ -40,10 +40,11 @@ step's host heap grows for two more: ViT-B/16's at batch 8 faulted in 430k then 
 in its second and third calls, none after, and such calls took up to 7.9 s against 4.8; torch
 faulted none after its first), then all of them in turn, `--repeats` rounds (A, B, A, B, ...),
 so that a shared machine's load falls on both alike; a plain 1024x1024x1024 float32 matmul in
-XLA and in torch takes part in every round. Prints
-images/s (median over rounds, min-max beside it), the ratio JAX / peer, and the achieved FLOP/s
-as a fraction of the same framework's matmul rate in this run. FLOPs are XLA's cost analysis of
-our model: 2 per multiply-add, the train step's counted on the whole step.
+XLA and in torch takes part in every round. JAX's weights and inputs are on the device before
+the first call, as torch's are in place. Prints images/s (median over rounds, min-max beside
+it), the ratio JAX / peer, and the achieved FLOP/s as a fraction of the same framework's matmul
+rate in this run. FLOPs are XLA's cost analysis of our model: 2 per multiply-add, the train
+step's counted on the whole step.
 """
 
 import argparse
@@ -572,8 +573,7 @@ def matmuls() -> tuple[Contender, Contender]:
           Contender(lambda: [t @ t for _ in range(count)], 2.0 * count * n**3))
 
 
-def alternate(contenders: list[Contender], repeats: int, warmups: int = 1
-              ) -> list[list[float]]:
+def alternate(contenders: list[Contender], repeats: int, warmups: int) -> list[list[float]]:
   """Seconds per call of each contender: `warmups` untimed rounds, then `repeats` rounds of one
   call each, in turn."""
   for _ in range(warmups):
