@@ -67,10 +67,17 @@ class Projection(nn.Module):
                                                            self.kernel_names[num_in:]),
                       self.kernel_shape[num_in:])
     x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+    # The product in its natural order (x's free axes, then the kernel's), then a transpose to
+    # the output's. Asked for 'bnth' directly, jnp.einsum puts the kernel first and XLA on CPU
+    # multiplied [heads * head_dim, width] by [width, tokens], transposed copies of both, at
+    # 60% of its matmul rate: this way Seg-B/16 inference is 3% faster, ViT-B/16's train step 4%.
+    natural = ''.join(a for a in x_axes + kernel_axes if a in output)
+    y = jnp.einsum(f'{inputs}->{natural}', x, kernel)
+    y = jnp.transpose(y, [natural.index(a) for a in output])
     # The bias's axes keep their order in the output; it broadcasts over the others.
     bias_axes = kernel_axes[num_in:]
     bias_shape = [bias.shape[bias_axes.index(a)] if a in bias_axes else 1 for a in output]
-    return jnp.einsum(self.equation, x, kernel) + bias.reshape(bias_shape)
+    return y + bias.reshape(bias_shape)
 
 
 def _logits(query, key, key_mask, bias):
