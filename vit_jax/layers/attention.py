@@ -4,8 +4,8 @@ Biased per-head projections named like the official checkpoints: `query`, `key`,
 kernels (width, heads, head_dim) and the output projection (heads, head_dim, width), each axis
 with a logical name ('embed', 'heads', 'kv') for sharding.
 
-The attention runs head-major: the projections write [batch, heads, tokens, head_dim] directly
-and both attention matmuls are plain batched matmuls over (batch, heads). This is the XLA
+The attention runs head-major: each projection's output is transposed to [batch, heads, tokens,
+head_dim] and both attention matmuls are plain batched matmuls over (batch, heads). This is the XLA
 formulation `jax.nn.dot_product_attention` uses by default (jax 0.10 picks it on every backend;
 its cuDNN kernel needs bf16/fp16 and an explicit opt-in), without its token-major [B, T, N, H]
 interface: that one made XLA on CPU vmap over a head-group axis and copy q, k and v into 5-D
