@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from vit_jax.framework.errors import UserError
-from vit_jax.layers import attention
 from vit_jax.layers.attention import attend, MultiHeadAttention
 
 WIDTH, HEADS, QUERIES, KEYS, BATCH = 16, 4, 5, 7, 2
@@ -141,16 +140,21 @@ def test_attend_gradient_matches_autodiff_with_key_mask_and_dropout():
 
 
 def test_attend_head_by_head_on_cpu_matches_the_formula():
-  # Long enough (384 x 400 weights a head) that XLA on CPU takes the heads one at a time; each
-  # head its own slice of the dropout mask, the key mask broadcast over heads.
+  # Long enough (384 x 400 weights a head) that on CPU the heads go one at a time; each head its
+  # own slice of the dropout mask, the key mask broadcast over heads.
   rng = np.random.default_rng(5)
   query, key, value = (rng.normal(size=(2, 3, n, 8)).astype(np.float32) for n in (384, 400, 400))
   key_mask = rng.uniform(size=(2, 1, 1, 400)) > 0.2
   kept = rng.uniform(size=(2, 3, 384, 400)) > 0.3
-  assert attention._one_head_at_a_time(query, key)
   np.testing.assert_allclose(attend(query, key, value, key_mask, kept, 0.7),
                              _autodiff_attend(query, key, value, key_mask, kept, 0.7),
                              rtol=1e-6, atol=1e-6)
+  # Head by head on CPU only, and without a gradient: lowered for an accelerator, one batched
+  # matmul each side of the softmax; on CPU as many per head.
+  infer = jax.jit(lambda q, k, v: attend(q, k, v, key_mask, kept, 0.7))
+  dots = {platform: infer.trace(query, key, value).lower(lowering_platforms=(platform,))
+          .as_text().count('stablehlo.dot_general') for platform in ('cpu', 'tpu', 'cuda')}
+  assert dots == {'cpu': 6, 'tpu': 2, 'cuda': 2}
 
 
 def test_attention_gradients_match_torch():

@@ -114,24 +114,31 @@ def attend(query, key, value, key_mask=None, kept=None, keep_rate: float = 1.0, 
   passes over the [T, S] weights and keeps more of them: on XLA CPU a ViT-B/16 train step reads
   and writes 5% fewer bytes.
   """
-  if _one_head_at_a_time(query, key):
-    head = lambda a, i: a if a is None or a.shape[1] == 1 else a[:, i:i + 1]
-    return jnp.concatenate([
-        _attend_primal(*(head(a, i) for a in (query, key, value, key_mask, kept)), keep_rate,
-                       head(bias, i)) for i in range(query.shape[1])], axis=1)
-  return _attend_primal(query, key, value, key_mask, kept, keep_rate, bias)
+  primal = functools.partial(_attend_primal, keep_rate=keep_rate, bias=bias)
+  if bias is not None:  # Swin's windows: 49 tokens.
+    return primal(query, key, value, key_mask, kept)
+  return _head_by_head_on_cpu(primal, query, key, value, key_mask, kept)
 
 
-def _one_head_at_a_time(query, key) -> bool:
-  """Whether XLA on CPU runs the attention faster head by head: once a head's [T, S] weights
-  are large (at least 2^17) and the batch's of one head small (8 MiB), e.g. Seg-B/16 at 1,025
-  tokens (1 x 12 heads: 26 against 31 ms), DETR-R50's encoder at 850 (1 x 8: 7.6 against 13 ms)
-  and 2 x 12 x 401 (12 against 15 ms); not ViT-B/16's 8 x 12 x 197 (14 against 8.5 ms), nor
-  8 x 16 x 577 (the same). Accelerators take the heads in one batched program."""
+def _head_by_head_on_cpu(fn, query, key, *arrays):
+  """fn(query, key, *arrays), run head by head where XLA on CPU does that faster: once a head's
+  [T, S] weights are large (at least 2^17) and one head's over the batch small (8 MiB). The
+  attention alone: Seg-B/16 at 1,025 tokens (1 x 12 heads) 26 against 31 ms, DETR-R50's encoder
+  at 850 (1 x 8) 7.6 against 13 ms, 2 x 12 x 401 12 against 15 ms; not ViT-B/16's 8 x 12 x 197
+  (14 against 8.5 ms), nor 8 x 16 x 577 (the same). The arguments and the result are
+  [B, N, ...] (arguments also [B, 1, ...] or None). `lax.platform_dependent` decides at lowering, so
+  accelerators, and TPU programs traced on a CPU host (the fit report), keep one batched program.
+  Only inference: the train step's forward and backward, head by head, were 80 against 90 ms
+  alone at 1,025 tokens, but the Seg-B/16 train step no faster (5.0-5.35 against 4.9-5.0 s)."""
   batch, heads, queries = query.shape[:3]
-  weights = queries * key.shape[2]
-  return (jax.default_backend() == 'cpu' and heads > 1 and weights >= 2**17
-          and batch * weights * 4 <= 2**23)
+  head_weights = queries * key.shape[2]
+  if heads == 1 or head_weights < 2**17 or batch * head_weights * 4 > 2**23:
+    return fn(query, key, *arrays)
+
+  def head_by_head(*arrays):
+    head = lambda a, i: a if a is None or a.shape[1] == 1 else a[:, i:i + 1]
+    return jnp.concatenate([fn(*(head(a, i) for a in arrays)) for i in range(heads)], axis=1)
+  return jax.lax.platform_dependent(query, key, *arrays, cpu=head_by_head, default=fn)
 
 
 def _attend_primal(query, key, value, key_mask, kept, keep_rate, bias):
