@@ -114,10 +114,8 @@ def attend(query, key, value, key_mask=None, kept=None, keep_rate: float = 1.0, 
   passes over the [T, S] weights and keeps more of them: on XLA CPU a ViT-B/16 train step reads
   and writes 5% fewer bytes.
   """
-  primal = functools.partial(_attend_primal, keep_rate=keep_rate, bias=bias)
-  if bias is not None:  # Swin's windows: 49 tokens.
-    return primal(query, key, value, key_mask, kept)
-  return _head_by_head_on_cpu(primal, query, key, value, key_mask, kept)
+  return _head_by_head_on_cpu(functools.partial(_attend_primal, keep_rate=keep_rate),
+                              query, key, value, key_mask, kept, bias)
 
 
 def _head_by_head_on_cpu(fn, query, key, *arrays):
@@ -126,8 +124,9 @@ def _head_by_head_on_cpu(fn, query, key, *arrays):
   attention alone: Seg-B/16 at 1,025 tokens (1 x 12 heads) 26 against 31 ms, DETR-R50's encoder
   at 850 (1 x 8) 7.6 against 13 ms, 2 x 12 x 401 12 against 15 ms; not ViT-B/16's 8 x 12 x 197
   (14 against 8.5 ms), nor 8 x 16 x 577 (the same). The arguments and the result are
-  [B, N, ...] (arguments also [B, 1, ...] or None). `lax.platform_dependent` decides at lowering, so
-  accelerators, and TPU programs traced on a CPU host (the fit report), keep one batched program.
+  [B, N, ...] (arguments also [B, 1, ...] or None). `lax.platform_dependent` decides at
+  lowering, so accelerators, and TPU programs traced on a CPU host (the fit report), keep one
+  batched program.
   Only inference: the train step's forward and backward, head by head, were 80 against 90 ms
   alone at 1,025 tokens, but the Seg-B/16 train step no faster (5.0-5.35 against 4.9-5.0 s)."""
   batch, heads, queries = query.shape[:3]
@@ -141,7 +140,7 @@ def _head_by_head_on_cpu(fn, query, key, *arrays):
   return jax.lax.platform_dependent(query, key, *arrays, cpu=head_by_head, default=fn)
 
 
-def _attend_primal(query, key, value, key_mask, kept, keep_rate, bias):
+def _attend_primal(query, key, value, key_mask, kept, bias, *, keep_rate):
   # Without a gradient to take, the softmax's division waits until after the weights' matmul:
   # it scales [T, H] outputs instead of [T, S] weights (XLA on CPU: ViT-B/16's attention at
   # batch 8 in about 40% less time; Seg-B/16's at 1,025 tokens the same).
