@@ -224,9 +224,11 @@ def _layer_norm_float64(x, scale, bias, epsilon):
 
 
 @pytest.mark.slow
-def test_layer_norm_matches_float64_and_flax_gradients():
-  # Off-centre inputs (mean 3, std 5) and a non-trivial scale and bias.
-  x = jnp.asarray(np.random.default_rng(0).normal(3.0, 5.0, (2, 7, 48)), jnp.float32)
+@pytest.mark.parametrize('shape', [(2, 7, 48), (1, 7, 48), (1, 1, 7, 48)])
+def test_layer_norm_matches_float64_and_flax_gradients(shape):
+  # Off-centre inputs (mean 3, std 5) and a non-trivial scale and bias; batch 1 runs without
+  # its leading size-1 axes.
+  x = jnp.asarray(np.random.default_rng(0).normal(3.0, 5.0, shape), jnp.float32)
   cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(x.shape), jnp.float32)
   params = {'scale': jnp.linspace(0.5, 2.0, 48), 'bias': jnp.linspace(-1.0, 1.0, 48)}
   ours, flax_norm = normalization.LayerNorm(epsilon=1e-5), nn.LayerNorm(epsilon=1e-5)
@@ -239,6 +241,22 @@ def test_layer_norm_matches_float64_and_flax_gradients():
   # The hand-written backward pass against autodiff of flax's own LayerNorm.
   for got, want in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(flax_norm))):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_norm_sums_without_the_leading_size_1_axes():
+  """XLA on CPU runs a multiply-and-sum over an array with a size-1 axis ~10x slower (see
+  `normalization._without_leading_ones`): at batch 1, no sum of the forward or backward pass
+  keeps the batch axis."""
+  module = normalization.LayerNorm()
+  x = jnp.ones((1, 9, 16))
+  params = module.init(jax.random.PRNGKey(0), x)
+  forward_and_back = lambda p, x: jax.vjp(module.apply, p, x)[1](x)
+  jaxpr = jax.make_jaxpr(forward_and_back)(params, x).jaxpr
+  summed = [eqn.invars[0].aval.shape for eqn in jaxpr.eqns if eqn.primitive.name == 'reduce_sum']
+  # Two row means forward, two backward, the scale's and the bias's gradients.
+  assert sum(shape == (9, 16) for shape in summed) >= 6, summed
+  assert not any(shape[:2] == (1, 9) for shape in summed), summed
+  assert module.apply(params, x).shape == x.shape
 
 
 def test_exact_gelu_is_the_erf_formula_and_its_derivative():

@@ -52,5 +52,20 @@ class LayerNorm(nn.Module):
     scale = self.param('scale', self.scale_init, x.shape[-1:])
     bias = self.param('bias', self.bias_init, x.shape[-1:])
     dtype = self.dtype or jnp.result_type(x, scale)
+    shape = x.shape
+    x = x.reshape(_without_leading_ones(shape))
     y = normalize(x.astype(jnp.promote_types(x.dtype, jnp.float32)), self.epsilon)
-    return (y * scale + bias).astype(dtype)
+    return (y * scale + bias).astype(dtype).reshape(shape)
+
+
+def _without_leading_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+  """`shape` less its leading size-1 axes, down to two axes: a free reshape on every backend.
+
+  XLA on CPU (YNNPACK) takes a size-1 axis for a broadcast and runs a multiply-and-sum over such
+  an array about 10x slower; the batch-1 models' LayerNorms paid for it in every row mean of the
+  backward pass and in the scale's gradient: forward and backward at [1, 1025, 768] took 9.2 ms
+  against 0.94 ms at [1025, 768] (at [1, 850, 256] 1.9 against 0.48)."""
+  lead = 0
+  while len(shape) - lead > 2 and shape[lead] == 1:
+    lead += 1
+  return shape[lead:]
