@@ -137,6 +137,11 @@ def test_attend_gradient_matches_autodiff_with_key_mask_and_dropout():
   for grad, expected in zip(grads, expected_grads):
     np.testing.assert_allclose(grad, expected, atol=2e-6)
   assert np.all(np.asarray(grads[1])[0, :, 4:] == 0)  # Masked keys learn nothing.
+  # Batch 1 (its row sums taken without the batch axis) gives the first example's gradients.
+  _, pull_first = jax.vjp(lambda q, k, v: attend(q, k, v, key_mask[:1], kept[:1], 0.7),
+                          query[:1], key[:1], value[:1])
+  for grad, expected in zip(pull_first(cotangent[:1]), expected_grads):
+    np.testing.assert_allclose(grad, expected[:1], atol=2e-6)
 
 
 def test_attend_head_by_head_on_cpu_matches_the_formula():

@@ -245,7 +245,7 @@ def test_layer_norm_matches_float64_and_flax_gradients(shape):
 
 def test_layer_norm_sums_without_the_leading_size_1_axes():
   """XLA on CPU runs a multiply-and-sum over an array with a size-1 axis ~10x slower (see
-  `normalization._without_leading_ones`): at batch 1, no sum of the forward or backward pass
+  `normalization.without_leading_ones`): at batch 1, no sum of the forward or backward pass
   keeps the batch axis."""
   module = normalization.LayerNorm()
   x = jnp.ones((1, 9, 16))

@@ -53,12 +53,12 @@ class LayerNorm(nn.Module):
     bias = self.param('bias', self.bias_init, x.shape[-1:])
     dtype = self.dtype or jnp.result_type(x, scale)
     shape = x.shape
-    x = x.reshape(_without_leading_ones(shape))
+    x = x.reshape(without_leading_ones(shape))
     y = normalize(x.astype(jnp.promote_types(x.dtype, jnp.float32)), self.epsilon)
     return (y * scale + bias).astype(dtype).reshape(shape)
 
 
-def _without_leading_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+def without_leading_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
   """`shape` less its leading size-1 axes, down to two axes: a free reshape on every backend.
 
   XLA on CPU (YNNPACK) takes a size-1 axis for a broadcast and runs a multiply-and-sum over such
