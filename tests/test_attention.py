@@ -2,6 +2,8 @@
 
 import torch  # Before TensorFlow-linked imports: see tests/conftest.py.
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -160,6 +162,15 @@ def test_attend_head_by_head_on_cpu_matches_the_formula():
   dots = {platform: infer.trace(query, key, value).lower(lowering_platforms=(platform,))
           .as_text().count('stablehlo.dot_general') for platform in ('cpu', 'tpu', 'cuda')}
   assert dots == {'cpu': 6, 'tpu': 2, 'cuda': 2}
+  # At batch 1 each head runs on [T, ...] arrays, without the leading size-1 axes that slow
+  # XLA's fusions on CPU: the same numbers, and every per-head matmul 2-D.
+  first = jax.jit(lambda q, k, v: attend(q, k, v, key_mask[:1], kept[:1], 0.7))
+  np.testing.assert_allclose(first(query[:1], key[:1], value[:1]),
+                             _autodiff_attend(query, key, value, key_mask, kept, 0.7)[:1],
+                             rtol=1e-6, atol=1e-6)
+  cpu = first.trace(query[:1], key[:1], value[:1]).lower(lowering_platforms=('cpu',)).as_text()
+  products = re.findall(r'stablehlo\.dot_general .*-> tensor<([0-9x]+)xf32>', cpu)
+  assert sorted(products) == ['384x400'] * 3 + ['384x8'] * 3
 
 
 def test_attention_gradients_match_torch():
