@@ -139,11 +139,11 @@ def _head_by_head_on_cpu(fn, query, key, *arrays):
     return fn(query, key, *arrays)
 
   def head_by_head(*arrays):
-    def head(a, i):  # Without the head axis, and at batch 1 without the batch axis either.
+    def head(a, i):  # Without the head axis, then without leading size-1 axes (batch 1).
       if a is None:
         return None
-      a = a[:, i:i + 1] if a.shape[1] > 1 else a
-      return a.reshape(a.shape[2:] if batch == 1 else a.shape[:1] + a.shape[2:])
+      a = a[:, i if a.shape[1] > 1 else 0]
+      return a.reshape(without_leading_ones(a.shape))
     outputs = jnp.stack([fn(*(head(a, i) for a in arrays)) for i in range(heads)], axis=-3)
     return outputs.reshape((batch,) + outputs.shape[-3:])
   return jax.lax.platform_dependent(query, key, *arrays, cpu=head_by_head, default=fn)
