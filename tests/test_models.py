@@ -2,6 +2,7 @@
 
 import functools
 import math
+import re
 
 import flax.linen as nn
 import jax
@@ -275,7 +276,9 @@ def test_exact_gelu_is_the_erf_formula_and_its_derivative():
     (1, 1, 0), (1, 2, 0), (3, 1, 1), (1, 1, 1)])
 def test_conv_as_matmul_equals_xla_convolution_and_its_gradients(kernel, stride, padding):
   """1x1 kernels run as a channel matmul of the strided input (odd sizes too); others, and a
-  padded 1x1, are lax's convolution. Values and both gradients to float32 round-off."""
+  padded 1x1, are lax's convolution. Values and both gradients to float32 round-off. The 1x1
+  gradient compiles without a transposed copy (XLA on CPU made one of the output gradient for
+  a 4-D matmul's weight gradient)."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 13, 11, 24)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((kernel, kernel, 24, 16)), jnp.float32)
@@ -295,3 +298,7 @@ def test_conv_as_matmul_equals_xla_convolution_and_its_gradients(kernel, stride,
   np.testing.assert_allclose(ours, xla, rtol=1e-5, atol=1e-5)
   for g, h in zip(grads, want):
     np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-4)
+  if kernel == 1 and padding == 0:
+    gradient = jax.jit(jax.grad(lambda x, w: loss(convolution.conv_general_dilated, x, w)[0],
+                                (0, 1)))
+    assert not re.search(r'= \S+ (transpose|copy)\(', gradient.lower(x, w).compile().as_text())
