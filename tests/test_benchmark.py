@@ -45,8 +45,11 @@ def test_prints_the_same_outputs_throughput_and_ratio(capsys, monkeypatch, task,
   matmul = re.search(r'XLA ([\d.]+) GFLOP/s, torch ([\d.]+) GFLOP/s', out)
   assert matmul and min(map(float, matmul.groups())) > 0, out
   for row in rows:
-    match = re.search(rf'^{row}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s', out, re.M)
+    # img/s of each, their ratio, then the matmul efficiencies: best rounds (medians).
+    match = re.search(
+        rf'^{row}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+) \((\d+) / (\d+)\)\s', out, re.M)
     assert match, out
+    assert match.group(4, 5) == match.group(6, 7), out  # One round: its best is its median.
     jax_rate, peer_rate, ratio = map(float, match.groups()[:3])
     assert jax_rate > 0 and peer_rate > 0
     # The printed rates are rounded to 0.01 img/s: a few % on a slow (loaded) machine.
