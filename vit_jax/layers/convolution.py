@@ -12,7 +12,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   runs a 1x1 convolution's weight gradient several times slower than the matmul (figures in the
   README's benchmark section). The matmul is 2-D, pixels by channels: over the 4-D array XLA
   transposes the output gradient in a copy for the weight gradient (DETR-R50's backbone spent
-  about 0.75 s of a 3.7 s train step in those copies). nn.Conv(conv_general_dilated=...)."""
+  about 0.75 s of thread time in those copies, in a 3.7 s train step).
+  nn.Conv(conv_general_dilated=...)."""
   pointwise = (rhs.ndim == 4 and rhs.shape[:2] == (1, 1) and feature_group_count == 1
                and all(p == (0, 0) for p in padding)
                and all(d == 1 for d in lhs_dilation or ())
